@@ -1,0 +1,61 @@
+"""The `ptwbench` command line."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from model.policies import DEFAULT_ORDER, POLICIES
+from model.scenario import ScenarioError
+
+
+class BadInput(Exception):
+    """Bad input of any kind: one line, exit status 2, nothing written."""
+
+
+def _policies(args) -> tuple[str, ...]:
+    if not args.policy:
+        return DEFAULT_ORDER
+    out = []
+    for p in args.policy:
+        if p not in POLICIES:
+            raise BadInput(f"--policy: unknown policy {p!r} (known: {', '.join(POLICIES)})")
+        if p not in out:
+            out.append(p)
+    return tuple(out)
+
+
+def cmd_scenario(args) -> int:
+    from model.scenario_io import load_scenario
+    from bench.scenario_cmd import run
+    pols = _policies(args)
+    scns = [load_scenario(f) for f in args.files]     # validate every file before output
+    outs = [run(s, pols, as_json=args.json, engine=args.engine) for s in scns]
+    sys.stdout.write(("\n" if args.json else "\n\n").join(outs) + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ptwbench", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    sc = sub.add_parser("scenario", help="run micro-scenario files (SCENARIO.md) under every policy")
+    sc.add_argument("files", nargs="+", metavar="FILE")
+    sc.add_argument("--json", action="store_true", help="SCENARIO.md's JSON output")
+    sc.add_argument("--policy", action="extend", nargs="+", metavar="P",
+                    help=f"policies to run (default: all; {', '.join(POLICIES)})")
+    sc.add_argument("--engine", choices=("reference", "numpy"), default="reference")
+    sc.set_defaults(func=cmd_scenario)
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ScenarioError, BadInput) as e:
+        print(f"ptwbench: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,319 @@
+"""The host side, one page at a time: memslots, host pages, stage 2, dirty log, userfaultfd,
+and KVM's abort handling (DOMAIN.md §3; arch/arm64/kvm/mmu.c, virt/kvm/kvm_main.c).
+
+This is the executable specification shared by the reference simulator; it holds plain
+Python state and is written for clarity, not speed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from .arch import HOST_PAGE
+from .policies import FaultInfo, Policy
+from .results import PolicyResult, UffdEvent
+from .scenario import Memslot, Scenario
+
+BLOCK_2M = 2 << 20              # stage-2 block for THP/hugetlb-backed slots (4K host pages)
+
+# stage-2 state of a 4 KiB IPA page
+S2_UNMAPPED, S2_RO, S2_RW = 0, 1, 2
+
+# host page state (the VMM's view of the slot's backing)
+HOST_RW = "rw"                  # present and writable
+HOST_ZERO = "zero"              # shared zero page: present, host read-only, reads as zeros
+HOST_MISSING = "missing"        # no page (never populated, punched)
+HOST_WP = "wp"                  # present, write-protected by uffd-wp
+
+
+class Outcome(Enum):
+    """How KVM's handling of one abort ends for the access that took it."""
+    RESTART = "restart"          # fault fixed: the access restarts from the beginning
+    ABANDON = "abandon"          # exception injected into the guest: the access is dropped
+    MMIO = "mmio"                # KVM_EXIT_MMIO: the access completes in the VMM
+    SKIP = "skip"                # cache maintenance outside every slot: instruction skipped
+    STOP = "stop"                # KVM_RUN failed (ENOSYS/EFAULT): the vCPU stops
+
+
+@dataclass(frozen=True)
+class Abort:
+    """A stage-2 abort as KVM sees it (ESR_ELx fields that matter here)."""
+    ipa: int
+    s1ptw: bool
+    permission: bool
+    instruction: bool
+    wnr: bool
+    isv: bool                    # syndrome valid: plain single-register LDR/STR only
+    cache_maintenance: bool = False
+    store: bool = False          # the access itself is a store (for the VMM's MMIO handler)
+
+
+class Host:
+    """KVM + host memory for one VM under one policy."""
+
+    def __init__(self, scn: Scenario, initial_content: dict[int, dict[int, int]],
+                 policy: Policy, result: PolicyResult):
+        self.scn = scn
+        self.policy = policy
+        self.r = result
+        self.initial = initial_content          # page IPA -> {descriptor IPA: value}
+        self.content: dict[int, dict[int, int]] = {}
+        self.host: dict[int, str] = {}
+        self.s2: dict[int, int] = {}
+        self.s2_block: dict[int, int] = {}      # page IPA -> base of the block mapping it
+        self.logging: dict[str, bool] = {}
+        self.eager_split: dict[str, bool] = {}
+        self.dirty: dict[str, set[int]] = {}
+        self.written: dict[str, set[int]] = {}
+        self.tlb_flushes = 0
+        for s in scn.memslots:
+            self.logging[s.name] = s.log_dirty
+            self.eager_split[s.name] = False
+            self.dirty[s.name] = set()
+            self.written[s.name] = set()
+            for p in self.slot_pages(s):
+                # SCENARIO.md "Start": populated slots are present and writable; else missing.
+                self.host[p] = HOST_RW if s.populated else HOST_MISSING
+                if s.populated and p in initial_content:
+                    self.content[p] = dict(initial_content[p])
+        self.step = 0
+        self.step_written: set[int] = set()     # pages written during the current step
+
+    # ---- helpers --------------------------------------------------------------------
+    @staticmethod
+    def slot_pages(s: Memslot) -> range:
+        return range(s.ipa, s.end, HOST_PAGE)
+
+    def page_index(self, s: Memslot, page: int) -> int:
+        return (page - s.ipa) // HOST_PAGE
+
+    def logging_active(self, s: Memslot) -> bool:
+        # memslot_is_logging(): a dirty bitmap and not KVM_MEM_READONLY (kvm/mmu.c)
+        return self.logging[s.name] and not s.readonly
+
+    def read_desc(self, addr: int) -> int:
+        return self.content.get(addr & ~(HOST_PAGE - 1), {}).get(addr, 0)
+
+    def content_after_resolution(self, page: int) -> dict[int, int]:
+        """What a walker will read in `page` once a fault on it is resolved (oracle)."""
+        if self.host.get(page) == HOST_MISSING:
+            s = self.scn.slot_of(page)
+            if s is not None and s.uffd in ("missing", "minor"):
+                return self.initial.get(page, {})   # UFFDIO_COPY/CONTINUE from the snapshot
+            return {}                               # zero page, or a fresh zeroed page
+        return self.content.get(page, {})
+
+    def guest_write(self, page: int, addr: int | None = None, value: int | None = None) -> None:
+        """A write by the guest (store or walker update): the ground truth of dirtiness."""
+        if addr is not None:
+            self.content.setdefault(page, {})[addr] = value
+        s = self.scn.slot_of(page)
+        if s is not None:
+            self.written[s.name].add(self.page_index(s, page))
+        self.step_written.add(page)
+
+    def flush_tlbs(self) -> None:
+        self.tlb_flushes += 1
+
+    # ---- stage-2 mapping changes ------------------------------------------------------
+    def unmap(self, pages) -> None:
+        """Unmap stage 2; unmapping part of a block unmaps the whole block (SCENARIO.md)."""
+        for p in list(pages):
+            base = self.s2_block.get(p)
+            targets = range(base, base + BLOCK_2M, HOST_PAGE) if base is not None else (p,)
+            for q in targets:
+                self.s2.pop(q, None)
+                self.s2_block.pop(q, None)
+
+    def write_protect(self, pages, split: bool) -> None:
+        """stage2_wp_range(): blocks stay whole read-only blocks unless eagerly split."""
+        for p in list(pages):
+            if p not in self.s2:
+                continue
+            base = self.s2_block.get(p)
+            if base is not None:
+                blk = range(base, base + BLOCK_2M, HOST_PAGE)
+                if split:    # kvm_mmu_split_huge_pages(): same permission, 4K mappings
+                    for q in blk:
+                        self.s2_block.pop(q, None)
+                    self.s2[p] = S2_RO
+                else:
+                    for q in blk:
+                        self.s2[q] = S2_RO
+            else:
+                self.s2[p] = S2_RO
+
+    # ---- KVM abort handling (kvm_handle_guest_abort, user_mem_abort) --------------------
+    def handle_abort(self, a: Abort, walk_writes_page: bool, ha: bool) -> Outcome:
+        r = self.r
+        write = self.policy(FaultInfo(s1ptw=a.s1ptw, permission=a.permission,
+                                      instruction=a.instruction, wnr=a.wnr, ha=ha,
+                                      vm_protected=self.scn.guest.vm_protected,
+                                      walk_writes_page=walk_writes_page))
+        page = a.ipa & ~(HOST_PAGE - 1)
+        slot = self.scn.slot_of(page)
+        # kvm_handle_guest_abort(): no memslot, or a write to a read-only memslot
+        if slot is None or (write and slot.readonly):
+            if a.instruction:                 # kvm_inject_pabt(), checked first
+                r.guest_aborts += 1
+                return Outcome.ABANDON
+            if a.s1ptw:                       # kvm_inject_dabt(): walker write to RO slot
+                r.guest_aborts += 1
+                return Outcome.ABANDON
+            if slot is None and a.cache_maintenance:
+                return Outcome.SKIP           # kvm_incr_pc(): CM outside any slot
+            if a.isv:                         # io_mem_abort(): KVM_EXIT_MMIO
+                r.mmio_exits += 1
+                if a.store and slot is not None and self.scn.vmm.mmio_store == "write_backing":
+                    self.vmm_write(slot, page)
+                return Outcome.MMIO
+            r.vcpu_run_failures += 1          # io_mem_abort(): !kvm_vcpu_dabt_isvalid -> ENOSYS
+            return Outcome.STOP
+        # user_mem_abort(): "Unexpected L2 read permission error" -> -EFAULT
+        if a.permission and not write and not a.instruction:
+            r.efaults += 1
+            return Outcome.STOP
+        logging = self.logging_active(slot)
+        self.gup(slot, page, write)
+        # writable: a write fault, or hva_to_pfn_fast() with FOLL_WRITE succeeding on a
+        # present writable host PTE, unless logging (then only write faults map RW).
+        writable = write or (self.host[page] == HOST_RW and not logging and not slot.readonly)
+        if not a.permission:
+            self.map_translation(slot, page, writable, logging)
+        else:
+            self.relax_permission(page, logging)
+        if writable and logging:              # mark_page_dirty_in_slot()
+            self.dirty[slot.name].add(self.page_index(slot, page))
+        return Outcome.RESTART
+
+    def gup(self, slot: Memslot, page: int, write: bool) -> None:
+        """__gfn_to_pfn_memslot(): resolve the host page, raising userfaultfd events."""
+        state = self.host[page]
+        if state == HOST_MISSING:
+            if slot.uffd in ("missing", "minor"):
+                # handle_userfault(): MISSING (anon) or MINOR (shmem/hugetlb) event
+                self.uffd_event(slot, page, slot.uffd, write)
+                self.uffd_resolve_missing(slot, page)
+            elif write:
+                self.host[page] = HOST_RW     # do_anonymous_page(): a new zeroed page
+                self.content.pop(page, None)
+            else:
+                self.host[page] = HOST_ZERO   # read fault maps the shared zero page
+                self.content.pop(page, None)
+        elif state == HOST_ZERO and write:
+            self.host[page] = HOST_RW         # CoW of the zero page
+        elif state == HOST_WP and write:
+            self.uffd_event(slot, page, "wp", True)   # handle_userfault(VM_UFFD_WP)
+            pages = self.slot_pages(slot) if slot.uffd_resolve == "slot" else (page,)
+            for p in pages:                   # UFFDIO_WRITEPROTECT(mode=0)
+                if self.host[p] == HOST_WP:
+                    self.host[p] = HOST_RW
+
+    def uffd_event(self, slot: Memslot, page: int, mode: str, write: bool) -> None:
+        self.r.uffd_events.append(UffdEvent(self.step, slot.name, self.page_index(slot, page),
+                                            mode, write))
+
+    def uffd_resolve_missing(self, slot: Memslot, page: int) -> None:
+        """UFFDIO_COPY / UFFDIO_CONTINUE: content as at scenario start, present, writable."""
+        pages = self.slot_pages(slot) if slot.uffd_resolve == "slot" else (page,)
+        for p in pages:
+            if self.host[p] == HOST_MISSING:
+                self.host[p] = HOST_RW
+                if p in self.initial:
+                    self.content[p] = dict(self.initial[p])
+                else:
+                    self.content.pop(p, None)
+
+    def vmm_write(self, slot: Memslot, page: int) -> None:
+        """The VMM's MMIO handler writes the data into the slot's host memory (memcpy):
+        a host write, which can raise a uffd event of its own; not a guest write."""
+        self.gup(slot, page, True)
+        self.step_written.add(page)
+
+    def map_translation(self, slot: Memslot, page: int, writable: bool, logging: bool) -> None:
+        perm = S2_RW if writable else S2_RO
+        if slot.backing in ("anon_thp", "hugetlb") and not logging:
+            # transparent_hugepage_adjust()/hugetlb: a 2 MiB block if it lies in the slot and
+            # every host page of it is present and writable.
+            base = page & ~(BLOCK_2M - 1)
+            blk = range(base, base + BLOCK_2M, HOST_PAGE)
+            if (slot.contains(base) and slot.contains(base + BLOCK_2M - 1)
+                    and all(self.host[q] == HOST_RW for q in blk)):
+                for q in blk:
+                    self.s2[q] = perm
+                    self.s2_block[q] = base
+                return
+        self.s2[page] = perm                  # force_pte under logging, or a 4K page
+
+    def relax_permission(self, page: int, logging: bool) -> None:
+        base = self.s2_block.get(page)
+        if base is None:
+            self.s2[page] = S2_RW
+            return
+        blk = range(base, base + BLOCK_2M, HOST_PAGE)
+        if not logging:
+            for q in blk:                     # relax the whole block in place
+                self.s2[q] = S2_RW
+            return
+        # Under logging a write fault on a read-only block maps only the 4K page read-write
+        # and leaves the rest of the block unmapped (SCENARIO.md "Blocks"; DOMAIN.md §3.3).
+        for q in blk:
+            self.s2.pop(q, None)
+            self.s2_block.pop(q, None)
+        self.s2[page] = S2_RW
+        self.flush_tlbs()                     # unmapping part of the block: TLBI
+
+    # ---- host operations (scenario steps) --------------------------------------------
+    def punch_hole(self, slot: Memslot) -> None:
+        pages = self.slot_pages(slot)
+        for p in pages:
+            self.host[p] = HOST_MISSING
+            self.content.pop(p, None)
+        self.unmap(pages)
+        self.flush_tlbs()
+
+    def zap(self, slot: Memslot, first: int, count: int) -> None:
+        self.unmap(self._range(slot, first, count))
+        self.flush_tlbs()
+
+    def swap_out(self, slot: Memslot, first: int, count: int) -> None:
+        # Content is kept and swap-in maps present-writable pages writable again, so the
+        # host state does not change; stage 2 is unmapped like a zap.
+        self.zap(slot, first, count)
+
+    def uffd_wp(self, slot: Memslot, first: int, count: int) -> None:
+        pages = self._range(slot, first, count)
+        for p in pages:
+            if self.host[p] == HOST_RW:
+                self.host[p] = HOST_WP
+        self.unmap(pages)
+        self.flush_tlbs()
+
+    def enable_dirty_log(self, slot: Memslot, initially_set: bool, eager_split: bool) -> None:
+        self.logging[slot.name] = True
+        self.eager_split[slot.name] = eager_split
+        self.written[slot.name] = set()       # the first round starts now (see README notes)
+        if initially_set:
+            # KVM_DIRTY_LOG_INITIALLY_SET: every bit set, nothing protected until a harvest.
+            self.dirty[slot.name] = set(range(slot.pages))
+            return
+        self.dirty[slot.name] = set()
+        self.write_protect(self.slot_pages(slot), split=eager_split)  # kvm_mmu_wp_memory_region
+        self.flush_tlbs()
+
+    def harvest(self, slot: Memslot) -> tuple[list[int], list[int]]:
+        """GET_DIRTY_LOG (+ CLEAR_DIRTY_LOG): returns and clears the bits, write-protects those
+        pages (kvm_arch_mmu_enable_log_dirty_pt_masked), flushes TLBs."""
+        marked = sorted(self.dirty[slot.name])
+        written = sorted(self.written[slot.name])
+        self.dirty[slot.name] = set()
+        self.written[slot.name] = set()
+        self.write_protect((slot.ipa + i * HOST_PAGE for i in marked),
+                           split=self.eager_split[slot.name])
+        self.flush_tlbs()
+        return marked, written
+
+    @staticmethod
+    def _range(slot: Memslot, first: int, count: int) -> range:
+        return range(slot.ipa + first * HOST_PAGE, slot.ipa + (first + count) * HOST_PAGE,
+                     HOST_PAGE)

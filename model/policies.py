@@ -1,0 +1,67 @@
+"""Is a stage-2 fault a write?  The policies as a table of pure functions (DOMAIN.md §3.1).
+
+Each policy answers `kvm_is_write_fault()` (arch/arm64/include/asm/kvm_emulate.h) for one
+fault.  All engines share this table; adding a policy is adding one function and one row.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class FaultInfo:
+    """What KVM (and the oracle) knows about one stage-2 abort."""
+    s1ptw: bool                  # ESR_ELx.S1PTW: fault on a stage-1 descriptor access
+    permission: bool             # permission fault (else translation fault)
+    instruction: bool            # instruction abort (ESR_ELx.EC == IABT_LOW)
+    wnr: bool                    # ESR_ELx.WnR as the hardware reports it
+    ha: bool                     # HAFDBS >= 1 and TCR_EL1.HA (what ha-promote reads)
+    vm_protected: bool           # pKVM: TCR_EL1 cannot be read by the host
+    walk_writes_page: bool       # oracle only: this access, run to completion, updates a
+                                 # descriptor stored in the faulting page
+
+
+Policy = Callable[[FaultInfo], bool]
+
+
+def _not_s1ptw(f: FaultInfo) -> bool:
+    # kvm_is_write_fault(): instruction aborts are reads, data aborts use WnR.
+    if f.instruction:
+        return False
+    return f.wnr
+
+
+def legacy(f: FaultInfo) -> bool:
+    """v5.9 .. v6.2-rc (c4ad98e4b72c): every S1PTW fault is a write."""
+    return True if f.s1ptw else _not_s1ptw(f)
+
+
+def fix(f: FaultInfo) -> bool:
+    """v6.2+ (406504c7b040): only a permission fault on a S1PTW is a write."""
+    return f.permission if f.s1ptw else _not_s1ptw(f)
+
+
+def ha_promote(f: FaultInfo) -> bool:
+    """Dropped patch 2/3: a S1PTW translation fault is a write iff the guest set TCR_EL1.HA
+    (and the host can read it: not a protected VM)."""
+    if f.s1ptw:
+        return f.permission or (f.ha and not f.vm_protected)
+    return _not_s1ptw(f)
+
+
+def oracle(f: FaultInfo) -> bool:
+    """Ideal: a S1PTW translation fault is a write iff this walk will write a descriptor in
+    that page (needs the guest tables parsed; SCENARIO.md "oracle")."""
+    if f.s1ptw:
+        return f.permission or f.walk_writes_page
+    return _not_s1ptw(f)
+
+
+POLICIES: dict[str, Policy] = {
+    "fix": fix,
+    "legacy": legacy,
+    "ha-promote": ha_promote,
+    "oracle": oracle,
+}
+DEFAULT_ORDER = tuple(POLICIES)

@@ -1,0 +1,370 @@
+"""The reference simulator: one access at a time, plain Python state — the executable spec.
+
+The walk follows AArch64.S1Translate / AArch64.S1Walk (DDI0487) and QEMU target/arm/ptw.c
+`get_phys_addr_lpae`: one function per architectural step.  Every stage-2 fault is handed to
+model.host.Host (KVM), and a fixed fault restarts the access from the beginning.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .arch import (DESC_AF, DESC_AP2, DESC_DBM, DESC_PXN, DESC_SIZE, DESC_TABLE, HOST_PAGE,
+                   desc_oa, is_table, is_valid)
+from .host import S2_RO, S2_RW, S2_UNMAPPED, Abort, Host, Outcome
+from .policies import DEFAULT_ORDER, POLICIES
+from .results import Harvest, PolicyResult
+from .scenario import Scenario, Step
+from .stage1 import build_tables
+
+STORES = frozenset({"write64", "st_preidx", "cas", "dc_zva"})
+ISV_KINDS = frozenset({"read64", "write64"})   # plain single-register LDR/STR: ISV = 1
+MAX_RESTARTS = 64
+
+
+class SimulationError(RuntimeError):
+    """A model bug (e.g. an access that never completes)."""
+
+
+@dataclass
+class TlbEntry:
+    leaf: int                    # leaf descriptor as it was when the access completed
+    level: int
+
+
+@dataclass
+class Walk:
+    """A completed stage-1 walk (AArch64.S1Walk result)."""
+    path: list[tuple[int, int, int]]   # (level, descriptor IPA, descriptor) top-down
+    leaf: int
+    level: int
+    leaf_addr: int
+
+
+class Stage1Fault(Exception):
+    """Guest-visible stage-1 fault (translation, access flag, permission)."""
+
+
+class Vm:
+    """One VM under one policy: vCPU TLBs, TCR state, the walker, and the host."""
+
+    def __init__(self, scn: Scenario, policy: str):
+        self.scn = scn
+        self.geo = scn.machine.geometry
+        tables = build_tables(scn)
+        self.tables = tables
+        initial: dict[int, dict[int, int]] = {}
+        for addr, v in tables.descriptors.items():
+            initial.setdefault(addr & ~(HOST_PAGE - 1), {})[addr] = v
+        self.r = PolicyResult(policy)
+        self.host = Host(scn, initial, POLICIES[policy], self.r)
+        self.tcr_ha = scn.guest.tcr_ha
+        self.tcr_hd = scn.guest.tcr_hd
+        self.tcr2_haft = scn.guest.tcr2_haft
+        self.tlb: dict[int, dict[int, TlbEntry]] = {}
+        self.stopped: set[int] = set()
+        self._flushes_seen = 0
+
+    # ---- effective hardware-update controls (DOMAIN.md §2; AArch64.GetS1TTWParams) -----
+    @property
+    def ha(self) -> bool:
+        return self.tcr_ha and self.scn.machine.hafdbs >= 1
+
+    @property
+    def hd(self) -> bool:
+        return self.ha and self.tcr_hd and self.scn.machine.hafdbs >= 2
+
+    @property
+    def haft(self) -> bool:        # FEAT_HAFT needs HA (I_VPNMG)
+        return self.ha and self.scn.machine.haft and self.tcr2_haft
+
+    # ---- TLB ------------------------------------------------------------------------
+    def vcpu_tlb(self, vcpu: int) -> dict[int, TlbEntry]:
+        if self.host.tlb_flushes != self._flushes_seen:   # KVM flushed the VM's TLBs
+            self._flushes_seen = self.host.tlb_flushes
+            self.tlb.clear()
+        return self.tlb.setdefault(vcpu, {})
+
+    def flush_all(self) -> None:
+        self.tlb.clear()
+
+    # ---- the walk ------------------------------------------------------------------
+    def s1_walk(self, va: int, read_desc) -> tuple[Walk | None, tuple[int, int] | None]:
+        """AArch64.S1Walk: one descriptor read per level.  `read_desc(addr)` returns the
+        descriptor or None when its stage-2 read faults; returns (walk, None), or
+        (None, (level, addr)) for the descriptor whose read faulted.  Raises Stage1Fault."""
+        geo = self.geo
+        table = self.tables.root
+        path = []
+        for level in range(geo.start_level, 4):
+            addr = table + geo.index(va, level) * DESC_SIZE
+            desc = read_desc(addr)
+            if desc is None:
+                return None, (level, addr)
+            path.append((level, addr, desc))
+            if not is_valid(desc):
+                raise Stage1Fault("translation")        # invalid descriptor
+            if is_table(desc, level):
+                table = desc_oa(desc, geo)
+                continue
+            if level == 3 and not desc & DESC_TABLE:
+                raise Stage1Fault("translation")        # reserved encoding at level 3
+            if level < 3 and geo.block_size(level) is None:
+                raise Stage1Fault("translation")        # block not allowed at this level
+            return Walk(path, desc, level, addr), None
+        raise AssertionError("unreachable")
+
+    def s1_check(self, walk: Walk, kind: str) -> None:
+        """AArch64.S1CheckPermissions with the AF check first (AF faults outrank permission
+        faults, I_DSHLJ)."""
+        leaf = walk.leaf
+        if not leaf & DESC_AF and not self.ha:
+            raise Stage1Fault("access flag")
+        if kind == "exec" and leaf & DESC_PXN:
+            raise Stage1Fault("permission")
+        if kind in STORES and leaf & DESC_AP2 and not (leaf & DESC_DBM and self.hd):
+            raise Stage1Fault("permission")             # R_PQJJR needs DBM and HD
+
+    def s1_updates(self, walk: Walk, kind: str) -> list[tuple[int, int]]:
+        """Hardware updates of a completed walk, tables top-down then the leaf, as
+        (descriptor IPA, new value): AArch64.S1Translate `if new_desc != descriptor`
+        (R_LFTXR), or every walk with hw_update = "always"."""
+        if not self.ha or (kind == "at" and not self.scn.machine.at_sets_af):
+            return []                                   # AT: IMPLEMENTATION DEFINED (R_XQSMX)
+        ups = []
+        if self.haft:                                   # FEAT_HAFT: table AF (R_CGKWB)
+            for level, addr, desc in walk.path[:-1]:
+                if not desc & DESC_AF:
+                    ups.append((addr, desc | DESC_AF))
+        new = walk.leaf | DESC_AF
+        if kind in STORES and self.hd and new & DESC_DBM and new & DESC_AP2:
+            new &= ~DESC_AP2                            # dirty state: clear AP[2] (R_PQJJR)
+        if new != walk.leaf or self.scn.machine.hw_update == "always":
+            ups.append((walk.leaf_addr, new))
+        return ups
+
+    # ---- stage 2 ---------------------------------------------------------------------
+    def s2_fault(self, page: int, write: bool) -> bool | None:
+        """None: access allowed; False: translation fault; True: permission fault."""
+        st = self.host.s2.get(page, S2_UNMAPPED)
+        if st == S2_UNMAPPED:
+            return False
+        if write and st == S2_RO:
+            return True
+        return None
+
+    def oracle_walk_writes(self, va: int, kind: str, page: int) -> bool:
+        """Oracle lookahead: run this access's walk on the tables as they will read once the
+        faults are resolved; does it update a descriptor stored in `page`?"""
+        host = self.host
+
+        def read(addr):
+            p = addr & ~(HOST_PAGE - 1)
+            if host.s2.get(p, S2_UNMAPPED) == S2_UNMAPPED:
+                return host.content_after_resolution(p).get(addr, 0)
+            return host.read_desc(addr)
+        try:
+            walk, _ = self.s1_walk(va, read)
+            self.s1_check(walk, kind)
+        except Stage1Fault:
+            return False
+        for addr, _new in self.s1_updates(walk, kind):
+            p = addr & ~(HOST_PAGE - 1)
+            s = self.scn.slot_of(p)
+            if p == page:
+                return True
+            if s is None or s.readonly:                 # that update aborts the access
+                return False
+        return False
+
+    # ---- one access ----------------------------------------------------------------------
+    def access(self, vcpu: int, va: int, kind: str) -> None:
+        r = self.r
+        r.accesses += 1
+        translated: set[int] = set()                    # pages with a S1PTW translation fault
+        for _ in range(MAX_RESTARTS):
+            out = self._attempt(vcpu, va, kind, translated)
+            if out is None or out in (Outcome.ABANDON, Outcome.MMIO, Outcome.SKIP):
+                return
+            if out is Outcome.STOP:
+                self.stopped.add(vcpu)
+                return
+        raise SimulationError(f"access to {va:#x} did not complete in {MAX_RESTARTS} tries")
+
+    def _attempt(self, vcpu: int, va: int, kind: str, translated: set[int]) -> Outcome | None:
+        r, host, geo = self.r, self.host, self.geo
+        store = kind in STORES
+        tlb = self.vcpu_tlb(vcpu)
+        va_page = va & ~(geo.granule - 1)
+        entry = tlb.get(va_page)
+        hit = (entry is not None and kind != "at"
+               and (not store or not entry.leaf & DESC_AP2))
+        if hit:
+            leaf, level = entry.leaf, entry.level
+            if kind == "exec" and leaf & DESC_PXN:
+                r.stage1_faults += 1
+                return None
+        else:
+            r.walks += 1
+            fault: list = []
+
+            def read(addr):
+                page = addr & ~(HOST_PAGE - 1)
+                f = self.s2_fault(page, False)
+                if f is not None:
+                    fault.append(f)
+                    return None
+                r.descriptor_reads += 1
+                return host.read_desc(addr)
+            try:
+                walk, faulted = self.s1_walk(va, read)
+                if walk is not None:
+                    self.s1_check(walk, kind)
+            except Stage1Fault:
+                r.stage1_faults += 1
+                return None
+            if walk is None:                            # S1PTW translation fault
+                _level, addr = faulted
+                page = addr & ~(HOST_PAGE - 1)
+                return self.s1ptw_fault(page, False, va, kind, translated)
+            for addr, new in self.s1_updates(walk, kind):
+                page = addr & ~(HOST_PAGE - 1)
+                f = self.s2_fault(page, True)           # the update needs stage-2 write
+                if f is not None:
+                    return self.s1ptw_fault(page, f, va, kind, translated)
+                host.guest_write(page, addr, new)       # AArch64.MemSwapTableDesc
+                if addr == walk.leaf_addr:
+                    walk.leaf = new
+            leaf, level = walk.leaf, walk.level
+        if kind == "at":
+            return None                                 # AT: the walk only
+        # Stage 2 of the data access (AArch64.S2Translate of the output address)
+        size = 1 << geo.level_shift(level)
+        oa = desc_oa(leaf, geo) & ~(size - 1) | (va & (size - 1))
+        page = oa & ~(HOST_PAGE - 1)
+        f = self.s2_fault(page, store)
+        if f is not None:
+            cls = "data_permission" if f else "data_translation"
+            r.s2_faults[cls] += 1
+            # WnR: stores 1; CAS reports 0 on a translation fault (a read would fault too)
+            wnr = store and not (kind == "cas" and not f)
+            out = host.handle_abort(
+                Abort(ipa=oa, s1ptw=False, permission=f, instruction=kind == "exec",
+                      wnr=wnr, isv=kind in ISV_KINDS, store=store),
+                walk_writes_page=False, ha=self.ha)
+            return out
+        if store:
+            host.guest_write(page)
+        tlb[va_page] = TlbEntry(leaf, level)
+        return None
+
+    def s1ptw_fault(self, page: int, permission: bool, va: int, kind: str,
+                    translated: set[int]) -> Outcome:
+        r = self.r
+        if permission:
+            r.s2_faults["s1ptw_permission"] += 1
+            if page in translated:                      # translation then permission
+                r.double_faults += 1
+                translated.discard(page)
+        else:
+            r.s2_faults["s1ptw_translation"] += 1
+            translated.add(page)
+        writes = (not permission and self.r.policy == "oracle"
+                  and self.oracle_walk_writes(va, kind, page))
+        return self.host.handle_abort(
+            Abort(ipa=page, s1ptw=True, permission=permission, instruction=kind == "exec",
+                  wnr=permission, isv=False),
+            walk_writes_page=writes, ha=self.ha)
+
+    # ---- guest operations --------------------------------------------------------------
+    def clear_af(self, vcpu: int, va: int) -> None:
+        """The guest kernel clears the leaf's AF with a store through its own (unwalked)
+        mapping of the table page, then invalidates the VA in every TLB."""
+        geo = self.geo
+        addr = self.tables.leaf_addr[va & ~(geo.granule - 1)]
+        page = addr & ~(HOST_PAGE - 1)
+        host = self.host
+        for _ in range(MAX_RESTARTS):
+            f = self.s2_fault(page, True)
+            if f is None:
+                host.guest_write(page, addr, host.read_desc(addr) & ~DESC_AF)
+                break
+            self.r.s2_faults["data_permission" if f else "data_translation"] += 1
+            out = host.handle_abort(Abort(ipa=addr, s1ptw=False, permission=f,
+                                          instruction=False, wnr=True, isv=True, store=True),
+                                    walk_writes_page=False, ha=self.ha)
+            if out is Outcome.RESTART:
+                continue
+            if out is Outcome.STOP:
+                self.stopped.add(vcpu)
+            break
+        else:
+            raise SimulationError("clear_af did not complete")
+        va_page = va & ~(geo.granule - 1)
+        for t in self.tlb.values():                     # TLBI VAE1IS
+            t.pop(va_page, None)
+
+    # ---- steps ----------------------------------------------------------------------------
+    def run_step(self, i: int, st: Step) -> None:
+        host = self.host
+        host.step = i
+        host.step_written = set()
+        n_events = len(self.r.uffd_events)
+        op = st.op
+        if op in ("access", "clear_af"):
+            if st.vcpu in self.stopped:
+                return                                  # KVM_RUN failed: vCPU stopped
+            if op == "access":
+                self.access(st.vcpu, st.va, st.kind)
+            else:
+                self.clear_af(st.vcpu, st.va)
+        elif op == "set_tcr":
+            if st.ha is not None:
+                self.tcr_ha = st.ha
+            if st.hd is not None:
+                self.tcr_hd = st.hd
+            if st.haft is not None:
+                self.tcr2_haft = st.haft
+            self.flush_all()
+        elif op == "flush_tlb":
+            self.flush_all()
+        elif op == "punch_hole":
+            host.punch_hole(self.scn.slot(st.slot))
+        elif op == "zap":
+            host.zap(self.scn.slot(st.slot), st.first, st.count)
+        elif op == "swap_out":
+            host.swap_out(self.scn.slot(st.slot), st.first, st.count)
+        elif op == "uffd_wp":
+            host.uffd_wp(self.scn.slot(st.slot), st.first, st.count)
+        elif op == "enable_dirty_log":
+            host.enable_dirty_log(self.scn.slot(st.slot), st.initially_set, st.eager_split)
+        elif op == "harvest":
+            marked, written = host.harvest(self.scn.slot(st.slot))
+            self.r.harvests.append(Harvest(i, st.slot, marked, written))
+        else:
+            raise SimulationError(f"unknown op {op!r}")
+        for e in self.r.uffd_events[n_events:]:
+            s = self.scn.slot(e.slot)
+            e.written = (s.ipa + e.page * HOST_PAGE) in host.step_written
+
+    def finish(self) -> PolicyResult:
+        r, host = self.r, self.host
+        for s in self.scn.memslots:
+            r.dirty_pages[s.name] = sorted(host.dirty[s.name]) if host.logging[s.name] else []
+            r.written_pages[s.name] = sorted(host.written[s.name])
+            if host.logging_active(s):
+                r.logging_slots.add(s.name)
+        pt = self.scn.slot(self.scn.guest.pt_slot)
+        per = self.geo.granule // HOST_PAGE
+        r.pt_pages = {pt.name: set(range(self.tables.tables_used * per))}
+        return r
+
+
+def run_reference(scn: Scenario, policies=DEFAULT_ORDER) -> dict[str, PolicyResult]:
+    """Run the scenario once per policy with the reference simulator."""
+    out = {}
+    for p in policies:
+        vm = Vm(scn, p)
+        for i, st in enumerate(scn.steps):
+            vm.run_step(i, st)
+        out[p] = vm.finish()
+    return out

@@ -1,0 +1,120 @@
+"""Per-policy results of a run: the facts of SCENARIO.md's output and DOMAIN.md §5 metrics."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+S2_CLASSES = ("s1ptw_translation", "s1ptw_permission", "data_translation", "data_permission")
+
+
+@dataclass
+class UffdEvent:
+    step: int
+    slot: str
+    page: int
+    mode: str                    # missing | minor | wp
+    write: bool                  # UFFD_PAGEFAULT_FLAG_WRITE
+    written: bool = False        # the step that raised it wrote that page (guest or VMM)
+
+    def as_json(self) -> dict:
+        return {"step": self.step, "slot": self.slot, "page": self.page, "mode": self.mode,
+                "write": self.write}
+
+
+@dataclass
+class Harvest:
+    step: int
+    slot: str
+    dirty_pages: list[int]
+    written_pages: list[int]     # ground truth of the round (not in the JSON)
+
+    def as_json(self) -> dict:
+        return {"step": self.step, "slot": self.slot, "dirty_pages": self.dirty_pages}
+
+
+@dataclass
+class PolicyResult:
+    policy: str
+    s2_faults: dict[str, int] = field(default_factory=lambda: dict.fromkeys(S2_CLASSES, 0))
+    double_faults: int = 0
+    uffd_events: list[UffdEvent] = field(default_factory=list)
+    mmio_exits: int = 0
+    vcpu_run_failures: int = 0
+    guest_aborts: int = 0
+    stage1_faults: int = 0
+    efaults: int = 0
+    harvests: list[Harvest] = field(default_factory=list)
+    dirty_pages: dict[str, list[int]] = field(default_factory=dict)
+    written_pages: dict[str, list[int]] = field(default_factory=dict)
+    # work
+    accesses: int = 0
+    walks: int = 0
+    descriptor_reads: int = 0
+    # classification of slot pages as page-table pages (for the pt/data split of §5)
+    pt_pages: dict[str, set[int]] = field(default_factory=dict)
+    logging_slots: set[str] = field(default_factory=set)
+
+    def as_json(self) -> dict:
+        """Exactly SCENARIO.md's per-policy shape."""
+        return {
+            "s2_faults": dict(self.s2_faults),
+            "double_faults": self.double_faults,
+            "uffd_events": [e.as_json() for e in self.uffd_events],
+            "mmio_exits": self.mmio_exits,
+            "vcpu_run_failures": self.vcpu_run_failures,
+            "guest_aborts": self.guest_aborts,
+            "stage1_faults": self.stage1_faults,
+            "harvests": [h.as_json() for h in self.harvests],
+            "dirty_pages": {k: list(v) for k, v in self.dirty_pages.items()},
+            "written_pages": {k: list(v) for k, v in self.written_pages.items()},
+        }
+
+    # ---- DOMAIN.md §5 derived metrics -------------------------------------------------
+    def _rounds(self):
+        """(slot, marked, written) per harvest plus the final would-be harvest of every slot
+        that is logging at the end."""
+        for h in self.harvests:
+            yield h.slot, set(h.dirty_pages), set(h.written_pages)
+        for slot in sorted(self.logging_slots):
+            yield slot, set(self.dirty_pages.get(slot, ())), set(self.written_pages.get(slot, ()))
+
+    def dirty_metrics(self) -> dict[str, int]:
+        m = dict.fromkeys(("dirty_marked_pt", "dirty_marked_data", "dirty_true",
+                           "dirty_false_positive", "dirty_false_positive_pt",
+                           "dirty_false_negative"), 0)
+        for slot, marked, written in self._rounds():
+            pt = self.pt_pages.get(slot, set())
+            m["dirty_marked_pt"] += len(marked & pt)
+            m["dirty_marked_data"] += len(marked - pt)
+            m["dirty_true"] += len(written)
+            fp = marked - written
+            m["dirty_false_positive"] += len(fp)
+            m["dirty_false_positive_pt"] += len(fp & pt)
+            m["dirty_false_negative"] += len(written - marked)
+        return m
+
+    def uffd_counts(self) -> dict[str, int]:
+        c: dict[str, int] = {}
+        for mode in ("missing", "minor", "wp"):
+            for flag in ("read", "write"):
+                c[f"uffd_{mode}_{flag}"] = sum(
+                    1 for e in self.uffd_events if e.mode == mode and e.write == (flag == "write"))
+        c["uffd_events"] = len(self.uffd_events)
+        c["uffd_false_write"] = sum(1 for e in self.uffd_events if e.write and not e.written)
+        return c
+
+    def metrics(self, oracle: "PolicyResult | None" = None) -> dict[str, int]:
+        """Flat DOMAIN.md §5 metrics; `uffd_extra` needs the oracle's result of the same run."""
+        m: dict[str, int] = {"accesses": self.accesses, "walks": self.walks,
+                             "descriptor_reads": self.descriptor_reads}
+        for k, v in self.s2_faults.items():
+            m[f"s2_{k}"] = v
+        m["s2_faults"] = sum(self.s2_faults.values())
+        m["double_faults"] = self.double_faults
+        m.update(self.uffd_counts())
+        if oracle is not None:
+            m["uffd_extra"] = max(0, len(self.uffd_events) - len(oracle.uffd_events))
+        m.update(self.dirty_metrics())
+        m.update(guest_aborts=self.guest_aborts, mmio_exits=self.mmio_exits,
+                 vcpu_run_failures=self.vcpu_run_failures, efaults=self.efaults,
+                 stage1_faults=self.stage1_faults)
+        return m
