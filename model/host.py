@@ -57,10 +57,13 @@ class Host:
         self.policy = policy
         self.r = result
         self.initial = initial_content          # page IPA -> {descriptor IPA: value}
+        # Page-indexed state; an engine may replace these with array-backed mappings that
+        # offer the same dict interface (get, [], []=, pop, in).
         self.content: dict[int, dict[int, int]] = {}
         self.host: dict[int, str] = {}
         self.s2: dict[int, int] = {}
         self.s2_block: dict[int, int] = {}      # page IPA -> base of the block mapping it
+        self._init_state()
         self.logging: dict[str, bool] = {}
         self.eager_split: dict[str, bool] = {}
         self.dirty: dict[str, set[int]] = {}
@@ -74,8 +77,8 @@ class Host:
             for p in self.slot_pages(s):
                 # SCENARIO.md "Start": populated slots are present and writable; else missing.
                 self.host[p] = HOST_RW if s.populated else HOST_MISSING
-                if s.populated and p in initial_content:
-                    self.content[p] = dict(initial_content[p])
+                if s.populated:
+                    self.restore_page(p)
         self.step = 0
         self.step_written: set[int] = set()     # pages written during the current step
 
@@ -91,22 +94,41 @@ class Host:
         # memslot_is_logging(): a dirty bitmap and not KVM_MEM_READONLY (kvm/mmu.c)
         return self.logging[s.name] and not s.readonly
 
+    def _init_state(self) -> None:
+        """Hook for engines with other state containers."""
+
+    # ---- guest memory content (only descriptors matter) ---------------------------------
     def read_desc(self, addr: int) -> int:
         return self.content.get(addr & ~(HOST_PAGE - 1), {}).get(addr, 0)
 
-    def content_after_resolution(self, page: int) -> dict[int, int]:
-        """What a walker will read in `page` once a fault on it is resolved (oracle)."""
+    def write_desc(self, page: int, addr: int, value: int) -> None:
+        self.content.setdefault(page, {})[addr] = value
+
+    def zero_page(self, page: int) -> None:
+        self.content.pop(page, None)
+
+    def restore_page(self, page: int) -> None:
+        """Content as at scenario start (the uffd handler's snapshot)."""
+        if page in self.initial:
+            self.content[page] = dict(self.initial[page])
+        else:
+            self.content.pop(page, None)
+
+    def desc_after_resolution(self, addr: int) -> int:
+        """The descriptor a walker will read at `addr` once a fault on its page is resolved
+        (the oracle's lookahead)."""
+        page = addr & ~(HOST_PAGE - 1)
         if self.host.get(page) == HOST_MISSING:
             s = self.scn.slot_of(page)
             if s is not None and s.uffd in ("missing", "minor"):
-                return self.initial.get(page, {})   # UFFDIO_COPY/CONTINUE from the snapshot
-            return {}                               # zero page, or a fresh zeroed page
-        return self.content.get(page, {})
+                return self.initial.get(page, {}).get(addr, 0)   # UFFDIO_COPY/CONTINUE
+            return 0                                # zero page, or a fresh zeroed page
+        return self.read_desc(addr)
 
     def guest_write(self, page: int, addr: int | None = None, value: int | None = None) -> None:
         """A write by the guest (store or walker update): the ground truth of dirtiness."""
         if addr is not None:
-            self.content.setdefault(page, {})[addr] = value
+            self.write_desc(page, addr, value)
         s = self.scn.slot_of(page)
         if s is not None:
             self.written[s.name].add(self.page_index(s, page))
@@ -196,10 +218,10 @@ class Host:
                 self.uffd_resolve_missing(slot, page)
             elif write:
                 self.host[page] = HOST_RW     # do_anonymous_page(): a new zeroed page
-                self.content.pop(page, None)
+                self.zero_page(page)
             else:
                 self.host[page] = HOST_ZERO   # read fault maps the shared zero page
-                self.content.pop(page, None)
+                self.zero_page(page)
         elif state == HOST_ZERO and write:
             self.host[page] = HOST_RW         # CoW of the zero page
         elif state == HOST_WP and write:
@@ -219,10 +241,7 @@ class Host:
         for p in pages:
             if self.host[p] == HOST_MISSING:
                 self.host[p] = HOST_RW
-                if p in self.initial:
-                    self.content[p] = dict(self.initial[p])
-                else:
-                    self.content.pop(p, None)
+                self.restore_page(p)
 
     def vmm_write(self, slot: Memslot, page: int) -> None:
         """The VMM's MMIO handler writes the data into the slot's host memory (memcpy):
@@ -268,7 +287,7 @@ class Host:
         pages = self.slot_pages(slot)
         for p in pages:
             self.host[p] = HOST_MISSING
-            self.content.pop(p, None)
+            self.zero_page(p)
         self.unmap(pages)
         self.flush_tlbs()
 

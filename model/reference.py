@@ -160,7 +160,7 @@ class Vm:
         def read(addr):
             p = addr & ~(HOST_PAGE - 1)
             if host.s2.get(p, S2_UNMAPPED) == S2_UNMAPPED:
-                return host.content_after_resolution(p).get(addr, 0)
+                return host.desc_after_resolution(addr)
             return host.read_desc(addr)
         try:
             walk, _ = self.s1_walk(va, read)
