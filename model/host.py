@@ -72,8 +72,8 @@ class Host:
         for s in scn.memslots:
             self.logging[s.name] = s.log_dirty
             self.eager_split[s.name] = False
-            self.dirty[s.name] = set()
-            self.written[s.name] = set()
+            self.dirty[s.name] = self.pageset(s)
+            self.written[s.name] = self.pageset(s)
             for p in self.slot_pages(s):
                 # SCENARIO.md "Start": populated slots are present and writable; else missing.
                 self.host[p] = HOST_RW if s.populated else HOST_MISSING
@@ -96,6 +96,10 @@ class Host:
 
     def _init_state(self) -> None:
         """Hook for engines with other state containers."""
+
+    def pageset(self, s: Memslot, full: bool = False):
+        """A set of page indices of slot `s` (dirty bitmap, written pages)."""
+        return set(range(s.pages)) if full else set()
 
     # ---- guest memory content (only descriptors matter) ---------------------------------
     def read_desc(self, addr: int) -> int:
@@ -311,12 +315,12 @@ class Host:
     def enable_dirty_log(self, slot: Memslot, initially_set: bool, eager_split: bool) -> None:
         self.logging[slot.name] = True
         self.eager_split[slot.name] = eager_split
-        self.written[slot.name] = set()       # the first round starts now (see README notes)
+        self.written[slot.name] = self.pageset(slot)   # the round starts now (README)
         if initially_set:
             # KVM_DIRTY_LOG_INITIALLY_SET: every bit set, nothing protected until a harvest.
-            self.dirty[slot.name] = set(range(slot.pages))
+            self.dirty[slot.name] = self.pageset(slot, full=True)
             return
-        self.dirty[slot.name] = set()
+        self.dirty[slot.name] = self.pageset(slot)
         self.write_protect(self.slot_pages(slot), split=eager_split)  # kvm_mmu_wp_memory_region
         self.flush_tlbs()
 
@@ -325,8 +329,8 @@ class Host:
         pages (kvm_arch_mmu_enable_log_dirty_pt_masked), flushes TLBs."""
         marked = sorted(self.dirty[slot.name])
         written = sorted(self.written[slot.name])
-        self.dirty[slot.name] = set()
-        self.written[slot.name] = set()
+        self.dirty[slot.name] = self.pageset(slot)
+        self.written[slot.name] = self.pageset(slot)
         self.write_protect((slot.ipa + i * HOST_PAGE for i in marked),
                            split=self.eager_split[slot.name])
         self.flush_tlbs()

@@ -299,16 +299,27 @@ class Vm:
             break
         else:
             raise SimulationError("clear_af did not complete")
-        va_page = va & ~(geo.granule - 1)
-        for t in self.tlb.values():                     # TLBI VAE1IS
+        self.tlb_invalidate_va(va & ~(geo.granule - 1))   # TLBI VAE1IS
+
+    def tlb_invalidate_va(self, va_page: int) -> None:
+        for t in self.tlb.values():
             t.pop(va_page, None)
 
     # ---- steps ----------------------------------------------------------------------------
+    def begin_step(self, i: int) -> None:
+        self.host.step = i
+        self.host.step_written = set()
+        self._n_events = len(self.r.uffd_events)
+
+    def end_step(self) -> None:
+        """Flag the step's uffd events whose page the step wrote (guest or VMM)."""
+        for e in self.r.uffd_events[self._n_events:]:
+            s = self.scn.slot(e.slot)
+            e.written = (s.ipa + e.page * HOST_PAGE) in self.host.step_written
+
     def run_step(self, i: int, st: Step) -> None:
         host = self.host
-        host.step = i
-        host.step_written = set()
-        n_events = len(self.r.uffd_events)
+        self.begin_step(i)
         op = st.op
         if op in ("access", "clear_af"):
             if st.vcpu in self.stopped:
@@ -342,9 +353,7 @@ class Vm:
             self.r.harvests.append(Harvest(i, st.slot, marked, written))
         else:
             raise SimulationError(f"unknown op {op!r}")
-        for e in self.r.uffd_events[n_events:]:
-            s = self.scn.slot(e.slot)
-            e.written = (s.ipa + e.page * HOST_PAGE) in host.step_written
+        self.end_step()
 
     def finish(self) -> PolicyResult:
         r, host = self.r, self.host
