@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--json", action="store_true", help="SCENARIO.md's JSON output")
     sc.add_argument("--policy", action="extend", nargs="+", metavar="P",
                     help=f"policies to run (default: all; {', '.join(POLICIES)})")
-    sc.add_argument("--engine", choices=("reference", "numpy"), default="reference")
+    sc.add_argument("--engine", choices=("numpy", "reference"), default="numpy",
+                    help="numpy (default, vectorised) or reference (one access at a time)")
     sc.set_defaults(func=cmd_scenario)
     return ap
 

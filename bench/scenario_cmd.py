@@ -6,6 +6,7 @@ import json
 from tabulate import tabulate
 
 from model.policies import DEFAULT_ORDER
+from model.engine import run_engine
 from model.reference import run_reference
 from model.results import S2_CLASSES, PolicyResult
 from model.scenario import Scenario
@@ -49,12 +50,9 @@ def scenario_table(scn: Scenario, results: dict[str, PolicyResult]) -> str:
     return title + "\n" + tabulate(rows, headers=["", *pols], tablefmt="simple")
 
 
-def run(scn: Scenario, policies=DEFAULT_ORDER, as_json: bool = False, engine: str = "reference") -> str:
-    if engine != "reference":
-        from model.engine import run_engine      # vectorised engine (issue 3)
-        results = run_engine(scn, policies)
-    else:
-        results = run_reference(scn, policies)
+def run(scn: Scenario, policies=DEFAULT_ORDER, as_json: bool = False,
+        engine: str = "numpy") -> str:
+    results = (run_reference if engine == "reference" else run_engine)(scn, policies)
     if as_json:
         return json.dumps(scenario_json(scn, results))
     return scenario_table(scn, results)

@@ -56,13 +56,16 @@ class Vm:
         for addr, v in tables.descriptors.items():
             initial.setdefault(addr & ~(HOST_PAGE - 1), {})[addr] = v
         self.r = PolicyResult(policy)
-        self.host = Host(scn, initial, POLICIES[policy], self.r)
+        self.host = self._make_host(scn, initial, POLICIES[policy], self.r)
         self.tcr_ha = scn.guest.tcr_ha
         self.tcr_hd = scn.guest.tcr_hd
         self.tcr2_haft = scn.guest.tcr2_haft
         self.tlb: dict[int, dict[int, TlbEntry]] = {}
         self.stopped: set[int] = set()
         self._flushes_seen = 0
+
+    def _make_host(self, scn, initial, policy, result) -> Host:
+        return Host(scn, initial, policy, result)
 
     # ---- effective hardware-update controls (DOMAIN.md §2; AArch64.GetS1TTWParams) -----
     @property

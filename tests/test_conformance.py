@@ -10,6 +10,7 @@ import pytest
 from conformance import (DATA_PAGE, PT_IPA, TEST_GVA, csv_path, expected_pte_page, load_rows,
                          parse_row, row_to_scenario)
 from model.arch import DESC_AF, HOST_PAGE
+from model.engine import run_engine
 from model.reference import Vm, run_reference
 from model.stage1 import build_tables
 
@@ -39,11 +40,15 @@ def _events_in(res, slot):
     return [e for e in res.uffd_events if e.slot == slot]
 
 
+ENGINES = {"reference": run_reference, "numpy": run_engine}
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
 @pytest.mark.parametrize("raw", RAW_ROWS, ids=[r["name"] for r in RAW_ROWS])
-def test_row(raw):
+def test_row(raw, engine):
     row = parse_row(raw)                 # Unexpressible -> the test fails with the reason
     scn = row_to_scenario(row)
-    res = run_reference(scn, ("fix",))["fix"]
+    res = ENGINES[engine](scn, ("fix",))["fix"]
     pte_pg = expected_pte_page()
     facts = (f"uffd={[(e.slot, e.page, e.write) for e in res.uffd_events]} "
              f"mmio={res.mmio_exits} fail={res.vcpu_run_failures} aborts={res.guest_aborts} "

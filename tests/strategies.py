@@ -1,0 +1,106 @@
+"""Hypothesis strategies: random valid machines, memslots, mappings and step sequences.
+
+Built directly as model.scenario objects (no file round trip); only scenarios the table
+builder accepts are kept.  Used by the engine differential tests.
+"""
+from __future__ import annotations
+
+from hypothesis import assume
+from hypothesis import strategies as st
+
+from model.scenario import Guest, Machine, Mapping, Memslot, Scenario, Step, Vmm, ACCESS_KINDS
+from model.stage1 import TableLayoutError, build_tables
+
+VA_BITS = {4096: (39, 48, 30), 16384: (47, 36), 65536: (42, 48)}
+REGIONS = (0x0, 0x200000, 0x40000000, 0x8000000000 >> 2, 0x3FE00000)
+
+
+@st.composite
+def slot_flags(draw, name, ipa, pages):
+    backing = draw(st.sampled_from(("anon", "anon_thp", "hugetlb", "shmem")))
+    uffds = ["none", "missing", "wp"] + (["minor"] if backing in ("shmem", "hugetlb") else [])
+    return Memslot(name=name, ipa=ipa, pages=pages, readonly=draw(st.booleans()),
+                   log_dirty=draw(st.booleans()), backing=backing,
+                   populated=draw(st.booleans()), uffd=draw(st.sampled_from(uffds)),
+                   uffd_resolve=draw(st.sampled_from(("page", "slot"))))
+
+
+@st.composite
+def scenarios(draw, max_steps: int = 40) -> Scenario:
+    granule = draw(st.sampled_from((4096, 4096, 4096, 16384, 65536)))
+    va_bits = draw(st.sampled_from(VA_BITS[granule]))
+    gp = granule // 4096
+    machine = Machine(granule=granule, va_bits=va_bits, hafdbs=draw(st.integers(0, 2)),
+                      haft=draw(st.booleans()),
+                      hw_update=draw(st.sampled_from(("on-change", "always"))),
+                      at_sets_af=draw(st.booleans()))
+    guest = Guest(tcr_ha=draw(st.booleans()), tcr_hd=draw(st.booleans()),
+                  tcr2_haft=draw(st.booleans()), pt_slot="pt",
+                  vm_protected=draw(st.booleans()))
+    big = draw(st.booleans())            # 2 MiB blocks possible: slots of 512+ pages
+    pt_pages = 512 if big else gp * draw(st.integers(4, 10))
+    data_pages = 1024 if big else gp * draw(st.integers(1, 8))
+    slots = [draw(slot_flags("pt", 0x40000000, pt_pages)),
+             draw(slot_flags("data", 0x80000000, data_pages))]
+    if draw(st.booleans()):
+        slots.append(draw(slot_flags("rom", 0xC0000000, gp * 2)))
+    # mappings into data slots (and sometimes onto the page-table slot itself)
+    maps = []
+    used_va = set()
+    for _ in range(draw(st.integers(1, 4))):
+        s = draw(st.sampled_from(slots))
+        npg = s.pages // gp
+        first = draw(st.integers(0, npg - 1))
+        pages = draw(st.integers(1, min(3, npg - first)))
+        region = draw(st.sampled_from(REGIONS)) % (1 << va_bits)
+        region &= ~(granule - 1)
+        va = region + draw(st.integers(0, 3)) * granule
+        if va + pages * granule > (1 << va_bits):
+            continue
+        span = {va + i * granule for i in range(pages)}
+        if span & used_va:
+            continue
+        used_va |= span
+        maps.append(Mapping(va=va, ipa=s.ipa + first * granule, pages=pages,
+                            af=draw(st.booleans()), writable=draw(st.booleans()),
+                            dirty=draw(st.booleans()), executable=draw(st.booleans())))
+    assume(maps)
+    scn0 = Scenario("gen", machine, guest, tuple(slots), Vmm(), tuple(maps), ())
+    try:
+        build_tables(scn0)
+    except TableLayoutError:
+        assume(False)
+    vas = sorted(used_va)
+    pool = [v + draw(st.integers(0, granule - 1)) // 8 * 8 for v in vas]
+    logging = {s.name: s.log_dirty for s in slots}
+    steps = []
+    for _ in range(draw(st.integers(1, max_steps))):
+        op = draw(st.sampled_from(("access",) * 10 + (
+            "clear_af", "set_tcr", "punch_hole", "zap", "swap_out", "uffd_wp",
+            "enable_dirty_log", "harvest", "flush_tlb")))
+        vcpu = draw(st.integers(0, 2))
+        s = draw(st.sampled_from(slots))
+        if op == "access":
+            steps.append(Step("access", vcpu=vcpu, va=draw(st.sampled_from(pool)),
+                              kind=draw(st.sampled_from(ACCESS_KINDS))))
+        elif op == "clear_af":
+            steps.append(Step("clear_af", vcpu=vcpu, va=draw(st.sampled_from(vas))))
+        elif op == "set_tcr":
+            steps.append(Step("set_tcr", ha=draw(st.booleans()), hd=draw(st.booleans()),
+                              haft=draw(st.none() | st.booleans())))
+        elif op == "punch_hole":
+            steps.append(Step("punch_hole", slot=s.name))
+        elif op in ("zap", "swap_out") or (op == "uffd_wp" and s.uffd == "wp"):
+            first = draw(st.integers(0, s.pages - 1))
+            count = draw(st.integers(1, min(8, s.pages - first)))
+            steps.append(Step(op, slot=s.name, first=first, count=count))
+        elif op == "enable_dirty_log" and not logging[s.name]:
+            logging[s.name] = True
+            steps.append(Step(op, slot=s.name, initially_set=draw(st.booleans()),
+                              eager_split=draw(st.booleans())))
+        elif op == "harvest" and logging[s.name]:
+            steps.append(Step("harvest", slot=s.name))
+        elif op == "flush_tlb":
+            steps.append(Step("flush_tlb"))
+    vmm = Vmm(draw(st.sampled_from(("ignore", "write_backing"))))
+    return Scenario("gen", machine, guest, tuple(slots), vmm, tuple(maps), tuple(steps))

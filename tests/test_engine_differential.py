@@ -1,0 +1,53 @@
+"""The numpy engine against the reference simulator: every metric and page set equal.
+
+CI runs the `ci` profile (>= 300 examples in all); `HYPOTHESIS_PROFILE=thorough` runs
+10,000 by hand.
+"""
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from model import engine
+from model.engine import run_engine
+from model.reference import run_reference
+from tests.strategies import scenarios
+
+settings.register_profile("ci", max_examples=200, deadline=None,
+                          suppress_health_check=list(HealthCheck))
+settings.register_profile("thorough", max_examples=10_000, deadline=None,
+                          suppress_health_check=list(HealthCheck))
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def facts(results):
+    """Everything a run reports: SCENARIO.md's JSON, the §5 metrics (walks, descriptor
+    reads, dirty and uffd counts), and each uffd event's `written` flag."""
+    return {p: (r.as_json(), r.metrics(), [e.written for e in r.uffd_events])
+            for p, r in results.items()}
+
+
+def assert_same(scn):
+    ref = facts(run_reference(scn))
+    fast = facts(run_engine(scn))
+    for p in ref:
+        assert fast[p] == ref[p], f"policy {p} differs"
+
+
+@given(scenarios())
+def test_engine_equals_reference(scn):
+    assert_same(scn)
+
+
+@pytest.fixture
+def tiny_windows(monkeypatch):
+    # Windows of 1..2 accesses split quiet stretches everywhere: every prefix of the bulk
+    # path meets the scalar path.
+    monkeypatch.setattr(engine, "MIN_WINDOW", 1)
+    monkeypatch.setattr(engine, "MAX_WINDOW", 2)
+
+
+@settings(max_examples=100)
+@given(scenarios())
+def test_engine_equals_reference_with_tiny_windows(tiny_windows, scn):
+    assert_same(scn)
