@@ -32,6 +32,7 @@ PAGE_MASK = ~(HOST_PAGE - 1)
 HOST_CODES = {HOST_MISSING: 0, HOST_RW: 1, HOST_ZERO: 2, HOST_WP: 3}
 HOST_NAMES = {v: k for k, v in HOST_CODES.items()}
 U64 = np.uint64
+BIG = np.int64(1 << 62)
 
 
 # ---- array-backed state ---------------------------------------------------------------
@@ -48,6 +49,17 @@ class SlotIndex:
         self._bases = np.array(self.bases, dtype=np.int64)
         self._npages = np.array(self.npages, dtype=np.int64)
         self._starts = np.array(self.starts, dtype=np.int64)
+        # A dense page -> index table over the slots' IPA span when it is small (the usual
+        # case); index -1 between slots.  Lookups are then one gather.
+        self.lo = self.bases[0]
+        span = (max(s.end for s in order) - self.lo) >> 12
+        self.table = None
+        if span <= (1 << 24):
+            t = np.full(span + 1, -1, dtype=np.int64)
+            for b, n, st in zip(self.bases, self.npages, self.starts):
+                o = (b - self.lo) >> 12
+                t[o:o + n] = np.arange(st, st + n)
+            self.table = t
 
     def index(self, page: int) -> int:
         i = bisect.bisect_right(self.bases, page) - 1
@@ -58,6 +70,10 @@ class SlotIndex:
 
     def index_v(self, pages: np.ndarray) -> np.ndarray:
         """Vectorised `index` for an int64 array of page IPAs."""
+        if self.table is not None:
+            o = (pages - self.lo) >> 12
+            ok = (o >= 0) & (o < len(self.table))
+            return np.where(ok, self.table[np.where(ok, o, len(self.table) - 1)], -1)
         i = np.searchsorted(self._bases, pages, side="right") - 1
         ic = np.maximum(i, 0)
         off = (pages - self._bases[ic]) >> 12
@@ -207,13 +223,16 @@ class TlbView:
         return TlbEntry(leaf, level)
 
     def __setitem__(self, va_page: int, e: TlbEntry) -> None:
-        k = self.vm.va_page_id(va_page)
-        self.vm.tlb[self.vcpu, k] = (self.vm.tlb_gen << 2) | (1 if e.leaf & DESC_AP2 else 2)
+        vm = self.vm
+        k = vm.va_page_id(va_page)
+        vm.tlb[self.vcpu * len(vm.va_pages) + k] = (vm.tlb_gen << 2) | (
+            1 if e.leaf & DESC_AP2 else 2)
 
     def pop(self, va_page: int, default=None):
-        k = self.vm.va_page_id(va_page)
+        vm = self.vm
+        k = vm.va_page_id(va_page)
         if k >= 0:
-            self.vm.tlb[self.vcpu, k] = 0
+            vm.tlb[self.vcpu * len(vm.va_pages) + k] = 0
         return default
 
 
@@ -221,17 +240,21 @@ class TlbView:
 class FastVm(Vm):
     """Vm whose state lives in arrays, with a bulk path for quiet stretches."""
 
-    def __init__(self, scn: Scenario, policy: str, trace: Trace, va_pages: np.ndarray):
+    def __init__(self, scn: Scenario, policy: str, trace: Trace, prep: "TracePrep"):
         self._trace = trace
         super().__init__(scn, policy)
-        self.va_pages = va_pages                   # sorted unique VA pages of the trace
-        nv = int(trace.vcpu.max()) + 1 if len(trace) else 1
-        self.n_vcpu = nv
+        self.prep = prep
+        self.va_pages = prep.va_pages              # sorted unique VA pages of the trace
+        nv = prep.n_vcpu
+        nu = max(1, len(self.va_pages))
         # TLB: (generation << 2) | state, state 1 = clean entry (AP[2] set), 2 = dirty entry;
         # an entry is valid only in the current generation (a flush bumps it: O(1)).
-        self.tlb = np.zeros((nv, max(1, len(va_pages))), dtype=np.int64)
+        self.tlb = np.zeros(nv * nu, dtype=np.int32)
         self.tlb_gen = 1
         self.stopped_mask = np.zeros(nv, dtype=bool)
+        # scratch for first-occurrence reductions, kept at BIG between uses
+        self.scratch_tlb = np.full(nv * nu, BIG, dtype=np.int64)
+        self.scratch_leaf = np.full(len(self.host.ptmem) + 1, BIG, dtype=np.int64)
 
     def _make_host(self, scn, initial, policy, result):
         return ArrayHost(scn, initial, policy, result)
@@ -242,7 +265,7 @@ class FastVm(Vm):
         return k if k < len(self.va_pages) and int(self.va_pages[k]) == va_page else -1
 
     def tlb_state(self, vcpu: int, k: int) -> int:
-        v = int(self.tlb[vcpu, k])
+        v = int(self.tlb[vcpu * len(self.va_pages) + k])
         return v & 3 if v >> 2 == self.tlb_gen else 0
 
     def _sync_flush(self) -> None:
@@ -261,7 +284,7 @@ class FastVm(Vm):
         self._sync_flush()
         k = self.va_page_id(va_page)
         if k >= 0:
-            self.tlb[:, k] = 0
+            self.tlb[k::len(self.va_pages)] = 0
 
     def mem_walk(self, va: int) -> tuple[int, int]:
         """Leaf descriptor and level of `va` in memory (no stage-2 checks)."""
@@ -370,7 +393,8 @@ class FastVm(Vm):
         ok |= ~live
         bad = np.flatnonzero(~ok)
         q = int(bad[0]) if len(bad) else len(va)
-        facts = dict(va=va, kind=kind, vcpu=vcpu, live=live, addrs=addrs,
+        facts = dict(va=va, vid=self.prep.vid[lo:hi], kind=kind, vcpu=vcpu, live=live,
+                     addrs=addrs,
                      leaf_level=leaf_level, leaf_addr=leaf_addr, leaf=leaf, store=store,
                      s1f=s1f, complete=complete, updating=updating, af=af, ap2=ap2, dbm=dbm,
                      oa=oa, data=data, haft_tables=haft_tables)
@@ -383,9 +407,11 @@ class FastVm(Vm):
         self._sync_flush()
         host, r, geo = self.host, self.r, self.geo
         live = f["live"][:q]
-        sl = np.flatnonzero(live)
-        if len(sl) == 0:
+        all_live = bool(live.all())
+        sl = slice(None) if all_live else np.flatnonzero(live)
+        if not all_live and len(sl) == 0:
             return
+
         def cut(v):
             if isinstance(v, np.ndarray):
                 return v[:q][sl]
@@ -394,22 +420,23 @@ class FastVm(Vm):
             return [cut(x) for x in v]
         g = {k: cut(v) for k, v in f.items()}
         kind, store, complete = g["kind"], g["store"], g["complete"]
-        n = len(sl)
+        n = len(kind)
         pos = np.arange(n, dtype=np.int64)
         r.accesses += n
         r.stage1_faults += int(np.count_nonzero(g["s1f"]))
         # --- TLB: which accesses walk (Vm._attempt's hit rule) -------------------------
-        vid = np.searchsorted(self.va_pages, g["va"] & U64((1 << 64) - geo.granule))
-        key = g["vcpu"].astype(np.int64) * len(self.va_pages) + vid
-        flat = self.tlb.reshape(-1)
+        key = g["vcpu"].astype(np.int64) * len(self.va_pages) + g["vid"]
+        flat = self.tlb
         raw = flat[key]
         s0 = np.where(raw >> 2 == self.tlb_gen, raw & 3, 0)
         fills = complete & (kind != AT)
-        BIG = np.int64(1 << 62)
-        first_fill = _first_by_key(key, pos, fills, BIG)
+        first_fill = _first_by_key(self.scratch_tlb, key, pos, fills)
         # leaf dirtied in memory: AP[2] clear at start, or the first completing store on it
-        leaf_key = np.where(g["leaf_addr"] >= 0, g["leaf_addr"], 0)
-        t_dirty = _first_by_key(leaf_key, pos, complete & store, BIG)
+        leaf_key = np.where(g["leaf_addr"] >= 0, (g["leaf_addr"] - host.pt_base) >> 3,
+                            len(host.ptmem))
+        leaf_key = np.where((leaf_key >= 0) & (leaf_key < len(host.ptmem)), leaf_key,
+                            len(host.ptmem))
+        t_dirty = _first_by_key(self.scratch_leaf, leaf_key, pos, complete & store)
         t_dirty = np.where(~g["ap2"], -1, t_dirty)
         # D: first point from which the key's entry is dirty
         ff_is_load = np.zeros(n, dtype=bool)
@@ -417,7 +444,7 @@ class FastVm(Vm):
         ff_idx = np.minimum(first_fill, n - 1)
         ff_is_load[has_ff] = ~store[ff_idx[has_ff]]
         ff_dirty = has_ff & ff_is_load & (t_dirty[ff_idx] < first_fill)
-        first_store = _first_by_key(key, pos, complete & store, BIG)
+        first_store = _first_by_key(self.scratch_tlb, key, pos, complete & store)
         D = np.minimum(np.where((s0 == 0) & ff_dirty, first_fill, BIG), first_store)
         D = np.where(s0 == 2, -1, D)
         walk = np.where(store, pos <= D,
@@ -427,12 +454,10 @@ class FastVm(Vm):
         for a in g["addrs"]:
             levels_read += a >= 0
         r.descriptor_reads += int(levels_read[walk].sum())
-        # final TLB state per touched key
-        last = np.zeros(n, dtype=bool)
-        _, last_idx = np.unique(key[::-1], return_index=True)
-        last[n - 1 - last_idx] = True
-        fin = np.where((D < BIG) & (D <= n - 1), 2, np.where(has_ff & (s0 == 0), 1, s0))
-        upd = last & (fin > 0)
+        # final TLB state per touched key (the same for every element of a key, so a plain
+        # scatter with repeated keys is exact)
+        fin = np.where(D < BIG, 2, np.where(has_ff & (s0 == 0), 1, s0))
+        upd = fin > 0
         flat[key[upd]] = (self.tlb_gen << 2) | fin[upd]
         # --- hardware updates made by walks that complete ------------------------------
         wu = walk & g["updating"]
@@ -459,7 +484,7 @@ class FastVm(Vm):
 
     def _mark_written(self, pages: np.ndarray) -> None:
         host = self.host
-        gi = host.idx.index_v(np.unique(pages))
+        gi = host.idx.index_v(pages)
         for s in self.scn.memslots:
             st = host.idx.start_of[s.name]
             m = (gi >= st) & (gi < st + s.pages)
@@ -480,22 +505,42 @@ class FastVm(Vm):
         self.end_step()
 
 
-def _first_by_key(key: np.ndarray, pos: np.ndarray, mask: np.ndarray, big) -> np.ndarray:
-    """For every element, the first position (in `pos` order) among elements of the same key
-    where `mask` holds; `big` where none does."""
-    out = np.full(len(key), big, dtype=np.int64)
+def _first_by_key(scratch: np.ndarray, key: np.ndarray, pos: np.ndarray,
+                  mask: np.ndarray) -> np.ndarray:
+    """For every element, the first position among elements of the same key where `mask`
+    holds; BIG where none does.  `scratch` (dense over keys) is BIG on entry and on exit."""
     if not np.any(mask):
-        return out
-    k = key[mask]
-    p = pos[mask]
-    uk, inv = np.unique(k, return_inverse=True)
-    first = np.full(len(uk), big, dtype=np.int64)
-    np.minimum.at(first, inv, p)
-    j = np.searchsorted(uk, key)
-    jc = np.minimum(j, len(uk) - 1)
-    hit = uk[jc] == key
-    out[hit] = first[jc[hit]]
+        return np.full(len(key), BIG, dtype=np.int64)
+    km = key[mask]
+    np.minimum.at(scratch, km, pos[mask])
+    out = scratch[key]
+    scratch[km] = BIG
     return out
+
+
+class TracePrep:
+    """Per-trace facts shared by every policy's run: the unique VA pages and each access's
+    index among them (the TLB key), and the number of vCPUs."""
+
+    def __init__(self, scn: Scenario, trace: Trace):
+        geo = scn.machine.geometry
+        shift = geo.granule_shift
+        n = len(trace)
+        vpn = (trace.va >> U64(shift)).astype(np.int64) if n else np.zeros(0, np.int64)
+        lo = int(vpn.min()) if n else 0
+        span = int(vpn.max()) - lo + 1 if n else 0
+        if n and span <= max(1 << 22, 4 * n):
+            # dense: mark the pages present, number them in order (O(n + span))
+            present = np.zeros(span, dtype=bool)
+            present[vpn - lo] = True
+            order = np.cumsum(present) - 1
+            self.vid = order[vpn - lo]
+            self.va_pages = ((np.flatnonzero(present) + lo).astype(U64) << U64(shift))
+        else:
+            uniq, vid = np.unique(vpn, return_inverse=True)
+            self.vid = vid.astype(np.int64)
+            self.va_pages = uniq.astype(U64) << U64(shift)
+        self.n_vcpu = int(trace.vcpu.max()) + 1 if len(trace) else 1
 
 
 MIN_WINDOW, MAX_WINDOW = 64, 1 << 16
@@ -503,11 +548,10 @@ MIN_WINDOW, MAX_WINDOW = 64, 1 << 16
 
 def run_trace(scn: Scenario, trace: Trace, policies=DEFAULT_ORDER) -> dict[str, PolicyResult]:
     """Run a trace under every policy with the numpy engine."""
-    geo = scn.machine.geometry
-    va_pages = np.unique(trace.va & U64((1 << 64) - geo.granule))
+    prep = TracePrep(scn, trace)
     out = {}
     for p in policies:
-        vm = FastVm(scn, p, trace, va_pages)
+        vm = FastVm(scn, p, trace, prep)
         for start, end, events in trace.intervals():
             for _pos, si, st in events:
                 vm.run_step(si, st)
