@@ -6,6 +6,7 @@ D8.5 (hardware updates); QEMU target/arm/ptw.c `get_phys_addr_lpae`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 HOST_PAGE_SHIFT = 12            # host PAGE_SIZE, and stage-2 page granularity (4 KiB)
 HOST_PAGE = 1 << HOST_PAGE_SHIFT
@@ -50,21 +51,21 @@ class Geometry:
                 f"va_bits {self.va_bits} gives {levels} levels with a "
                 f"{self.granule // 1024}K granule (2..4 levels, va_bits <= 48 needed)")
 
-    @property
+    @cached_property
     def granule_shift(self) -> int:
         return self.granule.bit_length() - 1
 
-    @property
+    @cached_property
     def stride(self) -> int:
         # stride = log2(G) - 3: bits resolved per level (9, 11, 13)
         return self.granule_shift - 3
 
-    @property
+    @cached_property
     def levels(self) -> int:
         # levels = ceil((va_bits - log2(G)) / stride)  (AArch64.S1StartLevel)
         return -(-(self.va_bits - self.granule_shift) // self.stride)
 
-    @property
+    @cached_property
     def start_level(self) -> int:
         return 4 - self.levels
 
@@ -78,8 +79,15 @@ class Geometry:
             return self.va_bits - self.level_shift(level)
         return self.stride
 
+    @cached_property
+    def walk_steps(self) -> tuple[tuple[int, int, int], ...]:
+        """(level, VA shift, index mask) for every level of a walk, top-down."""
+        return tuple((lv, self.level_shift(lv), (1 << self.index_bits(lv)) - 1)
+                     for lv in range(self.start_level, 4))
+
     def index(self, va: int, level: int) -> int:
-        return (va >> self.level_shift(level)) & ((1 << self.index_bits(level)) - 1)
+        _lv, shift, mask = self.walk_steps[level - self.start_level]
+        return (va >> shift) & mask
 
     def block_size(self, level: int) -> int | None:
         """Bytes mapped by a block at `level`, or None if blocks are not allowed there."""
@@ -87,7 +95,7 @@ class Geometry:
             return 1 << self.level_shift(level)
         return None
 
-    @property
+    @cached_property
     def oa_mask(self) -> int:
         return ((1 << (OA_TOP_BIT + 1)) - 1) & ~(self.granule - 1)
 

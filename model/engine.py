@@ -155,6 +155,8 @@ class ArrayHost(Host):
         self.host = ArrayMap(self.idx, np.int8, -1, HOST_CODES.__getitem__,
                              HOST_NAMES.__getitem__)
         pt = scn.slot(scn.guest.pt_slot)
+        self.content_version = 0                   # page-table pages replaced (zero/restore)
+        self.desc_writes = 0                       # descriptors rewritten
         self.pt_base, self.pt_end = pt.ipa, pt.end
         self.ptmem = np.zeros(pt.pages * (HOST_PAGE // DESC_SIZE), dtype=U64)
         self.ptinit = np.zeros_like(self.ptmem)
@@ -178,6 +180,7 @@ class ArrayHost(Host):
         if o < 0:
             raise AssertionError(f"descriptor write outside the page-table slot: {addr:#x}")
         self.ptmem[o] = value
+        self.desc_writes += 1
 
     def _page_slice(self, page: int) -> slice | None:
         o = self._pt_off(page)
@@ -187,11 +190,13 @@ class ArrayHost(Host):
         sl = self._page_slice(page)
         if sl is not None:
             self.ptmem[sl] = 0
+            self.content_version += 1
 
     def restore_page(self, page: int) -> None:
         sl = self._page_slice(page)
         if sl is not None:
             self.ptmem[sl] = self.ptinit[sl]
+            self.content_version += 1
 
     def desc_after_resolution(self, addr: int) -> int:
         page = addr & PAGE_MASK
@@ -255,6 +260,8 @@ class FastVm(Vm):
         # scratch for first-occurrence reductions, kept at BIG between uses
         self.scratch_tlb = np.full(nv * nu, BIG, dtype=np.int64)
         self.scratch_leaf = np.full(len(self.host.ptmem) + 1, BIG, dtype=np.int64)
+        self.scratch_page_r = np.full(self.host.idx.total + 1, BIG, dtype=np.int64)
+        self.scratch_page_w = np.full(self.host.idx.total + 1, BIG, dtype=np.int64)
 
     def _make_host(self, scn, initial, policy, result):
         return ArrayHost(scn, initial, policy, result)
@@ -344,11 +351,24 @@ class FastVm(Vm):
         idx = host.idx
         # every descriptor page read must be mapped (a TLB hit implies it is: KVM flushes
         # TLBs whenever it unmaps, so a valid entry's walk pages are still mapped)
+        # unsatisfied needs as (position, page index, write): each is a stage-2 fault
+        # unless an earlier access's fault on the same page satisfied it
+        n_pages = len(s2) - 1
+        pos = np.arange(len(va), dtype=np.int64)
+        needs: list[tuple[np.ndarray, np.ndarray, bool]] = []
+        path_pages = []
+
+        def need(mask, pages, write):
+            if np.any(mask):
+                needs.append((pos[mask], pages[mask], write))
         ok = np.ones(len(va), dtype=bool)
         for a in addrs:
             rd = a >= 0
-            st = s2[idx.index_v(np.where(rd, a & PAGE_MASK, 0))]
-            ok &= ~rd | (st != S2_UNMAPPED)
+            gp = idx.index_v(np.where(rd, a & PAGE_MASK, 0))
+            path_pages.append(np.where(rd, gp, -2))
+            un = rd & (s2[gp] == S2_UNMAPPED) & live
+            need(un, gp, False)
+            ok &= ~un
         store = STORE_MASK[kind]
         walked = leaf_level >= 0
         ha, hd = self.ha, self.hd
@@ -368,7 +388,10 @@ class FastVm(Vm):
         upd_leaf = updating & (~af | (store & hd & dbm & ap2)
                                | (self.scn.machine.hw_update == "always"))
         lp = idx.index_v(np.where(upd_leaf, leaf_addr & PAGE_MASK, 0))
-        ok &= ~upd_leaf | (s2[lp] == S2_RW)
+        un = upd_leaf & (s2[lp] != S2_RW) & live
+        need(un, lp, True)
+        ok &= ~un
+        upd_pages = [np.where(upd_leaf, lp, -2)]
         haft_tables = []
         if self.haft:
             for a in addrs[:-1]:
@@ -378,7 +401,10 @@ class FastVm(Vm):
                 is_tab_read = ina & (d & U64(DESC_TABLE)).astype(bool) & (a != leaf_addr)
                 need = is_tab_read & ~(d & U64(DESC_AF)).astype(bool)
                 tp = idx.index_v(np.where(need, a & PAGE_MASK, 0))
-                ok &= ~need | (s2[tp] == S2_RW)
+                un = need & (s2[tp] != S2_RW) & live
+                need(un, tp, True)
+                ok &= ~un
+                upd_pages.append(np.where(need, tp, -2))
                 haft_tables.append((a, need))
         # the data access (AArch64.S2Translate of the output address)
         data = complete & (kind != AT)
@@ -389,24 +415,69 @@ class FastVm(Vm):
             va.astype(np.int64) & (lsz - 1))
         dp = idx.index_v(np.where(data, oa & PAGE_MASK, 0))
         dst = s2[dp]
-        ok &= ~data | ((dp >= 0) & np.where(store, dst == S2_RW, dst != S2_UNMAPPED))
-        ok |= ~live
-        bad = np.flatnonzero(~ok)
-        q = int(bad[0]) if len(bad) else len(va)
+        un = data & live & ((dp < 0) | np.where(store, dst != S2_RW, dst == S2_UNMAPPED))
+        need(un & ~store, dp, False)
+        need(un & store, dp, True)
+        ok &= ~un
+        cands = self.candidates(needs, n_pages, len(va))
         facts = dict(va=va, vid=self.prep.vid[lo:hi], kind=kind, vcpu=vcpu, live=live,
                      addrs=addrs,
                      leaf_level=leaf_level, leaf_addr=leaf_addr, leaf=leaf, store=store,
                      s1f=s1f, complete=complete, updating=updating, af=af, ap2=ap2, dbm=dbm,
-                     oa=oa, data=data, haft_tables=haft_tables)
-        return q, facts
+                     oa=oa, data=data, haft_tables=haft_tables, path_pages=path_pages,
+                     upd_pages=upd_pages, dp=dp)
+        return cands, facts
 
-    def bulk(self, f: dict, q: int) -> None:
-        """Apply the quiet accesses [0, q) of a window in bulk: no stage-2 fault happens."""
-        if q == 0:
+    def candidates(self, needs, n_pages: int, n: int) -> np.ndarray:
+        """Positions of the accesses that may take a stage-2 fault: the first unsatisfied
+        need of each (page, any) and each (page, write), and every need outside all slots."""
+        if not needs:
+            return np.zeros(0, dtype=np.int64)
+        pos = np.concatenate([x[0] for x in needs])
+        page = np.concatenate([x[1] for x in needs])
+        write = np.concatenate([np.full(len(x[0]), x[2]) for x in needs])
+        mark = np.zeros(n, dtype=bool)
+        out = page < 0
+        mark[pos[out]] = True
+        inn = ~out
+        for sel, scratch in ((inn, self.scratch_page_r), (inn & write, self.scratch_page_w)):
+            if np.any(sel):
+                pg, ps = page[sel], pos[sel]
+                np.minimum.at(scratch, pg, ps)
+                mark[scratch[pg]] = True
+                scratch[pg] = BIG
+        return np.flatnonzero(mark)
+
+    def needs_met(self, f: dict, c: int) -> bool:
+        """After the scalar run of access c: are all its needs met by stage 2 now?"""
+        s2 = self.host.s2.a
+        for gp in f["path_pages"]:
+            p = int(gp[c])
+            if p != -2 and (p < 0 or s2[p] == S2_UNMAPPED):
+                return False
+        for gp in f["upd_pages"]:
+            p = int(gp[c])
+            if p != -2 and (p < 0 or s2[p] != S2_RW):
+                return False
+        if f["data"][c]:
+            p = int(f["dp"][c])
+            if p < 0 or s2[p] == S2_UNMAPPED or (f["store"][c] and s2[p] != S2_RW):
+                return False
+        return True
+
+    def disruption_mark(self) -> tuple:
+        """What invalidates a window's facts: TLB flushes, page-table content replaced or
+        rewritten, vCPUs stopped."""
+        h = self.host
+        return (h.tlb_flushes, h.content_version, h.desc_writes, len(self.stopped))
+
+    def bulk(self, f: dict, a: int, q: int) -> None:
+        """Apply the quiet accesses [a, q) of a window in bulk: no stage-2 fault happens."""
+        if q <= a:
             return
         self._sync_flush()
         host, r, geo = self.host, self.r, self.geo
-        live = f["live"][:q]
+        live = f["live"][a:q]
         all_live = bool(live.all())
         sl = slice(None) if all_live else np.flatnonzero(live)
         if not all_live and len(sl) == 0:
@@ -414,7 +485,7 @@ class FastVm(Vm):
 
         def cut(v):
             if isinstance(v, np.ndarray):
-                return v[:q][sl]
+                return v[a:q][sl]
             if isinstance(v, tuple):
                 return tuple(cut(x) for x in v)
             return [cut(x) for x in v]
@@ -563,18 +634,30 @@ def run_trace(scn: Scenario, trace: Trace, policies=DEFAULT_ORDER) -> dict[str, 
 
 
 def _run_accesses(vm: FastVm, lo: int, hi: int) -> None:
+    """Accesses [lo, hi) of one interval: per window, the quiet runs in bulk and each
+    candidate through the reference code; a candidate that leaves its needs unmet or
+    disturbs the window's facts ends the window there."""
     w = MIN_WINDOW
     i = lo
     while i < hi:
         j = min(hi, i + w)
-        q, facts = vm.window(i, j)
-        vm.bulk(facts, q)
-        i += q
-        if i < j:
-            vm.scalar(i)
-            i += 1
-            w = MIN_WINDOW
+        cands, facts = vm.window(i, j)
+        a = 0
+        cut_short = False
+        for c in cands.tolist():
+            vm.bulk(facts, a, c)
+            mark = vm.disruption_mark()
+            vm.scalar(i + c)
+            a = c + 1
+            if vm.disruption_mark() != mark or not vm.needs_met(facts, c):
+                cut_short = True
+                break
+        if cut_short:
+            i += a
+            w = max(MIN_WINDOW, w // 2)
         else:
+            vm.bulk(facts, a, j - i)
+            i = j
             w = min(MAX_WINDOW, w * 2)
 
 

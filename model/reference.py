@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .arch import (DESC_AF, DESC_AP2, DESC_DBM, DESC_PXN, DESC_SIZE, DESC_TABLE, HOST_PAGE,
-                   desc_oa, is_table, is_valid)
+                   desc_oa, is_table, is_valid, make_table_desc)
 from .host import S2_RO, S2_RW, S2_UNMAPPED, Abort, Host, Outcome
 from .policies import DEFAULT_ORDER, POLICIES
 from .results import Harvest, PolicyResult
@@ -63,6 +63,12 @@ class Vm:
         self.tlb: dict[int, dict[int, TlbEntry]] = {}
         self.stopped: set[int] = set()
         self._flushes_seen = 0
+        # guest address spaces (internal guest_* ops): root table IPA per address space; the
+        # walker uses self.tables.root, the current one.  Tables allocated by the guest
+        # kernel at run time (granule IPAs) are page-table pages for the §5 pt/data split.
+        self.as_roots: dict[int, int] = {0: tables.root}
+        self.cur_as = 0
+        self.runtime_tables: set[int] = set()
 
     def _make_host(self, scn, initial, policy, result) -> Host:
         return Host(scn, initial, policy, result)
@@ -98,8 +104,8 @@ class Vm:
         geo = self.geo
         table = self.tables.root
         path = []
-        for level in range(geo.start_level, 4):
-            addr = table + geo.index(va, level) * DESC_SIZE
+        for level, shift, mask in geo.walk_steps:
+            addr = table + ((va >> shift) & mask) * DESC_SIZE
             desc = read_desc(addr)
             if desc is None:
                 return None, (level, addr)
@@ -308,6 +314,195 @@ class Vm:
         for t in self.tlb.values():
             t.pop(va_page, None)
 
+
+    # ---- the guest kernel's page-table work (internal ops; workloads/linux.py) -------------
+    # Trace events made by the Linux guest profile, never scenario steps.  The kernel reaches
+    # page-table and data pages through its linear map, which is not walked here (like
+    # clear_af): each access is a plain LDR/STR data access (ISV = 1) checked against stage 2
+    # only.  Stores go through Host.guest_write, TLB maintenance through tlb_invalidate_va /
+    # flush_all, so every engine handles these ops through this code unchanged.
+    def _kernel_access(self, addr: int, write: bool) -> bool:
+        """Make a kernel load/store of `addr` possible: handle its stage-2 faults (data
+        aborts, WnR = write, ISV = 1).  False when KVM did not let it happen (MMIO exit,
+        injected abort): the kernel's access then has no effect on guest memory."""
+        page = addr & ~(HOST_PAGE - 1)
+        for _ in range(MAX_RESTARTS):
+            f = self.s2_fault(page, write)
+            if f is None:
+                return True
+            self.r.s2_faults["data_permission" if f else "data_translation"] += 1
+            out = self.host.handle_abort(
+                Abort(ipa=addr, s1ptw=False, permission=f, instruction=False, wnr=write,
+                      isv=True, store=write), walk_writes_page=False, ha=self.ha)
+            if out is not Outcome.RESTART:
+                return False
+        raise SimulationError(f"kernel access to {addr:#x} did not complete")
+
+    def _kernel_load(self, addr: int) -> int | None:
+        if not self._kernel_access(addr, False):
+            return None
+        return self.host.read_desc(addr)
+
+    def _kernel_store(self, addr: int, update) -> bool:
+        """Store `update(old)` to the descriptor at `addr` (old = its value once the page is
+        accessible: a CAS/xchg reads the current value)."""
+        if not self._kernel_access(addr, True):
+            return False
+        page = addr & ~(HOST_PAGE - 1)
+        self.host.guest_write(page, addr, update(self.host.read_desc(addr)))
+        return True
+
+    def _kernel_fill(self, granule_ipa: int, zero: bool) -> None:
+        """The kernel writes a whole granule (clear_page / copy_page: one store per 4 KiB
+        host page); `zero` also clears the descriptor content (a page becoming a table)."""
+        for page in range(granule_ipa, granule_ipa + self.geo.granule, HOST_PAGE):
+            if self._kernel_access(page, True):
+                self.host.guest_write(page)
+                if zero:
+                    self.host.zero_page(page)
+
+    def _kernel_walk(self, root: int, va: int, stop_level: int, alloc: list | None):
+        """The kernel's software walk (pgd_offset .. pte_offset_map) of `va` from `root` down
+        to the descriptor at `stop_level`; returns its IPA, or None.  A missing table is
+        allocated from `alloc` (pte_alloc / pmd_alloc: a zeroed page, then the table
+        descriptor stored into its parent, pmd_populate), or ends the walk when alloc is None."""
+        geo = self.geo
+        table = root
+        for level in range(geo.start_level, stop_level):
+            addr = table + geo.index(va, level) * DESC_SIZE
+            d = self._kernel_load(addr)
+            if d is None:
+                return None
+            if is_valid(d):
+                if not is_table(d, level):
+                    raise SimulationError(f"guest kernel walk of {va:#x}: block at level {level}")
+                table = desc_oa(d, geo)
+                continue
+            if alloc is None:
+                return None
+            if not alloc:
+                raise SimulationError(f"guest kernel walk of {va:#x}: no table page left")
+            new = alloc.pop(0)
+            self._kernel_fill(new, zero=True)
+            self.runtime_tables.add(new)
+            if not self._kernel_store(addr, lambda _old, new=new: make_table_desc(new, geo)):
+                return None
+            table = new
+        return table + geo.index(va, stop_level) * DESC_SIZE
+
+    def _tlbi(self, asid: int, va: int) -> None:
+        # TLBI VAE1IS: the model's TLB is not tagged by ASID and holds only the current
+        # address space's entries (guest_switch flushes), so other spaces need nothing.
+        if asid == self.cur_as:
+            self.tlb_invalidate_va(va & ~(self.geo.granule - 1))
+
+    def guest_pte(self, st: Step) -> None:
+        """Page fault handling / munmap: set the leaf descriptor of each VA of address space
+        `asid` to descs[i] (0 clears it), allocating missing tables from `tables` in order.
+        `fill` granules are written first (new anonymous pages are zeroed, CoW copies written:
+        mm/memory.c do_anonymous_page, wp_page_copy).  Linux: handle_pte_fault ->
+        do_anonymous_page / do_fault (do_fault_around: filemap_map_pages maps several PTEs
+        under one lock) / do_wp_page, set_pte_at; zap_pte_range for munmap; a valid entry
+        being replaced is invalidated (ptep_clear_flush, flush_tlb_page)."""
+        alloc = list(st.tables)
+        for g in st.fill:
+            self._kernel_fill(g, zero=False)
+        root = self.as_roots[st.asid]
+        for va, desc in zip(st.vas, st.descs):
+            addr = self._kernel_walk(root, va, 3, alloc if is_valid(desc) else None)
+            if addr is None:
+                continue
+            old = self._kernel_load(addr)
+            if old is None or not self._kernel_store(addr, lambda _old, d=desc: d):
+                continue
+            if is_valid(old):
+                self._tlbi(st.asid, va)
+        if alloc:
+            raise SimulationError(f"guest_pte: {len(alloc)} table page(s) not used")
+
+    def guest_free(self, st: Step) -> None:
+        """free_pgtables -> free_pte_range: the last-level table covering each VA is unlinked
+        (pmd_clear: a store of 0 into the level-2 descriptor) and freed.  The walk cache is
+        not modelled, and its leaf entries were invalidated when they were cleared."""
+        root = self.as_roots[st.asid]
+        for va in st.vas:
+            addr = self._kernel_walk(root, va, 2, None)
+            if addr is None:
+                continue
+            d = self._kernel_load(addr)
+            if d is not None and is_valid(d):
+                self._kernel_store(addr, lambda _old: 0)
+
+    def guest_age(self, st: Step) -> None:
+        """Aging (MGLRU walk_pte_range / folio_referenced): test-and-clear the AF of each
+        VA's leaf with a CAS (__ptep_test_and_clear_young: only young entries are stored),
+        then invalidate the VA (ptep_clear_flush_young).  With `nonleaf` (FEAT_HAFT,
+        arch_has_hw_nonleaf_pmd_young), per last-level table: a level-2 table descriptor whose
+        AF is clear means no walk went through it since the last scan, so its leaves are
+        skipped (walk_pmd_range); otherwise its AF is cleared first (pmdp_test_and_clear_young).
+        VAs must be sorted so that each table's VAs are consecutive."""
+        geo = self.geo
+        root = self.as_roots[st.asid]
+        cur_pmd, pmd_young = None, True
+        for va in st.vas:
+            if st.nonleaf:
+                pmd = va >> geo.level_shift(2)
+                if pmd != cur_pmd:
+                    cur_pmd, pmd_young = pmd, False
+                    addr = self._kernel_walk(root, va, 2, None)
+                    d = self._kernel_load(addr) if addr is not None else None
+                    if d is not None and is_valid(d) and is_table(d, 2) and d & DESC_AF:
+                        pmd_young = self._kernel_store(addr, lambda old: old & ~DESC_AF)
+                if not pmd_young:
+                    continue
+            addr = self._kernel_walk(root, va, 3, None)
+            if addr is None:
+                continue
+            d = self._kernel_load(addr)
+            if d is None or not is_valid(d) or not d & DESC_AF:
+                continue
+            if self._kernel_store(addr, lambda old: old & ~DESC_AF):
+                self._tlbi(st.asid, va)
+
+    def guest_fork(self, st: Step) -> None:
+        """fork(): dup_mmap -> copy_page_range of address space `asid` into a new one,
+        `child`, for the listed VAs (ascending).  `tables` gives the child's root first, then
+        its tables in allocation order.  Per present leaf (__copy_present_ptes): a writable
+        one (private memory: is_cow_mapping) is write-protected in the parent
+        (ptep_set_wrprotect: DBM cleared, AP[2] set) and in the child; the child's copy is
+        old (pte_mkold).  Then flush_tlb_mm(parent)."""
+        alloc = list(st.tables)
+        root = alloc.pop(0)
+        self._kernel_fill(root, zero=True)
+        self.runtime_tables.add(root)
+        self.as_roots[st.child] = root
+        proot = self.as_roots[st.asid]
+        for va in st.vas:
+            paddr = self._kernel_walk(proot, va, 3, None)
+            d = self._kernel_load(paddr) if paddr is not None else None
+            if d is None or not is_valid(d):
+                continue
+            if d & DESC_DBM:
+                def wrprotect(old):
+                    return (old & ~DESC_DBM) | DESC_AP2 if old & DESC_DBM else old
+                self._kernel_store(paddr, wrprotect)
+                d = wrprotect(d)
+            caddr = self._kernel_walk(root, va, 3, alloc)
+            if caddr is not None:
+                self._kernel_store(caddr, lambda _old, c=d & ~DESC_AF: c)
+        if alloc:
+            raise SimulationError(f"guest_fork: {len(alloc)} table page(s) not used")
+        if st.asid == self.cur_as:
+            self.flush_all()
+
+    def guest_switch(self, st: Step) -> None:
+        """Context switch to address space `asid` (switch_mm -> cpu_switch_mm writes TTBR0_EL1)
+        for the whole VM: the model has one TTBR0 for all vCPUs and a TLB without ASIDs, so
+        the TLBs are flushed (a CPU without ASIDs, or an ASID rollover)."""
+        self.tables.root = self.as_roots[st.asid]
+        self.cur_as = st.asid
+        self.flush_all()
+
     # ---- steps ----------------------------------------------------------------------------
     def begin_step(self, i: int) -> None:
         self.host.step = i
@@ -354,6 +549,8 @@ class Vm:
         elif op == "harvest":
             marked, written = host.harvest(self.scn.slot(st.slot))
             self.r.harvests.append(Harvest(i, st.slot, marked, written))
+        elif op in GUEST_OPS:
+            getattr(self, GUEST_OPS[op])(st)
         else:
             raise SimulationError(f"unknown op {op!r}")
         self.end_step()
@@ -367,8 +564,16 @@ class Vm:
                 r.logging_slots.add(s.name)
         pt = self.scn.slot(self.scn.guest.pt_slot)
         per = self.geo.granule // HOST_PAGE
-        r.pt_pages = {pt.name: set(range(self.tables.tables_used * per))}
+        pt_pages = set(range(self.tables.tables_used * per))
+        for t in self.runtime_tables:
+            first = (t - pt.ipa) // HOST_PAGE
+            pt_pages.update(range(first, first + per))
+        r.pt_pages = {pt.name: pt_pages}
         return r
+
+
+GUEST_OPS = {"guest_pte": "guest_pte", "guest_free": "guest_free", "guest_age": "guest_age",
+             "guest_fork": "guest_fork", "guest_switch": "guest_switch"}
 
 
 def run_reference(scn: Scenario, policies=DEFAULT_ORDER) -> dict[str, PolicyResult]:

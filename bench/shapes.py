@@ -1,0 +1,48 @@
+"""Benchmark shapes: a data-heavy and a page-table-heavy guest, as (Scenario, Trace).
+
+* data-heavy: uniform random 8-byte accesses over a densely mapped 64 MiB heap (memstress
+  -like), 30 % stores, page tables a few pages;
+* page-table-heavy: one 4K page mapped per 2 MiB region over 16 GiB of VA (every page has a
+  leaf table of its own), random accesses, 30 % stores, under dirty logging with a harvest
+  every `harvest_every` accesses (pre-copy migration): every round re-faults the walked
+  page-table pages.
+4K granule, 48-bit VA (4 levels), one vCPU, HA + HD.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from model.scenario import Guest, Machine, Mapping, Memslot, Scenario, Step, Vmm
+from model.trace import Trace
+
+HEAP = 0x1000_0000
+
+
+def data_heavy(n: int, seed: int = 1, heap_pages: int = 16384) -> tuple[Scenario, Trace]:
+    slots = (Memslot("pt", 0x4000_0000, 64), Memslot("data", 0x8000_0000, heap_pages))
+    scn = Scenario("data-heavy", Machine(), Guest(tcr_ha=True, tcr_hd=True, pt_slot="pt"),
+                   slots, Vmm(), (Mapping(HEAP, 0x8000_0000, heap_pages),), ())
+    rng = np.random.default_rng(seed)
+    va = np.uint64(HEAP) + rng.integers(0, heap_pages * 512, n, dtype=np.uint64) * np.uint64(8)
+    kind = (rng.random(n) < 0.3).astype(np.uint8)          # 1 = write64, 0 = read64
+    return scn, Trace(np.zeros(n, np.uint16), va, kind)
+
+
+def pt_heavy(n: int, seed: int = 1, regions: int = 8192,
+             harvest_every: int = 100_000) -> tuple[Scenario, Trace]:
+    two_m = 2 << 20
+    pt_pages = 1 + 1 + 16 + regions + 16                  # root, L1, L2s, one L3 per region
+    slots = (Memslot("pt", 0x4000_0000, pt_pages, log_dirty=True),
+             Memslot("data", 0x1_0000_0000, regions, log_dirty=True))
+    maps = tuple(Mapping(HEAP + r * two_m, 0x1_0000_0000 + r * 4096) for r in range(regions))
+    scn = Scenario("pt-heavy", Machine(), Guest(tcr_ha=True, tcr_hd=True, pt_slot="pt"),
+                   slots, Vmm(), maps, ())
+    rng = np.random.default_rng(seed)
+    r = rng.integers(0, regions, n, dtype=np.uint64)
+    va = np.uint64(HEAP) + r * np.uint64(two_m) + rng.integers(0, 512, n, dtype=np.uint64) * np.uint64(8)
+    kind = (rng.random(n) < 0.3).astype(np.uint8)
+    events = []
+    for pos in range(harvest_every, n, harvest_every):
+        events.append((pos, -1, Step("harvest", slot="pt")))
+        events.append((pos, -1, Step("harvest", slot="data")))
+    return scn, Trace(np.zeros(n, np.uint16), va, kind, events)
