@@ -399,13 +399,13 @@ class FastVm(Vm):
                 ina = updating & (a >= 0) & (o >= 0) & (o < len(host.ptmem))
                 d = np.where(ina, host.ptmem[np.clip(o, 0, len(host.ptmem) - 1)], U64(0))
                 is_tab_read = ina & (d & U64(DESC_TABLE)).astype(bool) & (a != leaf_addr)
-                need = is_tab_read & ~(d & U64(DESC_AF)).astype(bool)
-                tp = idx.index_v(np.where(need, a & PAGE_MASK, 0))
-                un = need & (s2[tp] != S2_RW) & live
+                tab_af = is_tab_read & ~(d & U64(DESC_AF)).astype(bool)
+                tp = idx.index_v(np.where(tab_af, a & PAGE_MASK, 0))
+                un = tab_af & (s2[tp] != S2_RW) & live
                 need(un, tp, True)
                 ok &= ~un
-                upd_pages.append(np.where(need, tp, -2))
-                haft_tables.append((a, need))
+                upd_pages.append(np.where(tab_af, tp, -2))
+                haft_tables.append((a, tab_af))
         # the data access (AArch64.S2Translate of the output address)
         data = complete & (kind != AT)
         size = np.left_shift(np.int64(1), np.array(
