@@ -17,6 +17,10 @@ UFFD_MODES = ("none", "missing", "minor", "wp")
 UFFD_RESOLVE = ("page", "slot")
 HW_UPDATE = ("on-change", "always")
 MMIO_STORE = ("ignore", "write_backing")
+# Internal ops: the guest kernel's own page-table work (Linux guest profile, workloads/linux.py).
+# They exist only as trace events built by workload generators; scenario files (SCENARIO.md,
+# a public format) never accept them: model/scenario_io.py knows only OPS.
+INTERNAL_OPS = ("guest_pte", "guest_free", "guest_age", "guest_fork", "guest_switch")
 
 
 class ScenarioError(ValueError):
@@ -97,6 +101,14 @@ class Step:
     haft: bool | None = None
     initially_set: bool = False
     eager_split: bool = False
+    # internal ops only (INTERNAL_OPS; see model.reference.Vm.guest_*):
+    asid: int = 0                       # address space the guest kernel works on
+    child: int = 0                      # guest_fork: the new address space
+    vas: tuple[int, ...] = ()           # VAs whose descriptors the op reads or writes
+    descs: tuple[int, ...] = ()         # guest_pte: new leaf descriptor per VA (0 = clear)
+    tables: tuple[int, ...] = ()        # IPAs of fresh table granules, used in order
+    fill: tuple[int, ...] = ()          # IPAs of data granules the kernel writes first
+    nonleaf: bool = False               # guest_age: also test-and-clear table AF (HAFT)
 
 
 @dataclass(frozen=True)
