@@ -1,0 +1,337 @@
+"""Trace import, streamed: valgrind lackey output, CSV and NPZ, into a Workload.
+
+Formats
+-------
+* lackey (`valgrind --tool=lackey --trace-mem=yes [--log-file=F] PROG`): one access per line,
+  `I  ADDR,SIZE` (instruction fetch -> exec), ` L ADDR,SIZE` (load -> read64),
+  ` S ADDR,SIZE` (store -> write64), ` M ADDR,SIZE` (modify: read64 then write64); ADDR is
+  hexadecimal without 0x, SIZE decimal.  Valgrind's own lines (starting with `==`) and blank
+  lines are skipped.  vCPU 0.  SIZE is checked but not used: an access that crosses a page
+  boundary counts for its first page only.
+* CSV: a header line `vcpu,va,kind`, then one access per line: vcpu decimal (0..65535),
+  va decimal or 0x-hexadecimal, kind one of model.scenario.ACCESS_KINDS.  Blank lines are
+  skipped; spaces around fields are allowed.
+* NPZ (numpy.savez / savez_compressed): 1-D arrays `vcpu`, `va`, `kind` of equal length,
+  integer dtypes, kind as codes (index into model.trace.KINDS).  Read member by member in
+  chunks straight from the zip file (np.lib.format), never whole.
+
+Every format is read in chunks of at most ~1 MiB of text (or 2^20 records) into numpy arrays,
+so a 10^8-line input is never held as text or Python objects; the parsed trace itself is
+numpy columns (11 bytes an access).  The lackey parser is vectorised (no Python per line).
+
+Errors: `TraceError("{path}:{line}: {what}")` for the first bad line (NPZ: record number,
+1-based), `TraceError("{path}: {what}")` when no line is to blame (unreadable, not a zip, a
+missing array, no access at all).  VAs must lie below 2^va_bits (a TTBR0 address).
+
+Layout (`import_trace`): the `linux` guest profile maps every touched page in first-touch
+order (demand paging by default).  Pages that are ever fetched from form text VMAs (private
+file, executable, fault-around), the others anonymous memory; touched pages of one kind less
+than a fault-around window apart share a VMA.
+"""
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from typing import Iterator
+
+import numpy as np
+
+from model.scenario import ACCESS_KINDS
+from model.trace import EXEC, KIND_CODE, KINDS, READ64, WRITE64
+
+from .base import Workload, WorkloadError
+from .linux import LinuxGuest, make_profile
+
+FORMATS = ("lackey", "csv", "npz")
+CHUNK_BYTES = 1 << 20
+CHUNK_RECORDS = 1 << 20
+
+
+class TraceError(WorkloadError):
+    """Malformed trace input: one line naming the file and the line."""
+
+
+def detect_format(path: str) -> str:
+    low = str(path).lower()
+    if low.endswith(".csv"):
+        return "csv"
+    if low.endswith(".npz"):
+        return "npz"
+    return "lackey"
+
+
+def _open(path: str):
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        raise TraceError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+def _blocks(path: str, chunk_bytes: int) -> Iterator[tuple[bytes, int]]:
+    """Whole lines, in blocks of about chunk_bytes; yields (block, lines before it)."""
+    with _open(path) as f:
+        rest = b""
+        line0 = 0
+        while True:
+            try:
+                data = f.read(chunk_bytes)
+            except OSError as e:
+                raise TraceError(f"{path}: cannot read: {e.strerror or e}") from None
+            if not data:
+                if rest:
+                    yield rest + b"\n", line0
+                return
+            data = rest + data
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                rest = data
+                continue
+            block, rest = data[:cut + 1], data[cut + 1:]
+            yield block, line0
+            line0 += block.count(b"\n")
+
+
+# ---- lackey -----------------------------------------------------------------------------
+_HEX = np.full(256, 255, dtype=np.uint8)
+for _i, _c in enumerate(b"0123456789abcdef"):
+    _HEX[_c] = _i
+for _i, _c in enumerate(b"ABCDEF"):
+    _HEX[_c] = 10 + _i
+_DIGIT = np.zeros(256, dtype=bool)
+_DIGIT[list(b"0123456789")] = True
+_LACKEY_KIND = {ord("I"): EXEC, ord("L"): READ64, ord("S"): WRITE64, ord("M"): READ64}
+
+
+def _lackey_block(block: bytes, line0: int, path: str, va_bits: int):
+    a = np.frombuffer(block, dtype=np.uint8)
+    ends = np.flatnonzero(a == 10)                       # every line ends with \n
+    starts = np.empty_like(ends)
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
+    length = ends - starts
+    pad = np.concatenate([a, np.zeros(24, dtype=np.uint8)])
+    c0, c1, c2 = pad[starts], pad[starts + 1], pad[starts + 2]
+    fetch = (c0 == ord("I")) & (c1 == 32) & (c2 == 32)
+    data = (c0 == 32) & ((c1 == ord("L")) | (c1 == ord("S")) | (c1 == ord("M"))) & (c2 == 32)
+    cand = (fetch | data) & (length >= 6)
+    commas = np.flatnonzero(a == 44)
+    ci = np.searchsorted(commas, starts + 3)
+    comma = np.where(ci < len(commas), commas[np.minimum(ci, len(commas) - 1)], ends)
+    comma = np.where(comma < ends, comma, ends)
+    hexlen = comma - (starts + 3)
+    ok = cand & (hexlen >= 1) & (hexlen <= 16) & (comma < ends - 1)
+    # address: up to 16 hex digits right-aligned before the comma
+    j = np.arange(16)
+    idx = comma[:, None] - 16 + j[None, :]
+    inside = idx >= (starts + 3)[:, None]
+    dig = _HEX[pad[np.maximum(idx, 0)]]
+    ok &= np.all(~inside | (dig != 255), axis=1)
+    dv = np.where(inside & (dig != 255), dig, 0).astype(np.uint64)
+    va = np.bitwise_or.reduce(dv << (np.uint64(4) * (15 - j)).astype(np.uint64), axis=1)
+    # size: decimal digits after the comma, to the end of the line
+    sizelen = ends - comma - 1
+    ok &= (sizelen >= 1) & (sizelen <= 8)
+    k = np.arange(8)
+    sidx = comma[:, None] + 1 + k[None, :]
+    sin = sidx < ends[:, None]
+    ok &= np.all(~sin | _DIGIT[pad[np.minimum(sidx, len(pad) - 1)]], axis=1)
+    ok &= va < np.uint64(1 << va_bits) if va_bits < 64 else True
+    skip = ~ok & ((length == 0) | ((c0 == ord("=")) & (c1 == ord("="))))
+    if not np.all(ok | skip):
+        bad = int(np.flatnonzero(~(ok | skip))[0])
+        text = bytes(a[starts[bad]:ends[bad]]).decode("utf-8", "replace")
+        what = "not a lackey line (want 'I  ADDR,SIZE' or ' L|S|M ADDR,SIZE')"
+        if cand[bad] and hexlen[bad] >= 1 and hexlen[bad] <= 16 and np.all(
+                ~inside[bad] | (dig[bad] != 255)) and va[bad] >= np.uint64(1 << va_bits):
+            what = f"address beyond va_bits = {va_bits}"
+        raise TraceError(f"{path}:{line0 + bad + 1}: {what}: {text[:60]!r}")
+    t = np.where(fetch, c0, c1)[ok]
+    va = va[ok]
+    m = t == ord("M")
+    kind = np.zeros(len(t), dtype=np.uint8)
+    for ch, code in _LACKEY_KIND.items():
+        kind[t == ch] = code
+    if np.any(m):                                        # M: a load, then a store
+        rep = np.where(m, 2, 1)
+        va = np.repeat(va, rep)
+        kind = np.repeat(kind, rep)
+        second = np.cumsum(rep) - 1
+        kind[second[m]] = WRITE64
+    return np.zeros(len(va), dtype=np.uint16), va, kind
+
+
+def iter_lackey(path: str, va_bits: int = 48, chunk_bytes: int = CHUNK_BYTES):
+    for block, line0 in _blocks(path, chunk_bytes):
+        out = _lackey_block(block, line0, path, va_bits)
+        if len(out[1]):
+            yield out
+
+
+# ---- CSV ---------------------------------------------------------------------------------
+def iter_csv(path: str, va_bits: int = 48, chunk_bytes: int = CHUNK_BYTES):
+    first = True
+    top = 1 << va_bits
+    for block, line0 in _blocks(path, chunk_bytes):
+        lines = block.split(b"\n")[:-1]
+        vc, va, kd = [], [], []
+        for n, raw in enumerate(lines, line0 + 1):
+            line = raw.strip()
+            if first:
+                first = False
+                if [f.strip() for f in line.split(b",")] != [b"vcpu", b"va", b"kind"]:
+                    raise TraceError(f"{path}:{n}: the header must be 'vcpu,va,kind'")
+                continue
+            if not line:
+                continue
+            f = line.split(b",")
+            if len(f) != 3:
+                raise TraceError(f"{path}:{n}: {len(f)} fields, want 3 (vcpu,va,kind)")
+            try:
+                v = int(f[0].strip(), 10)
+            except ValueError:
+                raise TraceError(f"{path}:{n}: vcpu {f[0].strip().decode(errors='replace')!r}"
+                                 f" is not a decimal integer") from None
+            s = f[1].strip()
+            try:
+                x = int(s[2:], 16) if s[:2] in (b"0x", b"0X") else int(s, 10)
+                if s[2:3] in (b"+", b"-", b"_") or b"_" in s:
+                    raise ValueError
+            except ValueError:
+                raise TraceError(f"{path}:{n}: va {s.decode(errors='replace')!r} is not a "
+                                 f"decimal or 0x-hexadecimal integer") from None
+            k = KIND_CODE.get(f[2].strip().decode(errors="replace"))
+            if k is None:
+                raise TraceError(f"{path}:{n}: kind {f[2].strip().decode(errors='replace')!r}"
+                                 f" is not one of {', '.join(ACCESS_KINDS)}")
+            if not 0 <= v <= 0xFFFF:
+                raise TraceError(f"{path}:{n}: vcpu {v} is outside 0..65535")
+            if not 0 <= x < top:
+                raise TraceError(f"{path}:{n}: va {x:#x} is outside 0..2^{va_bits}")
+            vc.append(v)
+            va.append(x)
+            kd.append(k)
+        if first and not lines:
+            continue
+        if va:
+            yield (np.array(vc, dtype=np.uint16), np.array(va, dtype=np.uint64),
+                   np.array(kd, dtype=np.uint8))
+    if first:
+        raise TraceError(f"{path}: empty file (no 'vcpu,va,kind' header)")
+
+
+# ---- NPZ ---------------------------------------------------------------------------------
+def _npz_member(path, zf: zipfile.ZipFile, name: str):
+    try:
+        f = zf.open(name + ".npy")
+    except KeyError:
+        raise TraceError(f"{path}: no array {name!r} (want vcpu, va, kind)") from None
+    try:
+        version = np.lib.format.read_magic(f)
+        shape, fortran, dtype = np.lib.format._read_array_header(f, version)
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        raise TraceError(f"{path}: array {name!r}: not a .npy array ({e})") from None
+    if len(shape) != 1 or dtype.kind not in "iu" or dtype.hasobject:
+        raise TraceError(f"{path}: array {name!r} must be 1-D of integers, "
+                         f"is {dtype} of shape {shape}")
+    return f, shape[0], dtype
+
+
+def iter_npz(path: str, va_bits: int = 48, chunk: int = CHUNK_RECORDS):
+    try:
+        zf = zipfile.ZipFile(_open(path))
+    except zipfile.BadZipFile:
+        raise TraceError(f"{path}: not an NPZ (zip) file") from None
+    with zf:
+        members = {n: _npz_member(path, zf, n) for n in ("vcpu", "va", "kind")}
+        lengths = {n: m[1] for n, m in members.items()}
+        if len(set(lengths.values())) != 1:
+            raise TraceError(f"{path}: arrays differ in length: "
+                             + ", ".join(f"{n} {v}" for n, v in lengths.items()))
+        total = lengths["va"]
+        limits = {"vcpu": (0, 0xFFFF), "va": (0, (1 << va_bits) - 1),
+                  "kind": (0, len(KINDS) - 1)}
+        done = 0
+        while done < total:
+            n = min(chunk, total - done)
+            cols = {}
+            for name, (f, _len, dtype) in members.items():
+                buf = f.read(n * dtype.itemsize)
+                if len(buf) != n * dtype.itemsize:
+                    raise TraceError(f"{path}:{done + len(buf) // dtype.itemsize + 1}: array "
+                                     f"{name!r} is truncated")
+                col = np.frombuffer(buf, dtype=dtype)
+                lo, hi = limits[name]
+                badm = (col < lo) | (col > hi) if dtype.kind == "i" else col > hi
+                if np.any(badm):
+                    i = int(np.flatnonzero(badm)[0])
+                    raise TraceError(f"{path}:{done + i + 1}: {name} {int(col[i])} is outside "
+                                     f"{lo}..{hi}")
+                cols[name] = col
+            done += n
+            yield (cols["vcpu"].astype(np.uint16), cols["va"].astype(np.uint64),
+                   cols["kind"].astype(np.uint8))
+
+
+def iter_trace(path: str, fmt: str | None = None, va_bits: int = 48):
+    fmt = fmt or detect_format(path)
+    if fmt not in FORMATS:
+        raise TraceError(f"{path}: unknown trace format {fmt!r} (one of {', '.join(FORMATS)})")
+    if not os.path.isfile(path):
+        raise TraceError(f"{path}: no such file")
+    return {"lackey": iter_lackey, "csv": iter_csv, "npz": iter_npz}[fmt](path, va_bits)
+
+
+def read_trace(path: str, fmt: str | None = None, va_bits: int = 48, limit: int | None = None):
+    """Every access of the file as (vcpu, va, kind) numpy arrays, validated; at most `limit`
+    accesses (the rest of the file is still checked unless limit is reached)."""
+    vc, va, kd = [], [], []
+    n = 0
+    for c in iter_trace(path, fmt, va_bits):
+        if limit is not None and n + len(c[1]) >= limit:
+            c = tuple(x[:limit - n] for x in c)
+            vc.append(c[0]), va.append(c[1]), kd.append(c[2])
+            n = limit
+            break
+        vc.append(c[0]), va.append(c[1]), kd.append(c[2])
+        n += len(c[1])
+    if n == 0:
+        raise TraceError(f"{path}: no accesses")
+    return np.concatenate(vc), np.concatenate(va), np.concatenate(kd)
+
+
+def layout_vmas(va: np.ndarray, kind: np.ndarray, gshift: int, window: int):
+    """VMAs for imported pages: [(first page, pages, 'text'|'anon')], see the docstring."""
+    pages = va >> np.uint64(gshift)
+    uniq = np.unique(pages)
+    text = np.zeros(len(uniq), dtype=bool)
+    text[np.searchsorted(uniq, np.unique(pages[kind == EXEC]))] = True
+    vmas = []
+    u, t = uniq.tolist(), text.tolist()
+    i = 0
+    while i < len(u):
+        j = i
+        while j + 1 < len(u) and t[j + 1] == t[i] and u[j + 1] - u[j] <= window:
+            j += 1
+        vmas.append((u[i], u[j] - u[i] + 1, "text" if t[i] else "anon"))
+        i = j + 1
+    return vmas
+
+
+def import_trace(path: str, fmt: str | None = None, *, limit: int | None = None,
+                 name: str | None = None, **profile_knobs) -> Workload:
+    """Read a trace file and lay it out with the `linux` guest profile."""
+    profile = make_profile(profile_knobs, "import")
+    vc, va, kd = read_trace(path, fmt, profile.va_bits, limit)
+    geo = profile.geometry
+    name = name or f"import:{os.path.basename(str(path))}"
+    g = LinuxGuest(name, profile)
+    window = max(1, profile.fault_around_bytes // geo.granule)
+    for first, pages, kind in layout_vmas(va, kd, geo.granule_shift, window):
+        g.vma(first << geo.granule_shift, pages << geo.granule_shift, kind)
+    step = CHUNK_RECORDS
+    for i in range(0, len(va), step):
+        g.run(vc[i:i + step], va[i:i + step], kd[i:i + step])
+    g.meta = dict(generator="import", path=str(path), format=fmt or detect_format(path),
+                  limit=limit, accesses_read=len(va))
+    return g.build()

@@ -1,0 +1,697 @@
+"""The `linux` guest profile (DOMAIN.md §4): how a Linux/arm64 guest lays out and maintains its
+stage-1 tables around a workload's accesses.
+
+Workload generators describe what a program does — VMAs (`LinuxGuest.vma`), accesses
+(`run`), `munmap`, `fork`, context switches — and `LinuxGuest.build()` turns that into a
+scenario (memslots, the mappings present at start) and a trace whose events are the guest
+kernel's page-table work, as internal ops executed by model.reference.Vm (guest_pte,
+guest_free, guest_age, guest_fork, guest_switch).  The guest kernel is modelled here, at
+generation time: it knows the stage-1 state exactly (hardware only ever sets AF and clears
+AP[2], which needs no kernel event), so the events are fixed before any policy runs.
+
+What the profile does (Linux sources in brackets):
+
+* TCR_EL1 (`__cpu_setup`, `cpu_has_broken_dbm`): HA = HAFDBS >= 1; HD = HAFDBS >= 2 unless
+  the core has a DBM erratum; KVM keeps HA/HD off on AmpereOne (AC03_CPU_38: it traps the
+  guest's TCR_EL1 writes); TCR2_EL1.HAFT with FEAT_HAFT (v6.13+).  See CPUS.
+* Demand paging (`handle_mm_fault`): the first access to an unmapped page is traced twice: the
+  attempt, which walks and takes a stage-1 translation fault (counted in stage1_faults), then
+  a `guest_pte` event — the kernel zeroes a new page if one is needed, allocates missing
+  tables (zeroed page, then the table descriptor into its parent: `__pte_alloc`,
+  `pmd_populate`) and stores the PTE — then the access again.  The same happens for every
+  fault the kernel resolves: a write to a read-only PTE (`do_wp_page`: CoW copy, reuse, or
+  making a shared page dirty), a write to a clean-writable PTE without HD, and an access to
+  an old PTE without HA (`handle_pte_fault`: `pte_mkyoung`).
+* PTE encodings (`PROT_DEFAULT`, `PAGE_SHARED`, `pte_mkwrite`): new PTEs are young; writable
+  = DBM; anonymous pages are created dirty; a read fault on private anonymous memory maps the
+  shared zero page read-only (`do_anonymous_page`, knob zero_page); a read fault on shared
+  memory (shmem) maps clean-writable (DBM + AP[2]); private file pages (text) and shared file
+  pages (knob kind "file", with dirty accounting: `vma_wants_writenotify`) map read-only.
+* Fault-around (`do_fault_around`, `filemap_map_pages`): a read fault on file or shmem memory
+  also maps the neighbouring pages of its fault_around_bytes-aligned window that are in the
+  page cache (file and text: all, a warm cache; shmem: pages that exist), old when hardware
+  AF is in use (`arch_wants_old_prefaulted_pte`), young otherwise.
+* Aging (MGLRU `walk_pte_range`/`walk_pmd_range`): every age_period accesses, a clock hand
+  test-and-clears the AF of the next age_fraction of each address space's mapped PTEs (CAS of
+  young entries, then TLBI); with HAFT active and age_nonleaf, the level-2 table AF too, and
+  tables whose AF the hardware has not set again are skipped.
+* munmap (`zap_pte_range`, `free_pgtables`): PTEs cleared (+TLBI); a last-level table whose
+  range no VMA covers any more is unlinked and freed; freed pages (tables and anonymous data)
+  are reused last-in first-out, as the page allocator's per-CPU lists do.
+* fork (`dup_mmap`, `copy_page_range`, `__copy_present_ptes`): a new root; the PTEs of private
+  VMAs (anon, text) are copied (`vma_needs_copy`: shared VMAs are not, the child faults them
+  in), writable ones write-protected in both, the child's old.  Context switches
+  (`guest_switch`) change TTBR0 for the whole VM and flush TLBs (the model has one TTBR0 and
+  an untagged TLB).
+
+Decisions where DOMAIN.md is silent:
+
+* demand = false: every page the trace touches in the first address space before any munmap,
+  fork or switch is mapped at start, as its first read fault would map it (anon: a new dirty
+  page, no zero page; shmem clean-writable; file and text read-only), young — a warmed-up
+  process; its tables are laid out by model.stage1.build_tables (SCENARIO.md's rule).
+* Memory: page tables in slot "pt" at IPA 1 GiB, data in slot "ram" at 4 GiB (layout
+  "split"), or both interleaved in one slot "ram" at 1 GiB in allocation order (layout
+  "shared", as a real guest's page allocator mixes them; costs slot-size bytes of page-table
+  memory in the numpy engine).  Slots are rounded up to 2 MiB so THP/hugetlb blocks can form.
+  IPAs are handed out in first-touch order.
+* Kernel accesses (PTE loads/stores, page zeroing and CoW copies) are plain LDR/STR through the
+  linear map: not walked, stage 2 only (model.reference.Vm._kernel_access).  A CoW copy's
+  read of the source page is not modelled.  Only last-level tables are freed.
+* Instruction fetches from a page make it part of a text (private file, executable) VMA when
+  the generator says so (importers do so for every page that is ever fetched).
+"""
+from __future__ import annotations
+
+import bisect
+import heapq
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from model.arch import GRANULES, HOST_PAGE, Geometry, GeometryError, make_leaf_desc
+from model.scenario import Guest, Machine, Mapping, Memslot, Scenario, Step, Vmm
+from model.stage1 import build_tables
+from model.trace import KIND_CODE, STORE_MASK, Trace
+
+from .base import Knob, Workload, WorkloadError
+
+# ---- CPUs: HAFDBS and errata (DOMAIN.md §4) ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cpu:
+    name: str
+    hafdbs: int                  # ID_AA64MMFR1_EL1.HAFDBS
+    haft: bool = False           # FEAT_HAFT
+    hd_erratum: str = ""         # Linux leaves TCR_EL1.HD clear (cpu_has_broken_dbm)
+    kvm_no_hahd: str = ""        # KVM keeps the guest's TCR_EL1.HA/HD clear
+    note: str = ""
+
+
+CPUS = {c.name: c for c in (
+    Cpu("neoverse-n1", 2, note="Armv8.2 server core: hardware AF and dirty state"),
+    Cpu("cortex-a72", 0, note="Armv8.0: no HAFDBS, the guest handles AF faults"),
+    Cpu("cortex-a55", 2, hd_erratum="Cortex-A55 #1024718",
+        note="HD off: DBM updates may be lost (erratum 1024718)"),
+    Cpu("cortex-a510", 2, hd_erratum="Cortex-A510 #2051678",
+        note="HD off: erratum 2051678"),
+    Cpu("ampere1", 2, kvm_no_hahd="AmpereOne AC03_CPU_38",
+        note="KVM traps TCR_EL1 and keeps HA/HD clear (AC03_CPU_38)"),
+    Cpu("haft", 2, haft=True, note="Armv8.9/9.4 FEAT_HAFT: table AF too (Linux v6.13+)"),
+)}
+
+
+@dataclass(frozen=True)
+class LinuxProfile:
+    cpu: str = "neoverse-n1"
+    granule: str = "4k"
+    va_bits: int = 48
+    demand: bool = True
+    zero_page: bool = True
+    fault_around_bytes: int = 65536
+    age_period: int = 0
+    age_fraction: float = 0.25
+    age_nonleaf: bool = True
+    layout: str = "split"
+    backing: str = "anon"
+    hw_update: str = "on-change"
+
+    @property
+    def cpu_info(self) -> Cpu:
+        return CPUS[self.cpu]
+
+    @property
+    def geometry(self) -> Geometry:
+        return Geometry(GRANULES[self.granule], self.va_bits)
+
+    def tcr(self) -> tuple[bool, bool, bool]:
+        """Effective TCR_EL1.HA, TCR_EL1.HD, TCR2_EL1.HAFT the guest runs with."""
+        c = self.cpu_info
+        ha = c.hafdbs >= 1 and not c.kvm_no_hahd
+        hd = ha and c.hafdbs >= 2 and not c.hd_erratum
+        return ha, hd, ha and c.haft
+
+
+PROFILE_KNOBS = (
+    Knob("cpu", "neoverse-n1", "CPU profile: HAFDBS, HAFT and errata ("
+         + "; ".join(f"{c.name}: {c.note}" for c in CPUS.values()) + ")", tuple(CPUS)),
+    Knob("granule", "4k", "stage-1 granule", tuple(GRANULES)),
+    Knob("va_bits", 48, "stage-1 VA size (T0SZ = 64 - va_bits)"),
+    Knob("demand", True, "demand paging from an empty address space; false: the pages the "
+         "trace touches are mapped at start (a warmed-up process)"),
+    Knob("zero_page", True, "a read fault on private anonymous memory maps the zero page"),
+    Knob("fault_around_bytes", 65536, "fault-around window of file/shmem read faults "
+         "(/sys/kernel/mm/.../fault_around_bytes; 0 or one page: off)"),
+    Knob("age_period", 0, "accesses between MGLRU-like aging passes (0: no aging)"),
+    Knob("age_fraction", 0.25, "fraction of each address space's PTEs one aging pass covers"),
+    Knob("age_nonleaf", True, "aging also clears table AF when HAFT is active"),
+    Knob("layout", "split", "split: tables in slot 'pt', data in 'ram'; shared: one slot, "
+         "tables and data interleaved", ("split", "shared")),
+    Knob("backing", "anon", "host backing of the memslots (KVM selftests -s)",
+         ("anon", "anon_thp", "hugetlb", "shmem")),
+    Knob("hw_update", "on-change", "hardware descriptor updates: on-change (architectural) "
+         "or always", ("on-change", "always")),
+)
+PROFILE_KNOB_NAMES = frozenset(k.name for k in PROFILE_KNOBS)
+
+
+def make_profile(values: dict, owner: str = "linux") -> LinuxProfile:
+    known = {k.name: k for k in PROFILE_KNOBS}
+    out = {}
+    for name, v in values.items():
+        if name not in known:
+            raise WorkloadError(f"{owner}: unknown profile knob {name!r}")
+        out[name] = known[name].coerce(v, owner)
+    p = LinuxProfile(**out)
+    try:
+        p.geometry
+    except GeometryError as e:
+        raise WorkloadError(f"{owner}: {e}") from None
+    if not 0 < p.age_fraction <= 1:
+        raise WorkloadError(f"{owner}: knob age_fraction: {p.age_fraction} is not in (0, 1]")
+    if p.age_period < 0 or p.fault_around_bytes < 0:
+        raise WorkloadError(f"{owner}: age_period and fault_around_bytes must be >= 0")
+    return p
+
+
+# ---- generator-side guest state ------------------------------------------------------------
+RO, ZERO, CLEAN, DIRTY = range(4)      # PTE states: read-only, zero page, clean-writable, dirty
+IPA_, S_, AF_ = range(3)               # fields of a page state [ipa, state, af]
+VMA_KINDS = ("anon", "shmem", "file", "text")
+PT_IPA = 0x4000_0000                   # 1 GiB
+DATA_IPA = 0x1_0000_0000               # 4 GiB
+BLOCK_PAGES = 512                      # 2 MiB in 4 KiB pages
+
+
+@dataclass
+class Vma:
+    start: int                         # first VA page (granule index)
+    pages: int
+    kind: str
+    obj: int                           # backing object (file or shmem) id
+    pgoff: int = 0
+
+    @property
+    def end(self) -> int:
+        return self.start + self.pages
+
+    @property
+    def exec(self) -> bool:
+        return self.kind == "text"
+
+
+@dataclass
+class Space:
+    vmas: list[Vma] = field(default_factory=list)
+    pages: dict[int, list] = field(default_factory=dict)
+    tables: dict[tuple[int, int], int] = field(default_factory=dict)
+    hand: int = -1                     # aging clock hand (last VA page aged)
+
+    def vma_of(self, p: int) -> Vma | None:
+        i = bisect.bisect_right([v.start for v in self.vmas], p) - 1
+        if i >= 0 and p < self.vmas[i].end:
+            return self.vmas[i]
+        return None
+
+    def overlaps(self, lo: int, hi: int) -> bool:
+        return any(v.start < hi and lo < v.end for v in self.vmas)
+
+    def add_vma(self, v: Vma) -> None:
+        if self.overlaps(v.start, v.end):
+            raise WorkloadError(f"VMA at VA page {v.start:#x} overlaps an existing VMA")
+        bisect.insort(self.vmas, v, key=lambda x: x.start)
+
+    def remove_range(self, lo: int, hi: int) -> None:
+        out = []
+        for v in self.vmas:
+            if v.end <= lo or hi <= v.start:
+                out.append(v)
+                continue
+            if v.start < lo:
+                out.append(replace(v, pages=lo - v.start))
+            if hi < v.end:
+                out.append(replace(v, start=hi, pages=v.end - hi, pgoff=v.pgoff + hi - v.start))
+        self.vmas = sorted(out, key=lambda x: x.start)
+
+
+class Alloc:
+    """The guest's page allocator over one slot: bump pointer plus a LIFO free list."""
+
+    def __init__(self, base: int, granule: int):
+        self.base, self.granule = base, granule
+        self.next = 0
+        self.free: list[int] = []
+
+    def get(self) -> int:
+        if self.free:
+            return self.free.pop()
+        ipa = self.base + self.next * self.granule
+        self.next += 1
+        return ipa
+
+    def put(self, ipa: int) -> None:
+        self.free.append(ipa)
+
+
+def _as_array(x, n, dtype):
+    a = np.asarray(x, dtype=dtype)
+    return np.broadcast_to(a, (n,)).copy() if a.ndim == 0 else a
+
+
+class LinuxGuest:
+    """Collects a program's VMAs, accesses and address-space operations; `build()` replays
+    them through the guest-kernel model into a Workload."""
+
+    def __init__(self, name: str, profile: LinuxProfile, meta: dict | None = None):
+        self.name = name
+        self.p = profile
+        self.geo = profile.geometry
+        self.g = self.geo.granule_shift
+        self.meta = dict(meta or {})
+        self._ops: list[tuple] = []
+        self._nobj = 0
+        self._naccesses = 0
+
+    # ---- the program's side ----------------------------------------------------------
+    def vma(self, va: int, nbytes: int, kind: str = "anon") -> int:
+        """mmap a VMA at `va` (granule-aligned) of `nbytes` (rounded up); returns its object
+        id (file/shmem contents are shared by every mapping of that object)."""
+        if kind not in VMA_KINDS:
+            raise WorkloadError(f"{self.name}: unknown VMA kind {kind!r}")
+        gr = self.geo.granule
+        if va % gr or va < 0 or nbytes <= 0:
+            raise WorkloadError(f"{self.name}: VMA at {va:#x} (+{nbytes:#x}) is not aligned")
+        pages = -(-nbytes // gr)
+        if va + pages * gr > (1 << self.p.va_bits):
+            raise WorkloadError(f"{self.name}: VMA {va:#x}+{pages * gr:#x} is beyond "
+                                f"va_bits = {self.p.va_bits}")
+        self._nobj += 1
+        self._ops.append(("vma", Vma(va >> self.g, pages, kind, self._nobj)))
+        return self._nobj
+
+    def run(self, vcpu, va, kind) -> None:
+        """Accesses, in order: vcpu and kind may be scalars (kind a name or a code)."""
+        va = np.asarray(va, dtype=np.uint64)
+        n = len(va)
+        if n == 0:
+            return
+        if isinstance(kind, str):
+            kind = KIND_CODE[kind]
+        self._ops.append(("run", _as_array(vcpu, n, np.uint16), va,
+                          _as_array(kind, n, np.uint8)))
+        self._naccesses += n
+
+    def munmap(self, va: int, nbytes: int) -> None:
+        self._ops.append(("munmap", va >> self.g, -(-nbytes // self.geo.granule)))
+
+    def fork(self, child: int) -> None:
+        self._ops.append(("fork", child))
+
+    def switch(self, asid: int) -> None:
+        self._ops.append(("switch", asid))
+
+    # ---- replay ------------------------------------------------------------------------
+    def build(self) -> Workload:
+        p, geo = self.p, self.geo
+        self.ha, self.hd, self.haft = p.tcr()
+        self.fa = max(1, p.fault_around_bytes // geo.granule)
+        gr = geo.granule
+        if p.layout == "split":
+            self.pt = Alloc(PT_IPA, gr)
+            self.data = Alloc(DATA_IPA, gr)
+        else:
+            self.pt = self.data = Alloc(PT_IPA, gr)
+        self.spaces: dict[int, Space] = {0: Space()}
+        self.cur = 0
+        self.refs: dict[int, int] = {}         # anonymous page IPA -> mappings
+        self.objs: dict[int, dict[int, int]] = {}
+        self.zero_ipa: int | None = None
+        self.out: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.events: list = []
+        self.pos = 0
+        self.nacc = 0
+        self.last_aged = 0
+        self.stats = dict(guest_faults=0, fault_around_ptes=0, aging_passes=0, munmaps=0,
+                          forks=0, switches=0, tables_freed=0)
+        self.root = self.pt.get()
+        mappings = self._premap() if not p.demand else []
+        for op in self._ops:
+            getattr(self, "_op_" + op[0])(*op[1:])
+        return self._finish(mappings)
+
+    def _premap(self) -> list[Mapping]:
+        """demand = false: map at start what the first address space touches before any
+        munmap/fork/switch (see the module docstring)."""
+        sp = self.spaces[0]
+        vas = []
+        for op in self._ops:
+            if op[0] == "vma":
+                sp.add_vma(op[1])
+            elif op[0] == "run":
+                vas.append(op[2])
+            else:
+                break
+        if not vas:
+            return []
+        vp = np.concatenate(vas) >> np.uint64(self.g)
+        uniq, first = np.unique(vp, return_index=True)
+        order = uniq[np.argsort(first, kind="stable")].tolist()
+        states = []
+        for q in order:
+            vma = sp.vma_of(q)
+            if vma is None:
+                raise WorkloadError(f"{self.name}: access to VA {q << self.g:#x} outside "
+                                    f"every VMA")
+            self._alloc_tables(sp, q)              # phase 1: every initial table first
+            states.append(vma)
+        self._init_tables = dict(sp.tables)
+        maps: list[Mapping] = []
+        for q, vma in zip(order, states):          # phase 2: data pages
+            if vma.kind == "anon":
+                ipa = self.data.get()
+                self.refs[ipa] = 1
+                st = [ipa, DIRTY, True]
+            else:
+                ipa, _fresh = self._obj_page(vma, q)
+                st = [ipa, CLEAN if vma.kind == "shmem" else RO, True]
+            sp.pages[q] = st
+            w, d = st[S_] in (CLEAN, DIRTY), st[S_] == DIRTY
+            va = q << self.g
+            last = maps[-1] if maps else None
+            if (last and last.va + last.pages * self.geo.granule == va
+                    and last.ipa + last.pages * self.geo.granule == ipa
+                    and (last.writable, last.dirty, last.executable) == (w, d, vma.exec)):
+                maps[-1] = replace(last, pages=last.pages + 1)
+            else:
+                maps.append(Mapping(va=va, ipa=ipa, pages=1, af=True, writable=w, dirty=d,
+                                    executable=vma.exec))
+        self._premapped = len(order)
+        return maps
+
+    # ops ---------------------------------------------------------------------------------
+    def _op_vma(self, v: Vma) -> None:
+        sp = self.spaces[self.cur]
+        if v not in sp.vmas:
+            sp.add_vma(v)
+
+    def _op_run(self, vc, va, kd) -> None:
+        per = self.p.age_period
+        n = len(va)
+        i = 0
+        while i < n:
+            if per and self.nacc and self.nacc % per == 0 and self.last_aged != self.nacc:
+                self._age()
+                self.last_aged = self.nacc
+            j = n if not per else min(n, i + per - self.nacc % per)
+            self._chunk(vc[i:j], va[i:j], kd[i:j])
+            self.nacc += j - i
+            i = j
+
+    def _op_munmap(self, lo: int, pages: int) -> None:
+        sp = self.spaces[self.cur]
+        hi = lo + pages
+        gone = sorted(q for q in sp.pages if lo <= q < hi)
+        for q in gone:
+            st = sp.pages.pop(q)
+            self._unref(st[IPA_])
+        sp.remove_range(lo, hi)
+        self.stats["munmaps"] += 1
+        if gone:
+            self._event(Step("guest_pte", asid=self.cur, vas=tuple(q << self.g for q in gone),
+                             descs=(0,) * len(gone)))
+        shift = self.geo.level_shift(2) - self.g   # VA pages per last-level table: log2
+        frees = []
+        for pre in range(lo >> shift, ((hi - 1) >> shift) + 1):
+            key = (2, pre)
+            if key in sp.tables and not sp.overlaps(pre << shift, (pre + 1) << shift):
+                self.pt.put(sp.tables.pop(key))
+                frees.append(pre << (shift + self.g))
+        if frees:
+            self.stats["tables_freed"] += len(frees)
+            self._event(Step("guest_free", asid=self.cur, vas=tuple(frees)))
+
+    def _op_fork(self, child: int) -> None:
+        if child in self.spaces:
+            raise WorkloadError(f"{self.name}: address space {child} exists already")
+        par = self.spaces[self.cur]
+        ch = Space(vmas=list(par.vmas))
+        tables = [self.pt.get()]
+        vas = []
+        for q in sorted(par.pages):
+            if par.vma_of(q).kind not in ("anon", "text"):
+                continue                            # vma_needs_copy(): shared VMAs
+            st = par.pages[q]
+            tables.extend(self._alloc_tables(ch, q))
+            if st[S_] in (CLEAN, DIRTY):
+                st[S_] = RO                         # wrprotect in the parent
+            if st[IPA_] in self.refs:
+                self.refs[st[IPA_]] += 1
+            ch.pages[q] = [st[IPA_], st[S_], False]
+            vas.append(q << self.g)
+        self.spaces[child] = ch
+        self.stats["forks"] += 1
+        self._event(Step("guest_fork", asid=self.cur, child=child, vas=tuple(vas),
+                         tables=tuple(tables)))
+
+    def _op_switch(self, asid: int) -> None:
+        if asid not in self.spaces:
+            raise WorkloadError(f"{self.name}: no address space {asid}")
+        self.cur = asid
+        self.stats["switches"] += 1
+        self._event(Step("guest_switch", asid=asid))
+
+    # helpers -----------------------------------------------------------------------------
+    def _event(self, st: Step) -> None:
+        self.events.append((self.pos, self.pos, st))
+
+    def _unref(self, ipa: int) -> None:
+        n = self.refs.get(ipa)
+        if n is None:
+            return
+        if n == 1:
+            del self.refs[ipa]
+            self.data.put(ipa)                      # the page goes back to the allocator
+        else:
+            self.refs[ipa] = n - 1
+
+    def _alloc_tables(self, sp: Space, q: int) -> tuple[int, ...]:
+        va = q << self.g
+        out = []
+        for level in range(self.geo.start_level, 3):
+            key = (level, va >> self.geo.level_shift(level))
+            if key not in sp.tables:
+                t = self.pt.get()
+                sp.tables[key] = t
+                out.append(t)
+        return tuple(out)
+
+    def _obj_page(self, vma: Vma, q: int, create: bool = True) -> tuple[int | None, bool]:
+        pages = self.objs.setdefault(vma.obj, {})
+        off = q - vma.start + vma.pgoff
+        if off in pages:
+            return pages[off], False
+        if not create:
+            return None, False
+        ipa = self.data.get()
+        pages[off] = ipa
+        return ipa, True
+
+    def _zero(self) -> int:
+        if self.zero_ipa is None:
+            self.zero_ipa = self.data.get()
+        return self.zero_ipa
+
+    def _desc(self, st: list, vma: Vma) -> int:
+        s = st[S_]
+        return make_leaf_desc(st[IPA_], self.geo, 3, af=st[AF_], writable=s in (CLEAN, DIRTY),
+                              dirty=s == DIRTY, executable=vma.exec)
+
+    # the page-fault model ----------------------------------------------------------------
+    def _chunk(self, vc, va, kd) -> None:
+        """Accesses with no kernel event between them: find, in time order, every access the
+        guest kernel must fix up, and trace it as attempt + event + access."""
+        n = len(va)
+        sp = self.spaces[self.cur]
+        vp = (va >> np.uint64(self.g)).astype(np.int64)
+        uniq, first, inv = np.unique(vp, return_index=True, return_inverse=True)
+        w = STORE_MASK[kd]
+        fw = np.full(len(uniq), n, dtype=np.int64)
+        wi = np.flatnonzero(w)
+        np.minimum.at(fw, inv[wi], wi)
+        heap = sorted(zip(first.tolist(), [0] * len(uniq), range(len(uniq))))
+        uniq_l, fw_l, w_l = uniq.tolist(), fw.tolist(), w.tolist()
+        faults = []
+        while heap:
+            i, rec, j = heapq.heappop(heap)
+            q = uniq_l[j]
+            write = w_l[i]
+            st = self._touch(sp, q, write, int(vc[i]))
+            if st is not None:
+                faults.append((i, st))
+            if rec == 0 and not write and fw_l[j] < n and sp.pages[q][S_] != DIRTY:
+                heapq.heappush(heap, (fw_l[j], 1, j))
+        if faults:
+            faults.sort(key=lambda f: f[0])
+            idx = np.array([f[0] for f in faults], dtype=np.int64)
+            vc = np.insert(vc, idx, vc[idx])
+            va = np.insert(va, idx, va[idx])
+            kd = np.insert(kd, idx, kd[idx])
+            for k, (i, st) in enumerate(faults):
+                pos = self.pos + i + k + 1
+                self.events.append((pos, pos, st))
+            self.stats["guest_faults"] += len(faults)
+        self.out.append((vc, va, kd))
+        self.pos += len(va)
+
+    def _touch(self, sp: Space, q: int, write: bool, vcpu: int) -> Step | None:
+        st = sp.pages.get(q)
+        if st is None:
+            return self._map_fault(sp, q, write, vcpu)
+        if not self.ha and not st[AF_]:
+            return self._present_fault(sp, q, st, write, vcpu)
+        if write and (st[S_] in (RO, ZERO) or (st[S_] == CLEAN and not self.hd)):
+            return self._present_fault(sp, q, st, write, vcpu)
+        st[AF_] = True                              # hardware AF (HA) or already young
+        if write and st[S_] == CLEAN:
+            st[S_] = DIRTY                          # hardware dirty state (HD)
+        return None
+
+    def _present_fault(self, sp: Space, q: int, st: list, write: bool, vcpu: int) -> Step:
+        vma = sp.vma_of(q)
+        fill = ()
+        if write and st[S_] in (RO, ZERO):          # do_wp_page
+            if vma.kind in ("file", "shmem"):
+                st[S_] = DIRTY                      # wp_page_shared
+            elif st[S_] == RO and self.refs.get(st[IPA_]) == 1:
+                st[S_] = DIRTY                      # wp_page_reuse: exclusive anon page
+            else:                                   # wp_page_copy
+                new = self.data.get()
+                self._unref(st[IPA_])
+                self.refs[new] = 1
+                st[IPA_], st[S_] = new, DIRTY
+                fill = (new,)
+        elif write and st[S_] == CLEAN:
+            st[S_] = DIRTY                          # pte_mkdirty (no HD)
+        st[AF_] = True                              # pte_mkyoung
+        return Step("guest_pte", vcpu=vcpu, asid=self.cur, vas=(q << self.g,),
+                    descs=(self._desc(st, vma),), fill=fill)
+
+    def _map_fault(self, sp: Space, q: int, write: bool, vcpu: int) -> Step:
+        vma = sp.vma_of(q)
+        if vma is None:
+            raise WorkloadError(f"{self.name}: access to VA {q << self.g:#x} outside every VMA")
+        tables = self._alloc_tables(sp, q)
+        kind = vma.kind
+        fill = ()
+        if kind == "anon" or (kind == "text" and write):
+            if kind == "anon" and not write and self.p.zero_page:
+                st = [self._zero(), ZERO, True]
+            else:                                   # do_anonymous_page / do_cow_fault
+                ipa = self.data.get()
+                self.refs[ipa] = 1
+                fill = (ipa,)
+                st = [ipa, DIRTY, True]
+        else:
+            ipa, fresh = self._obj_page(vma, q)
+            if fresh and kind == "shmem":
+                fill = (ipa,)                       # shmem_get_folio_gfp zeroes a new page
+            st = [ipa, DIRTY if write else (CLEAN if kind == "shmem" else RO), True]
+        sp.pages[q] = st
+        entries = [(q, st)]
+        if not write and kind != "anon" and self.fa > 1:    # do_fault_around
+            base = q & ~(self.fa - 1)
+            for r in range(base, base + self.fa):
+                if r == q or r in sp.pages or not vma.start <= r < vma.end:
+                    continue
+                ipa, _ = self._obj_page(vma, r, create=kind != "shmem")
+                if ipa is None:
+                    continue                        # not in the page cache
+                nst = [ipa, CLEAN if kind == "shmem" else RO, not self.ha]
+                sp.pages[r] = nst
+                entries.append((r, nst))
+            entries.sort(key=lambda e: e[0])
+            self.stats["fault_around_ptes"] += len(entries) - 1
+        return Step("guest_pte", vcpu=vcpu, asid=self.cur,
+                    vas=tuple(r << self.g for r, _ in entries),
+                    descs=tuple(self._desc(s, vma) for _, s in entries),
+                    tables=tables, fill=fill)
+
+    def _age(self) -> None:
+        nonleaf = self.p.age_nonleaf and self.haft
+        for asid in sorted(self.spaces):
+            sp = self.spaces[asid]
+            keys = sorted(sp.pages)
+            if not keys:
+                continue
+            k = min(len(keys), max(1, math.ceil(self.p.age_fraction * len(keys))))
+            i = bisect.bisect_right(keys, sp.hand)
+            win = (keys[i:] + keys[:i])[:k]
+            sp.hand = win[-1]
+            win.sort()
+            if not self.ha:
+                win = [q for q in win if sp.pages[q][AF_]]
+            for q in win:
+                sp.pages[q][AF_] = False
+            self.stats["aging_passes"] += 1
+            if win:
+                self._event(Step("guest_age", asid=asid, vas=tuple(q << self.g for q in win),
+                                 nonleaf=nonleaf))
+
+    # the scenario ------------------------------------------------------------------------
+    def _finish(self, mappings: list[Mapping]) -> Workload:
+        p, geo = self.p, self.geo
+        gp = geo.granule // HOST_PAGE
+
+        def pages(alloc: Alloc) -> int:
+            n = max(1, alloc.next) * gp
+            return -(-n // BLOCK_PAGES) * BLOCK_PAGES
+        ha, hd, haft = self.ha, self.hd, self.haft
+        machine = Machine(granule=geo.granule, va_bits=p.va_bits, hafdbs=p.cpu_info.hafdbs,
+                          haft=p.cpu_info.haft, hw_update=p.hw_update)
+        if p.layout == "split":
+            slots = (Memslot("pt", PT_IPA, pages(self.pt), backing=p.backing),
+                     Memslot("ram", DATA_IPA, pages(self.data), backing=p.backing))
+            pt_slot = "pt"
+        else:
+            slots = (Memslot("ram", PT_IPA, pages(self.pt), backing=p.backing),)
+            pt_slot = "ram"
+        guest = Guest(tcr_ha=ha, tcr_hd=hd, tcr2_haft=haft, pt_slot=pt_slot)
+        scn = Scenario(name=self.name, machine=machine, guest=guest, memslots=slots,
+                       vmm=Vmm(), mappings=tuple(mappings), steps=(),
+                       source=f"<workload {self.name}>")
+        if mappings:
+            self._check_layout(scn)
+        if self.out:
+            vc = np.concatenate([o[0] for o in self.out])
+            va = np.concatenate([o[1] for o in self.out])
+            kd = np.concatenate([o[2] for o in self.out])
+        else:
+            vc = np.zeros(0, np.uint16)
+            va = np.zeros(0, np.uint64)
+            kd = np.zeros(0, np.uint8)
+        trace = Trace(vc, va, kd, self.events)
+        meta = dict(self.meta)
+        meta.update(self.stats)
+        meta.update(accesses=int(self.nacc), trace_len=len(trace), events=len(self.events),
+                    address_spaces=len(self.spaces), tcr_ha=ha, tcr_hd=hd, tcr2_haft=haft,
+                    premapped_pages=getattr(self, "_premapped", 0),
+                    table_granules=self.pt.next if p.layout == "split" else None,
+                    data_granules=self.data.next)
+        return Workload(self.name, scn, trace, meta)
+
+    def _check_layout(self, scn: Scenario) -> None:
+        """The initial tables the generator assumed are those build_tables lays out."""
+        geo = self.geo
+        t = build_tables(scn)
+        if t.root != self.root or t.tables_used != 1 + len(self._init_tables):
+            raise AssertionError("initial table layout differs from build_tables")
+        for (level, pre), ipa in self._init_tables.items():
+            va = pre << geo.level_shift(level)
+            table = t.root
+            for lv in range(geo.start_level, level + 1):
+                table = t.descriptors[table + geo.index(va, lv) * 8] & geo.oa_mask
+            if table != ipa:
+                raise AssertionError(f"table for {va:#x} at level {level + 1}: generator "
+                                     f"{ipa:#x}, build_tables {table:#x}")

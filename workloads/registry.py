@@ -1,0 +1,74 @@
+"""The workload registry: every generator and host scenario by name, with knobs and defaults.
+
+    make(name, seed=0, **knobs)            -> Workload   (generator knobs + linux profile knobs)
+    apply_host(workload, name, **knobs)    -> Workload
+    build(name, seed=0, host=None, host_knobs=None, **knobs)
+                                           -> Workload   (a generator under a host scenario)
+
+Knob values may be given as strings (the CLI's `k=v`); they are checked against the knob's
+type and choices.  `ptwbench workloads` prints this registry.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from . import data, host, ptheavy  # noqa: F401  (register the generators and host scenarios)
+from .base import GENERATORS, HOST_SCENARIOS, Entry, Workload, WorkloadError
+from .linux import PROFILE_KNOB_NAMES, PROFILE_KNOBS, make_profile
+
+# profile knobs a host scenario needs (firmware tables are built once and never stored to)
+HOST_PROFILE = {"firmware": {"demand": False, "age_period": 0}}
+# generators whose guest always stores to its page tables (never usable with firmware)
+STORES_PAGE_TABLES = frozenset({"mmap_churn", "fork"})
+
+
+def generator_entry(name: str) -> Entry:
+    if name not in GENERATORS:
+        raise WorkloadError(f"unknown workload {name!r} (one of {', '.join(GENERATORS)})")
+    return GENERATORS[name]
+
+
+def host_entry(name: str) -> Entry:
+    if name not in HOST_SCENARIOS:
+        raise WorkloadError(f"unknown host scenario {name!r} "
+                            f"(one of {', '.join(HOST_SCENARIOS)})")
+    return HOST_SCENARIOS[name]
+
+
+def make(name: str, seed: int = 0, **knobs) -> Workload:
+    e = generator_entry(name)
+    prof = {k: v for k, v in knobs.items() if k in PROFILE_KNOB_NAMES}
+    own = {k: v for k, v in knobs.items() if k not in PROFILE_KNOB_NAMES}
+    profile = make_profile(prof, name)
+    wl = e.func(int(seed), profile, **e.resolve(own))
+    wl.meta["profile"] = asdict(profile)
+    return wl
+
+
+def apply_host(wl: Workload, name: str, **knobs) -> Workload:
+    e = host_entry(name)
+    return e.func(wl, **e.resolve(knobs))
+
+
+def compatible(generator: str, host_name: str | None) -> bool:
+    return not (host_name == "firmware" and generator in STORES_PAGE_TABLES)
+
+
+def build(name: str, seed: int = 0, host_name: str | None = None,
+          host_knobs: dict | None = None, **knobs) -> Workload:
+    """Generator `name` under host scenario `host_name` (None: none), with the profile knobs
+    the host scenario requires."""
+    if host_name is not None:
+        host_entry(host_name)
+        if not compatible(name, host_name):
+            raise WorkloadError(f"{name}: cannot run under {host_name} (the guest stores to "
+                                f"its page tables)")
+        knobs = {**knobs, **HOST_PROFILE.get(host_name, {})}
+    wl = make(name, seed, **knobs)
+    if host_name is not None:
+        wl = apply_host(wl, host_name, **(host_knobs or {}))
+    return wl
+
+
+__all__ = ["GENERATORS", "HOST_SCENARIOS", "PROFILE_KNOBS", "make", "apply_host", "build",
+           "compatible", "generator_entry", "host_entry"]
