@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--engine", choices=("numpy", "reference"), default="numpy",
                     help="numpy (default, vectorised) or reference (one access at a time)")
     sc.set_defaults(func=cmd_scenario)
+    from bench.workloads_cmd import register as register_workloads
+    register_workloads(sub)          # `workloads`, `import-check`
     return ap
 
 

@@ -138,7 +138,8 @@ def zipf_ranks(rng, n_items: int, s: float, size: int) -> np.ndarray:
             Knob("read_percent", 95, "percentage of GETs (YCSB-B: 95, YCSB-A: 50)"),
             Knob("operations", 4096, "operations in all (2 accesses each)"),
             Knob("mapping", "anon", "heap memory: anon (malloc), shmem (shared memory), file "
-                 "(MAP_SHARED file with writeback)", ("anon", "shmem", "file")),
+                 "(MAP_SHARED file with dirty accounting: read faults map read-only)",
+                 ("anon", "shmem", "file")),
             BURST])
 def zipf(seed, profile, *, vcpus, keys, value_bytes, s, read_percent, operations, mapping,
          burst):

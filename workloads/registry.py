@@ -1,6 +1,8 @@
 """The workload registry: every generator and host scenario by name, with knobs and defaults.
 
-    make(name, seed=0, **knobs)            -> Workload   (generator knobs + linux profile knobs)
+    make(name, seed=0, **knobs)            -> Workload   (generator knobs + linux profile knobs;
+                                                          name "import:PATH" imports a trace
+                                                          file: knobs format, limit + profile)
     apply_host(workload, name, **knobs)    -> Workload
     build(name, seed=0, host=None, host_knobs=None, **knobs)
                                            -> Workload   (a generator under a host scenario)
@@ -13,7 +15,8 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from . import data, host, ptheavy  # noqa: F401  (register the generators and host scenarios)
-from .base import GENERATORS, HOST_SCENARIOS, Entry, Workload, WorkloadError
+from .base import GENERATORS, HOST_SCENARIOS, Entry, Knob, Workload, WorkloadError
+from .importers import FORMATS, import_trace
 from .linux import PROFILE_KNOB_NAMES, PROFILE_KNOBS, make_profile
 
 # profile knobs a host scenario needs (firmware tables are built once and never stored to)
@@ -35,7 +38,24 @@ def host_entry(name: str) -> Entry:
     return HOST_SCENARIOS[name]
 
 
+IMPORT_KNOBS = (Knob("format", "", "trace format: lackey, csv, npz ('': by extension)",
+                     ("",) + FORMATS),
+                Knob("limit", 0, "import at most this many accesses (0: all)"))
+
+
+def _import(path: str, knobs: dict) -> Workload:
+    own = {k: v for k, v in knobs.items() if k not in PROFILE_KNOB_NAMES}
+    prof = {k: v for k, v in knobs.items() if k in PROFILE_KNOB_NAMES}
+    e = Entry("import", None, "", IMPORT_KNOBS)
+    v = e.resolve(own)
+    wl = import_trace(path, v["format"] or None, limit=v["limit"] or None, **prof)
+    wl.meta["profile"] = asdict(make_profile(prof, "import"))
+    return wl
+
+
 def make(name: str, seed: int = 0, **knobs) -> Workload:
+    if name.startswith("import:"):
+        return _import(name.split(":", 1)[1], knobs)
     e = generator_entry(name)
     prof = {k: v for k, v in knobs.items() if k in PROFILE_KNOB_NAMES}
     own = {k: v for k, v in knobs.items() if k not in PROFILE_KNOB_NAMES}
@@ -70,5 +90,5 @@ def build(name: str, seed: int = 0, host_name: str | None = None,
     return wl
 
 
-__all__ = ["GENERATORS", "HOST_SCENARIOS", "PROFILE_KNOBS", "make", "apply_host", "build",
+__all__ = ["GENERATORS", "HOST_SCENARIOS", "PROFILE_KNOBS", "IMPORT_KNOBS", "make", "apply_host", "build",
            "compatible", "generator_entry", "host_entry"]
