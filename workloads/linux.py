@@ -58,6 +58,8 @@ Decisions where DOMAIN.md is silent:
 * Kernel accesses (PTE loads/stores, page zeroing and CoW copies) are plain LDR/STR through the
   linear map: not walked, stage 2 only (model.reference.Vm._kernel_access).  A CoW copy's
   read of the source page is not modelled.  Only last-level tables are freed.
+* `meta["attempts"]`: trace positions of the fault attempts; deleting them from the trace
+  gives the program's own accesses.
 * Instruction fetches from a page make it part of a text (private file, executable) VMA when
   the generator says so (importers do so for every page that is ever fetched).
 """
@@ -330,6 +332,7 @@ class LinuxGuest:
         self.zero_ipa: int | None = None
         self.out: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.events: list = []
+        self.attempts: list[np.ndarray] = []    # trace positions of the fault attempts
         self.pos = 0
         self.nacc = 0
         self.last_aged = 0
@@ -541,6 +544,7 @@ class LinuxGuest:
             for k, (i, st) in enumerate(faults):
                 pos = self.pos + i + k + 1
                 self.events.append((pos, pos, st))
+            self.attempts.append(self.pos + idx + np.arange(len(idx)))
             self.stats["guest_faults"] += len(faults)
         self.out.append((vc, va, kd))
         self.pos += len(va)
@@ -674,6 +678,8 @@ class LinuxGuest:
         trace = Trace(vc, va, kd, self.events)
         meta = dict(self.meta)
         meta.update(self.stats)
+        meta["attempts"] = (np.concatenate(self.attempts) if self.attempts
+                            else np.zeros(0, dtype=np.int64))
         meta.update(accesses=int(self.nacc), trace_len=len(trace), events=len(self.events),
                     address_spaces=len(self.spaces), tcr_ha=ha, tcr_hd=hd, tcr2_haft=haft,
                     premapped_pages=getattr(self, "_premapped", 0),
