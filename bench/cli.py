@@ -5,11 +5,17 @@ import argparse
 import sys
 
 from model.policies import DEFAULT_ORDER, POLICIES
+from bench.cli_runs import RunInputError
 from model.scenario import ScenarioError
 
 
 class BadInput(Exception):
     """Bad input of any kind: one line, exit status 2, nothing written."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):                    # one line, exit 2 (argparse's status)
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _policies(args) -> tuple[str, ...]:
@@ -35,8 +41,8 @@ def cmd_scenario(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="ptwbench", description=__doc__)
-    sub = ap.add_subparsers(dest="command", required=True)
+    ap = Parser(prog="ptwbench", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=Parser)
     sc = sub.add_parser("scenario", help="run micro-scenario files (SCENARIO.md) under every policy")
     sc.add_argument("files", nargs="+", metavar="FILE")
     sc.add_argument("--json", action="store_true", help="SCENARIO.md's JSON output")
@@ -47,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.set_defaults(func=cmd_scenario)
     from bench.workloads_cmd import register as register_workloads
     register_workloads(sub)          # `workloads`, `import-check`
+    from bench.cli_runs import register
+    register(sub)
     return ap
 
 
@@ -55,7 +63,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         return args.func(args)
-    except (ScenarioError, BadInput) as e:
+    except (ScenarioError, BadInput, RunInputError) as e:
         print(f"ptwbench: error: {e}", file=sys.stderr)
         return 2
 

@@ -100,6 +100,9 @@ class PolicyResult:
                     1 for e in self.uffd_events if e.mode == mode and e.write == (flag == "write"))
         c["uffd_events"] = len(self.uffd_events)
         c["uffd_false_write"] = sum(1 for e in self.uffd_events if e.write and not e.written)
+        for mode in ("missing", "minor", "wp"):
+            c[f"uffd_{mode}_false_write"] = sum(
+                1 for e in self.uffd_events if e.mode == mode and e.write and not e.written)
         return c
 
     def metrics(self, oracle: "PolicyResult | None" = None) -> dict[str, int]:

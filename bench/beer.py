@@ -1,0 +1,202 @@
+"""`ptwbench beer`: the main job — the beer verdict over the built-in workloads.
+
+Every built-in workload under the host scenarios where the policies can differ (stage 2
+unmapped under page-table pages: first touch, post-copy, snapshot, memory pressure, block
+splitting under logging, read-only firmware tables), on the default machine and the hardware
+variants, all policies; then the verdict (bench.verdict) and the reports.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+import tomllib
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+
+from . import report
+from workloads.base import WorkloadError
+
+from .catalog import build, micro_workload, scenario_files
+from .cost import CostModel
+from .runner import (COLUMNS, TIMING_COLUMNS, csv_text, environment, meta_json,
+                     run_workload, write_dir_atomic)
+from .verdict import (answer, false_dirty_rate, hw_always_effect, pt_share, sensitivity,
+                      verdict_table)
+
+
+class SpecError(ValueError):
+    """Bad run spec: one line naming the key."""
+
+
+def default_spec_text() -> str:
+    return (resources.files("bench") / "beer_default.toml").read_text()
+
+
+SPEC_KEYS = {"seed": int, "engine": str, "micro": bool, "micro_variants": list, "case": list}
+CASE_KEYS = {"workloads": (list, str), "hosts": list, "variants": list, "knobs": dict,
+             "host_knobs": dict}
+
+
+def load_spec(text: str, source: str) -> dict:
+    """Parse and check a beer spec; every error is one line naming the key."""
+    from workloads import registry as reg
+
+    from .variants import VARIANTS
+    try:
+        spec = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{source}: not valid TOML: {e}") from None
+    for k, v in spec.items():
+        if k not in SPEC_KEYS:
+            raise SpecError(f"{source}: {k}: unknown key")
+        if not isinstance(v, SPEC_KEYS[k]) or (SPEC_KEYS[k] is int and isinstance(v, bool)):
+            raise SpecError(f"{source}: {k}: expected {SPEC_KEYS[k].__name__}")
+    if spec.get("engine", "numpy") not in ("numpy", "reference"):
+        raise SpecError(f"{source}: engine: {spec['engine']!r} is not numpy or reference")
+    for v in spec.get("micro_variants", []):
+        if v not in VARIANTS:
+            raise SpecError(f"{source}: micro_variants: unknown variant {v!r}")
+    for i, c in enumerate(spec.get("case", [])):
+        at = f"{source}: case[{i}]"
+        if not isinstance(c, dict):
+            raise SpecError(f"{at}: expected a table")
+        for k, v in c.items():
+            if k not in CASE_KEYS:
+                raise SpecError(f"{at}.{k}: unknown key")
+            if not isinstance(v, CASE_KEYS[k]):
+                raise SpecError(f"{at}.{k}: wrong type")
+        ws = c.get("workloads", "*")
+        for w in (list(reg.GENERATORS) if ws == "*" else ws):
+            if w not in reg.GENERATORS:
+                raise SpecError(f"{at}.workloads: unknown workload {w!r}")
+        for h in c.get("hosts", ["none"]):
+            if h != "none" and h not in reg.HOST_SCENARIOS:
+                raise SpecError(f"{at}.hosts: unknown host scenario {h!r}")
+        for v in c.get("variants", ["default"]):
+            if v not in VARIANTS:
+                raise SpecError(f"{at}.variants: unknown variant {v!r}")
+        for w, knobs in c.get("knobs", {}).items():
+            if w not in reg.GENERATORS or not isinstance(knobs, dict):
+                raise SpecError(f"{at}.knobs.{w}: not a table of a known workload")
+            own = {k: x for k, x in knobs.items() if k not in reg.PROFILE_KNOB_NAMES}
+            prof = {k: x for k, x in knobs.items() if k in reg.PROFILE_KNOB_NAMES}
+            try:
+                reg.generator_entry(w).resolve(own)
+                reg.make_profile(prof, w)
+            except WorkloadError as e:
+                raise SpecError(f"{at}.knobs.{w}: {e}") from None
+        for h, knobs in c.get("host_knobs", {}).items():
+            try:
+                reg.host_entry(h).resolve(knobs if isinstance(knobs, dict) else {None: 0})
+            except WorkloadError as e:
+                raise SpecError(f"{at}.host_knobs.{h}: {e}") from None
+    return spec
+
+
+def cases(spec: dict):
+    """(workload, knobs, host, host knobs, variant) for every case of the spec; workload x
+    host pairs the registry calls incompatible are skipped."""
+    from workloads import registry as reg
+    for c in spec.get("case", []):
+        ws = c.get("workloads", "*")
+        for w in (list(reg.GENERATORS) if ws == "*" else ws):
+            for host in c.get("hosts", ["none"]):
+                if not reg.compatible(w, None if host == "none" else host):
+                    continue
+                for v in c.get("variants", ["default"]):
+                    yield (w, c.get("knobs", {}).get(w, {}), host,
+                           c.get("host_knobs", {}).get(host, {}), v)
+
+
+def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
+             progress: bool | None = None, stamp: str | None = None) -> Path:
+    from tqdm import tqdm
+    cm = cm or CostModel()
+    seed = int(spec.get("seed", 0))
+    engine = spec.get("engine", "numpy")
+    jobs = [("gen", w, knobs, host, hk, v) for w, knobs, host, hk, v in cases(spec)]
+    if spec.get("micro", True):
+        for p in scenario_files():
+            for v in spec.get("micro_variants", ["default"]):
+                jobs.append(("micro", p, None, "scenario", None, v))
+    rows, timings, metas = [], [], []
+    t0 = time.perf_counter()
+    built = {}
+    # tqdm: disable=None shows the bar only on a terminal
+    bar = tqdm(jobs, desc="beer", unit="run", disable=None if progress is None else not progress)
+    for kind, w, knobs, host, hk, v in bar:
+        key = (kind, str(w), json.dumps(knobs, sort_keys=True), host,
+               json.dumps(hk, sort_keys=True))
+        if key not in built:
+            built[key] = micro_workload(w) if kind == "micro" else build(w, knobs, host, hk, seed)
+        run = run_workload(built[key], host=host, variant=v, seed=seed, engine=engine)
+        rows += run.rows
+        timings += run.timings
+        metas.append(run.meta)
+    df = pd.DataFrame(rows, columns=list(COLUMNS))
+    v = verdict_table(df, cm)
+    sens = sensitivity(df, cm)
+    stamp = stamp or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    files = {
+        "metrics.csv": csv_text(rows, COLUMNS),
+        "timings.csv": csv_text(timings, TIMING_COLUMNS),
+        "verdict.csv": v.to_csv(index=False, lineterminator="\n"),
+        "meta.json": meta_json({"job": "beer", "spec": spec, "cost_model": cm.as_dict(),
+                                "environment": environment(), "runs": metas,
+                                "seconds": time.perf_counter() - t0}),
+    }
+    files["report.md"] = markdown(df, v, sens, cm)
+    files["verdict.txt"] = text(df, v, sens, cm)
+    files["false_dirty.png"] = report.plot_false_dirty(df.assign(case=df.apply(
+        lambda r: f"{r['workload']}/{r['host']}", axis=1))[df["variant"] == "default"])
+    files["exits_vs_cost.png"] = report.plot_exits_vs_cost(v)
+    files["sensitivity.png"] = report.plot_sensitivity(sens)
+    return write_dir_atomic(out_root / f"beer-{stamp}", files)
+
+
+SUMMARY_COLS = ["case", "fix_double_faults", "exits_saved", "false_dirty_extra",
+                "uffd_false_write_extra", "net_us", "breaks_guest", "matters"]
+
+
+def markdown(df, v, sens, cm) -> str:
+    out = ["# The beer verdict", "", f"**{answer(v)}**", ""]
+    out += ["## Per case (ha-promote against fix)", "",
+            "exits_saved: stage-2 faults ha-promote avoids; false_dirty_extra: pages it "
+            "marks dirty that nothing wrote; uffd_false_write_extra: userfaultfd events it "
+            "flags WRITE that wrote nothing; net_us: fix's modelled host overhead minus "
+            "ha-promote's (positive: ha-promote is cheaper).", "",
+            report.md_table(v[SUMMARY_COLS + ["net_share", "break_even_exit_us"]]), ""]
+    out += ["## The seed thread's claims", "", "### Share of guest memory in page tables", "",
+            report.md_table(pt_share(df)), "",
+            "### False-positive dirty rate per policy (runs with dirty logging)", "",
+            report.md_table(false_dirty_rate(df)), "",
+            "### hw_update = always (Marc's atomic-OR reading) against on-change", "",
+            report.md_table(hw_always_effect(v)), ""]
+    out += ["## Cost model", "", report.md_table(pd.DataFrame(
+        [{"param": k, "value": val} for k, val in cm.as_dict().items()])), "",
+            "Sources and assumptions: bench/cost.py.", "",
+            "## Sensitivity (each constant x0.1 and x10)", "", report.md_table(sens), ""]
+    out += ["## All metrics", "", "See metrics.csv (one row per policy and run) and "
+            "timings.csv (engine throughput).", ""]
+    return "\n".join(out)
+
+
+def text(df, v, sens, cm) -> str:
+    parts = [report.wrap(answer(v)), "",
+             report.text_table(v.assign(
+                 workload=v["workload"].str.replace("micro:", "", regex=False))[
+                 ["workload", "host", "variant", "exits_saved", "false_dirty_extra",
+                  "net_us", "matters"]].rename(columns={
+                     "exits_saved": "saved", "false_dirty_extra": "fdirty"})), "",
+             "(saved: exits ha-promote avoids; fdirty: extra false dirty pages;",
+             " net_us: modelled saving, negative = ha-promote costs more)", "",
+             "False-positive dirty rate per policy:",
+             report.text_table(false_dirty_rate(df)[["policy", "dirty_false_positive",
+                                                     "marked", "false_dirty_rate"]]), "",
+             "Share of guest memory in page tables:",
+             report.text_table(pt_share(df)), ""]
+    return "\n".join(parts)

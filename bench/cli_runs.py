@@ -1,0 +1,138 @@
+"""`ptwbench run`, `ptwbench beer`, `ptwbench compare`."""
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+DEFAULT_RESULTS = Path("results")
+
+
+class RunInputError(ValueError):
+    """Bad parameters: one line, exit 2, nothing written."""
+
+
+def _kv(items, what) -> dict:
+    out = {}
+    for it in items or ():
+        if "=" not in it:
+            raise RunInputError(f"{what}: {it!r} is not NAME=VALUE")
+        k, v = it.split("=", 1)
+        out[k] = v
+    return out
+
+
+def cmd_run(args) -> int:
+    import pandas as pd
+
+    from workloads.base import WorkloadError
+
+    from . import report
+    from .catalog import build
+    from .runner import (COLUMNS, TIMING_COLUMNS, csv_text, environment, meta_json,
+                         run_workload, write_dir_atomic)
+    from .variants import VARIANTS
+    from .verdict import answer, verdict_table
+    from .cost import CostModel
+    if args.variant not in VARIANTS:
+        raise RunInputError(f"--variant: unknown variant {args.variant!r} "
+                            f"(known: {', '.join(VARIANTS)})")
+    try:
+        w = build(args.workload, _kv(args.knob, "--knob"), args.host,
+                  _kv(args.host_knob, "--host-knob"), args.seed)
+    except (WorkloadError, ImportError) as e:
+        raise RunInputError(str(e)) from None
+    run = run_workload(w, host=args.host, variant=args.variant, seed=args.seed,
+                       engine=args.engine)
+    run.meta["environment"] = environment()
+    df = pd.DataFrame(run.rows, columns=list(COLUMNS))
+    v = verdict_table(df, CostModel())
+    show = df[["policy", "s2_faults", "double_faults", "uffd_events", "uffd_false_write",
+               "dirty_marked_pt", "dirty_false_positive", "guest_aborts"]]
+    md = "\n".join([f"# {w.name} / {args.host} / {args.variant} (seed {args.seed})", "",
+                    report.md_table(show), "", f"**{answer(v)}**" if len(v) else "", ""])
+    if args.format == "text":
+        short = show.rename(columns={"s2_faults": "exits", "double_faults": "double",
+                                     "uffd_events": "uffd", "uffd_false_write": "uffd_fw",
+                                     "dirty_marked_pt": "dirty_pt",
+                                     "dirty_false_positive": "false_dirty",
+                                     "guest_aborts": "aborts"})
+        sys.stdout.write(report.text_table(short) + "\n" + (report.wrap(answer(v)) + "\n"
+                                                            if len(v) else ""))
+    elif args.format == "csv":
+        sys.stdout.write(csv_text(run.rows, COLUMNS))
+    else:
+        sys.stdout.write(md)
+    if not args.no_save:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        name = f"{w.name.replace(':', '_')}-{args.host}-{args.variant}-s{args.seed}-{stamp}"
+        d = write_dir_atomic(Path(args.out) / name, {
+            "metrics.csv": csv_text(run.rows, COLUMNS),
+            "timings.csv": csv_text(run.timings, TIMING_COLUMNS),
+            "meta.json": meta_json(run.meta), "report.md": md})
+        print(f"results: {d}", file=sys.stderr)
+    return 0
+
+
+def cmd_beer(args) -> int:
+    from workloads.base import WorkloadError
+
+    from .beer import SpecError, default_spec_text, load_spec, run_beer
+    try:
+        if args.spec:
+            try:
+                text = Path(args.spec).read_text()
+            except OSError as e:
+                raise RunInputError(f"{args.spec}: {e.strerror}") from None
+            spec = load_spec(text, args.spec)
+        else:
+            spec = load_spec(default_spec_text(), "embedded default")
+        d = run_beer(spec, Path(args.out), stamp=args.stamp)
+    except (SpecError, WorkloadError) as e:
+        raise RunInputError(str(e)) from None
+    text = (d / "verdict.txt").read_text() if args.format == "text" else (
+        d / "report.md").read_text()
+    sys.stdout.write(text)
+    print(f"results: {d}", file=sys.stderr)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import CompareError, compare
+    try:
+        status, text = compare(Path(args.a), Path(args.b), args.threshold / 100,
+                               throughput=not args.no_throughput)
+    except CompareError as e:
+        raise RunInputError(str(e)) from None
+    print(text)
+    return status
+
+
+def register(sub) -> None:
+    r = sub.add_parser("run", help="one workload x host scenario x variant, all policies")
+    r.add_argument("workload", help="a generator name (ptwbench workloads) or micro:NAME")
+    r.add_argument("--knob", action="append", metavar="K=V", help="generator knob")
+    r.add_argument("--host", default="none", help="host scenario (default: none)")
+    r.add_argument("--host-knob", action="append", metavar="K=V", help="host scenario knob")
+    r.add_argument("--variant", default="default", help="hardware variant")
+    r.add_argument("--seed", type=int, default=1)
+    r.add_argument("--engine", choices=("numpy", "reference"), default="numpy")
+    r.add_argument("--format", choices=("md", "text", "csv"), default="md")
+    r.add_argument("--out", default=str(DEFAULT_RESULTS), help="results root (default: results)")
+    r.add_argument("--no-save", action="store_true", help="print only")
+    r.set_defaults(func=cmd_run)
+    b = sub.add_parser("beer", help="the beer verdict over the built-in workloads (main job)")
+    b.add_argument("--spec", help="a beer spec TOML (default: the embedded one)")
+    b.add_argument("--out", default=str(DEFAULT_RESULTS), help="results root")
+    b.add_argument("--stamp", help="name the result directory beer-STAMP (default: UTC time)")
+    b.add_argument("--format", choices=("md", "text"), default="text",
+                   help="what to print: text (72 columns, for a mailing-list reply) or md")
+    b.set_defaults(func=cmd_beer)
+    c = sub.add_parser("compare", help="per-metric deltas between two result directories")
+    c.add_argument("a")
+    c.add_argument("b")
+    c.add_argument("--threshold", type=float, default=10.0,
+                   help="throughput regression threshold, percent (default 10)")
+    c.add_argument("--no-throughput", action="store_true",
+                   help="compare accuracy metrics only")
+    c.set_defaults(func=cmd_compare)

@@ -1,0 +1,173 @@
+"""One run: a workload x host scenario x hardware variant, all policies -> tidy rows.
+
+`run_workload` returns a `Run`: one metrics row per policy (every DOMAIN.md §5 metric, no
+timing: the same seed gives byte-identical metrics.csv), plus timings and metadata kept apart
+(`timings.csv`, `meta.json`), in the spirit of pyperf's metadata.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from model.policies import DEFAULT_ORDER
+from model.results import PolicyResult
+from model.stage1 import build_tables
+from workloads.base import Workload
+
+from .variants import apply_variant
+
+KEY_COLUMNS = ("workload", "host", "variant", "seed", "policy")
+METRIC_COLUMNS = (
+    "accesses", "walks", "descriptor_reads",
+    "s2_faults", "s2_s1ptw_translation", "s2_s1ptw_permission", "s2_data_translation",
+    "s2_data_permission", "double_faults",
+    "uffd_events", "uffd_extra", "uffd_false_write",
+    "uffd_missing_read", "uffd_missing_write", "uffd_minor_read", "uffd_minor_write",
+    "uffd_wp_read", "uffd_wp_write", "uffd_wp_false_write",
+    "dirty_marked_pt", "dirty_marked_data", "dirty_true", "dirty_false_positive",
+    "dirty_false_positive_pt", "dirty_false_negative",
+    "guest_aborts", "mmio_exits", "vcpu_run_failures", "efaults", "stage1_faults",
+    "pt_pages", "data_pages",
+)
+COLUMNS = KEY_COLUMNS + METRIC_COLUMNS
+TIMING_COLUMNS = KEY_COLUMNS + ("engine", "seconds", "accesses_per_s", "walks_per_s")
+
+
+@dataclass
+class Run:
+    rows: list[dict]                              # one per policy, COLUMNS
+    timings: list[dict]                           # one per policy, TIMING_COLUMNS
+    meta: dict = field(default_factory=dict)
+    results: dict[str, PolicyResult] = field(default_factory=dict, repr=False)
+
+
+def guest_footprint(w: Workload) -> tuple[int, int]:
+    """(page-table pages, data pages) of the guest, in 4 KiB pages: the share of guest memory
+    that holds page tables (the seed thread's "S1 PTs ought to account for a small amount")."""
+    if "pt_pages" in w.meta and "data_pages" in w.meta:
+        return int(w.meta["pt_pages"]), int(w.meta["data_pages"])
+    scn = w.scenario
+    per = scn.machine.granule // 4096
+    return build_tables(scn).tables_used * per, sum(m.pages for m in scn.mappings) * per
+
+
+def run_workload(w: Workload, *, host: str = "none", variant: str = "default", seed: int = 0,
+                 engine: str = "numpy", policies=DEFAULT_ORDER) -> Run:
+    from model.engine import run_trace
+    from model.reference_trace import run_reference_trace
+    scn = apply_variant(w.scenario, variant)
+    runner = run_trace if engine == "numpy" else run_reference_trace
+    pt_pages, data_pages = guest_footprint(w)
+    t0 = time.perf_counter()
+    results = runner(scn, w.trace, tuple(policies))
+    dt = time.perf_counter() - t0
+    oracle = results.get("oracle")
+    rows, timings = [], []
+    key = {"workload": w.name, "host": host, "variant": variant, "seed": seed}
+    for p, r in results.items():
+        m = r.metrics(oracle)
+        m.setdefault("uffd_extra", 0)
+        m.update(pt_pages=pt_pages, data_pages=data_pages)
+        rows.append({**key, "policy": p, **{c: m[c] for c in METRIC_COLUMNS}})
+        share = dt / len(results)
+        timings.append({**key, "policy": p, "engine": engine, "seconds": round(share, 6),
+                        "accesses_per_s": round(r.accesses / share) if share else 0,
+                        "walks_per_s": round(r.walks / share) if share else 0})
+    meta = {"workload": w.name, "workload_meta": _jsonable(w.meta), "host": host,
+            "variant": variant, "seed": seed, "engine": engine, "policies": list(results),
+            "machine": _jsonable(vars(scn.machine)), "guest": _jsonable(vars(scn.guest)),
+            "accesses": len(w.trace), "events": len(w.trace.events), "seconds": dt}
+    return Run(rows, timings, meta, results)
+
+
+def _jsonable(d):
+    if isinstance(d, dict):
+        return {str(k): _jsonable(v) for k, v in d.items()}
+    if isinstance(d, (list, tuple)):
+        return [_jsonable(v) for v in d]
+    if isinstance(d, (str, int, float, bool)) or d is None:
+        return d
+    if hasattr(d, "tolist"):                      # numpy scalars and (small) arrays
+        size = getattr(d, "size", 1)
+        return d.tolist() if size <= 64 else f"<array of {size}>"
+    return str(d)
+
+
+# ---- environment metadata (pyperf-like) -------------------------------------------------
+def environment() -> dict:
+    import numpy
+    import pandas
+    rev = "unknown"
+    try:
+        here = Path(__file__).resolve().parent.parent
+        rev = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5).stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        if dirty:
+            rev += "+dirty"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"git_revision": rev, "python": sys.version.split()[0],
+            "numpy": numpy.__version__, "pandas": pandas.__version__,
+            "platform": platform.platform(), "machine": platform.machine(),
+            "cpu_count": os.cpu_count(), "hostname": platform.node()}
+
+
+# ---- output: atomic writes -----------------------------------------------------------------
+def csv_text(rows: list[dict], columns) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({c: r[c] for c in columns})
+    return buf.getvalue()
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write to a temporary name in the same directory, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_dir_atomic(final: Path, files: dict[str, str | bytes]) -> Path:
+    """Write a whole result directory under a temporary name, then rename it into place:
+    a failed or interrupted run leaves nothing behind."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        for name, data in files.items():
+            write_atomic(tmp / name, data)
+        if final.exists():
+            raise FileExistsError(f"{final} exists")
+        os.replace(tmp, final)
+    except BaseException:
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def meta_json(meta: dict) -> str:
+    return json.dumps(meta, indent=2, sort_keys=True) + "\n"

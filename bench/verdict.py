@@ -1,0 +1,118 @@
+"""The beer verdict: does avoiding fix's second stage-2 fault (ha-promote) ever pay?
+
+From the tidy metrics of many runs (bench.runner rows), per case (workload x host x variant):
+exits ha-promote saves over fix, the false-dirty pages and extra/false uffd round trips it
+costs, the net under the cost model, the break-even exit cost, and the one-line answer.
+Also the seed thread's claims: the share of guest memory in page tables, each policy's
+false-positive dirty rate (Oliver: "negligible"?), and how the answer changes with
+hw_update = always (Marc's atomic-OR reading).
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from .cost import PARAMS, CostModel, overhead_us
+
+MATTERS_SHARE = 0.01     # a saving "matters" if >= 1 % of fix's modelled host overhead
+
+
+def case_name(r) -> str:
+    return f"{r['workload']}/{r['host']}/{r['variant']}"
+
+
+def verdict_table(df: pd.DataFrame, cm: CostModel, matters_share: float = MATTERS_SHARE
+                  ) -> pd.DataFrame:
+    rows = []
+    keys = ["workload", "host", "variant", "seed"]
+    for key, g in df.groupby(keys, sort=False):
+        by = {r["policy"]: r for r in g.to_dict("records")}
+        if "fix" not in by or "ha-promote" not in by:
+            continue
+        fix, hap = by["fix"], by["ha-promote"]
+        host = key[1]
+        o_fix, o_hap = overhead_us(fix, host, cm), overhead_us(hap, host, cm)
+        exits_saved = fix["s2_faults"] - hap["s2_faults"]
+        saved_us = exits_saved * cm.exit_us + (
+            fix["uffd_events"] - hap["uffd_events"]) * cm.uffd_rt_us(host)
+        cost_us = (hap["dirty_false_positive"] - fix["dirty_false_positive"]) * cm.resend_us \
+            + (hap["uffd_wp_false_write"] - fix["uffd_wp_false_write"]) * cm.snapshot_copy_us
+        net = o_fix - o_hap
+        non_exit = (o_hap - hap["s2_faults"] * cm.exit_us) - (o_fix - fix["s2_faults"] * cm.exit_us)
+        rows.append({
+            "case": case_name(fix), "workload": key[0], "host": host, "variant": key[2],
+            "seed": key[3],
+            "fix_double_faults": fix["double_faults"],
+            "exits_saved": exits_saved,
+            "uffd_saved": fix["uffd_events"] - hap["uffd_events"],
+            "false_dirty_extra": hap["dirty_false_positive"] - fix["dirty_false_positive"],
+            "uffd_false_write_extra": hap["uffd_false_write"] - fix["uffd_false_write"],
+            "saved_us": saved_us, "cost_us": cost_us, "net_us": net,
+            "fix_overhead_us": o_fix,
+            "net_share": net / o_fix if o_fix else 0.0,
+            # the exit cost at which ha-promote breaks even (None: it never saves an exit)
+            "break_even_exit_us": (non_exit / exits_saved) if exits_saved > 0 else None,
+            # ha-promote turning a walk into an injected abort or a failed KVM_RUN is no
+            # saving: the guest breaks (page tables in a read-only slot, as with EFI)
+            # (or fix itself breaking it: then the comparison says nothing)
+            "breaks_guest": bool(hap["guest_aborts"] > 0 or fix["guest_aborts"] > 0
+                                 or hap["vcpu_run_failures"] > fix["vcpu_run_failures"]),
+            "matters": bool(net > 0 and o_fix and net / o_fix >= matters_share),
+        })
+        if rows[-1]["breaks_guest"]:
+            rows[-1]["matters"] = False
+    return pd.DataFrame(rows)
+
+
+def answer(v: pd.DataFrame) -> str:
+    """The one-line answer."""
+    if v.empty:
+        return "a workload where the optimisation matters: no (nothing was run)"
+    yes = v[v["matters"]].sort_values(["net_us", "exits_saved"], ascending=False)
+    if len(yes):
+        b = yes.iloc[0]
+        return (f"a workload where the optimisation matters: yes ({len(yes)} of {len(v)} "
+                f"cases; best {b['case']}: {int(b['exits_saved'])} exits saved, net "
+                f"{b['net_us']:.0f} us = {100 * b['net_share']:.1f}% of fix's host overhead)")
+    ok = v[~v["breaks_guest"]]
+    best = (ok if len(ok) else v).sort_values(["net_us", "exits_saved"],
+                                              ascending=False).iloc[0]
+    return (f"a workload where the optimisation matters: no (0 of {len(v)} cases; best "
+            f"{best['case']}: {int(best['exits_saved'])} exits saved, net "
+            f"{best['net_us']:.0f} us = {100 * best['net_share']:.2f}% of fix's overhead)")
+
+
+def sensitivity(df: pd.DataFrame, cm: CostModel) -> pd.DataFrame:
+    rows = []
+    for p in PARAMS:
+        for f in (0.1, 10.0):
+            v = verdict_table(df, cm.scaled(p, f))
+            rows.append({"param": p, "factor": f,
+                         "cases_that_matter": int(v["matters"].sum()) if len(v) else 0,
+                         "best_net_us": float(v["net_us"].max()) if len(v) else 0.0})
+    return pd.DataFrame(rows)
+
+
+def pt_share(df: pd.DataFrame) -> pd.DataFrame:
+    """Share of guest memory holding stage-1 tables, per workload."""
+    d = df.drop_duplicates("workload")[["workload", "pt_pages", "data_pages"]].copy()
+    d["pt_share"] = d["pt_pages"] / (d["pt_pages"] + d["data_pages"]).where(
+        lambda x: x > 0, 1)
+    return d
+
+
+def false_dirty_rate(df: pd.DataFrame) -> pd.DataFrame:
+    """Per policy: false-positive dirty pages / pages marked, over runs with dirty logging."""
+    d = df.assign(marked=df["dirty_marked_pt"] + df["dirty_marked_data"])
+    d = d[d["marked"] > 0]
+    g = d.groupby("policy", sort=False)[["dirty_false_positive", "dirty_false_positive_pt",
+                                         "marked"]].sum().reset_index()
+    g["false_dirty_rate"] = g["dirty_false_positive"] / g["marked"]
+    return g
+
+
+def hw_always_effect(v: pd.DataFrame) -> pd.DataFrame:
+    """The verdict per workload/host under hw_update = on-change (default) vs always."""
+    a = v[v["variant"] == "default"][["workload", "host", "exits_saved", "net_us", "matters"]]
+    b = v[v["variant"] == "hw-always"][["workload", "host", "exits_saved", "net_us",
+                                        "matters"]]
+    return a.merge(b, on=["workload", "host"], suffixes=("", "_always"))

@@ -1,0 +1,217 @@
+"""Runs, reports, the beer verdict, compare, determinism, golden results (issue 5)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench import report
+from bench.compare import compare
+from bench.cost import CostModel
+from bench.runner import COLUMNS, METRIC_COLUMNS
+from bench.verdict import answer, verdict_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ptwbench(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True,
+                          text=True, cwd=cwd or ROOT, timeout=600)
+
+
+def _row(policy, **m):
+    r = {c: 0 for c in COLUMNS}
+    r.update(workload="w", host="precopy", variant="default", seed=1, policy=policy)
+    r.update(m)
+    return r
+
+
+# ---- the verdict's arithmetic, by hand --------------------------------------------------
+def test_verdict_net_and_break_even_by_hand():
+    cm = CostModel()    # exit 3 us, uffd 20 us, resend 4096*8/10e3 + 1 = 4.2768 us
+    df = pd.DataFrame([
+        _row("fix", s2_faults=10, double_faults=2),
+        _row("ha-promote", s2_faults=8, dirty_false_positive=1),
+    ])
+    v = verdict_table(df, cm).iloc[0]
+    assert v["exits_saved"] == 2
+    resend = 4096 * 8 / 10e3 + 1.0
+    # fix: 10 * 3 = 30; ha-promote: 8 * 3 + 1 * resend
+    assert v["net_us"] == pytest.approx(30 - (24 + resend))
+    # break-even exit cost: 2 * x = resend
+    assert v["break_even_exit_us"] == pytest.approx(resend / 2)
+    # net 6 - 4.28 = 1.72 us > 0, and 1.72 / 30 = 5.7 % >= 1 % of fix's overhead
+    assert v["net_us"] > 0 and v["matters"]
+
+
+def test_verdict_matters_threshold_and_broken_guest():
+    cm = CostModel()
+    ok = pd.DataFrame([_row("fix", s2_faults=100), _row("ha-promote", s2_faults=90)])
+    v = verdict_table(ok, cm).iloc[0]
+    assert v["net_us"] == pytest.approx(30.0) and v["matters"]       # 30/300 = 10 % >= 1 %
+    small = pd.DataFrame([_row("fix", s2_faults=1000), _row("ha-promote", s2_faults=999)])
+    assert not verdict_table(small, cm).iloc[0]["matters"]           # 3/3000 = 0.1 %
+    broken = pd.DataFrame([_row("fix", s2_faults=100),
+                           _row("ha-promote", s2_faults=10, guest_aborts=5)])
+    vb = verdict_table(broken, cm).iloc[0]
+    assert vb["breaks_guest"] and not vb["matters"]
+    assert answer(verdict_table(broken, cm)).startswith(
+        "a workload where the optimisation matters: no")
+    assert "yes" in answer(verdict_table(ok, cm))
+
+
+# ---- formats -----------------------------------------------------------------------------
+def test_text_table_fits_72_columns():
+    df = pd.DataFrame([{c: 123456 for c in METRIC_COLUMNS[:12]} | {"case": "x" * 60}] * 3)
+    out = report.text_table(df)
+    assert max(len(line) for line in out.splitlines()) <= 72
+
+
+def test_markdown_table_renders():
+    out = report.md_table(pd.DataFrame([{"a": 1, "b": "x"}]))
+    lines = out.splitlines()
+    assert lines[0].startswith("|") and set(lines[1]) <= set("|-: ")
+
+
+# ---- beer, run, compare through the CLI -----------------------------------------------
+SMALL_SPEC = """
+seed = 3
+micro = true
+micro_variants = ["default"]
+[[case]]
+workloads = ["sparse"]
+hosts = ["precopy", "snapshot"]
+variants = ["default", "hw-always"]
+[case.knobs.sparse]
+regions = 16
+accesses = 256
+"""
+
+
+@pytest.fixture(scope="module")
+def beer_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("beer")
+    (d / "spec.toml").write_text(SMALL_SPEC)
+    p = ptwbench("beer", "--spec", str(d / "spec.toml"), "--out", str(d), "--stamp", "t")
+    assert p.returncode == 0, p.stderr
+    return d / "beer-t", p.stdout
+
+
+def test_beer_outputs(beer_dir):
+    d, stdout = beer_dir
+    assert stdout.startswith("a workload where the optimisation matters: ")
+    assert max(len(line) for line in stdout.splitlines()) <= 72
+    for f in ("metrics.csv", "timings.csv", "verdict.csv", "meta.json", "report.md",
+              "verdict.txt", "false_dirty.png", "exits_vs_cost.png", "sensitivity.png"):
+        assert (d / f).stat().st_size > 0, f
+    import matplotlib.image as mpimg
+    for f in ("false_dirty.png", "exits_vs_cost.png", "sensitivity.png"):
+        assert mpimg.imread(d / f).ndim == 3                         # plots open
+    meta = json.loads((d / "meta.json").read_text())
+    assert meta["environment"]["git_revision"] and meta["cost_model"]["exit_us"] == 3.0
+    df = pd.read_csv(d / "metrics.csv")
+    assert list(df.columns) == list(COLUMNS)
+    assert set(df["policy"]) == {"fix", "legacy", "ha-promote", "oracle"}
+    assert (df["dirty_false_negative"] == 0).all()                   # DOMAIN.md §5
+    assert (df[df["policy"] == "oracle"]["dirty_false_positive"] == 0).all()
+    md = (d / "report.md").read_text()
+    assert "## Sensitivity" in md and "| param" in md
+
+
+def test_same_seed_byte_identical_metrics(beer_dir, tmp_path):
+    d, _ = beer_dir
+    (tmp_path / "spec.toml").write_text(SMALL_SPEC)
+    p = ptwbench("beer", "--spec", str(tmp_path / "spec.toml"), "--out", str(tmp_path),
+                 "--stamp", "again")
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "beer-again" / "metrics.csv").read_bytes() == (
+        d / "metrics.csv").read_bytes()
+
+
+def test_compare_identical_and_changed(beer_dir, tmp_path):
+    d, _ = beer_dir
+    status, text = compare(d, d, throughput=False)
+    assert status == 0 and "identical" in text
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    df = pd.read_csv(d / "metrics.csv")
+    df.loc[0, "s2_faults"] += 1
+    df.to_csv(changed / "metrics.csv", index=False)
+    status, text = compare(d, changed, throughput=False)
+    assert status == 1 and "s2_faults" in text
+    p = ptwbench("compare", str(d), str(changed), "--no-throughput")
+    assert p.returncode == 1
+    p = ptwbench("compare", str(d), str(tmp_path / "nothing"))
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_compare_throughput_regression(beer_dir, tmp_path):
+    d, _ = beer_dir
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "metrics.csv").write_bytes((d / "metrics.csv").read_bytes())
+    t = pd.read_csv(d / "timings.csv")
+    t["accesses_per_s"] = (t["accesses_per_s"] * 0.5).round()
+    t.to_csv(slow / "timings.csv", index=False)
+    assert compare(d, slow, threshold=0.10)[0] == 1
+    assert compare(d, slow, threshold=0.60)[0] == 0
+
+
+@pytest.mark.parametrize("spec,key", [
+    ("seed = 'x'", "seed"),
+    ("colour = 1", "colour"),
+    ("[[case]]\nworkloads = ['nope']", "case[0].workloads"),
+    ("[[case]]\nhosts = ['moon']", "case[0].hosts"),
+    ("[[case]]\nvariants = ['fast']", "case[0].variants"),
+    ("[[case]]\nwhat = 1", "case[0].what"),
+    ("seed = ", "not valid TOML"),
+    ("[[case]]\nworkloads = ['sparse']\n[case.knobs.sparse]\nregions = 'many'",
+     "case[0].knobs.sparse"),
+    ("[[case]]\nhosts = ['precopy']\n[case.host_knobs.precopy]\nrounds = -1.5",
+     "case[0].host_knobs.precopy"),
+])
+def test_bad_beer_spec(tmp_path, spec, key):
+    f = tmp_path / "bad.toml"
+    f.write_text(spec)
+    out = tmp_path / "out"
+    p = ptwbench("beer", "--spec", str(f), "--out", str(out))
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0] and str(f) in lines[0]
+    assert not out.exists() or not any(out.iterdir())                # nothing written
+
+
+def test_run_writes_a_result_dir_and_is_deterministic(tmp_path):
+    outs = []
+    for i in range(2):
+        p = ptwbench("run", "sparse", "--knob", "regions=16", "--knob", "accesses=200",
+                     "--host", "precopy", "--seed", "5", "--out", str(tmp_path / str(i)))
+        assert p.returncode == 0, p.stderr
+        (d,) = (tmp_path / str(i)).iterdir()
+        assert {f.name for f in d.iterdir()} == {"metrics.csv", "timings.csv", "meta.json",
+                                                 "report.md"}
+        outs.append((d / "metrics.csv").read_bytes())
+    assert outs[0] == outs[1]
+    p = ptwbench("run", "sparse", "--knob", "regions=x", "--out", str(tmp_path / "bad"))
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()
+
+
+def test_engines_agree_on_a_run():
+    from bench.catalog import build
+    from bench.runner import run_workload
+    w = build("sparse", {"regions": 16, "accesses": 300}, "snapshot", {}, 2)
+    a = run_workload(w, host="snapshot", engine="numpy").rows
+    b = run_workload(w, host="snapshot", engine="reference").rows
+    assert a == b
+
+
+def test_golden_results_unchanged(tmp_path):
+    golden = ROOT / "results" / "golden"
+    p = ptwbench("beer", "--spec", str(golden / "spec.toml"), "--out", str(tmp_path),
+                 "--stamp", "now")
+    assert p.returncode == 0, p.stderr
+    p = ptwbench("compare", str(golden), str(tmp_path / "beer-now"), "--no-throughput")
+    assert p.returncode == 0, p.stdout
