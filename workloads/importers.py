@@ -15,7 +15,7 @@ Formats
   integer dtypes, kind as codes (index into model.trace.KINDS).  Read member by member in
   chunks straight from the zip file (np.lib.format), never whole.
 
-Every format is read in chunks of at most ~1 MiB of text (or 2^20 records) into numpy arrays,
+Every format is read in chunks of at most ~256 KiB of text (or 2^20 records) into numpy arrays,
 so a 10^8-line input is never held as text or Python objects; the parsed trace itself is
 numpy columns (11 bytes an access).  The lackey parser is vectorised (no Python per line).
 
@@ -44,7 +44,7 @@ from .base import Workload, WorkloadError
 from .linux import LinuxGuest, make_profile
 
 FORMATS = ("lackey", "csv", "npz")
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 1 << 18
 CHUNK_RECORDS = 1 << 20
 
 
@@ -116,34 +116,40 @@ def _lackey_block(block: bytes, line0: int, path: str, va_bits: int):
     data = (c0 == 32) & ((c1 == ord("L")) | (c1 == ord("S")) | (c1 == ord("M"))) & (c2 == 32)
     cand = (fetch | data) & (length >= 6)
     commas = np.flatnonzero(a == 44)
-    ci = np.searchsorted(commas, starts + 3)
-    comma = np.where(ci < len(commas), commas[np.minimum(ci, len(commas) - 1)], ends)
-    comma = np.where(comma < ends, comma, ends)
+    if len(commas):
+        ci = np.minimum(np.searchsorted(commas, starts + 3), len(commas) - 1)
+        comma = commas[ci]
+        comma = np.where((comma >= starts + 3) & (comma < ends), comma, ends)
+    else:
+        comma = ends.copy()
     hexlen = comma - (starts + 3)
     ok = cand & (hexlen >= 1) & (hexlen <= 16) & (comma < ends - 1)
-    # address: up to 16 hex digits right-aligned before the comma
-    j = np.arange(16)
-    idx = comma[:, None] - 16 + j[None, :]
-    inside = idx >= (starts + 3)[:, None]
-    dig = _HEX[pad[np.maximum(idx, 0)]]
-    ok &= np.all(~inside | (dig != 255), axis=1)
-    dv = np.where(inside & (dig != 255), dig, 0).astype(np.uint64)
-    va = np.bitwise_or.reduce(dv << (np.uint64(4) * (15 - j)).astype(np.uint64), axis=1)
-    # size: decimal digits after the comma, to the end of the line
+    # address: up to 16 hex digits right-aligned before the comma, one column at a time
+    # (1-D temporaries only: memory stays proportional to the block)
+    va = np.zeros(len(starts), dtype=np.uint64)
+    hexok = np.ones(len(starts), dtype=bool)
+    first = starts + 3
+    for j in range(16):
+        pos = comma - 16 + j
+        inside = pos >= first
+        d = _HEX[pad[np.maximum(pos, 0)]]
+        hexok &= ~inside | (d != 255)
+        va = np.where(inside & (d != 255), (va << np.uint64(4)) | d.astype(np.uint64), va)
+    ok &= hexok
+    # size: 1..8 decimal digits after the comma, to the end of the line
     sizelen = ends - comma - 1
     ok &= (sizelen >= 1) & (sizelen <= 8)
-    k = np.arange(8)
-    sidx = comma[:, None] + 1 + k[None, :]
-    sin = sidx < ends[:, None]
-    ok &= np.all(~sin | _DIGIT[pad[np.minimum(sidx, len(pad) - 1)]], axis=1)
-    ok &= va < np.uint64(1 << va_bits) if va_bits < 64 else True
+    for k in range(8):
+        pos = comma + 1 + k
+        ok &= (pos >= ends) | _DIGIT[pad[np.minimum(pos, len(pad) - 1)]]
+    beyond = va >= np.uint64(1 << va_bits) if va_bits < 64 else np.zeros(len(va), bool)
+    ok &= ~beyond
     skip = ~ok & ((length == 0) | ((c0 == ord("=")) & (c1 == ord("="))))
     if not np.all(ok | skip):
         bad = int(np.flatnonzero(~(ok | skip))[0])
         text = bytes(a[starts[bad]:ends[bad]]).decode("utf-8", "replace")
         what = "not a lackey line (want 'I  ADDR,SIZE' or ' L|S|M ADDR,SIZE')"
-        if cand[bad] and hexlen[bad] >= 1 and hexlen[bad] <= 16 and np.all(
-                ~inside[bad] | (dig[bad] != 255)) and va[bad] >= np.uint64(1 << va_bits):
+        if beyond[bad] and cand[bad] and hexok[bad] and 1 <= hexlen[bad] <= 16:
             what = f"address beyond va_bits = {va_bits}"
         raise TraceError(f"{path}:{line0 + bad + 1}: {what}: {text[:60]!r}")
     t = np.where(fetch, c0, c1)[ok]
@@ -227,11 +233,17 @@ def _npz_member(path, zf: zipfile.ZipFile, name: str):
     except KeyError:
         raise TraceError(f"{path}: no array {name!r} (want vcpu, va, kind)") from None
     try:
-        version = np.lib.format.read_magic(f)
-        shape, fortran, dtype = np.lib.format._read_array_header(f, version)
+        fmt = np.lib.format
+        version = fmt.read_magic(f)
+        read_header = {(1, 0): fmt.read_array_header_1_0,
+                       (2, 0): fmt.read_array_header_2_0}.get(version)
+        if read_header is None:
+            raise ValueError(f"unsupported .npy version {version}")
+        shape, fortran, dtype = read_header(f)
     except (ValueError, OSError, zipfile.BadZipFile) as e:
         raise TraceError(f"{path}: array {name!r}: not a .npy array ({e})") from None
-    if len(shape) != 1 or dtype.kind not in "iu" or dtype.hasobject:
+    if len(shape) != 1 or dtype.kind not in "iu" or dtype.hasobject or (
+            fortran and len(shape) > 1):
         raise TraceError(f"{path}: array {name!r} must be 1-D of integers, "
                          f"is {dtype} of shape {shape}")
     return f, shape[0], dtype
