@@ -1,0 +1,90 @@
+"""The numpy engine against the reference over workload traces: every generator (small), every
+host scenario, and profile variants (granules, no HAFDBS, HAFT aging, shared layout with THP)
+give identical SCENARIO.md JSON, §5 metrics and uffd `written` flags under every policy.
+
+These traces exercise what micro-scenarios do not: the guest kernel's internal ops
+(guest_pte, guest_free, guest_age, guest_fork, guest_switch), thousands of events, several
+address spaces.
+"""
+from pathlib import Path
+
+import pytest
+
+from model.engine import run_trace
+from model.reference import run_reference
+from model.reference_trace import run_reference_trace
+from model.scenario_io import load_scenario
+from model.trace import trace_from_scenario
+from tests.wl_helpers import facts
+from workloads.registry import GENERATORS, HOST_SCENARIOS, apply_host, compatible, make
+
+SMALL = {
+    "stream": dict(bytes_per_vcpu=24 << 10, passes=2),
+    "memstress": dict(bytes_per_vcpu=96 << 10, iterations=3, write_percent=60),
+    "zipf": dict(keys=2048, operations=300, mapping="shmem"),
+    "sparse": dict(regions=24, accesses=400, write_percent=30),
+    "pointer_chase": dict(nodes=120, hops=300),
+    "mmap_churn": dict(rounds=10, touches=16),
+    "fork": dict(heap_bytes=24 << 12, accesses=400, slice=100),
+    "gc": dict(heap_bytes=256 << 10, object_bytes=2048),
+}
+
+
+def assert_same(wl):
+    ref = facts(run_reference_trace(wl.scenario, wl.trace))
+    fast = facts(run_trace(wl.scenario, wl.trace))
+    for p in ref:
+        assert fast[p] == ref[p], f"{wl.name}: policy {p} differs"
+
+
+def test_small_knobs_cover_every_generator():
+    assert set(SMALL) == set(GENERATORS)
+
+
+@pytest.mark.parametrize("name", sorted(GENERATORS))
+def test_generator(name):
+    assert_same(make(name, 1, **SMALL[name]))
+
+
+HOSTS = [("precopy", dict(rounds=3, start=0.2)),
+         ("precopy", dict(rounds=2, manual_protect=True, eager_split=True,
+                          backing="anon_thp")),
+         ("postcopy", dict(mode="missing")),
+         ("postcopy", dict(mode="minor", resolve="slot")),
+         ("snapshot", dict(start=0.3)),
+         ("pressure", dict(mode="swap", period=150, fraction=0.2)),
+         ("pressure", dict(mode="ksm", period=200)),
+         ("firmware", dict(tcr_ha=True))]
+
+
+def test_hosts_cover_every_host_scenario():
+    assert {h for h, _ in HOSTS} == set(HOST_SCENARIOS)
+
+
+@pytest.mark.parametrize("gen", ["memstress", "mmap_churn"])
+@pytest.mark.parametrize("host,knobs", HOSTS, ids=[f"{h}{i}" for i, (h, _) in enumerate(HOSTS)])
+def test_host_scenario(gen, host, knobs):
+    if not compatible(gen, host):
+        pytest.skip("the guest stores to its page tables")
+    prof = dict(demand=False) if host == "firmware" else {}
+    assert_same(apply_host(make(gen, 2, **SMALL[gen], **prof), host, **knobs))
+
+
+@pytest.mark.parametrize("prof", [dict(granule="16k", va_bits=47),
+                                  dict(granule="64k", va_bits=42, demand=False),
+                                  dict(cpu="cortex-a72", age_period=120),
+                                  dict(cpu="haft", age_period=120, age_fraction=0.5),
+                                  dict(cpu="cortex-a55", hw_update="always"),
+                                  dict(layout="shared", backing="anon_thp")],
+                         ids=lambda p: "-".join(f"{k}={v}" for k, v in p.items()))
+def test_profiles(prof):
+    for gen in ("fork", "zipf"):
+        wl = make(gen, 3, **SMALL[gen], **prof)
+        assert_same(apply_host(wl, "precopy", rounds=2, start=0.3))
+
+
+@pytest.mark.parametrize("path", sorted(Path("workloads/scenarios").glob("*.toml")),
+                         ids=lambda p: p.stem)
+def test_reference_trace_replays_scenarios_like_run_reference(path):
+    scn = load_scenario(path)
+    assert facts(run_reference_trace(scn, trace_from_scenario(scn))) == facts(run_reference(scn))
