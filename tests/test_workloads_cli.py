@@ -1,0 +1,56 @@
+"""`ptwbench workloads`: every generator and host scenario with its knobs and defaults; knob
+checking in the registry."""
+import json
+
+import pytest
+
+from bench.cli import main
+from workloads.base import WorkloadError
+from workloads.linux import PROFILE_KNOBS
+from workloads.registry import GENERATORS, HOST_SCENARIOS, IMPORT_KNOBS, build, make
+
+
+def test_workloads_lists_every_generator_host_scenario_and_knob(capsys):
+    assert main(["workloads"]) == 0
+    out = capsys.readouterr().out
+    for e in list(GENERATORS.values()) + list(HOST_SCENARIOS.values()):
+        assert f" {e.name}\n" in out
+        for k in e.knobs:
+            assert f"\n    {k.name} " in out, (e.name, k.name)
+    for k in PROFILE_KNOBS + IMPORT_KNOBS:
+        assert f"\n    {k.name} " in out
+    assert "import:PATH" in out
+
+
+def test_workloads_json_has_defaults(capsys):
+    assert main(["workloads", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    gens = {g["name"]: g for g in data["generators"]}
+    assert set(gens) == set(GENERATORS)
+    for name, e in GENERATORS.items():
+        assert {k["name"]: k["default"] for k in gens[name]["knobs"]} == \
+            {k.name: k.default for k in e.knobs}
+        assert gens[name]["stands_for"] and all(k["help"] for k in gens[name]["knobs"])
+    assert {h["name"] for h in data["host_scenarios"]} == set(HOST_SCENARIOS)
+
+
+def test_every_generator_runs_with_its_defaults_quickly():
+    # the defaults are sized for the reference engine: ~10^4 accesses each
+    for name in GENERATORS:
+        wl = make(name)
+        assert 1_000 <= wl.meta["accesses"] <= 40_000, name
+
+
+def test_knob_strings_are_coerced_and_checked():
+    a = make("memstress", 1, bytes_per_vcpu="0x10000", random_access="true", iterations="2",
+             demand="false", cpu="cortex-a55")
+    assert a.meta["bytes_per_vcpu"] == 0x10000 and a.meta["random_access"] is True
+    assert a.meta["profile"]["demand"] is False and a.meta["profile"]["cpu"] == "cortex-a55"
+    for bad, what in ((dict(iterations="two"), "not a int"), (dict(op="memmove"), "not one of"),
+                      (dict(random_access="maybe"), "not a bool"), (dict(nope=1), "unknown")):
+        with pytest.raises(WorkloadError, match=what):
+            make("memstress" if "op" not in bad else "stream", **bad)
+    with pytest.raises(WorkloadError, match="unknown workload"):
+        make("nosuch")
+    with pytest.raises(WorkloadError, match="unknown host scenario"):
+        build("memstress", 0, "nosuch")
