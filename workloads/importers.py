@@ -312,14 +312,13 @@ def read_trace(path: str, fmt: str | None = None, va_bits: int = 48, limit: int 
     return np.concatenate(vc), np.concatenate(va), np.concatenate(kd)
 
 
-def layout_vmas(va: np.ndarray, kind: np.ndarray, gshift: int, window: int):
-    """VMAs for imported pages: [(first page, pages, 'text'|'anon')], see the docstring."""
-    pages = va >> np.uint64(gshift)
-    uniq = np.unique(pages)
-    text = np.zeros(len(uniq), dtype=bool)
-    text[np.searchsorted(uniq, np.unique(pages[kind == EXEC]))] = True
+def layout_vmas(pages: np.ndarray, exec_pages: np.ndarray, window: int):
+    """VMAs for imported pages (sorted unique `pages`, of which `exec_pages` are fetched
+    from): [(first page, pages, 'text'|'anon')], see the module docstring."""
+    text = np.zeros(len(pages), dtype=bool)
+    text[np.searchsorted(pages, exec_pages)] = True
     vmas = []
-    u, t = uniq.tolist(), text.tolist()
+    u, t = pages.tolist(), text.tolist()
     i = 0
     while i < len(u):
         j = i
@@ -332,18 +331,35 @@ def layout_vmas(va: np.ndarray, kind: np.ndarray, gshift: int, window: int):
 
 def import_trace(path: str, fmt: str | None = None, *, limit: int | None = None,
                  name: str | None = None, **profile_knobs) -> Workload:
-    """Read a trace file and lay it out with the `linux` guest profile."""
+    """Read a trace file and lay it out with the `linux` guest profile.  The parsed chunks
+    are kept as they come (no concatenated copy); the touched and fetched page sets are
+    accumulated on the way for the VMA layout."""
     profile = make_profile(profile_knobs, "import")
-    vc, va, kd = read_trace(path, fmt, profile.va_bits, limit)
     geo = profile.geometry
+    shift = np.uint64(geo.granule_shift)
+    chunks = []
+    pages = exec_pages = np.zeros(0, dtype=np.uint64)
+    n = 0
+    for c in iter_trace(path, fmt, profile.va_bits):
+        if limit is not None and n + len(c[1]) >= limit:
+            c = tuple(x[:limit - n] for x in c)
+        chunks.append(c)
+        n += len(c[1])
+        p = c[1] >> shift
+        pages = np.union1d(pages, p)
+        exec_pages = np.union1d(exec_pages, p[c[2] == EXEC])
+        if limit is not None and n >= limit:
+            break
+    if n == 0:
+        raise TraceError(f"{path}: no accesses")
     name = name or f"import:{os.path.basename(str(path))}"
     g = LinuxGuest(name, profile)
     window = max(1, profile.fault_around_bytes // geo.granule)
-    for first, pages, kind in layout_vmas(va, kd, geo.granule_shift, window):
-        g.vma(first << geo.granule_shift, pages << geo.granule_shift, kind)
-    step = CHUNK_RECORDS
-    for i in range(0, len(va), step):
-        g.run(vc[i:i + step], va[i:i + step], kd[i:i + step])
+    for first, npages, kind in layout_vmas(pages, exec_pages, window):
+        g.vma(first << geo.granule_shift, npages << geo.granule_shift, kind)
+    for c in chunks:
+        g.run(*c)
+    del chunks
     g.meta = dict(generator="import", path=str(path), format=fmt or detect_format(path),
-                  limit=limit, accesses_read=len(va))
+                  limit=limit, accesses_read=n)
     return g.build()

@@ -68,6 +68,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import math
+from collections import deque
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -340,8 +341,11 @@ class LinuxGuest:
                           forks=0, switches=0, tables_freed=0)
         self.root = self.pt.get()
         mappings = self._premap() if not p.demand else []
-        for op in self._ops:
+        ops, self._ops = deque(self._ops), []
+        while ops:                                  # release each input chunk once replayed
+            op = ops.popleft()
             getattr(self, "_op_" + op[0])(*op[1:])
+            del op
         return self._finish(mappings)
 
     def _premap(self) -> list[Mapping]:
@@ -667,14 +671,17 @@ class LinuxGuest:
                        source=f"<workload {self.name}>")
         if mappings:
             self._check_layout(scn)
-        if self.out:
-            vc = np.concatenate([o[0] for o in self.out])
-            va = np.concatenate([o[1] for o in self.out])
-            kd = np.concatenate([o[2] for o in self.out])
-        else:
-            vc = np.zeros(0, np.uint16)
-            va = np.zeros(0, np.uint64)
-            kd = np.zeros(0, np.uint8)
+        total = sum(len(o[1]) for o in self.out)
+        vc = np.empty(total, np.uint16)
+        va = np.empty(total, np.uint64)
+        kd = np.empty(total, np.uint8)
+        i = 0
+        self.out.reverse()
+        while self.out:                             # assemble, freeing chunks as they go
+            c = self.out.pop()
+            n = len(c[1])
+            vc[i:i + n], va[i:i + n], kd[i:i + n] = c
+            i += n
         trace = Trace(vc, va, kd, self.events)
         meta = dict(self.meta)
         meta.update(self.stats)
