@@ -398,18 +398,21 @@ class Vm:
 
     def guest_pte(self, st: Step) -> None:
         """Page fault handling / munmap: set the leaf descriptor of each VA of address space
-        `asid` to descs[i] (0 clears it), allocating missing tables from `tables` in order.
-        `fill` granules are written first (new anonymous pages are zeroed, CoW copies written:
-        mm/memory.c do_anonymous_page, wp_page_copy).  Linux: handle_pte_fault ->
+        `asid` to descs[i] (0 clears it), allocating missing tables from `tables` in order;
+        then the `fill` granules are written (new anonymous pages are zeroed, CoW copies
+        written: mm/memory.c do_anonymous_page, wp_page_copy), then the PTEs.  Linux: handle_pte_fault ->
         do_anonymous_page / do_fault (do_fault_around: filemap_map_pages maps several PTEs
         under one lock) / do_wp_page, set_pte_at; zap_pte_range for munmap; a valid entry
         being replaced is invalidated (ptep_clear_flush, flush_tlb_page)."""
         alloc = list(st.tables)
+        root = self.as_roots[st.asid]
+        # tables first (__handle_mm_fault: pud/pmd_alloc, then __pte_alloc), then the new
+        # page (zeroed or copied), then the PTE stores under the table lock
+        addrs = [self._kernel_walk(root, va, 3, alloc if is_valid(desc) else None)
+                 for va, desc in zip(st.vas, st.descs)]
         for g in st.fill:
             self._kernel_fill(g, zero=False)
-        root = self.as_roots[st.asid]
-        for va, desc in zip(st.vas, st.descs):
-            addr = self._kernel_walk(root, va, 3, alloc if is_valid(desc) else None)
+        for va, desc, addr in zip(st.vas, st.descs, addrs):
             if addr is None:
                 continue
             old = self._kernel_load(addr)
