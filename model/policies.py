@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class FaultInfo:
@@ -65,3 +67,37 @@ POLICIES: dict[str, Policy] = {
     "oracle": oracle,
 }
 DEFAULT_ORDER = tuple(POLICIES)
+
+
+# ---- vectorised twins (numpy engine) ----------------------------------------------------------
+# Each takes the FaultInfo fields as numpy bool arrays (or Python bools, broadcast) and returns
+# a bool array: VECTOR_POLICIES[name](f...)[i] == POLICIES[name](FaultInfo(f...[i])) for every
+# input combination (tests/test_engine_vector_policies.py checks all of them).
+def _v_not_s1ptw(instruction, wnr):
+    return np.logical_and(np.logical_not(instruction), wnr)
+
+
+def v_legacy(s1ptw, permission, instruction, wnr, ha, vm_protected, walk_writes_page):
+    return np.logical_or(s1ptw, _v_not_s1ptw(instruction, wnr))
+
+
+def v_fix(s1ptw, permission, instruction, wnr, ha, vm_protected, walk_writes_page):
+    return np.where(s1ptw, permission, _v_not_s1ptw(instruction, wnr))
+
+
+def v_ha_promote(s1ptw, permission, instruction, wnr, ha, vm_protected, walk_writes_page):
+    promote = np.logical_and(ha, np.logical_not(vm_protected))
+    return np.where(s1ptw, np.logical_or(permission, promote), _v_not_s1ptw(instruction, wnr))
+
+
+def v_oracle(s1ptw, permission, instruction, wnr, ha, vm_protected, walk_writes_page):
+    return np.where(s1ptw, np.logical_or(permission, walk_writes_page),
+                    _v_not_s1ptw(instruction, wnr))
+
+
+VECTOR_POLICIES = {
+    "fix": v_fix,
+    "legacy": v_legacy,
+    "ha-promote": v_ha_promote,
+    "oracle": v_oracle,
+}

@@ -1,0 +1,670 @@
+"""State of the numpy engine: array-backed host, shared guest state, trace preparation.
+
+The engine runs every policy of a run together ("lockstep", DOMAIN.md §6).  What does not
+depend on the policy while the policies agree — guest page-table memory, the vCPUs' TLBs —
+lives once in a `Shared` object used by a *group* of policies; what does (stage 2, host pages,
+dirty log, userfaultfd, counts) lives in each policy's `ArrayHost`.  The reference's own code
+(model.reference.Vm, model.host.Host) runs on this state through the small interfaces it
+already uses (dict-like page maps, `read_desc`/`write_desc`, the per-vCPU TLB mapping), so the
+scalar path is the executable spec itself.
+
+When a group runs reference code (an event, or an access the vectorised path leaves alone) it
+runs it once per policy on a journal of the shared state; policies whose journals differ stop
+sharing (the group splits and each part gets a copy).
+"""
+from __future__ import annotations
+
+import bisect
+import copy
+
+import numpy as np
+
+from .arch import DESC_AF, DESC_AP2, DESC_SIZE, HOST_PAGE
+from .host import (BLOCK_2M, HOST_MISSING, HOST_RW, HOST_WP, HOST_ZERO, S2_RO, S2_RW,
+                   S2_UNMAPPED, Host)
+from .policies import POLICIES
+from .reference import TlbEntry, Vm
+from .results import PolicyResult
+from .scenario import Memslot, Scenario
+from .stage1 import build_tables
+from .trace import Trace
+
+PAGE_MASK = ~(HOST_PAGE - 1)
+DESCS_PER_PAGE = HOST_PAGE // DESC_SIZE
+HOST_CODES = {HOST_MISSING: 0, HOST_RW: 1, HOST_ZERO: 2, HOST_WP: 3}
+HOST_NAMES = {v: k for k, v in HOST_CODES.items()}
+H_MISSING, H_RW, H_ZERO, H_WP = 0, 1, 2, 3
+MUTABLE_BITS = DESC_AF | DESC_AP2      # bits hardware updates change; not the walk's shape
+UFFD_CODES = {"none": 0, "missing": 1, "minor": 2, "wp": 3}
+U64 = np.uint64
+
+
+# ---- page index ------------------------------------------------------------------------
+class SlotIndex:
+    """Maps page IPAs of every memslot to one concatenated array index; pages outside every
+    slot map to the sentinel index `total` (vectorised) or -1 (scalar)."""
+
+    def __init__(self, slots: tuple[Memslot, ...]):
+        order = sorted(slots, key=lambda s: s.ipa)
+        self.order = order
+        self.bases = [s.ipa for s in order]
+        self.npages = [s.pages for s in order]
+        self.starts = [int(x) for x in np.cumsum([0] + self.npages[:-1])]
+        self.total = int(sum(self.npages))
+        self.start_of = {s.name: self.starts[i] for i, s in enumerate(order)}
+        self._bases = np.array(self.bases, dtype=np.int64)
+        self._npages = np.array(self.npages, dtype=np.int64)
+        self._starts = np.array(self.starts, dtype=np.int64)
+        self.lo = self.bases[0]
+        span = (max(s.end for s in order) - self.lo) >> 12
+        self.table = None
+        if span <= (1 << 24):
+            t = np.full(span + 1, self.total, dtype=np.int32)
+            for b, n, st in zip(self.bases, self.npages, self.starts):
+                o = (b - self.lo) >> 12
+                t[o:o + n] = np.arange(st, st + n)
+            self.table = t
+
+    def index(self, page: int) -> int:
+        i = bisect.bisect_right(self.bases, page) - 1
+        if i < 0:
+            return -1
+        off = (page - self.bases[i]) >> 12
+        return self.starts[i] + off if off < self.npages[i] else -1
+
+    def index_v(self, pages: np.ndarray) -> np.ndarray:
+        """int32 index of every page IPA (int64 array); `total` outside every slot."""
+        if self.table is not None:
+            o = (pages - self.lo) >> 12
+            ok = (o >= 0) & (o < len(self.table))
+            return np.where(ok, self.table[np.where(ok, o, 0)], self.total).astype(np.int32)
+        i = np.searchsorted(self._bases, pages, side="right") - 1
+        ic = np.maximum(i, 0)
+        off = (pages - self._bases[ic]) >> 12
+        ok = (i >= 0) & (off >= 0) & (off < self._npages[ic])
+        return np.where(ok, self._starts[ic] + off, self.total).astype(np.int32)
+
+    def ipa_of(self, g: int) -> int:
+        i = bisect.bisect_right(self.starts, g) - 1
+        return self.bases[i] + (g - self.starts[i]) * HOST_PAGE
+
+
+class ArrayMap:
+    """dict-like view (get, [], []=, pop, in) of one value per slot page; `empty` = absent."""
+
+    def __init__(self, idx: SlotIndex, dtype, empty, encode=None, decode=None):
+        self.idx = idx
+        self.a = np.full(idx.total + 1, empty, dtype=dtype)   # last cell: outside slots
+        self.empty = empty
+        self.enc = encode or (lambda v: v)
+        self.dec = decode or (lambda v: v)
+
+    def get(self, page, default=None):
+        i = self.idx.index(page)
+        if i < 0 or self.a[i] == self.empty:
+            return default
+        return self.dec(self.a[i].item())
+
+    def __getitem__(self, page):
+        v = self.get(page)
+        if v is None:
+            raise KeyError(page)
+        return v
+
+    def __setitem__(self, page, value):
+        i = self.idx.index(page)
+        if i < 0:
+            raise KeyError(f"page {page:#x} is in no memslot")
+        self.a[i] = self.enc(value)
+
+    def pop(self, page, default=None):
+        i = self.idx.index(page)
+        if i < 0 or self.a[i] == self.empty:
+            return default
+        v = self.dec(self.a[i].item())
+        self.a[i] = self.empty
+        return v
+
+    def __contains__(self, page) -> bool:
+        i = self.idx.index(page)
+        return i >= 0 and self.a[i] != self.empty
+
+
+class BitSet:
+    """A set of page indices of one slot as a bool array (add, in, iteration, len); may be a
+    view into a larger array."""
+
+    def __init__(self, a: np.ndarray):
+        self.a = a
+
+    def add(self, i: int) -> None:
+        self.a[i] = True
+
+    def __contains__(self, i) -> bool:
+        return bool(self.a[i])
+
+    def __iter__(self):
+        return iter(np.flatnonzero(self.a).tolist())
+
+    def __len__(self) -> int:
+        return int(np.count_nonzero(self.a))
+
+
+# ---- trace preparation ----------------------------------------------------------------------
+class TracePrep:
+    """Per-trace facts shared by every policy: the 4 KiB VA pages of the trace (`vpages`,
+    sorted), every access's *sub-key* `skey` (a dense int32 id of its (vCPU, 4 KiB VA page)),
+    per sub-key its VA page id, vCPU and TLB key, and the TLB keys: dense ids of the
+    (vCPU, granule VA page) pairs (`tkey_codes` = vcpu * n_gpages + granule page id, sorted)."""
+
+    CHUNK = 1 << 20
+
+    def __init__(self, scn: Scenario, trace: Trace):
+        geo = scn.machine.geometry
+        n = len(trace)
+        self.n = n
+        self.n_vcpu = int(trace.vcpu.max()) + 1 if n else 1
+        ch = self.CHUNK
+        lo, hi = None, None
+        for a in range(0, n, ch):
+            v = trace.va[a:a + ch] >> U64(12)
+            m0, m1 = int(v.min()), int(v.max())
+            lo = m0 if lo is None else min(lo, m0)
+            hi = m1 if hi is None else max(hi, m1)
+        skey = np.zeros(n, dtype=np.int32)
+        if n == 0:
+            vpages = np.zeros(0, dtype=U64)
+        elif hi - lo + 1 <= max(1 << 22, 2 * n) and hi - lo + 1 <= (1 << 27):
+            span = hi - lo + 1
+            present = np.zeros(span, dtype=bool)
+            for a in range(0, n, ch):
+                present[(trace.va[a:a + ch] >> U64(12)).astype(np.int64) - lo] = True
+            rank = np.cumsum(present, dtype=np.int32)
+            rank -= 1
+            vpages = (np.flatnonzero(present).astype(U64) + U64(lo)) << U64(12)
+            del present
+            for a in range(0, n, ch):
+                skey[a:a + ch] = rank[(trace.va[a:a + ch] >> U64(12)).astype(np.int64) - lo]
+            del rank
+        else:
+            parts = [np.unique(trace.va[a:a + ch] >> U64(12)) for a in range(0, n, ch)]
+            uniq = np.unique(np.concatenate(parts))
+            for a in range(0, n, ch):
+                skey[a:a + ch] = np.searchsorted(uniq, trace.va[a:a + ch] >> U64(12))
+            vpages = uniq << U64(12)
+        self.vpages = vpages
+        nsub = len(vpages)
+        if self.n_vcpu == 1 or n == 0:
+            self.sk_vp = np.arange(nsub, dtype=np.int32)
+            self.sk_vcpu = np.zeros(nsub, dtype=np.int32)
+        else:
+            nv = self.n_vcpu
+            if nv * nsub <= (1 << 26):
+                present = np.zeros(nv * nsub, dtype=bool)
+                for a in range(0, n, ch):
+                    present[trace.vcpu[a:a + ch].astype(np.int64) * nsub + skey[a:a + ch]] = True
+                rank = np.cumsum(present, dtype=np.int32)
+                rank -= 1
+                codes = np.flatnonzero(present)
+                del present
+                for a in range(0, n, ch):
+                    skey[a:a + ch] = rank[trace.vcpu[a:a + ch].astype(np.int64) * nsub
+                                          + skey[a:a + ch]]
+                del rank
+            else:
+                parts = [np.unique(trace.vcpu[a:a + ch].astype(np.int64) * nsub + skey[a:a + ch])
+                         for a in range(0, n, ch)]
+                codes = np.unique(np.concatenate(parts))
+                for a in range(0, n, ch):
+                    skey[a:a + ch] = np.searchsorted(
+                        codes, trace.vcpu[a:a + ch].astype(np.int64) * nsub + skey[a:a + ch])
+            self.sk_vp = (codes % nsub).astype(np.int32)
+            self.sk_vcpu = (codes // nsub).astype(np.int32)
+        self.nskeys = len(self.sk_vp)
+        # ck = 4 * skey: with the access class (0..3) added, the (sub-key, class) index
+        if 4 * self.nskeys < (1 << 31):
+            skey <<= 2
+            self.ck = skey
+        else:
+            self.ck = skey.astype(np.int64) << 2
+        del skey
+        # granule pages (the TLB's unit) and TLB keys
+        gsh = U64(geo.granule_shift)
+        gp = (vpages >> gsh) << gsh
+        self.gpages, self.vp_gid = np.unique(gp, return_inverse=True)
+        self.vp_gid = self.vp_gid.astype(np.int32).reshape(-1)
+        ngp = max(1, len(self.gpages))
+        self.n_gpages = ngp
+        tcode = self.sk_vcpu.astype(np.int64) * ngp + self.vp_gid[self.sk_vp]
+        self.tkey_codes, inv = np.unique(tcode, return_inverse=True)
+        self.sk_tkey = inv.astype(np.int32).reshape(-1)
+        self.ntkeys = max(1, len(self.tkey_codes))
+
+    def tkey(self, vcpu: int, va_page: int) -> int:
+        """TLB key of (vcpu, granule VA page), or -1 when the trace never uses it."""
+        g = int(np.searchsorted(self.gpages, va_page))
+        if g >= len(self.gpages) or int(self.gpages[g]) != va_page:
+            return -1
+        c = vcpu * self.n_gpages + g
+        k = int(np.searchsorted(self.tkey_codes, c))
+        return k if k < len(self.tkey_codes) and int(self.tkey_codes[k]) == c else -1
+
+    def tkeys_of_page(self, va_page: int) -> list[int]:
+        g = int(np.searchsorted(self.gpages, va_page))
+        if g >= len(self.gpages) or int(self.gpages[g]) != va_page:
+            return []
+        out = []
+        for v in range(self.n_vcpu):
+            c = v * self.n_gpages + g
+            k = int(np.searchsorted(self.tkey_codes, c))
+            if k < len(self.tkey_codes) and int(self.tkey_codes[k]) == c:
+                out.append(k)
+        return out
+
+
+# ---- per-run data shared by every policy ------------------------------------------------------
+class Base:
+    """Everything of a run that no policy changes: scenario, trace, geometry, the initial
+    tables, slot attributes per page, the trace preparation, pools of page-number ints."""
+
+    def __init__(self, scn: Scenario, trace: Trace):
+        self.scn, self.trace = scn, trace
+        self.geo = scn.machine.geometry
+        self.tables = build_tables(scn)
+        initial: dict[int, dict[int, int]] = {}
+        for addr, v in self.tables.descriptors.items():
+            initial.setdefault(addr & PAGE_MASK, {})[addr] = v
+        self.initial = initial
+        self.idx = idx = SlotIndex(scn.memslots)
+        pt = scn.slot(scn.guest.pt_slot)
+        self.pt = pt
+        self.pt_base, self.pt_end = pt.ipa, pt.end
+        self.nptd = pt.pages * DESCS_PER_PAGE
+        offs = np.array(sorted((a - pt.ipa) >> 3 for a in self.tables.descriptors
+                               if pt.contains(a)), dtype=np.int64)
+        self.init_off = offs
+        self.init_val = np.array([self.tables.descriptors[pt.ipa + (int(o) << 3)] for o in offs],
+                                 dtype=U64)
+        # slot attributes per page index (the sentinel `total` belongs to no slot)
+        T = idx.total + 1
+        self.slot_no = np.full(T, -1, dtype=np.int16)
+        self.slots = list(idx.order)
+        for k, s in enumerate(self.slots):
+            st = idx.start_of[s.name]
+            self.slot_no[st:st + s.pages] = k
+        nos = len(self.slots)
+
+        def per_slot(f, dtype=bool):
+            return np.array([f(s) for s in self.slots] + [0], dtype=dtype)[self.slot_no]
+        self.ro = per_slot(lambda s: s.readonly)
+        self.block_backing = per_slot(lambda s: s.backing in ("anon_thp", "hugetlb"))
+        self.uffd_code = per_slot(lambda s: UFFD_CODES[s.uffd], np.int8)
+        self.resolve_slot = per_slot(lambda s: s.uffd_resolve == "slot")
+        self.is_pt = per_slot(lambda s: s.name == pt.name)
+        self.outside = self.slot_no < 0
+        self.slot_start = np.array([idx.start_of[s.name] for s in self.slots] + [0],
+                                   dtype=np.int64)
+        self.nslots = nos
+        self.prep = TracePrep(scn, trace)
+        self._pool = np.zeros(0, dtype=object)
+        self._recent: list[tuple[np.ndarray, list]] = []
+
+    def int_list(self, a: np.ndarray) -> list[int]:
+        """`a.tolist()` whose ints are shared objects (page lists of many harvests and
+        policies hold references to one int per page, not an int each); equal lists made
+        recently are returned as the same list object."""
+        for arr, lst in self._recent:
+            if len(arr) == len(a) and np.array_equal(arr, a):
+                return lst
+        n = int(a.max()) + 1 if len(a) else 0
+        if n > len(self._pool):
+            self._pool = np.array(range(max(n, 2 * len(self._pool))), dtype=object)
+        lst = self._pool[a].tolist()
+        self._recent.insert(0, (a, lst))
+        del self._recent[8:]
+        return lst
+
+    def initial_page(self, o0: int) -> tuple[np.ndarray, np.ndarray]:
+        """Offsets and values of the initial descriptors of the page at ptmem offset o0."""
+        lo, hi = np.searchsorted(self.init_off, [o0, o0 + DESCS_PER_PAGE])
+        return self.init_off[lo:hi], self.init_val[lo:hi]
+
+
+# ---- state shared by a group of policies ---------------------------------------------------
+class Shared:
+    """Guest page-table memory and TLBs of a group of policies that agree on them.
+
+    TLB: per TLB key (vCPU, granule VA page) a state (0 invalid, 1 clean entry: AP[2] set,
+    2 dirty entry), the cached leaf descriptor without its AF and AP[2] bits, and its level
+    (what Vm._attempt uses on a hit: PXN, output address, level).
+
+    `version` changes whenever the shape of the tables changes (any descriptor bit other than
+    AF and AP[2], page content replaced), so walk caches know when to recompute.
+    `journal`, when a list, records every change with its undo information."""
+
+    def __init__(self, base: Base, populated_pt: bool):
+        self.base = base
+        self.ptmem = np.zeros(base.nptd, dtype=U64)
+        if populated_pt and len(base.init_off):
+            self.ptmem[base.init_off] = base.init_val
+        nk = base.prep.ntkeys
+        self.tst = np.zeros(nk, dtype=np.int8)
+        self.tleaf = np.zeros(nk, dtype=U64)
+        self.tlvl = np.zeros(nk, dtype=np.int8)
+        self.version = 0
+        self.journal: list | None = None
+        self.walk = None                         # engine_chunk.WalkCache of this content
+
+    def copy(self) -> "Shared":
+        c = copy.copy(self)
+        c.ptmem = self.ptmem.copy()
+        c.tst, c.tleaf, c.tlvl = self.tst.copy(), self.tleaf.copy(), self.tlvl.copy()
+        c.journal = None
+        return c
+
+    # descriptors ------------------------------------------------------------------------
+    def write_desc(self, off: int, new: int) -> None:
+        old = int(self.ptmem[off])
+        if self.journal is not None:
+            self.journal.append(("d", off, new, old))
+        self.ptmem[off] = new
+        if (old ^ new) & ~MUTABLE_BITS:
+            self.version += 1
+
+    def zero_page(self, o0: int) -> None:
+        sl = slice(o0, o0 + DESCS_PER_PAGE)
+        if self.journal is not None:
+            self.journal.append(("z", o0, None, self.ptmem[sl].copy()))
+        if self.ptmem[sl].any():
+            self.version += 1
+        self.ptmem[sl] = 0
+
+    def restore_page(self, o0: int) -> None:
+        sl = slice(o0, o0 + DESCS_PER_PAGE)
+        if self.journal is not None:
+            self.journal.append(("r", o0, None, self.ptmem[sl].copy()))
+        old = self.ptmem[sl].copy()
+        self.ptmem[sl] = 0
+        off, val = self.base.initial_page(o0)
+        self.ptmem[off] = val
+        if not np.array_equal(old, self.ptmem[sl]):
+            self.version += 1
+
+    # TLB ------------------------------------------------------------------------------------
+    def tlb_set(self, k: int, st: int, leafm: int, lvl: int) -> None:
+        if self.journal is not None:
+            self.journal.append(("t", k, (st, leafm, lvl),
+                                 (int(self.tst[k]), int(self.tleaf[k]), int(self.tlvl[k]))))
+        self.tst[k] = st
+        self.tleaf[k] = leafm
+        self.tlvl[k] = lvl
+
+    def tlb_flush(self) -> None:
+        if self.journal is not None:
+            self.journal.append(("f", None, None, self.tst.copy()))
+        self.tst[:] = 0
+
+    # journal --------------------------------------------------------------------------------
+    def begin(self) -> None:
+        self.journal = []
+        self._version0 = self.version
+
+    def end(self) -> list:
+        j, self.journal = self.journal, None
+        return j
+
+    def undo(self, j: list) -> None:
+        for op, a, _new, old in reversed(j):
+            if op == "d":
+                self.ptmem[a] = old
+            elif op in ("z", "r"):
+                self.ptmem[a:a + DESCS_PER_PAGE] = old
+            elif op == "t":
+                self.tst[a], self.tleaf[a], self.tlvl[a] = old
+            else:
+                self.tst[:] = old
+        self.version = self._version0
+
+    def replay(self, j: list) -> None:
+        for op, a, new, _old in j:
+            if op == "d":
+                self.write_desc(a, new)
+            elif op == "z":
+                self.zero_page(a)
+            elif op == "r":
+                self.restore_page(a)
+            elif op == "t":
+                self.tlb_set(a, *new)
+            else:
+                self.tlb_flush()
+
+    @staticmethod
+    def signature(j: list) -> tuple:
+        return tuple((op, a, new) for op, a, new, _old in j)
+
+
+# ---- the host of one policy -----------------------------------------------------------------
+class ArrayHost(Host):
+    """model.host.Host with array-backed state; KVM's logic is inherited unchanged, the bulk
+    host operations (harvest, write-protect, unmap, punch_hole) are vectorised versions of
+    the same rules."""
+
+    def __init__(self, base: Base, policy, result: PolicyResult, vm: "FastVm"):
+        # Host.__init__ without the per-page loops (same attributes, same start state)
+        scn = base.scn
+        self.scn = scn
+        self.policy = policy
+        self.r = result
+        self.initial = base.initial
+        self.base = base
+        self.vm = vm
+        self.content: dict = {}                 # unused: content lives in Shared.ptmem
+        self.idx = idx = base.idx
+        self.s2 = ArrayMap(idx, np.int8, S2_UNMAPPED)
+        self.s2_block = ArrayMap(idx, np.int64, -1)
+        self.host = ArrayMap(idx, np.int8, -1, HOST_CODES.__getitem__, HOST_NAMES.__getitem__)
+        self.pt_base, self.pt_end = base.pt_base, base.pt_end
+        T = idx.total + 1
+        self.dirty_all = np.zeros(T, dtype=bool)
+        self.written_all = np.zeros(T, dtype=bool)
+        self.logging: dict[str, bool] = {}
+        self.eager_split: dict[str, bool] = {}
+        self.dirty: dict[str, BitSet] = {}
+        self.written: dict[str, BitSet] = {}
+        self.tlb_flushes = 0
+        for s in scn.memslots:
+            st = idx.start_of[s.name]
+            self.logging[s.name] = s.log_dirty
+            self.eager_split[s.name] = False
+            self.dirty[s.name] = BitSet(self.dirty_all[st:st + s.pages])
+            self.written[s.name] = BitSet(self.written_all[st:st + s.pages])
+            self.host.a[st:st + s.pages] = H_RW if s.populated else H_MISSING
+        self.step = 0
+        self.step_written: set[int] = set()
+
+    def _sl(self, s: Memslot) -> slice:
+        st = self.idx.start_of[s.name]
+        return slice(st, st + s.pages)
+
+    def pageset(self, s: Memslot, full: bool = False):
+        return BitSet(np.full(s.pages, full, dtype=bool))
+
+    def logging_active_v(self) -> np.ndarray:
+        """logging_active per slot number (+ False for the sentinel)."""
+        return np.array([self.logging_active(s) for s in self.base.slots] + [False])
+
+    # guest memory: only the page-table slot holds descriptors (SCENARIO.md layout rule)
+    def _pt_off(self, addr: int) -> int:
+        return (addr - self.pt_base) >> 3 if self.pt_base <= addr < self.pt_end else -1
+
+    def read_desc(self, addr: int) -> int:
+        o = self._pt_off(addr)
+        return int(self.vm.shared.ptmem[o]) if o >= 0 else 0
+
+    def write_desc(self, page: int, addr: int, value: int) -> None:
+        o = self._pt_off(addr)
+        if o < 0:
+            raise AssertionError(f"descriptor write outside the page-table slot: {addr:#x}")
+        self.vm.shared.write_desc(o, value)
+
+    def zero_page(self, page: int) -> None:
+        o = self._pt_off(page)
+        if o >= 0:
+            self.vm.shared.zero_page(o)
+
+    def restore_page(self, page: int) -> None:
+        o = self._pt_off(page)
+        if o >= 0:
+            self.vm.shared.restore_page(o)
+
+    def desc_after_resolution(self, addr: int) -> int:
+        page = addr & PAGE_MASK
+        if self.host.get(page) == HOST_MISSING:
+            s = self.scn.slot_of(page)
+            if s is not None and s.uffd in ("missing", "minor"):
+                o = self._pt_off(addr)
+                if o < 0:
+                    return 0
+                i = int(np.searchsorted(self.base.init_off, o))
+                if i < len(self.base.init_off) and int(self.base.init_off[i]) == o:
+                    return int(self.base.init_val[i])
+                return 0
+            return 0
+        return self.read_desc(addr)
+
+    def flush_tlbs(self) -> None:
+        self.tlb_flushes += 1
+        self.vm.shared.tlb_flush()
+
+    # vectorised bulk operations ------------------------------------------------------------
+    def _gidx(self, pages) -> np.ndarray:
+        p = np.fromiter(pages, dtype=np.int64) if not isinstance(pages, np.ndarray) else pages
+        return self.idx.index_v(p)
+
+    def unmap(self, pages) -> None:
+        pages = list(pages) if not isinstance(pages, (range, np.ndarray)) else pages
+        g = self._gidx(pages)
+        g = g[g < self.idx.total]
+        if np.any(self.s2_block.a[g] >= 0):
+            return Host.unmap(self, [self.idx.ipa_of(int(x)) for x in g])
+        self.s2.a[g] = S2_UNMAPPED
+
+    def write_protect(self, pages, split: bool) -> None:
+        pages = list(pages) if not isinstance(pages, (range, np.ndarray)) else pages
+        g = self._gidx(pages)
+        g = g[g < self.idx.total]
+        if np.any(self.s2_block.a[g] >= 0):
+            return Host.write_protect(self, [self.idx.ipa_of(int(x)) for x in g], split)
+        s2 = self.s2.a
+        s2[g] = np.where(s2[g] != S2_UNMAPPED, S2_RO, S2_UNMAPPED).astype(np.int8)
+
+    def enable_dirty_log(self, slot: Memslot, initially_set: bool, eager_split: bool) -> None:
+        sl = self._sl(slot)
+        self.logging[slot.name] = True
+        self.eager_split[slot.name] = eager_split
+        self.written_all[sl] = False
+        if initially_set:
+            self.dirty_all[sl] = True
+            return
+        self.dirty_all[sl] = False
+        self.write_protect(range(slot.ipa, slot.end, HOST_PAGE), split=eager_split)
+        self.flush_tlbs()
+
+    def harvest(self, slot: Memslot) -> tuple[list[int], list[int]]:
+        sl = self._sl(slot)
+        marked = np.flatnonzero(self.dirty_all[sl])
+        written = np.flatnonzero(self.written_all[sl])
+        self.dirty_all[sl] = False
+        self.written_all[sl] = False
+        self.write_protect(marked.astype(np.int64) * HOST_PAGE + slot.ipa,
+                           split=self.eager_split[slot.name])
+        self.flush_tlbs()
+        return self.base.int_list(marked), self.base.int_list(written)
+
+    def punch_hole(self, slot: Memslot) -> None:
+        sl = self._sl(slot)
+        self.host.a[sl] = H_MISSING
+        if slot.name == self.base.pt.name:
+            for p in range(slot.ipa, slot.end, HOST_PAGE):
+                self.zero_page(p)
+        else:
+            lo, hi = max(slot.ipa, self.pt_base), min(slot.end, self.pt_end)
+            for p in range(lo, hi, HOST_PAGE):           # slots never overlap: empty
+                self.zero_page(p)
+        self.unmap(range(slot.ipa, slot.end, HOST_PAGE))
+        self.flush_tlbs()
+
+
+class TlbView:
+    """The reference's per-vCPU TLB mapping (get, []=, pop) over the shared TLB arrays."""
+
+    def __init__(self, vm: "FastVm", vcpu: int):
+        self.vm, self.vcpu = vm, vcpu
+
+    def get(self, va_page: int, default=None):
+        k = self.vm.base.prep.tkey(self.vcpu, va_page)
+        sh = self.vm.shared
+        if k < 0 or sh.tst[k] == 0:
+            return default
+        leaf = int(sh.tleaf[k]) | DESC_AF | (DESC_AP2 if sh.tst[k] == 1 else 0)
+        return TlbEntry(leaf, int(sh.tlvl[k]))
+
+    def __setitem__(self, va_page: int, e: TlbEntry) -> None:
+        k = self.vm.base.prep.tkey(self.vcpu, va_page)
+        if k < 0:
+            raise AssertionError(f"TLB fill for a VA page outside the trace: {va_page:#x}")
+        self.vm.shared.tlb_set(k, 1 if e.leaf & DESC_AP2 else 2, e.leaf & ~MUTABLE_BITS,
+                               e.level)
+
+    def pop(self, va_page: int, default=None):
+        k = self.vm.base.prep.tkey(self.vcpu, va_page)
+        if k >= 0 and self.vm.shared.tst[k]:
+            self.vm.shared.tlb_set(k, 0, 0, 0)
+        return default
+
+
+class FastVm(Vm):
+    """model.reference.Vm on the engine's state (own host, the group's Shared)."""
+
+    def __init__(self, base: Base, policy: str, shared: Shared):
+        # Vm.__init__ with the run's tables built once (same attributes)
+        scn = base.scn
+        self.scn = scn
+        self.geo = base.geo
+        self.base = base
+        self.tables = copy.copy(base.tables)     # `root` changes with guest_switch
+        self.shared = shared
+        self.r = PolicyResult(policy)
+        self.host = ArrayHost(base, POLICIES[policy], self.r, self)
+        self.tcr_ha = scn.guest.tcr_ha
+        self.tcr_hd = scn.guest.tcr_hd
+        self.tcr2_haft = scn.guest.tcr2_haft
+        self.tlb: dict = {}                      # unused: the TLB lives in Shared
+        self.stopped: set[int] = set()
+        self._flushes_seen = 0
+        self.as_roots: dict[int, int] = {0: self.tables.root}
+        self.cur_as = 0
+        self.runtime_tables: set[int] = set()
+
+    def vcpu_tlb(self, vcpu: int):
+        return TlbView(self, vcpu)
+
+    def flush_all(self) -> None:
+        self.shared.tlb_flush()
+
+    def tlb_invalidate_va(self, va_page: int) -> None:
+        sh = self.shared
+        for k in self.base.prep.tkeys_of_page(va_page):
+            if sh.tst[k]:
+                sh.tlb_set(k, 0, 0, 0)
+
+    def scalar(self, i: int) -> None:
+        """Access i of the trace through the reference code (Vm.access)."""
+        tr = self.base.trace
+        step = int(tr.step_of_access[i]) if tr.step_of_access is not None else i
+        self.begin_step(step)
+        v = int(tr.vcpu[i])
+        if v not in self.stopped:
+            from .trace import KINDS
+            self.access(v, int(tr.va[i]), KINDS[int(tr.kind[i])])
+        self.end_step()
