@@ -244,3 +244,21 @@ def test_profile_knob_errors():
         make("sparse", bogus=1)
     with pytest.raises(WorkloadError, match="not fit"):
         make("pointer_chase", va_bits=36, granule="16k", span_bytes=1 << 40, nodes=4)
+
+
+def test_writeback_cleans_file_ptes_and_the_next_write_faults():
+    g = guest(writeback_period=3, fault_around_bytes=0)
+    g.vma(BASE, 2 * PAGE, "file")
+    g.vma(BASE + (1 << 30), PAGE, "anon")
+    g.run(0, [BASE, BASE + PAGE, BASE + (1 << 30)], WRITE64)    # then writeback
+    g.run(0, [BASE, BASE + (1 << 30)], WRITE64)                 # page 0 dirtied again
+    wl = g.build()
+    # 3 first touches, then the write to the cleaned file page faults (page_mkwrite)
+    assert wl.meta["guest_faults"] == 4
+    vm = replay(wl)
+    d0, d1, da = leaf(vm, BASE), leaf(vm, BASE + PAGE), leaf(vm, BASE + (1 << 30))
+    assert d1 & DESC_AP2 and not d1 & DESC_DBM            # cleaned: read-only
+    assert d0 & DESC_DBM and not d0 & DESC_AP2            # written again: dirty
+    assert da & DESC_DBM and not da & DESC_AP2            # anon memory: no writeback
+    for r in run_reference_trace(wl.scenario, wl.trace).values():
+        assert r.stage1_faults == 4

@@ -88,3 +88,10 @@ def test_profiles(prof):
 def test_reference_trace_replays_scenarios_like_run_reference(path):
     scn = load_scenario(path)
     assert facts(run_reference_trace(scn, trace_from_scenario(scn))) == facts(run_reference(scn))
+
+
+def test_file_mapping_with_writeback_and_fault_around():
+    wl = make("zipf", 5, keys=4096, operations=500, read_percent=60, mapping="file",
+              writeback_period=150)
+    assert any(e[2].op == "guest_pte" and len(e[2].vas) > 1 for e in wl.trace.events)
+    assert_same(apply_host(wl, "precopy", rounds=3))

@@ -35,6 +35,8 @@ What the profile does (Linux sources in brackets):
   test-and-clears the AF of the next age_fraction of each address space's mapped PTEs (CAS of
   young entries, then TLBI); with HAFT active and age_nonleaf, the level-2 table AF too, and
   tables whose AF the hardware has not set again are skipped.
+* Writeback (knob writeback_period): dirty PTEs of shared file pages are cleaned and
+  write-protected (`folio_mkclean`), so their next write faults again (`page_mkwrite`).
 * munmap (`zap_pte_range`, `free_pgtables`): PTEs cleared (+TLBI); a last-level table whose
   range no VMA covers any more is unlinked and freed; freed pages (tables and anonymous data)
   are reused last-in first-out, as the page allocator's per-CPU lists do.
@@ -117,6 +119,7 @@ class LinuxProfile:
     age_period: int = 0
     age_fraction: float = 0.25
     age_nonleaf: bool = True
+    writeback_period: int = 0
     layout: str = "split"
     backing: str = "anon"
     hw_update: str = "on-change"
@@ -150,6 +153,8 @@ PROFILE_KNOBS = (
     Knob("age_period", 0, "accesses between MGLRU-like aging passes (0: no aging)"),
     Knob("age_fraction", 0.25, "fraction of each address space's PTEs one aging pass covers"),
     Knob("age_nonleaf", True, "aging also clears table AF when HAFT is active"),
+    Knob("writeback_period", 0, "accesses between writebacks of dirty file pages, which "
+         "cleans and write-protects their PTEs (0: none)"),
     Knob("layout", "split", "split: tables in slot 'pt', data in 'ram'; shared: one slot, "
          "tables and data interleaved", ("split", "shared")),
     Knob("backing", "anon", "host backing of the memslots (KVM selftests -s)",
@@ -174,8 +179,9 @@ def make_profile(values: dict, owner: str = "linux") -> LinuxProfile:
         raise WorkloadError(f"{owner}: {e}") from None
     if not 0 < p.age_fraction <= 1:
         raise WorkloadError(f"{owner}: knob age_fraction: {p.age_fraction} is not in (0, 1]")
-    if p.age_period < 0 or p.fault_around_bytes < 0:
-        raise WorkloadError(f"{owner}: age_period and fault_around_bytes must be >= 0")
+    if p.age_period < 0 or p.fault_around_bytes < 0 or p.writeback_period < 0:
+        raise WorkloadError(f"{owner}: age_period, writeback_period and fault_around_bytes "
+                            f"must be >= 0")
     return p
 
 
@@ -336,9 +342,9 @@ class LinuxGuest:
         self.attempts: list[np.ndarray] = []    # trace positions of the fault attempts
         self.pos = 0
         self.nacc = 0
-        self.last_aged = 0
+        self.last_periodic = 0
         self.stats = dict(guest_faults=0, fault_around_ptes=0, aging_passes=0, munmaps=0,
-                          forks=0, switches=0, tables_freed=0)
+                          forks=0, switches=0, tables_freed=0, writebacks=0)
         self.root = self.pt.get()
         mappings = self._premap() if not p.demand else []
         ops, self._ops = deque(self._ops), []
@@ -404,14 +410,17 @@ class LinuxGuest:
             sp.add_vma(v)
 
     def _op_run(self, vc, va, kd) -> None:
-        per = self.p.age_period
+        pers = [q for q in (self.p.age_period, self.p.writeback_period) if q]
         n = len(va)
         i = 0
         while i < n:
-            if per and self.nacc and self.nacc % per == 0 and self.last_aged != self.nacc:
-                self._age()
-                self.last_aged = self.nacc
-            j = n if not per else min(n, i + per - self.nacc % per)
+            if self.nacc and self.last_periodic != self.nacc:
+                self.last_periodic = self.nacc
+                if self.p.age_period and self.nacc % self.p.age_period == 0:
+                    self._age()
+                if self.p.writeback_period and self.nacc % self.p.writeback_period == 0:
+                    self._writeback()
+            j = min([n] + [i + q - self.nacc % q for q in pers])
             self._chunk(vc[i:j], va[i:j], kd[i:j])
             self.nacc += j - i
             i = j
@@ -646,6 +655,27 @@ class LinuxGuest:
             if win:
                 self._event(Step("guest_age", asid=asid, vas=tuple(q << self.g for q in win),
                                  nonleaf=nonleaf))
+
+    def _writeback(self) -> None:
+        """Writeback of dirty file pages (folio_mkclean -> page_mkclean_one: pte_wrprotect +
+        pte_mkclean, with a flush): their PTEs become read-only again, so the next write
+        faults (page_mkwrite).  A guest_pte event per address space."""
+        for asid in sorted(self.spaces):
+            sp = self.spaces[asid]
+            vas, descs = [], []
+            for q in sorted(sp.pages):
+                st = sp.pages[q]
+                if st[S_] != DIRTY:
+                    continue
+                vma = sp.vma_of(q)
+                if vma.kind != "file":
+                    continue
+                st[S_] = RO
+                vas.append(q << self.g)
+                descs.append(self._desc(st, vma))
+            self.stats["writebacks"] += 1
+            if vas:
+                self._event(Step("guest_pte", asid=asid, vas=tuple(vas), descs=tuple(descs)))
 
     # the scenario ------------------------------------------------------------------------
     def _finish(self, mappings: list[Mapping]) -> Workload:
