@@ -262,3 +262,18 @@ def test_writeback_cleans_file_ptes_and_the_next_write_faults():
     assert da & DESC_DBM and not da & DESC_AP2            # anon memory: no writeback
     for r in run_reference_trace(wl.scenario, wl.trace).values():
         assert r.stage1_faults == 4
+
+
+def test_footprint_counts_tables_and_data_pages():
+    for fork in (False, True):
+        g = guest()
+        g.vma(BASE, 3 * PAGE, "anon")
+        g.vma(BASE + (1 << 30), PAGE, "anon")
+        g.run(0, [BASE, BASE + PAGE, BASE + 2 * PAGE, BASE + (1 << 30)],
+              [WRITE64, WRITE64, READ64, WRITE64])
+        if fork:
+            g.fork(1)
+        wl = g.build()
+        # root + L1 + (L2, L3) for each of the two 1 GiB regions, per address space (the
+        # child's copy has the same shape); 3 written pages + the zero page, shared
+        assert (wl.meta["pt_pages"], wl.meta["data_pages"]) == (6 * (1 + fork), 4)

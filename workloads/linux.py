@@ -715,6 +715,16 @@ class LinuxGuest:
         trace = Trace(vc, va, kd, self.events)
         meta = dict(self.meta)
         meta.update(self.stats)
+        # guest footprint at the end, in 4 KiB pages (read by bench.runner): table granules
+        # in use (every address space, roots included) and data granules in use (anonymous
+        # pages, file/shmem page-cache pages, the zero page)
+        tables = sum(len(sp.tables) for sp in self.spaces.values()) + len(self.spaces)
+        data = set(self.refs)
+        for pages in self.objs.values():
+            data.update(pages.values())
+        if self.zero_ipa is not None:
+            data.add(self.zero_ipa)
+        meta["pt_pages"], meta["data_pages"] = tables * gp, len(data) * gp
         meta["attempts"] = (np.concatenate(self.attempts) if self.attempts
                             else np.zeros(0, dtype=np.int64))
         meta.update(accesses=int(self.nacc), trace_len=len(trace), events=len(self.events),
