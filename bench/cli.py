@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_workloads(sub)          # `workloads`, `import-check`
     from bench.cli_runs import register
     register(sub)
+    from bench.sweep_cmd import register as register_sweep; register_sweep(sub)  # noqa: E702
     return ap
 
 

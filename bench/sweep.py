@@ -1,0 +1,692 @@
+"""`ptwbench sweep SPEC.toml`: a grid of runs (workloads x knobs x host scenarios x hardware
+variants x seeds; every policy each), run on a local process pool or a dask.distributed
+cluster, one result file per point, resumable, aggregated at the end.
+
+Spec format (TOML)::
+
+    [sweep]
+    name = "tiny"                  # [A-Za-z0-9._-]+; default: the spec file's stem
+    out = "results/sweep-tiny"     # result directory; default results/sweep-<name>
+    seeds = [1, 2]                 # a list of ints, or N (seeds 0 .. N-1); default [1]
+    engine = "numpy"               # numpy (default) or reference
+
+    [[grid]]                       # one or more grid tables; their points are concatenated
+    workloads = ["sparse", "memstress"]   # generator names, "micro:NAME", or "*" (every
+                                          # generator); default "*"
+    hosts = ["none", "precopy"]    # host scenarios, "none" (default ["none"]), "scenario"
+                                   # (micro-scenarios only: they carry their own host events)
+    variants = ["default", "haft"] # hardware variants (bench/variants.py); default ["default"]
+    seeds = 2                      # optional: overrides [sweep] seeds for this grid
+    engine = "reference"           # optional: overrides [sweep] engine for this grid
+
+    [grid.knobs.sparse]            # generator and linux-profile knobs of one workload of
+    regions = [8, 16]              # this grid: a list is swept (cartesian product over the
+    accesses = 64                  # knobs, in the order written), a scalar is fixed
+
+    [grid.host_knobs.precopy]      # host-scenario knobs of one host of this grid, likewise
+    rounds = [1, 4]
+
+The spec is checked strictly before anything is written (unknown keys, wrong types, unknown
+workload/host/variant names, knobs for a workload or host the grid does not run, bad knob
+values: every knob combination goes through the registry's `Entry.resolve` and
+`make_profile`, as `ptwbench beer` checks its spec); an error is one line, "FILE: key: what"
+(`SweepError`), and the CLI exits with status 2 without creating the result directory.
+Workload x host pairs the registry calls incompatible (page-table-storing guests under
+read-only firmware tables) are skipped.
+
+Points.  The grid expands in a fixed order: grid tables in order, then workload, workload
+knobs, host, host knobs, variant, seed.  A point is the plain dict (workload, knobs, host,
+host_knobs, variant, seed, engine) with knob values coerced to the knobs' types; its id is
+the first 16 hex digits of the SHA-256 of its canonical JSON (sorted keys, no spaces), so the
+same point has the same id in any spec; a point appearing twice in a spec runs once.
+
+Results (OUT/):
+
+* `points/<id>.json` -- one per finished point, written atomically (temporary name, then
+  rename) by the parent process as results arrive: the point, its metrics rows (one per
+  policy; deterministic: byte-identical whatever the worker count or executor), timings and
+  run metadata; or, for a point the registry rejects (a knob combination a generator refuses,
+  `WorkloadError`), the error.  A rerun skips every point whose file exists and parses, so a
+  killed sweep loses at most the points in flight and duplicates nothing.
+* `metrics.csv` -- `point` + bench.runner's COLUMNS, rows in point order (policy order
+  within a point); `workload` and `host` carry the point's knobs, e.g.
+  `sparse[accesses=64,regions=8]`, `precopy[rounds=1]`, so (workload, host, variant, seed,
+  policy) stays a unique key (`ptwbench compare` works on sweeps).  No timings: the file is
+  byte-identical whatever the worker count or executor, fresh or resumed.
+* `timings.csv` (`point` + TIMING_COLUMNS), `verdict.csv` (bench.verdict's verdict_table),
+  `points.csv` (id and parameters of every point, with its status), `report.md` (the answer
+  and a summary per workload/host/variant over seeds: ha-promote against fix), `meta.json`
+  (environment(), the spec, the executor, wall time).
+
+Executors: a local `concurrent.futures.ProcessPoolExecutor` (spawn start method; the task is
+the top-level `run_point(point: dict) -> dict`), in-process when there is one worker; or a
+dask.distributed cluster (`Client(address)`, `client.map`, `as_completed`): its workers need
+ptwbench importable (the same installation as the client).
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import re
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_SEEDS = [1]
+ENGINES = ("numpy", "reference")
+NAME_RE = re.compile(r"[A-Za-z0-9._-]+\Z")
+SWEEP_KEYS = {"name", "out", "seeds", "engine"}
+GRID_KEYS = {"workloads", "hosts", "variants", "seeds", "engine", "knobs", "host_knobs"}
+
+
+class SweepError(ValueError):
+    """Bad sweep spec: one line, "FILE: key: what"."""
+
+
+# ---- the spec ------------------------------------------------------------------------------
+def _type_name(v) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a float", str: "a string",
+            list: "a list", dict: "a table"}.get(type(v), type(v).__name__)
+
+
+def _seeds(v, at: str) -> list[int]:
+    if isinstance(v, bool) or not isinstance(v, (int, list)):
+        raise SweepError(f"{at}: expected a list of integers or a count, not {_type_name(v)}")
+    if isinstance(v, int):
+        if v < 1:
+            raise SweepError(f"{at}: a seed count must be >= 1, not {v}")
+        return list(range(v))
+    if not v:
+        raise SweepError(f"{at}: empty list")
+    for s in v:
+        if isinstance(s, bool) or not isinstance(s, int):
+            raise SweepError(f"{at}: {s!r} is not an integer")
+        if s < 0:
+            raise SweepError(f"{at}: seed {s} is negative")
+    if len(set(v)) != len(v):
+        raise SweepError(f"{at}: duplicate seeds")
+    return list(v)
+
+
+def _engine(v, at: str) -> str:
+    if v not in ENGINES:
+        raise SweepError(f"{at}: {v!r} is not numpy or reference")
+    return v
+
+
+def _str_list(v, at: str, default: list[str]) -> list[str]:
+    if v is None:
+        return list(default)
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise SweepError(f"{at}: expected a list of strings")
+    if not v:
+        raise SweepError(f"{at}: empty list")
+    if len(set(v)) != len(v):
+        raise SweepError(f"{at}: duplicate entries")
+    return list(v)
+
+
+def _micro_names() -> list[str]:
+    from .catalog import scenario_files
+    return [p.stem for p in scenario_files()]
+
+
+def _axes(table, at: str) -> list[tuple[str, list]]:
+    """A knob table -> [(knob, [values ...])] in the order written."""
+    if not isinstance(table, dict):
+        raise SweepError(f"{at}: expected a table")
+    out = []
+    for k, v in table.items():
+        vals = v if isinstance(v, list) else [v]
+        if not vals:
+            raise SweepError(f"{at}.{k}: empty list")
+        for x in vals:
+            if isinstance(x, (dict, list)):
+                raise SweepError(f"{at}.{k}: {_type_name(x)} is not a knob value")
+        out.append((k, vals))
+    return out
+
+
+def _combos(axes: list[tuple[str, list]]) -> list[dict]:
+    names = [k for k, _ in axes]
+    return [dict(zip(names, vals)) for vals in itertools.product(*(v for _, v in axes))]
+
+
+def _check_knobs(workload: str, combo: dict, at: str) -> dict:
+    """Coerce one knob combination of a generator (own + profile knobs) through the
+    registry; returns the coerced values of the knobs given."""
+    from workloads import registry as reg
+    from workloads.base import WorkloadError
+    from workloads.linux import PROFILE_KNOBS
+    own = {k: x for k, x in combo.items() if k not in reg.PROFILE_KNOB_NAMES}
+    prof = {k: x for k, x in combo.items() if k in reg.PROFILE_KNOB_NAMES}
+    try:
+        entry = reg.generator_entry(workload)
+        resolved = entry.resolve(own)
+        reg.make_profile(prof, workload)
+        pk = {k.name: k for k in PROFILE_KNOBS}
+        coerced = {k: resolved[k] for k in own}
+        coerced.update({k: pk[k].coerce(x, workload) for k, x in prof.items()})
+    except WorkloadError as e:
+        raise SweepError(f"{at}: {e}") from None
+    return {k: coerced[k] for k in combo}
+
+
+def _check_host_knobs(host: str, combo: dict, at: str) -> dict:
+    from workloads import registry as reg
+    from workloads.base import WorkloadError
+    try:
+        resolved = reg.host_entry(host).resolve(combo)
+    except WorkloadError as e:
+        raise SweepError(f"{at}: {e}") from None
+    return {k: resolved[k] for k in combo}
+
+
+def load_sweep(text: str, source: str) -> dict:
+    """Parse and check a sweep spec.  Returns {"name", "out", "seeds", "engine", "grids":
+    [{"workloads", "hosts", "variants", "seeds", "engine", "knobs": {w: [combo ...]},
+    "host_knobs": {h: [combo ...]}}]} with every knob combination coerced; raises SweepError
+    (one line naming the file and the key)."""
+    from workloads import registry as reg
+
+    from .variants import VARIANTS
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SweepError(f"{source}: not valid TOML: {e}") from None
+    for k in raw:
+        if k not in ("sweep", "grid"):
+            raise SweepError(f"{source}: {k}: unknown key (expected [sweep] and [[grid]])")
+    sw = raw.get("sweep", {})
+    if not isinstance(sw, dict):
+        raise SweepError(f"{source}: sweep: expected a table")
+    for k, v in sw.items():
+        if k not in SWEEP_KEYS:
+            raise SweepError(f"{source}: sweep.{k}: unknown key "
+                             f"(known: {', '.join(sorted(SWEEP_KEYS))})")
+    for k in ("name", "out"):
+        if k in sw and not isinstance(sw[k], str):
+            raise SweepError(f"{source}: sweep.{k}: expected a string, not "
+                             f"{_type_name(sw[k])}")
+    name = sw.get("name", Path(source).stem)
+    if not NAME_RE.match(name):
+        raise SweepError(f"{source}: sweep.name: {name!r} is not a simple name "
+                         f"(letters, digits, '.', '_', '-')")
+    if "out" in sw and not sw["out"].strip():
+        raise SweepError(f"{source}: sweep.out: empty path")
+    seeds = _seeds(sw["seeds"], f"{source}: sweep.seeds") if "seeds" in sw else DEFAULT_SEEDS
+    engine = _engine(sw.get("engine", "numpy"), f"{source}: sweep.engine")
+    grids_raw = raw.get("grid")
+    if grids_raw is None:
+        raise SweepError(f"{source}: grid: no [[grid]] table")
+    if not isinstance(grids_raw, list):
+        raise SweepError(f"{source}: grid: expected [[grid]] tables (an array of tables)")
+    micro = None
+    grids = []
+    for i, g in enumerate(grids_raw):
+        at = f"{source}: grid[{i}]"
+        if not isinstance(g, dict):
+            raise SweepError(f"{at}: expected a table")
+        for k in g:
+            if k not in GRID_KEYS:
+                raise SweepError(f"{at}.{k}: unknown key (known: {', '.join(sorted(GRID_KEYS))})")
+        ws = g.get("workloads", "*")
+        if ws == "*":
+            ws = list(reg.GENERATORS)
+        elif isinstance(ws, str):
+            raise SweepError(f"{at}.workloads: expected a list of names or \"*\", not {ws!r}")
+        else:
+            ws = _str_list(ws, f"{at}.workloads", [])
+        for w in ws:
+            if w.startswith("micro:"):
+                micro = micro if micro is not None else _micro_names()
+                if w.split(":", 1)[1] not in micro:
+                    raise SweepError(f"{at}.workloads: unknown micro-scenario {w!r} "
+                                     f"(known: {', '.join(micro)})")
+            elif w not in reg.GENERATORS:
+                raise SweepError(f"{at}.workloads: unknown workload {w!r} "
+                                 f"(known: {', '.join(reg.GENERATORS)}, micro:NAME)")
+        hosts = _str_list(g.get("hosts"), f"{at}.hosts", ["none"])
+        for h in hosts:
+            if h not in ("none", "scenario") and h not in reg.HOST_SCENARIOS:
+                raise SweepError(f"{at}.hosts: unknown host scenario {h!r} "
+                                 f"(known: none, {', '.join(reg.HOST_SCENARIOS)}, scenario)")
+        gen = [w for w in ws if not w.startswith("micro:")]
+        if "scenario" in hosts and gen:
+            raise SweepError(f"{at}.hosts: host 'scenario' is for micro: workloads only "
+                             f"(not {gen[0]!r})")
+        if any(w.startswith("micro:") for w in ws) and any(h != "scenario" for h in hosts):
+            raise SweepError(f"{at}.hosts: micro-scenarios carry their own host events: "
+                             f"hosts must be [\"scenario\"]")
+        variants = _str_list(g.get("variants"), f"{at}.variants", ["default"])
+        for v in variants:
+            if v not in VARIANTS:
+                raise SweepError(f"{at}.variants: unknown variant {v!r} "
+                                 f"(known: {', '.join(VARIANTS)})")
+        gseeds = _seeds(g["seeds"], f"{at}.seeds") if "seeds" in g else seeds
+        gengine = _engine(g["engine"], f"{at}.engine") if "engine" in g else engine
+        knobs_raw = g.get("knobs", {})
+        if not isinstance(knobs_raw, dict):
+            raise SweepError(f"{at}.knobs: expected a table of [grid.knobs.WORKLOAD] tables")
+        knobs = {}
+        for w, table in knobs_raw.items():
+            kat = f"{at}.knobs.{w}"
+            if w not in ws:
+                raise SweepError(f"{kat}: workload {w!r} is not in this grid's workloads")
+            if w.startswith("micro:"):
+                raise SweepError(f"{kat}: micro-scenarios take no knobs")
+            axes = _axes(table, kat)
+            for k, vals in axes:             # each value on its own first: the error names it
+                for x in vals:
+                    _check_knobs(w, {k: x}, f"{kat}.{k}")
+            knobs[w] = [_check_knobs(w, c, kat) for c in _combos(axes)]
+        hk_raw = g.get("host_knobs", {})
+        if not isinstance(hk_raw, dict):
+            raise SweepError(f"{at}.host_knobs: expected a table of [grid.host_knobs.HOST] "
+                             f"tables")
+        host_knobs = {}
+        for h, table in hk_raw.items():
+            hat = f"{at}.host_knobs.{h}"
+            if h not in reg.HOST_SCENARIOS:
+                raise SweepError(f"{hat}: unknown host scenario {h!r}")
+            if h not in hosts:
+                raise SweepError(f"{hat}: host {h!r} is not in this grid's hosts")
+            axes = _axes(table, hat)
+            for k, vals in axes:
+                for x in vals:
+                    _check_host_knobs(h, {k: x}, f"{hat}.{k}")
+            host_knobs[h] = [_check_host_knobs(h, c, hat) for c in _combos(axes)]
+        grids.append({"workloads": ws, "hosts": hosts, "variants": variants, "seeds": gseeds,
+                      "engine": gengine, "knobs": knobs, "host_knobs": host_knobs})
+    if not grids:
+        raise SweepError(f"{source}: grid: no [[grid]] table")
+    spec = {"name": name, "out": sw.get("out", f"results/sweep-{name}"), "seeds": seeds,
+            "engine": engine, "grids": grids, "source": source}
+    if not points(spec):
+        raise SweepError(f"{source}: grid: no points (every workload x host pair is "
+                         f"incompatible)")
+    return spec
+
+
+def load_sweep_file(path: str | Path) -> dict:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise SweepError(f"{path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise SweepError(f"{path}: not UTF-8 text") from None
+    return load_sweep(text, str(path))
+
+
+# ---- points --------------------------------------------------------------------------------
+POINT_KEYS = ("workload", "knobs", "host", "host_knobs", "variant", "seed", "engine")
+
+
+def canonical(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def point_id(point: dict) -> str:
+    return hashlib.sha256(canonical({k: point[k] for k in POINT_KEYS}).encode()
+                          ).hexdigest()[:16]
+
+
+def points(spec: dict) -> list[dict]:
+    """Every point of the spec, in the spec's order, each once: dicts of POINT_KEYS + id."""
+    from workloads import registry as reg
+    out, seen = [], set()
+    for g in spec["grids"]:
+        for w in g["workloads"]:
+            for knobs in g["knobs"].get(w, [{}]):
+                for host in g["hosts"]:
+                    if not w.startswith("micro:") and not reg.compatible(
+                            w, None if host == "none" else host):
+                        continue
+                    for hk in g["host_knobs"].get(host, [{}]):
+                        for v in g["variants"]:
+                            for s in g["seeds"]:
+                                p = {"workload": w, "knobs": knobs, "host": host,
+                                     "host_knobs": hk, "variant": v, "seed": s,
+                                     "engine": g["engine"]}
+                                p["id"] = point_id(p)
+                                if p["id"] not in seen:
+                                    seen.add(p["id"])
+                                    out.append(p)
+    return out
+
+
+def _fmt(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def label(name: str, knobs: dict) -> str:
+    """`sparse[accesses=64,regions=8]`: a name with its knobs (sorted), or just the name."""
+    if not knobs:
+        return name
+    return f"{name}[{','.join(f'{k}={_fmt(knobs[k])}' for k in sorted(knobs))}]"
+
+
+# ---- one point (runs in a worker) --------------------------------------------------------
+def _json_default(o):
+    if hasattr(o, "item"):                       # numpy scalars
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)
+
+
+def result_text(result: dict) -> str:
+    return json.dumps(result, sort_keys=True, indent=1, default=_json_default) + "\n"
+
+
+def run_point(point: dict) -> dict:
+    """Run one point (all policies); a plain dict in, a plain JSON-able dict out.  A point the
+    registry rejects (WorkloadError) gives {"error": ...}: a property of the point, recorded
+    like a result.  Anything else raises."""
+    from workloads.base import WorkloadError
+
+    from .catalog import build
+    from .runner import run_workload
+    p = {k: point[k] for k in POINT_KEYS}
+    try:
+        w = build(p["workload"], dict(p["knobs"]), p["host"], dict(p["host_knobs"]), p["seed"])
+    except WorkloadError as e:
+        return {"id": point["id"], "point": p, "error": str(e), "rows": [], "timings": [],
+                "meta": {}}
+    run = run_workload(w, host=p["host"], variant=p["variant"], seed=p["seed"],
+                       engine=p["engine"])
+    # through JSON once, so a result is the same object whether it crossed a process
+    # boundary or not
+    return json.loads(json.dumps({"id": point["id"], "point": p, "error": None,
+                                  "rows": run.rows, "timings": run.timings,
+                                  "meta": run.meta}, default=_json_default))
+
+
+def _policies() -> tuple[str, ...]:
+    from model.policies import DEFAULT_ORDER
+    return tuple(DEFAULT_ORDER)
+
+
+def read_point(path: Path, point: dict) -> dict | None:
+    """The stored result of `point`, or None when it is missing, unreadable or not this
+    point's."""
+    try:
+        r = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(r, dict) or r.get("id") != point["id"] or r.get("point") != {
+            k: point[k] for k in POINT_KEYS}:
+        return None
+    if r.get("error"):
+        return r if isinstance(r["error"], str) else None
+    rows = r.get("rows")
+    if not isinstance(rows, list) or tuple(x.get("policy") for x in rows
+                                           if isinstance(x, dict)) != _policies():
+        return None
+    return r
+
+
+# ---- executors -----------------------------------------------------------------------------
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                        # not Linux
+        return os.cpu_count() or 1
+
+
+def _outcome(fn, *a):
+    try:
+        return fn(*a), None
+    except Exception as e:                        # noqa: BLE001 (reported per point)
+        return None, f"{type(e).__name__}: {e}"
+
+
+def _watch_parent(parent: int) -> None:
+    """Pool worker initializer: exit when the sweep process is gone (killed with SIGKILL, a
+    pool worker would otherwise wait for work forever)."""
+    import threading
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+    threading.Thread(target=watch, name="ptwbench-parent-watch", daemon=True).start()
+
+
+def run_local(todo: list[dict], workers: int):
+    """Yield (point, result, failure) as points finish: in-process with one worker, else a
+    spawn-context process pool with a bounded queue of submitted points."""
+    if workers <= 1 or len(todo) <= 1:
+        for p in todo:
+            yield (p, *_outcome(run_point, p))
+        return
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    ex = ProcessPoolExecutor(max_workers=min(workers, len(todo)),
+                             mp_context=mp.get_context("spawn"),
+                             initializer=_watch_parent, initargs=(os.getpid(),))
+    try:
+        it, pending = iter(todo), {}
+
+        def fill():
+            while len(pending) < 4 * workers:
+                p = next(it, None)
+                if p is None:
+                    return
+                pending[ex.submit(run_point, p)] = p
+        fill()
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for f in sorted(done, key=lambda f: pending[f]["index"]):
+                p = pending.pop(f)
+                yield (p, *_outcome(f.result))
+            fill()
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
+def connect(address: str, timeout: float = 20.0):
+    """A dask.distributed client of the scheduler at `address` (raises OSError/TimeoutError
+    when it cannot connect)."""
+    from dask.distributed import Client
+    return Client(address, timeout=f"{timeout}s", set_as_default=False)
+
+
+def run_dask(todo: list[dict], client):
+    """Yield (point, result, failure) as points finish on a dask.distributed cluster."""
+    from dask.distributed import as_completed
+    if not todo:
+        return
+    futures = client.map(run_point, todo, key=[f"ptwbench-point-{p['id']}" for p in todo],
+                         pure=False)
+    by_key = {f.key: p for f, p in zip(futures, todo)}
+    try:
+        for f in as_completed(futures, loop=client.loop):
+            yield (by_key[f.key], *_outcome(f.result))
+    finally:
+        client.cancel(futures)
+
+
+# ---- the sweep -----------------------------------------------------------------------------
+@dataclass
+class SweepResult:
+    out: Path
+    points: int
+    ran: int
+    resumed: int
+    errors: list[tuple[dict, str]] = field(default_factory=list)    # registry-rejected points
+    failures: list[tuple[dict, str]] = field(default_factory=list)  # crashed, not written
+    answer: str = ""
+
+
+class _Lock:
+    """An exclusive flock on OUT/.lock: two sweeps into one directory would duplicate work
+    (never files).  The kernel drops it when the process dies, SIGKILL included."""
+
+    def __init__(self, out: Path):
+        import fcntl
+        self.f = open(out / ".lock", "a+")
+        try:
+            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.f.close()
+            raise SweepError(f"{out}: another sweep is running in this directory") from None
+
+    def release(self):
+        self.f.close()
+
+
+def run_sweep(spec: dict, out: Path | None = None, *, workers: int | None = None,
+              client=None, progress: bool | None = None, executor: str | None = None
+              ) -> SweepResult:
+    """Run every point not already finished in OUT/points, then aggregate.  `client`: a
+    dask.distributed Client (else the local pool of `workers`)."""
+    from tqdm import tqdm
+
+    from .runner import write_atomic
+    out = Path(out if out is not None else spec["out"])
+    pts = points(spec)
+    for i, p in enumerate(pts):
+        p["index"] = i
+    t0 = time.perf_counter()
+    (out / "points").mkdir(parents=True, exist_ok=True)
+    lock = _Lock(out)
+    try:
+        for tmp in (out / "points").glob(".*.tmp"):      # writes a killed sweep left behind
+            tmp.unlink(missing_ok=True)
+        done, todo = {}, []
+        for p in pts:
+            r = read_point(out / "points" / f"{p['id']}.json", p)
+            if r is None:
+                todo.append(p)
+            else:
+                done[p["id"]] = r
+        resumed = len(done)
+        workers = workers or default_workers()
+        if client is not None:
+            it = run_dask(todo, client)
+            executor = executor or f"dask.distributed {client.scheduler.address}"
+        else:
+            it = run_local(todo, workers)
+            executor = executor or f"local pool, {min(workers, max(1, len(todo)))} workers"
+        res = SweepResult(out, len(pts), 0, resumed)
+        bar = tqdm(total=len(pts), initial=resumed, desc=f"sweep {spec['name']}",
+                   unit="point", file=sys.stderr, dynamic_ncols=True,
+                   disable=None if progress is None else not progress)
+        try:
+            for p, r, failure in it:
+                if failure is not None:
+                    res.failures.append((p, failure))
+                else:
+                    write_atomic(out / "points" / f"{p['id']}.json", result_text(r))
+                    done[p["id"]] = r
+                    res.ran += 1
+                bar.update(1)
+        finally:
+            bar.close()
+        res.errors = [(p, done[p["id"]]["error"]) for p in pts
+                      if p["id"] in done and done[p["id"]].get("error")]
+        if not res.failures:
+            res.answer = aggregate(spec, pts, done, out, {
+                "executor": executor, "seconds": time.perf_counter() - t0,
+                "points_run": res.ran, "points_resumed": resumed})
+        return res
+    finally:
+        lock.release()
+
+
+def _rows(pts, done, what: str) -> list[dict]:
+    rows = []
+    for p in pts:
+        r = done.get(p["id"])
+        if r is None or r.get("error"):
+            continue
+        for x in r[what]:
+            rows.append({**x, "point": p["id"], "workload": label(p["workload"], p["knobs"]),
+                         "host": label(p["host"], p["host_knobs"])})
+    return rows
+
+
+POINT_COLUMNS = ("id", "workload", "knobs", "host", "host_knobs", "variant", "seed",
+                 "engine", "status")
+SUMMARY_COLUMNS = ["workload", "host", "variant", "seeds", "fix_double_faults",
+                   "exits_saved", "false_dirty_extra", "uffd_false_write_extra", "net_us",
+                   "net_us_min", "net_us_max", "matters", "breaks_guest"]
+
+
+def summary(v) -> "pd.DataFrame":  # noqa: F821
+    """The verdict table per workload/host/variant over seeds: means, net range, how many
+    seeds matter."""
+    import pandas as pd
+    if v.empty:
+        return pd.DataFrame(columns=SUMMARY_COLUMNS)
+    g = v.groupby(["workload", "host", "variant"], sort=False)
+    s = g.agg(seeds=("seed", "count"), fix_double_faults=("fix_double_faults", "mean"),
+              exits_saved=("exits_saved", "mean"),
+              false_dirty_extra=("false_dirty_extra", "mean"),
+              uffd_false_write_extra=("uffd_false_write_extra", "mean"),
+              net_us=("net_us", "mean"), net_us_min=("net_us", "min"),
+              net_us_max=("net_us", "max"), matters=("matters", "sum"),
+              breaks_guest=("breaks_guest", "any")).reset_index()
+    s["matters"] = [f"{int(m)}/{n}" for m, n in zip(s["matters"], s["seeds"])]
+    return s[SUMMARY_COLUMNS]
+
+
+def aggregate(spec: dict, pts: list[dict], done: dict, out: Path, run_meta: dict) -> str:
+    """metrics.csv, timings.csv, verdict.csv, points.csv, report.md, meta.json from the
+    point results (read in point order: the same bytes however they were produced)."""
+    import pandas as pd
+
+    from . import report
+    from .cost import CostModel
+    from .runner import (COLUMNS, TIMING_COLUMNS, csv_text, environment, meta_json,
+                         write_atomic)
+    from .verdict import answer, verdict_table
+    rows = _rows(pts, done, "rows")
+    timings = _rows(pts, done, "timings")
+    df = pd.DataFrame(rows, columns=list(COLUMNS))
+    cm = CostModel()
+    v = verdict_table(df, cm) if len(df) else pd.DataFrame()
+    ans = answer(v)
+    errors = [p for p in pts if done[p["id"]].get("error")]
+    prows = [{"id": p["id"], "workload": p["workload"], "knobs": canonical(p["knobs"]),
+              "host": p["host"], "host_knobs": canonical(p["host_knobs"]),
+              "variant": p["variant"], "seed": p["seed"], "engine": p["engine"],
+              "status": "error" if done[p["id"]].get("error") else "ok"} for p in pts]
+    md = [f"# Sweep {spec['name']}", "",
+          f"{len(pts)} points ({len(pts) - len(errors)} run, {len(errors)} rejected by the "
+          f"registry), every policy each: {len(rows)} rows in metrics.csv.", "",
+          f"**{ans}**", "",
+          "## Per workload / host / variant (ha-promote against fix, over seeds)", "",
+          "Means over seeds. exits_saved: stage-2 faults ha-promote avoids; "
+          "false_dirty_extra: pages it marks dirty that nothing wrote; "
+          "uffd_false_write_extra: userfaultfd events it flags WRITE that wrote nothing; "
+          "net_us: fix's modelled host overhead minus ha-promote's (positive: ha-promote is "
+          "cheaper; bench/cost.py); matters: seeds where the saving is >= 1 % of fix's "
+          "overhead and the guest does not break.", "",
+          report.md_table(summary(v)), ""]
+    if errors:
+        md += ["## Points the registry rejected", "",
+               report.md_table(pd.DataFrame(
+                   [{"point": p["id"], "workload": label(p["workload"], p["knobs"]),
+                     "host": label(p["host"], p["host_knobs"]), "error": done[p["id"]]["error"]}
+                    for p in errors])), ""]
+    md += ["## Files", "", "metrics.csv (one row per point and policy; no timings), "
+           "timings.csv, verdict.csv (per point), points.csv (the point ids), "
+           "points/ID.json (each point's result), meta.json (environment, spec).", ""]
+    vcsv = v.to_csv(index=False, lineterminator="\n") if len(v) else ""
+    meta = {"job": "sweep", "spec": spec, "environment": environment(), **run_meta,
+            "points": len(pts), "points_rejected": len(errors), "cost_model": cm.as_dict()}
+    files = {"metrics.csv": csv_text(rows, ("point",) + COLUMNS),
+             "timings.csv": csv_text(timings, ("point",) + TIMING_COLUMNS),
+             "verdict.csv": vcsv, "points.csv": csv_text(prows, POINT_COLUMNS),
+             "report.md": "\n".join(md), "meta.json": meta_json(meta)}
+    for name, data in files.items():
+        write_atomic(out / name, data)
+    return ans

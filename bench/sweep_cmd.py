@@ -1,0 +1,74 @@
+"""`ptwbench sweep SPEC.toml`: the CLI side of bench.sweep."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .cli_runs import RunInputError
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import SweepError, connect, load_sweep_file, points, run_sweep
+    try:
+        spec = load_sweep_file(args.spec)
+    except SweepError as e:
+        raise RunInputError(str(e)) from None
+    if args.workers is not None and args.workers < 1:
+        raise RunInputError(f"--workers: {args.workers} is not >= 1")
+    if args.list:
+        for p in points(spec):
+            print(p["id"], p["workload"], p["knobs"], p["host"], p["host_knobs"],
+                  p["variant"], p["seed"], p["engine"])
+        return 0
+    client = None
+    if args.scheduler:                       # connect before writing anything
+        try:
+            client = connect(args.scheduler, args.timeout)
+        except ImportError:
+            raise RunInputError("--scheduler: dask.distributed is not installed") from None
+        except (OSError, TimeoutError, ValueError) as e:
+            raise RunInputError(f"--scheduler: cannot connect to {args.scheduler}: "
+                                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                                ) from None
+    out = Path(args.out) if args.out else Path(spec["out"])
+    try:
+        res = run_sweep(spec, out, workers=args.workers, client=client,
+                        progress=False if args.no_progress else None)
+    except SweepError as e:
+        raise RunInputError(str(e)) from None
+    finally:
+        if client is not None:
+            client.close()
+    print(f"sweep {spec['name']}: {res.points} points, {res.ran} run, {res.resumed} already "
+          f"done; results: {res.out}", file=sys.stderr)
+    status = 0
+    if res.failures:
+        p, why = res.failures[0]
+        print(f"ptwbench: error: {len(res.failures)} of {res.points} points failed (not "
+              f"written; rerun to retry them); first: {p['id']} ({p['workload']} "
+              f"{p['host']} {p['variant']} seed {p['seed']}): {why}", file=sys.stderr)
+        return 1
+    if res.errors:
+        p, why = res.errors[0]
+        print(f"ptwbench: error: {len(res.errors)} of {res.points} points rejected by the "
+              f"registry (see report.md); first: {p['id']}: {why}", file=sys.stderr)
+        status = 1
+    print(res.answer)
+    return status
+
+
+def register(sub) -> None:
+    s = sub.add_parser("sweep", help="a grid of runs (workloads x knobs x hosts x variants x "
+                       "seeds), parallel, resumable; see bench/sweep.py for the spec")
+    s.add_argument("spec", metavar="SPEC.toml")
+    ex = s.add_mutually_exclusive_group()
+    ex.add_argument("--workers", type=int, metavar="N",
+                    help="local worker processes (default: the CPUs available)")
+    ex.add_argument("--scheduler", metavar="ADDRESS",
+                    help="run on a dask.distributed cluster (e.g. tcp://host:8786)")
+    s.add_argument("--timeout", type=float, default=20.0, metavar="S",
+                   help="seconds to wait for the dask scheduler (default 20)")
+    s.add_argument("--out", help="result directory (default: the spec's sweep.out)")
+    s.add_argument("--list", action="store_true", help="print the points and exit")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_sweep)
