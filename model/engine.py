@@ -26,7 +26,7 @@ from .trace import Trace, trace_from_scenario
 
 # chunk length bounds (accesses); the chunk doubles after a clean chunk and halves when an
 # access leaves the vectorised path
-MIN_WINDOW, MAX_WINDOW = 256, 1 << 16
+MIN_WINDOW, MAX_WINDOW = 256, 1 << 18
 UFFD_MODE_NAMES = {1: "missing", 2: "minor", 3: "wp"}
 
 
@@ -49,20 +49,27 @@ class Group:
         for vm in vms:
             vm.shared = shared
         nk = base.prep.nskeys
-        self.fo = np.zeros(4 * nk, dtype=np.int64)      # first-occurrence stamps
+        self.fo = np.zeros(4 * nk, dtype=np.int32)      # first-occurrence stamps
         self.fo_base = 1
         self.codeT = np.zeros(4 * nk, dtype=np.int8)
-        self.rev = np.arange(max(MAX_WINDOW, 1), 0, -1, dtype=np.int64)
+        self.rev = np.arange(max(MAX_WINDOW, 1), 0, -1, dtype=np.int32)
         self.scratch = Scratch()
         self.window = MIN_WINDOW
+        self.s2min = None
 
     def walkcache(self) -> WalkCache:
         sh = self.shared
         root = self.vms[0].tables.root
         wc = sh.walk
         if wc is None or wc.version != sh.version or wc.root != root:
-            wc = sh.walk = WalkCache(self.base, sh.ptmem, root, sh.version)
+            wc = sh.walk = WalkCache(self.base, sh, root)
+        elif wc.mut != sh.mut:
+            wc.refresh(sh)
         return wc
+
+    def invalidate(self) -> None:
+        """Reference code ran: recompute what the vectorised path derives from the state."""
+        self.s2min = None
 
     def prepare(self) -> None:
         vm0 = self.vms[0]
@@ -74,6 +81,13 @@ class Group:
         self.any_stopped = bool(self.stopped.any())
         for vm in self.vms:
             vm.flags_logact = vm.host.logging_active_v()
+        if self.s2min is None:
+            self.s2min = self.vms[0].host.s2.a.copy()
+            for vm in self.vms[1:]:
+                np.minimum(self.s2min, vm.host.s2.a, out=self.s2min)
+        if self.fo_base > (1 << 30):
+            self.fo[:] = 0
+            self.fo_base = 1
 
     def run(self, pos: int, end: int) -> tuple[list["Group"], int]:
         """Accesses [pos, end) of an interval; stops early when the group splits."""
@@ -99,6 +113,7 @@ class Group:
     def scalar(self, fn) -> list["Group"]:
         """Run `fn(vm)` (reference code) for every policy on the shared state; split the
         group where the policies' changes to it differ."""
+        self.invalidate()
         if len(self.vms) == 1:
             fn(self.vms[0])
             return [self]

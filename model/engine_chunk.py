@@ -3,59 +3,66 @@
 Within an interval (no event) and as long as no access leaves the "simple" class, every
 access completes, so the TLB's history, the walks, the hardware updates and the guest's writes
 do not depend on the policy; only the stage-2 faults' outcomes do, and those are per page
-(DOMAIN.md §6): a page's fate in the interval is fixed by its first need (any access that
-reads a descriptor from it or touches it as data) and its first write need:
+(DOMAIN.md §6): a page's fate in the interval is fixed by its first need (an access that reads
+a descriptor from it, or touches it as data) and its first write need (a hardware update of a
+descriptor in it, or a store to it):
 
 * unmapped: a translation fault at the first need, whose class (S1PTW or data) and write flag
-  (the policy's, VECTOR_POLICIES) decide the new mapping (read-only or read-write), host page
-  state, userfaultfd event and dirty mark;
+  (the policy's: model.policies.VECTOR_POLICIES) decide the new mapping (read-only or
+  read-write), host page state, userfaultfd event and dirty mark (Host.handle_abort);
 * read-only (then, or from the start): a permission fault at the first write need.
 
-Everything else is first-occurrence reductions.  An access whose fault would leave the simple
-class (outside every memslot, read-only slot, THP/hugetlb blocks, userfaultfd resolving a
-whole slot, page-table content replaced), or whose TLB entry or walk is unusual, ends the
-vectorised part: it runs through the reference code (the caller), and the chunk starts again
-after it.
+A fault restarts its access (Vm.access), so each fault of an access that missed the TLB adds
+a walk and the descriptor reads made before it.  Everything else is first-occurrence
+reductions.  An access whose fault would leave the simple class (outside every memslot,
+read-only slot, THP/hugetlb blocks, userfaultfd resolving a whole slot, page-table content
+replaced), or whose TLB entry or walk is unusual, ends the vectorised part: the caller runs it
+through the reference code and starts a new chunk after it.
 
 Tiers per chunk [i, j):
-1. every access's class (load, store, exec, AT) and *sub-key* (vCPU, 4 KiB VA page) give a
-   code per (sub-key, class) computed from the state at chunk start: 1 = settled (a TLB hit
-   whose data page already allows the access: nothing happens but the count and, for a
-   store, the written page), 0 = only the first occurrence in the chunk matters (the rest hit
-   and find their needs met), 2 = every occurrence matters (AT, stage-1 faults);
+1. every access's (sub-key, class) index `ci` (TracePrep) gets a code from the state at chunk
+   start: settled (a TLB hit whose data page already allows the access: nothing happens but
+   the count and, for a store, the written page), first-only (only the first occurrence in
+   the chunk can do anything: the others hit and find their needs met), every (AT, stage-1
+   faults, odd walks: every occurrence goes to tier 2);
 2. the accesses that matter get the exact TLB history (which walk), their needs, and the
    per-page fault resolution for every policy.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from .arch import DESC_AF, DESC_AP2, DESC_DBM, DESC_PXN, DESC_TABLE
-from .engine_state import (H_MISSING, H_RW, H_WP, H_ZERO, MUTABLE_BITS, PAGE_MASK, U64)
+from .engine_state import (CLS_A, CLS_S, CLS_X, H_MISSING, H_RW, H_WP, H_ZERO, MUTABLE_BITS,
+                           PAGE_MASK, U64)
 from .host import S2_RO, S2_RW, S2_UNMAPPED
 from .policies import VECTOR_POLICIES
-from .results import UffdEvent
-from .trace import CAS, KINDS
+from .trace import CAS
 
-BIG = np.int64(1 << 62)
-CLS_L, CLS_S, CLS_X, CLS_A = 0, 1, 2, 3
-_CLASS = {"read64": CLS_L, "ld_preidx": CLS_L, "write64": CLS_S, "st_preidx": CLS_S,
-          "cas": CLS_S, "dc_zva": CLS_S, "exec": CLS_X, "at": CLS_A}
-CLASS_OF_KIND = np.array([_CLASS[k] for k in KINDS], dtype=np.int8)
+BIG = np.int32(1 << 30)
 T_PATH, T_UPD, T_DATA = 0, 1, 2
 ORD = 16                                  # needs per access < ORD (<= 4 + 3 + 1 + 1)
 AF64, AP2_64, DBM64, PXN64 = U64(DESC_AF), U64(DESC_AP2), U64(DESC_DBM), U64(DESC_PXN)
+# static walk facts per VA page, packed (WalkCache.sfx)
+F_FOUND, F_DBM, F_PXN, F_WEIRD, F_OUT = 1, 2, 4, 8, 16
+# tier-1 codes, encoded so that "goes to tier 2" is code + first_occurrence > 1
+K_SETTLED, K_FIRST, K_EVERY = 0, 1, 2
 
 
 class WalkCache:
     """The stage-1 walk of every 4 KiB VA page of the trace over the current page-table
     memory (Vm.s1_walk's rules), without stage-2 checks.  Valid while the tables keep their
-    shape (Shared.version) and root; the leaf's AF and AP[2] are read live."""
+    shape (Shared.version) and root.  The AF and AP[2] bits of leaves (`lbits`, per leaf) and
+    the AF of table descriptors (`tabaf`) are mirrors of page-table memory, refreshed when
+    reference code changed it (Shared.mut)."""
 
-    def __init__(self, base, ptmem: np.ndarray, root: int, version: int):
-        self.version, self.root = version, root
-        geo, idx = base.geo, base.idx
-        va = base.prep.vpages.astype(np.int64)
+    def __init__(self, base, sh, root: int):
+        self.version, self.root = sh.version, root
+        geo, idx, prep = base.geo, base.idx, base.prep
+        ptmem = sh.ptmem
+        va = prep.vpages.astype(np.int64)
         n = len(va)
         L = geo.levels
         self.L = L
@@ -96,10 +103,8 @@ class WalkCache:
             table = np.where(is_tab, desc.astype(np.int64) & oa_mask, table)
             alive = is_tab
         self.nlev, self.pg, self.tab_off = nlev, pg, tab_off
-        self.found, self.level, self.leaf_off = found, level, leaf_off
+        self.level = level
         self.leafm = leaf & ~U64(MUTABLE_BITS)
-        self.dbm = (leaf & DBM64).astype(bool)
-        self.pxn = (leaf & PXN64).astype(bool)
         lsh = np.array([geo.level_shift(lv) for lv in range(4)], dtype=np.int64)
         size = np.left_shift(np.int64(1), lsh[np.maximum(level, 0)])
         oa = (leaf.astype(np.int64) & oa_mask & ~(size - 1)) | (va & (size - 1))
@@ -108,24 +113,87 @@ class WalkCache:
                                            np.arange(n)], total).astype(np.int32)
         uo, inv = np.unique(np.where(found, leaf_off, -1), return_inverse=True)
         self.leaf_id = inv.astype(np.int32).reshape(-1)
+        self.leaf_off_u = np.maximum(uo, 0)
         self.nleaves = max(1, len(uo))
         # table descriptors (FEAT_HAFT updates): a dense id per descriptor offset
         tflat = tab_off.reshape(-1)
         ut, tinv = np.unique(tflat, return_inverse=True)
         self.tab_id = tinv.astype(np.int32).reshape(tab_off.shape)
+        self.tab_off_u = np.maximum(ut, 0)
         self.ntabs = max(1, len(ut))
         # a descriptor that is a table at two levels, or a table and a leaf (recursive
         # tables): leave such walks to the reference code
         weird = False
-        if L > 1:
-            lv_of = np.repeat(np.arange(tab_off.shape[0]), n)
-            m = tflat >= 0
-            pairs = np.unique(np.stack([tflat[m], lv_of[m]]), axis=1) if m.any() else None
-            if pairs is not None and pairs.shape[1] != len(np.unique(tflat[m])):
+        m = tflat >= 0
+        if m.any():
+            lv_of = np.repeat(np.arange(tab_off.shape[0], dtype=np.int64), n)[m]
+            offs = tflat[m]
+            if len(np.unique(offs * 8 + lv_of)) != len(np.unique(offs)):
                 weird = True
-            if m.any() and np.intersect1d(tflat[m], leaf_off[found]).size:
+            if np.intersect1d(offs, leaf_off[found]).size:
                 weird = True
-        self.weird = np.full(n, weird, dtype=bool)
+        dbm = (leaf & DBM64).astype(bool)
+        pxn = (leaf & PXN64).astype(bool)
+        self.sfx = (found * F_FOUND | dbm * F_DBM | pxn * F_PXN | weird * F_WEIRD
+                    | (self.dp == total) * F_OUT).astype(np.uint8)
+        self.refresh(sh)
+        # TLB entries that do not match the tables (cached leaf or level differ): every access
+        # through them goes to the reference code
+        gid = prep.tkey_codes % prep.n_gpages
+        vp_of_gid = np.zeros(prep.n_gpages, dtype=np.int64)
+        vp_of_gid[prep.vp_gid[::-1]] = np.arange(n - 1, -1, -1)
+        v = vp_of_gid[gid] if n else np.zeros(len(gid), dtype=np.int64)
+        nk = len(sh.tst)
+        self.stale_cand = np.zeros(nk, dtype=bool)
+        if n:
+            self.stale_cand[:len(v)] = (sh.tst[:len(v)] > 0) & (
+                ~found[v] | (sh.tleaf[:len(v)] != self.leafm[v])
+                | (sh.tlvl[:len(v)] != level[v]))
+
+    def refresh(self, sh) -> None:
+        """Re-read the AF/AP[2] mirrors from page-table memory."""
+        lv = sh.ptmem[self.leaf_off_u]
+        self.lbits = (((lv & AF64) != 0) * 1 | ((lv & AP2_64) != 0) * 2).astype(np.uint8)
+        self.tabaf = (sh.ptmem[self.tab_off_u] & AF64) != 0
+        self.mut = sh.mut
+
+
+@lru_cache(maxsize=None)
+def _code_lut(ha: bool, hd: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Tier-1 code and stage-1-fault flag for every combination of the packed inputs:
+    bits 0-4 sfx, 5 AF, 6 AP[2], 7-8 TLB state, 9-10 min stage-2 state, 11-12 class, 13 stale.
+    (Vm.s1_check for the fault flag; Vm._attempt's hit rule for "settled".)"""
+    x = np.arange(1 << 14)
+    found = (x & F_FOUND) != 0
+    dbm = (x & F_DBM) != 0
+    pxn = (x & F_PXN) != 0
+    weird = (x & F_WEIRD) != 0
+    out = (x & F_OUT) != 0
+    af = (x >> 5) & 1 == 1
+    ap2 = (x >> 6) & 1 == 1
+    st = (x >> 7) & 3
+    mn = (x >> 9) & 3
+    cls = (x >> 11) & 3
+    stale = (x >> 13) & 1 == 1
+    isS, isX, isA = cls == CLS_S, cls == CLS_X, cls == CLS_A
+    s1f = ~found | (isX & pxn) | (isS & ap2 & ~(dbm & hd))
+    if not ha:
+        s1f |= ~af
+    settled = np.where(isS, (st == 2) & (mn == S2_RW), (st >= 1) & (mn >= S2_RO) & ~(isX & pxn))
+    settled &= ~isA & ~stale & ~out
+    code = np.where(settled, K_SETTLED, np.where(s1f | isA | stale | weird, K_EVERY, K_FIRST))
+    return code.astype(np.int8), s1f.astype(bool)
+
+
+def _pack(sfx, lb, st, mn, cls, stale):
+    x = sfx.astype(np.int32)
+    x |= lb.astype(np.int32) << 5
+    x |= st.astype(np.int32) << 7
+    x |= mn.astype(np.int32) << 9
+    x |= cls.astype(np.int32) << 11
+    if stale is not None:
+        x |= stale.astype(np.int32) << 13
+    return x
 
 
 def first_by(scratch: np.ndarray, keys: np.ndarray, q: np.ndarray, mask) -> np.ndarray:
@@ -135,10 +203,10 @@ def first_by(scratch: np.ndarray, keys: np.ndarray, q: np.ndarray, mask) -> np.n
         km, qm = keys, q
     else:
         if not mask.any():
-            return np.full(len(keys), BIG, dtype=np.int64)
-        km, qm = keys[mask], q[mask]
+            return np.full(len(keys), BIG, dtype=np.int32)
+        km, qm = np.compress(mask, keys), np.compress(mask, q)
     np.minimum.at(scratch, km, qm)
-    out = scratch[keys]
+    out = np.take(scratch, keys)
     scratch[km] = BIG
     return out
 
@@ -149,7 +217,7 @@ class Scratch:
     def __init__(self):
         self.a: dict[str, np.ndarray] = {}
 
-    def get(self, name: str, n: int, fill=BIG, dtype=np.int64) -> np.ndarray:
+    def get(self, name: str, n: int, fill=BIG, dtype=np.int32) -> np.ndarray:
         a = self.a.get(name)
         if a is None or len(a) < n:
             a = np.full(n, fill, dtype=dtype)
@@ -157,32 +225,7 @@ class Scratch:
         return a
 
 
-def codes(g, wc, skU: np.ndarray, clsU: np.ndarray) -> np.ndarray:
-    """Tier-1 code of each (sub-key, class) from the state at chunk start (module doc)."""
-    prep, sh, f = g.base.prep, g.shared, g.flags
-    vp = prep.sk_vp[skU]
-    tk = prep.sk_tkey[skU]
-    st = sh.tst[tk]
-    found = wc.found[vp]
-    lv = sh.ptmem[wc.leaf_off[vp]]
-    dp = wc.dp[vp]
-    mn = g.vms[0].host.s2.a[dp]
-    for vm in g.vms[1:]:
-        mn = np.minimum(mn, vm.host.s2.a[dp])
-    isS, isX, isA = clsU == CLS_S, clsU == CLS_X, clsU == CLS_A
-    pxn = wc.pxn[vp]
-    stale = (st > 0) & (~found | (sh.tleaf[tk] != wc.leafm[vp]) | (sh.tlvl[tk] != wc.level[vp]))
-    s1f = ~found | (isX & pxn)
-    if not f.ha:
-        s1f |= (lv & AF64) == 0
-    s1f |= isS & ((lv & AP2_64) != 0) & ~(wc.dbm[vp] & f.hd)
-    settled = np.where(isS, (st == 2) & (mn == S2_RW),
-                       (st >= 1) & (mn >= S2_RO) & ~(isX & pxn))
-    settled &= ~isA & ~stale & (dp != g.base.idx.total)
-    code = np.where(settled, 1, np.where(s1f | isA | stale | wc.weird[vp], 2, 0)).astype(np.int8)
-    if g.any_stopped:
-        code[g.stopped[prep.sk_vcpu[skU]]] = 1
-    return code
+SUB = 1 << 16                            # tier-1 block (cache-sized)
 
 
 def chunk(g, i: int, j: int) -> int:
@@ -192,31 +235,50 @@ def chunk(g, i: int, j: int) -> int:
     tr = base.trace
     wc = g.walkcache()
     C = j - i
-    cls = CLASS_OF_KIND[tr.kind[i:j]]
-    ci = prep.ck[i:j] + cls
-    # ---- tier 1: first occurrence of each (sub-key, class), and its code ---------------------
-    val = g.rev[len(g.rev) - C:] + g.fo_base
+    lut, _ = _code_lut(f.ha, f.hd)
+    # ---- tier 1: first occurrence in [i, j) of each (sub-key, class), and its code ------------
+    # stamps fo_base + C - p (p: position in the chunk) are larger than any earlier chunk's, and
+    # the first occurrence has the largest: after the blocks up to p are stamped, an access is
+    # the first of its (sub-key, class) iff it holds the stamp
+    r0 = len(g.rev) - C
+    fb = np.int32(g.fo_base)
     g.fo_base += C + 1
-    np.maximum.at(g.fo, ci, val)
-    isf = g.fo[ci] == val
-    U = np.flatnonzero(isf)
-    ciU = ci[U]
-    codeU = codes(g, wc, ciU >> 2, ciU & 3)
-    g.codeT[ciU] = codeU
-    cd = g.codeT[ci]
-    inter = (cd == 2) | ((cd == 0) & isf)
-    I = np.flatnonzero(inter)
+    Is, Us, codes_ = [], [], []
+    for b0 in range(0, C, SUB):
+        b1 = min(C, b0 + SUB)
+        ci = prep.ci[i + b0:i + b1].astype(np.intp)
+        val = g.rev[r0 + b0:r0 + b1] + fb
+        np.maximum.at(g.fo, ci, val)
+        isf = np.take(g.fo, ci) == val
+        U = np.flatnonzero(isf)
+        if len(U):
+            ciU = np.take(ci, U)
+            codeU = _codes(g, wc, lut, ciU)
+            g.codeT[ciU] = codeU
+            Us.append(U + b0)
+            codes_.append((ciU, codeU))
+        inter = np.add(np.take(g.codeT, ci), isf, dtype=np.int8) > 1
+        I = np.flatnonzero(inter)
+        if len(I):
+            Is.append(I + b0)
     cut = C
-    if len(I):
-        cut = _tier2(g, wc, i, C, I, ci[I], cls[I])
+    if Is:
+        I = np.concatenate(Is) if len(Is) > 1 else Is[0]
+        cut = _tier2(g, wc, i, C, I, np.take(prep.ci, I + i))
     # ---- the settled and repeated accesses before the cut --------------------------------------
     n_acc = cut
     if g.any_stopped:
         n_acc = int(np.count_nonzero(~g.stopped[tr.vcpu[i:i + cut]]))
-    pos = U[(codeU == 1) & (cls[U] == CLS_S) & (U < cut)]
-    if g.any_stopped and len(pos):
-        pos = pos[~g.stopped[tr.vcpu[i + pos]]]
-    wpages = wc.dp[prep.sk_vp[ci[pos] >> 2]] if len(pos) else None
+    wps = []
+    for U, (ciU, codeU) in zip(Us, codes_):
+        sel = (codeU == K_SETTLED) & ((ciU & 3) == CLS_S)
+        if cut < C:
+            sel &= U < cut
+        if g.any_stopped:
+            sel &= ~g.stopped[np.take(prep.sk_vcpu, ciU >> 2)]
+        if sel.any():
+            wps.append(np.take(wc.dp, np.take(prep.sk_vp, np.compress(sel, ciU) >> 2)))
+    wpages = np.concatenate(wps) if wps else None
     for vm in g.vms:
         vm.r.accesses += n_acc
         if wpages is not None:
@@ -224,26 +286,41 @@ def chunk(g, i: int, j: int) -> int:
     return i + cut
 
 
-def _tier2(g, wc, i: int, C: int, I: np.ndarray, ciI: np.ndarray, cls: np.ndarray) -> int:
+def _codes(g, wc, lut, ciU: np.ndarray) -> np.ndarray:
+    """Tier-1 codes of (sub-key, class) indices from the state at chunk start."""
+    prep, sh = g.base.prep, g.shared
+    skU = ciU >> 2
+    vp = np.take(prep.sk_vp, skU)
+    tk = np.take(prep.sk_tkey, skU)
+    st = np.take(sh.tst, tk)
+    stale = np.take(wc.stale_cand, tk)
+    lb = np.take(wc.lbits, np.take(wc.leaf_id, vp))
+    mn = np.take(g.s2min, np.take(wc.dp, vp))
+    codeU = np.take(lut, _pack(np.take(wc.sfx, vp), lb, st, mn, ciU & 3, stale))
+    if g.any_stopped:
+        codeU[g.stopped[np.take(prep.sk_vcpu, skU)]] = K_SETTLED
+    return codeU
+
+
+def _tier2(g, wc, i: int, C: int, I: np.ndarray, ciI: np.ndarray) -> int:
     base, prep, sh, f, sc = g.base, g.base.prep, g.shared, g.flags, g.scratch
     tr = base.trace
-    total = base.idx.total
     m = len(I)
-    q = np.arange(m, dtype=np.int64)
+    q = np.arange(m, dtype=np.int32)
     sk = ciI >> 2
-    vp = prep.sk_vp[sk]
-    tk = prep.sk_tkey[sk]
+    cls = (ciI & 3).astype(np.int8)
+    vp = np.take(prep.sk_vp, sk)
+    tk = np.take(prep.sk_tkey, sk)
     isS, isX, isA = cls == CLS_S, cls == CLS_X, cls == CLS_A
-    s0 = sh.tst[tk]
-    found = wc.found[vp]
-    lv = sh.ptmem[wc.leaf_off[vp]]
-    af0 = (lv & AF64) != 0
-    ap20 = (lv & AP2_64) != 0
-    dbm = wc.dbm[vp]
-    pxn = wc.pxn[vp]
-    s1fc = ~found | (isX & pxn) | (isS & ap20 & ~(dbm & f.hd))
-    if not f.ha:
-        s1fc |= ~af0
+    s0 = np.take(sh.tst, tk)
+    sfx = np.take(wc.sfx, vp)
+    lid = np.take(wc.leaf_id, vp)
+    lb = np.take(wc.lbits, lid)
+    _, s1lut = _code_lut(f.ha, f.hd)
+    s1fc = np.take(s1lut, _pack(sfx, lb, np.zeros(1, np.int8), np.zeros(1, np.int8), cls, None))
+    af0 = (lb & 1) != 0
+    ap20 = (lb & 2) != 0
+    pxn = (sfx & F_PXN) != 0
     # ---- the TLB: which accesses walk (Vm._attempt's hit rule) --------------------------------
     sc_tk = sc.get("tk", prep.ntkeys)
     sc_leaf = sc.get("leaf", wc.nleaves)
@@ -251,133 +328,138 @@ def _tier2(g, wc, i: int, C: int, I: np.ndarray, ciI: np.ndarray, cls: np.ndarra
     ff = first_by(sc_tk, tk, q, fillc)
     stc = isS & ~s1fc
     fs = first_by(sc_tk, tk, q, stc)
-    lid = wc.leaf_id[vp]
     td = np.where(ap20, first_by(sc_leaf, lid, q, stc & ap20), -1)
-    has_ff = ff < BIG
     ffc = np.minimum(ff, m - 1)
-    ff_dirty = has_ff & ~isS[ffc] & (td[ffc] < ff)
+    ff_dirty = (ff < BIG) & ~isS[ffc] & (td[ffc] < ff)
     D = np.where(s0 == 2, -1, np.minimum(np.where((s0 == 0) & ff_dirty, ff, BIG), fs))
     walk = np.where(isS, q <= D, isA | ((s0 == 0) & (q <= ff)))
     s1fault = np.where(walk, s1fc, isX & pxn)
     complete = ~s1fault
-    nlev = wc.nlev[vp].astype(np.int64)
     # ---- hardware updates (Vm.s1_updates) --------------------------------------------------
     if f.ha:
         upd = walk & complete
         if not f.at_sets_af:
             upd &= ~isA
+        taf = first_by(sc_leaf, lid, q, upd & ~af0)
+        need_af = upd & ~af0 & (q == taf)
+        need_dbm = (upd & isS & ap20 & (q == td)) if f.hd else None
+        need_leaf = need_af | need_dbm if need_dbm is not None else need_af
+        if f.always:
+            need_leaf = need_leaf | upd
     else:
-        upd = np.zeros(m, dtype=bool)
-    taf = first_by(sc_leaf, lid, q, upd & ~af0)
-    need_af = upd & ~af0 & (q == taf)
-    need_dbm = upd & isS & ap20 & (q == td) if f.hd else np.zeros(m, dtype=bool)
-    need_leaf = need_af | need_dbm
-    if f.always:
-        need_leaf |= upd
-    leaf_pg = wc.leaf_pg[vp]
+        upd = need_af = need_dbm = None
+        need_leaf = np.zeros(m, dtype=bool)
     L = wc.L
-    haft = []                                   # (level, mask, page, desc offset)
-    if f.haft and L > 1:
-        tid_l, key_l, lv_l, cand_l = [], [], [], []
+    haft = []                                   # (level, need mask, page, tab id)
+    if f.haft and L > 1 and upd is not None and upd.any():
+        cands = []
         for l in range(L - 1):
-            toff = wc.tab_off[l, vp]
-            has = upd & (toff >= 0)
-            if not has.any():
-                continue
-            tv = sh.ptmem[np.where(has, toff, 0)]
-            cand = has & ((tv & AF64) == 0)
-            if not cand.any():
-                continue
-            cand_l.append((l, cand, toff))
-            tid_l.append(wc.tab_id[l, vp][cand])
-            key_l.append(q[cand] * 8 + l)
-        if cand_l:
-            tids = np.concatenate(tid_l)
-            keys = np.concatenate(key_l)
+            tid = np.take(wc.tab_id[l], vp)
+            cand = upd & (np.take(wc.tab_off[l], vp) >= 0)
+            cand &= ~np.take(wc.tabaf, tid)
+            if cand.any():
+                cands.append((l, cand, tid))
+        if cands:
+            tids = np.concatenate([np.compress(c, t) for _l, c, t in cands])
+            keys = np.concatenate([np.compress(c, q) * 8 + l for l, c, _t in cands])
             sc_tab = sc.get("tab", wc.ntabs)
             np.minimum.at(sc_tab, tids, keys)
-            firstk = sc_tab[tids]
+            firstk = np.take(sc_tab, tids)
             sc_tab[tids] = BIG
             o = 0
-            for (l, cand, toff), kk in zip(cand_l, key_l):
-                k = len(kk)
+            for l, cand, tid in cands:
+                idx = np.flatnonzero(cand)
                 need = np.zeros(m, dtype=bool)
-                need[np.flatnonzero(cand)[kk == firstk[o:o + k]]] = True
-                o += k
-                haft.append((l, need, wc.pg[l, vp], toff))
+                need[idx[keys[o:o + len(idx)] == firstk[o:o + len(idx)]]] = True
+                o += len(idx)
+                haft.append((l, need, np.take(wc.pg[l], vp), tid))
     data = complete & ~isA
-    dpI = wc.dp[vp]
+    dpI = np.take(wc.dp, vp)
+    leaf_pg = np.take(wc.leaf_pg, vp)
     # ---- needs not met by every policy's stage 2 at chunk start ------------------------------
-    s2s = [vm.host.s2.a for vm in g.vms]
-
-    def unmet(pages, write):
-        mn = s2s[0][pages]
-        for a in s2s[1:]:
-            mn = np.minimum(mn, a[pages])
-        if isinstance(write, np.ndarray):
-            return np.where(write, mn != S2_RW, mn == S2_UNMAPPED)
-        return mn != S2_RW if write else mn == S2_UNMAPPED
-
+    s2min = g.s2min
     pieces = []                                 # (q, order, page, write, type)
+    wI = np.flatnonzero(walk)
+    nlW = np.take(wc.nlev, np.take(vp, wI))
+    if len(wI):
+        pgW = np.take(wc.pg, np.take(vp, wI), axis=1)
+        un = (np.take(s2min, pgW) == S2_UNMAPPED) & (np.arange(L)[:, None] < nlW)
+        if un.any():
+            ll, kk = np.nonzero(un)
+            pieces.append((wI[kk], ll, pgW[ll, kk], np.zeros(len(kk), bool),
+                           np.full(len(kk), T_PATH, np.int8)))
 
     def add(mask, pages, order, write, typ):
-        if mask is not None and not mask.any():
+        idx = np.flatnonzero(mask)
+        if not len(idx):
             return
-        qq = q[mask] if mask is not None else q
-        pp = pages[mask] if mask is not None else pages
-        wr = write[mask] if isinstance(write, np.ndarray) else write
-        keep = unmet(pp, wr)
-        if not keep.any():
-            return
-        qq, pp = qq[keep], pp[keep]
-        wr = wr[keep] if isinstance(wr, np.ndarray) else np.full(len(qq), wr)
-        pieces.append((qq, np.full(len(qq), order), pp, wr, np.full(len(qq), typ, np.int8)))
+        pp = np.take(pages, idx)
+        mnp = np.take(s2min, pp)
+        if isinstance(write, np.ndarray):
+            wr = np.take(write, idx)
+            keep = np.where(wr, mnp != S2_RW, mnp == S2_UNMAPPED)
+        else:
+            wr = np.full(len(idx), write)
+            keep = mnp != S2_RW if write else mnp == S2_UNMAPPED
+        if keep.any():
+            nk = int(np.count_nonzero(keep))
+            pieces.append((np.compress(keep, idx), np.full(nk, order), np.compress(keep, pp),
+                           np.compress(keep, wr), np.full(nk, typ, np.int8)))
 
-    for l in range(L):
-        add(walk & (nlev > l), wc.pg[l][vp], l, False, T_PATH)
-    for l, need, pgl, _toff in haft:
+    for l, need, pgl, _tid in haft:
         add(need, pgl, L + l, True, T_UPD)
     add(need_leaf, leaf_pg, 2 * L, True, T_UPD)
     add(data, dpI, 2 * L + 1, isS, T_DATA)
     # accesses the vectorised path must not take: a stale TLB entry, or an odd walk
     rq = m
-    odd = np.flatnonzero((s0 > 0) & (~found | (sh.tleaf[tk] != wc.leafm[vp])
-                                     | (sh.tlvl[tk] != wc.level[vp]))
-                         | (wc.weird[vp] & walk))
-    if len(odd):
-        rq = int(odd[0])
-    faults = None
+    odd = ((s0 > 0) & np.take(wc.stale_cand, tk)) | (((sfx & F_WEIRD) != 0) & walk)
+    if odd.any():
+        rq = int(np.argmax(odd))
+    applies = None
     if pieces:
-        faults = _faults(g, pieces, rq, q, isS, isX, walk, nlev, tr.kind[i + I], data, dpI,
-                         need_leaf, leaf_pg, haft, i + I)
-        rq = faults[0]
-    # ---- apply [0, rq) ---------------------------------------------------------------------------
-    qv = q < rq
-    ffv = np.where(ff < rq, ff, BIG)
-    Dv = np.where(D < rq, D, BIG)
+        rq, applies = _faults(g, pieces, rq, isS, isX, walk, tr.kind[i + I], data, dpI,
+                              need_leaf, leaf_pg, haft, i + I, vp, wc)
+    # ---- apply [0, rq): shared state ----------------------------------------------------------
+    full = rq == m
+    qv = None if full else q < rq
+
+    def cut_(mask):
+        return mask if full else mask & qv
+    ffv = ff if full else np.where(ff < rq, ff, BIG)
+    Dv = D if full else np.where(D < rq, D, BIG)
     fin = np.where(Dv < BIG, 2, np.where((s0 == 0) & (ffv < BIG), 1, s0)).astype(np.int8)
-    sh.tst[tk[qv]] = fin[qv]
-    filled = qv & walk & complete & ~isA
+    if full:
+        sh.tst[tk] = fin
+    else:
+        sh.tst[tk[:rq]] = fin[:rq]
+    filled = cut_(walk & complete & ~isA)
     if filled.any():
-        sh.tleaf[tk[filled]] = wc.leafm[vp[filled]]
-        sh.tlvl[tk[filled]] = wc.level[vp[filled]]
-    w_pages = [dpI[qv & data & isS]]
-    lo_ = wc.leaf_off[vp]
-    if need_af.any():
-        o = lo_[need_af & qv]
-        sh.ptmem[o] |= AF64
-    if need_dbm.any():
-        o = lo_[need_dbm & qv]
-        sh.ptmem[o] &= ~AP2_64
-    w_pages.append(leaf_pg[need_leaf & qv])
-    for _l, need, pgl, toff in haft:
-        sel = need & qv
-        sh.ptmem[toff[sel]] |= AF64
-        w_pages.append(pgl[sel])
-    wp = np.concatenate(w_pages)
-    n_walk = int(np.count_nonzero(walk & qv))
-    n_reads = int(nlev[walk & qv].sum())
-    n_s1 = int(np.count_nonzero(s1fault & qv))
+        tkf, vpf = np.compress(filled, tk), np.compress(filled, vp)
+        sh.tleaf[tkf] = np.take(wc.leafm, vpf)
+        sh.tlvl[tkf] = np.take(wc.level, vpf)
+    w_pages = [np.compress(cut_(data & isS), dpI)]
+    if need_af is not None and need_af.any():
+        sel = cut_(need_af)
+        ls = np.compress(sel, lid)
+        sh.ptmem[np.take(wc.leaf_off_u, ls)] |= AF64
+        wc.lbits[ls] |= np.uint8(1)
+    if need_dbm is not None and need_dbm.any():
+        sel = cut_(need_dbm)
+        ls = np.compress(sel, lid)
+        sh.ptmem[np.take(wc.leaf_off_u, ls)] &= ~AP2_64
+        wc.lbits[ls] &= np.uint8(0xFD)
+    if need_leaf.any():
+        w_pages.append(np.compress(cut_(need_leaf), leaf_pg))
+    for _l, need, pgl, tid in haft:
+        sel = cut_(need)
+        ts = np.compress(sel, tid)
+        sh.ptmem[np.take(wc.tab_off_u, ts)] |= AF64
+        wc.tabaf[ts] = True
+        w_pages.append(np.compress(sel, pgl))
+    wp = np.concatenate(w_pages) if len(w_pages) > 1 else w_pages[0]
+    n_walk = len(wI) if full else int(np.count_nonzero(wI < rq))
+    n_reads = int(nlW.sum()) if full else int(nlW[wI < rq].sum())
+    n_s1 = int(np.count_nonzero(cut_(s1fault)))
     for k, vm in enumerate(g.vms):
         r = vm.r
         r.walks += n_walk
@@ -385,44 +467,54 @@ def _tier2(g, wc, i: int, C: int, I: np.ndarray, ciI: np.ndarray, cls: np.ndarra
         r.stage1_faults += n_s1
         if len(wp):
             vm.host.written_all[wp] = True
-        if faults is not None:
-            faults[1][k]()
+    if applies is not None:
+        applies()
     return int(I[rq]) if rq < m else C
 
 
-def _faults(g, pieces, rq, q, isS, isX, walk, nlev, kindI, data, dpI, need_leaf, leaf_pg,
-            haft, gpos):
+def _faults(g, pieces, rq, isS, isX, walk, kindI, data, dpI, need_leaf, leaf_pg, haft,
+            gpos, vp, wc):
     """Per page: the first need and the first write need among the unmet ones; per policy,
-    the translation and permission faults they take (module doc).  Returns the cut (first
-    access whose fault leaves the simple class, or rq) and one apply function per policy."""
+    the translation and permission faults they take (module doc).  Returns the cut (the first
+    access whose fault leaves the simple class, or rq) and a function applying the faults
+    before the cut to every policy."""
     base, f, sc = g.base, g.flags, g.scratch
     total = base.idx.total
-    nq = np.concatenate([p[0] for p in pieces])
-    nord = np.concatenate([p[1] for p in pieces])
-    npg = np.concatenate([p[2] for p in pieces]).astype(np.int64)
-    nW = np.concatenate([p[3] for p in pieces]).astype(bool)
-    nty = np.concatenate([p[4] for p in pieces])
+    if len(pieces) == 1:
+        nq, nord, npg, nW, nty = pieces[0]
+    else:
+        nq, nord, npg, nW, nty = (np.concatenate([p[k] for p in pieces]) for k in range(5))
+    nq = nq.astype(np.int64)
+    npg = npg.astype(np.int64)
+    nW = nW.astype(bool)
     seq = nq * ORD + nord
-    sc_pg = sc.get("pg", total + 1)
-    tR = first_by(sc_pg, npg, seq, None)
+    sc_pg = sc.get("pg", total + 1, dtype=np.int64, fill=np.int64(1) << 62)
+    np.minimum.at(sc_pg, npg, seq)
+    tR = np.take(sc_pg, npg)
     iR = np.flatnonzero(seq == tR)
-    tW = first_by(sc_pg, npg, seq, nW)
-    iWm = np.flatnonzero(nW & (seq == tW))
-    sc_i = sc.get("pgi", total + 1, fill=-1)
+    sc_pg[npg] = np.int64(1) << 62
+    if nW.any():
+        np.minimum.at(sc_pg, npg[nW], seq[nW])
+        tW = np.take(sc_pg, npg)
+        sc_pg[npg] = np.int64(1) << 62
+        iWm = np.flatnonzero(nW & (seq == tW))
+    else:
+        iWm = np.zeros(0, dtype=np.int64)
+    sc_i = sc.get("pgi", total + 1, fill=-1, dtype=np.int64)
     P = npg[iR]
     sc_i[npg[iWm]] = iWm
-    iW = sc_i[P]
+    iW = np.take(sc_i, P)
     sc_i[npg[iWm]] = -1
     hasW = iW >= 0
     iWc = np.where(hasW, iW, 0)
     q1, t1 = nq[iR], nty[iR]
-    qW, tW_ = nq[iWc], nty[iWc]
+    qW, tWty = nq[iWc], nty[iWc]
     path1 = t1 == T_PATH
 
     def writes_page(qq, pages, include_data):
         """Does access qq write `pages` (a hardware update; a data store if include_data)?"""
         w = need_leaf[qq] & (leaf_pg[qq] == pages)
-        for _l, need, pgl, _toff in haft:
+        for _l, need, pgl, _tid in haft:
             w |= need[qq] & (pgl[qq] == pages)
         if include_data:
             w |= data[qq] & isS[qq] & (dpI[qq] == pages)
@@ -431,30 +523,32 @@ def _faults(g, pieces, rq, q, isS, isX, walk, nlev, kindI, data, dpI, need_leaf,
     instr1 = isX[q1]
     wnr1 = ~path1 & isS[q1] & (kindI[q1] != CAS)
     wwp1 = path1 & writes_page(q1, P, False)
-    wr1 = writes_page(q1, P, True)
-    wrW = writes_page(qW, P, True)
-    outside = base.outside[P]
-    ro = base.ro[P]
-    blk = base.block_backing[P]
+    hard = base.outside[P] | base.ro[P] | base.block_backing[P]
     uf = base.uffd_code[P]
     rslot = base.resolve_slot[P]
     ispt = base.is_pt[P]
     slot_no = base.slot_no[P]
-    hard = outside | ro | blk
-    per_vm = []
+    ro = base.ro[P]
+    outcomes = []
     cut = rq
+    prev = None
     for vm in g.vms:
-        st = vm.host.s2.a[P]
-        h = vm.host.host.a[P]
-        F1 = st == S2_UNMAPPED
+        st = np.take(vm.host.s2.a, P)
+        h = np.take(vm.host.host.a, P)
         w1 = np.asarray(VECTOR_POLICIES[vm.r.policy](path1, False, instr1, wnr1, f.ha,
                                                      f.vm_protected, wwp1), dtype=bool)
+        w1 = np.broadcast_to(w1, P.shape)
+        la = vm.flags_logact[slot_no]
+        if prev is not None and all(np.array_equal(a, b) for a, b in
+                                    zip((st, h, w1, la), prev[0])):
+            outcomes.append((vm, prev[1]))
+            continue
+        F1 = st == S2_UNMAPPED
         miss = h == H_MISSING
         ev1m = F1 & miss & ((uf == 1) | (uf == 2))
         ev1w = F1 & (h == H_WP) & w1
         h1 = np.where(F1 & miss, np.where(ev1m | w1, H_RW, H_ZERO),
                       np.where(F1 & w1 & ((h == H_ZERO) | (h == H_WP)), H_RW, h)).astype(np.int8)
-        la = vm.flags_logact[slot_no]
         writable1 = w1 | ((h1 == H_RW) & ~la & ~ro)
         st1 = np.where(F1, np.where(writable1, S2_RW, S2_RO), st).astype(np.int8)
         F2 = (st1 == S2_RO) & hasW
@@ -466,49 +560,69 @@ def _faults(g, pieces, rq, q, isS, isX, walk, nlev, kindI, data, dpI, need_leaf,
             cut = min(cut, int(q1[risky1].min()))
         if risky2.any():
             cut = min(cut, int(qW[risky2].min()))
-        per_vm.append((vm, st, h, F1, w1, ev1m, ev1w, h1, la, writable1, st1, F2, ev2w, h2))
+        oc = (F1, w1, ev1m, ev1w, h1, la, writable1, st1, F2, ev2w, h2)
+        prev = ((st, h, w1, la), oc)
+        outcomes.append((vm, oc))
 
-    def make_apply(vm, st, h, F1, w1, ev1m, ev1w, h1, la, writable1, st1, F2, ev2w, h2):
-        def apply():
-            A1 = F1 & (q1 < cut)
-            A2 = F2 & (qW < cut)
-            if not (A1.any() or A2.any()):
-                return
+    def apply():
+        done = {}
+        for vm, oc in outcomes:
+            F1, w1, ev1m, ev1w, h1, la, writable1, st1, F2, ev2w, h2 = oc
+            key = id(oc)
+            if key not in done:
+                A1 = F1 & (q1 < cut)
+                A2 = F2 & (qW < cut)
+                upd2 = A2 & (tWty == T_UPD)
+                wk1 = A1 & walk[q1]
+                wk2 = A2 & walk[qW]
+                counts = dict(
+                    s1ptw_translation=int(np.count_nonzero(A1 & path1)),
+                    data_translation=int(np.count_nonzero(A1 & ~path1)),
+                    s1ptw_permission=int(np.count_nonzero(upd2)),
+                    data_permission=int(np.count_nonzero(A2 & ~(tWty == T_UPD))))
+                double = int(np.count_nonzero(upd2 & F1 & path1 & (q1 == qW)))
+                walks = int(np.count_nonzero(wk1)) + int(np.count_nonzero(wk2))
+                reads = (int(nord[iR][A1 & path1].sum())
+                         + int(np.take(wc.nlev, vp[q1[wk1 & ~path1]]).sum())
+                         + int(np.take(wc.nlev, vp[qW[wk2]]).sum()))
+                hA = A1 | A2
+                s2new = np.compress(hA, np.where(A2, S2_RW, st1)).astype(np.int8)
+                hnew = np.compress(hA, np.where(A2, h2, h1))
+                dm = (A1 & writable1 & la) | (A2 & la)
+                evs = []
+                e1 = A1 & (ev1m | ev1w)
+                e2 = A2 & ev2w
+                if e1.any() or e2.any():
+                    wr1 = writes_page(q1, P, True)
+                    wrW = writes_page(qW, P, True)
+                    for k in np.flatnonzero(e1).tolist():
+                        evs.append((int(seq[iR][k]) * 2, int(gpos[q1[k]]), int(P[k]),
+                                    int(uf[k]) if ev1m[k] else 3, bool(w1[k]), bool(wr1[k])))
+                    for k in np.flatnonzero(e2).tolist():
+                        evs.append((int(seq[iWc][k]) * 2 + 1, int(gpos[qW[k]]), int(P[k]), 3,
+                                    True, bool(wrW[k])))
+                    evs.sort()
+                done[key] = (hA, s2new, hnew, dm, counts, double, walks, reads, evs)
+            hA, s2new, hnew, dm, counts, double, walks, reads, evs = done[key]
             host, r = vm.host, vm.r
-            s2 = host.s2.a
-            s2[P[A1]] = st1[A1]
-            s2[P[A2]] = S2_RW
-            hA = A1 | A2
-            host.host.a[P[hA]] = np.where(A2, h2, h1)[hA]
-            dm = (A1 & writable1 & la) | (A2 & la)
+            if hA.any():
+                Ph = np.compress(hA, P)
+                host.s2.a[Ph] = s2new
+                host.host.a[Ph] = hnew
             if dm.any():
-                host.dirty_all[P[dm]] = True
+                host.dirty_all[np.compress(dm, P)] = True
             c = r.s2_faults
-            c["s1ptw_translation"] += int(np.count_nonzero(A1 & path1))
-            c["data_translation"] += int(np.count_nonzero(A1 & ~path1))
-            upd2 = A2 & (tW_ == T_UPD)
-            c["s1ptw_permission"] += int(np.count_nonzero(upd2))
-            c["data_permission"] += int(np.count_nonzero(A2 & ~(tW_ == T_UPD)))
-            r.double_faults += int(np.count_nonzero(upd2 & F1 & path1 & (q1 == qW)))
-            wk1 = A1 & walk[q1]
-            wk2 = A2 & walk[qW]
-            r.walks += int(np.count_nonzero(wk1)) + int(np.count_nonzero(wk2))
-            r.descriptor_reads += (int(nord[iR][A1 & path1].sum())
-                                   + int(nlev[q1][wk1 & ~path1].sum())
-                                   + int(nlev[qW][wk2].sum()))
-            ev_sel = [(A1 & (ev1m | ev1w), seq[iR] * 2, q1, np.where(ev1m, uf, 3), w1, wr1),
-                      (A2 & ev2w, seq[iWc] * 2 + 1, qW, np.full(len(P), 3), True, wrW)]
-            evs = []
-            for sel, key, qq, mode, wflag, wrt in ev_sel:
-                if sel.any():
-                    wf = np.broadcast_to(wflag, sel.shape)
-                    for k in np.flatnonzero(sel).tolist():
-                        evs.append((int(key[k]), int(gpos[qq[k]]), int(P[k]), int(mode[k]),
-                                    bool(wf[k]), bool(wrt[k])))
+            for name, v in counts.items():
+                c[name] += v
+            r.double_faults += double
+            r.walks += walks
+            r.descriptor_reads += reads
             if evs:
-                evs.sort()
                 g.emit_uffd(vm, evs)
-        return apply
+        # the group's minimum stage-2 state
+        mnP = np.take(g.vms[0].host.s2.a, P)
+        for vm in g.vms[1:]:
+            mnP = np.minimum(mnP, np.take(vm.host.s2.a, P))
+        g.s2min[P] = mnP
 
-    applies = [make_apply(*x) for x in per_vm]
-    return cut, applies
+    return cut, apply

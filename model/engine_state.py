@@ -27,7 +27,7 @@ from .reference import TlbEntry, Vm
 from .results import PolicyResult
 from .scenario import Memslot, Scenario
 from .stage1 import build_tables
-from .trace import Trace
+from .trace import KINDS, Trace
 
 PAGE_MASK = ~(HOST_PAGE - 1)
 DESCS_PER_PAGE = HOST_PAGE // DESC_SIZE
@@ -37,6 +37,11 @@ H_MISSING, H_RW, H_ZERO, H_WP = 0, 1, 2, 3
 MUTABLE_BITS = DESC_AF | DESC_AP2      # bits hardware updates change; not the walk's shape
 UFFD_CODES = {"none": 0, "missing": 1, "minor": 2, "wp": 3}
 U64 = np.uint64
+# access classes of the vectorised path: load-like, store, instruction fetch, AT
+CLS_L, CLS_S, CLS_X, CLS_A = 0, 1, 2, 3
+_CLASS = {"read64": CLS_L, "ld_preidx": CLS_L, "write64": CLS_S, "st_preidx": CLS_S,
+          "cas": CLS_S, "dc_zva": CLS_S, "exec": CLS_X, "at": CLS_A}
+CLASS_OF_KIND = np.array([_CLASS[k] for k in KINDS], dtype=np.int8)
 
 
 # ---- page index ------------------------------------------------------------------------
@@ -152,12 +157,12 @@ class BitSet:
 
 # ---- trace preparation ----------------------------------------------------------------------
 class TracePrep:
-    """Per-trace facts shared by every policy: the 4 KiB VA pages of the trace (`vpages`,
-    sorted), every access's *sub-key* `skey` (a dense int32 id of its (vCPU, 4 KiB VA page)),
+    """Per-trace facts shared by every policy: the 4 KiB VA pages of the trace (`vpages`),
+    every access's *sub-key* `skey` (a dense int32 id of its (vCPU, 4 KiB VA page)),
     per sub-key its VA page id, vCPU and TLB key, and the TLB keys: dense ids of the
     (vCPU, granule VA page) pairs (`tkey_codes` = vcpu * n_gpages + granule page id, sorted)."""
 
-    CHUNK = 1 << 20
+    CHUNK = 1 << 16
 
     def __init__(self, scn: Scenario, trace: Trace):
         geo = scn.machine.geometry
@@ -165,33 +170,46 @@ class TracePrep:
         self.n = n
         self.n_vcpu = int(trace.vcpu.max()) + 1 if n else 1
         ch = self.CHUNK
-        lo, hi = None, None
-        for a in range(0, n, ch):
-            v = trace.va[a:a + ch] >> U64(12)
-            m0, m1 = int(v.min()), int(v.max())
-            lo = m0 if lo is None else min(lo, m0)
-            hi = m1 if hi is None else max(hi, m1)
         skey = np.zeros(n, dtype=np.int32)
         if n == 0:
             vpages = np.zeros(0, dtype=U64)
-        elif hi - lo + 1 <= max(1 << 22, 2 * n) and hi - lo + 1 <= (1 << 27):
-            span = hi - lo + 1
-            present = np.zeros(span, dtype=bool)
-            for a in range(0, n, ch):
-                present[(trace.va[a:a + ch] >> U64(12)).astype(np.int64) - lo] = True
-            rank = np.cumsum(present, dtype=np.int32)
-            rank -= 1
-            vpages = (np.flatnonzero(present).astype(U64) + U64(lo)) << U64(12)
-            del present
-            for a in range(0, n, ch):
-                skey[a:a + ch] = rank[(trace.va[a:a + ch] >> U64(12)).astype(np.int64) - lo]
-            del rank
+            lo = hi = 0
         else:
-            parts = [np.unique(trace.va[a:a + ch] >> U64(12)) for a in range(0, n, ch)]
+            lo, hi = int(trace.va.min()) >> 12, int(trace.va.max()) >> 12
+
+        def vpn(a):                       # 4 KiB VA page number - lo, as int64
+            v = trace.va[a:a + ch] - U64(lo << 12)
+            v >>= U64(12)
+            return v.view(np.int64)
+        if n == 0:
+            pass
+        elif hi - lo + 1 <= max(1 << 22, 2 * n) and hi - lo + 1 <= (1 << 27):
+            # dense: number the pages in order of first appearance through a table over the
+            # span (int16 while the ids fit: half the cache footprint)
+            table = np.full(hi - lo + 1, -1, dtype=np.int16)
+            found = []
+            nxt = 0
+            for a in range(0, n, ch):
+                v = vpn(a)
+                ids = np.take(table, v)
+                new = ids < 0
+                if new.any():
+                    nv = np.unique(np.compress(new, v))
+                    if nxt + len(nv) > 32000 and table.dtype == np.int16:
+                        table = table.astype(np.int32)
+                    table[nv] = np.arange(nxt, nxt + len(nv))
+                    nxt += len(nv)
+                    found.append(nv)
+                    ids = np.take(table, v)
+                skey[a:a + ch] = ids
+            del table
+            vpages = (np.concatenate(found).astype(U64) + U64(lo)) << U64(12)
+        else:
+            parts = [np.unique(vpn(a)) for a in range(0, n, ch)]
             uniq = np.unique(np.concatenate(parts))
             for a in range(0, n, ch):
-                skey[a:a + ch] = np.searchsorted(uniq, trace.va[a:a + ch] >> U64(12))
-            vpages = uniq << U64(12)
+                skey[a:a + ch] = np.searchsorted(uniq, vpn(a))
+            vpages = (uniq.astype(U64) + U64(lo)) << U64(12)
         self.vpages = vpages
         nsub = len(vpages)
         if self.n_vcpu == 1 or n == 0:
@@ -221,12 +239,15 @@ class TracePrep:
             self.sk_vp = (codes % nsub).astype(np.int32)
             self.sk_vcpu = (codes // nsub).astype(np.int32)
         self.nskeys = len(self.sk_vp)
-        # ck = 4 * skey: with the access class (0..3) added, the (sub-key, class) index
-        if 4 * self.nskeys < (1 << 31):
-            skey <<= 2
-            self.ck = skey
-        else:
-            self.ck = skey.astype(np.int64) << 2
+        # ci = 4 * skey + access class (load, store, exec, AT: CLASS_OF_KIND), the index of
+        # (sub-key, class) used by the vectorised path
+        if 4 * self.nskeys >= (1 << 31):
+            skey = skey.astype(np.int64)
+        for a in range(0, n, ch):
+            s = skey[a:a + ch]
+            s <<= 2
+            s += CLASS_OF_KIND[trace.kind[a:a + ch]]
+        self.ci = skey
         del skey
         # granule pages (the TLB's unit) and TLB keys
         gsh = U64(geo.granule_shift)
@@ -351,7 +372,8 @@ class Shared:
         self.tst = np.zeros(nk, dtype=np.int8)
         self.tleaf = np.zeros(nk, dtype=U64)
         self.tlvl = np.zeros(nk, dtype=np.int8)
-        self.version = 0
+        self.version = 0                         # table shape
+        self.mut = 0                             # any change by reference code or a replay
         self.journal: list | None = None
         self.walk = None                         # engine_chunk.WalkCache of this content
 
@@ -360,6 +382,7 @@ class Shared:
         c.ptmem = self.ptmem.copy()
         c.tst, c.tleaf, c.tlvl = self.tst.copy(), self.tleaf.copy(), self.tlvl.copy()
         c.journal = None
+        c.walk = None
         return c
 
     # descriptors ------------------------------------------------------------------------
@@ -368,6 +391,7 @@ class Shared:
         if self.journal is not None:
             self.journal.append(("d", off, new, old))
         self.ptmem[off] = new
+        self.mut += 1
         if (old ^ new) & ~MUTABLE_BITS:
             self.version += 1
 
@@ -378,6 +402,7 @@ class Shared:
         if self.ptmem[sl].any():
             self.version += 1
         self.ptmem[sl] = 0
+        self.mut += 1
 
     def restore_page(self, o0: int) -> None:
         sl = slice(o0, o0 + DESCS_PER_PAGE)
@@ -387,6 +412,7 @@ class Shared:
         self.ptmem[sl] = 0
         off, val = self.base.initial_page(o0)
         self.ptmem[off] = val
+        self.mut += 1
         if not np.array_equal(old, self.ptmem[sl]):
             self.version += 1
 
@@ -424,6 +450,7 @@ class Shared:
             else:
                 self.tst[:] = old
         self.version = self._version0
+        self.mut += 1
 
     def replay(self, j: list) -> None:
         for op, a, new, _old in j:
@@ -552,11 +579,16 @@ class ArrayHost(Host):
     def write_protect(self, pages, split: bool) -> None:
         pages = list(pages) if not isinstance(pages, (range, np.ndarray)) else pages
         g = self._gidx(pages)
-        g = g[g < self.idx.total]
+        self._wp_idx(g[g < self.idx.total], split)
+
+    def _wp_idx(self, g: np.ndarray, split: bool) -> None:
+        """write_protect of the pages with these indices."""
         if np.any(self.s2_block.a[g] >= 0):
             return Host.write_protect(self, [self.idx.ipa_of(int(x)) for x in g], split)
         s2 = self.s2.a
-        s2[g] = np.where(s2[g] != S2_UNMAPPED, S2_RO, S2_UNMAPPED).astype(np.int8)
+        v = s2[g]
+        v[v != S2_UNMAPPED] = S2_RO
+        s2[g] = v
 
     def enable_dirty_log(self, slot: Memslot, initially_set: bool, eager_split: bool) -> None:
         sl = self._sl(slot)
@@ -567,7 +599,7 @@ class ArrayHost(Host):
             self.dirty_all[sl] = True
             return
         self.dirty_all[sl] = False
-        self.write_protect(range(slot.ipa, slot.end, HOST_PAGE), split=eager_split)
+        self._wp_idx(np.arange(sl.start, sl.stop), split=eager_split)
         self.flush_tlbs()
 
     def harvest(self, slot: Memslot) -> tuple[list[int], list[int]]:
@@ -576,8 +608,7 @@ class ArrayHost(Host):
         written = np.flatnonzero(self.written_all[sl])
         self.dirty_all[sl] = False
         self.written_all[sl] = False
-        self.write_protect(marked.astype(np.int64) * HOST_PAGE + slot.ipa,
-                           split=self.eager_split[slot.name])
+        self._wp_idx(marked + sl.start, split=self.eager_split[slot.name])
         self.flush_tlbs()
         return self.base.int_list(marked), self.base.int_list(written)
 
