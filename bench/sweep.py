@@ -660,8 +660,9 @@ def aggregate(spec: dict, pts: list[dict], done: dict, out: Path, run_meta: dict
               "variant": p["variant"], "seed": p["seed"], "engine": p["engine"],
               "status": "error" if done[p["id"]].get("error") else "ok"} for p in pts]
     md = [f"# Sweep {spec['name']}", "",
-          f"{len(pts)} points ({len(pts) - len(errors)} run, {len(errors)} rejected by the "
-          f"registry), every policy each: {len(rows)} rows in metrics.csv.", "",
+          f"{len(pts)} points ({len(pts) - len(errors)} with results, {len(errors)} "
+          f"rejected by the registry), every policy each: {len(rows)} rows in metrics.csv.",
+          "",
           f"**{ans}**", "",
           "## Per workload / host / variant (ha-promote against fix, over seeds)", "",
           "Means over seeds. exits_saved: stage-2 faults ha-promote avoids; "
