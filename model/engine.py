@@ -51,7 +51,9 @@ class Group:
         nk = base.prep.nskeys
         self.fo = np.zeros(4 * nk, dtype=np.int32)      # first-occurrence stamps
         self.fo_base = 1
-        self.codeT = np.zeros(4 * nk, dtype=np.int8)
+        self.codeT = np.zeros(4 * nk, dtype=np.int8)    # per (sub-key, class), this chunk:
+        self.s1T = np.zeros(4 * nk, dtype=bool)         # a walk takes a stage-1 fault
+        self.dunT = np.zeros(4 * nk, dtype=bool)        # data need unmet at chunk start
         self.rev = np.arange(max(MAX_WINDOW, 1), 0, -1, dtype=np.int32)
         self.scratch = Scratch()
         self.window = MIN_WINDOW

@@ -36,7 +36,7 @@ import numpy as np
 
 from .arch import DESC_AF, DESC_AP2, DESC_DBM, DESC_PXN, DESC_TABLE
 from .engine_state import (CLS_A, CLS_S, CLS_X, H_MISSING, H_RW, H_WP, H_ZERO, MUTABLE_BITS,
-                           PAGE_MASK, U64)
+                           PA_HARD, PA_PT, PA_RO, PA_RSLOT, PA_UFFD_SHIFT, PAGE_MASK, U64)
 from .host import S2_RO, S2_RW, S2_UNMAPPED
 from .policies import VECTOR_POLICIES
 from .trace import CAS
@@ -134,6 +134,7 @@ class WalkCache:
                 weird = True
         dbm = (leaf & DBM64).astype(bool)
         pxn = (leaf & PXN64).astype(bool)
+        self.any_weird = weird
         self.sfx = (found * F_FOUND | dbm * F_DBM | pxn * F_PXN | weird * F_WEIRD
                     | (self.dp == total) * F_OUT).astype(np.uint8)
         self.refresh(sh)
@@ -296,7 +297,14 @@ def _codes(g, wc, lut, ciU: np.ndarray) -> np.ndarray:
     stale = np.take(wc.stale_cand, tk)
     lb = np.take(wc.lbits, np.take(wc.leaf_id, vp))
     mn = np.take(g.s2min, np.take(wc.dp, vp))
-    codeU = np.take(lut, _pack(np.take(wc.sfx, vp), lb, st, mn, ciU & 3, stale))
+    cls = ciU & 3
+    x = _pack(np.take(wc.sfx, vp), lb, st, mn, cls, stale)
+    codeU = np.take(lut, x)
+    _, s1lut = _code_lut(g.flags.ha, g.flags.hd)
+    g.s1T[ciU] = np.take(s1lut, x)
+    # the data access's need unmet by some policy at chunk start (store: not read-write;
+    # load, fetch: unmapped)
+    g.dunT[ciU] = np.where(cls == CLS_S, mn != S2_RW, mn == S2_UNMAPPED)
     if g.any_stopped:
         codeU[g.stopped[np.take(prep.sk_vcpu, skU)]] = K_SETTLED
     return codeU
@@ -311,44 +319,62 @@ def _tier2(g, wc, i: int, C: int, I: np.ndarray, ciI: np.ndarray) -> int:
     cls = (ciI & 3).astype(np.int8)
     vp = np.take(prep.sk_vp, sk)
     tk = np.take(prep.sk_tkey, sk)
-    isS, isX, isA = cls == CLS_S, cls == CLS_X, cls == CLS_A
+    isS = cls == CLS_S
     s0 = np.take(sh.tst, tk)
     sfx = np.take(wc.sfx, vp)
     lid = np.take(wc.leaf_id, vp)
     lb = np.take(wc.lbits, lid)
-    _, s1lut = _code_lut(f.ha, f.hd)
-    s1fc = np.take(s1lut, _pack(sfx, lb, np.zeros(1, np.int8), np.zeros(1, np.int8), cls, None))
-    af0 = (lb & 1) != 0
+    s1fc = np.take(g.s1T, ciI)
+    any_s1 = bool(s1fc.any())
+    isA = cls == CLS_A
+    any_A = bool(isA.any())
     ap20 = (lb & 2) != 0
-    pxn = (sfx & F_PXN) != 0
+    any_ap2 = bool(ap20.any())
+    simple = not any_s1 and not any_A           # every access would complete a walk
     # ---- the TLB: which accesses walk (Vm._attempt's hit rule) --------------------------------
     sc_tk = sc.get("tk", prep.ntkeys)
     sc_leaf = sc.get("leaf", wc.nleaves)
-    fillc = ~isA & ~s1fc
-    ff = first_by(sc_tk, tk, q, fillc)
-    stc = isS & ~s1fc
+    ff = first_by(sc_tk, tk, q, None if simple else ~isA & ~s1fc)
+    stc = isS if not any_s1 else isS & ~s1fc
     fs = first_by(sc_tk, tk, q, stc)
-    td = np.where(ap20, first_by(sc_leaf, lid, q, stc & ap20), -1)
     ffc = np.minimum(ff, m - 1)
-    ff_dirty = (ff < BIG) & ~isS[ffc] & (td[ffc] < ff)
-    D = np.where(s0 == 2, -1, np.minimum(np.where((s0 == 0) & ff_dirty, ff, BIG), fs))
-    walk = np.where(isS, q <= D, isA | ((s0 == 0) & (q <= ff)))
-    s1fault = np.where(walk, s1fc, isX & pxn)
-    complete = ~s1fault
-    # ---- hardware updates (Vm.s1_updates) --------------------------------------------------
-    if f.ha:
-        upd = walk & complete
-        if not f.at_sets_af:
-            upd &= ~isA
-        taf = first_by(sc_leaf, lid, q, upd & ~af0)
-        need_af = upd & ~af0 & (q == taf)
-        need_dbm = (upd & isS & ap20 & (q == td)) if f.hd else None
-        need_leaf = need_af | need_dbm if need_dbm is not None else need_af
-        if f.always:
-            need_leaf = need_leaf | upd
+    ff_dirty = (ff < BIG) & ~np.take(isS, ffc)
+    if any_ap2:
+        td = np.where(ap20, first_by(sc_leaf, lid, q, stc & ap20), -1)
+        ff_dirty &= np.take(td, ffc) < ff
     else:
-        upd = need_af = need_dbm = None
-        need_leaf = np.zeros(m, dtype=bool)
+        td = None
+    s00 = s0 == 0
+    D = np.where(s0 == 2, -1, np.minimum(np.where(s00 & ff_dirty, ff, BIG), fs))
+    walk = np.where(isS, q <= D, s00 & (q <= ff))
+    if any_A:
+        walk |= isA
+    isX = cls == CLS_X
+    if any_s1:
+        pxn = (sfx & F_PXN) != 0
+        s1fault = np.where(walk, s1fc, isX & pxn)
+        complete = ~s1fault
+    else:
+        s1fault = None                          # no stage-1 fault (PXN implies one)
+        complete = None
+    # ---- hardware updates (Vm.s1_updates) --------------------------------------------------
+    need_af = need_dbm = None
+    need_leaf = None
+    upd = None
+    if f.ha:
+        upd = walk if complete is None else walk & complete
+        if any_A and not f.at_sets_af:
+            upd = upd & ~isA
+        af0 = (lb & 1) != 0
+        if not af0.all():
+            taf = first_by(sc_leaf, lid, q, upd & ~af0)
+            need_af = upd & ~af0 & (q == taf)
+            need_leaf = need_af
+        if f.hd and any_ap2:
+            need_dbm = upd & isS & ap20 & (q == td)
+            need_leaf = need_dbm if need_leaf is None else need_leaf | need_dbm
+        if f.always:
+            need_leaf = upd if need_leaf is None else need_leaf | upd
     L = wc.L
     haft = []                                   # (level, need mask, page, tab id)
     if f.haft and L > 1 and upd is not None and upd.any():
@@ -373,24 +399,30 @@ def _tier2(g, wc, i: int, C: int, I: np.ndarray, ciI: np.ndarray) -> int:
                 need[idx[keys[o:o + len(idx)] == firstk[o:o + len(idx)]]] = True
                 o += len(idx)
                 haft.append((l, need, np.take(wc.pg[l], vp), tid))
-    data = complete & ~isA
+    if need_leaf is None:
+        need_leaf = np.zeros(m, dtype=bool)
+        any_leaf = False
+    else:
+        any_leaf = bool(need_leaf.any())
+    data = complete if not any_A else (~isA if complete is None else complete & ~isA)
     dpI = np.take(wc.dp, vp)
     leaf_pg = np.take(wc.leaf_pg, vp)
     # ---- needs not met by every policy's stage 2 at chunk start ------------------------------
     s2min = g.s2min
     pieces = []                                 # (q, order, page, write, type)
     wI = np.flatnonzero(walk)
-    nlW = np.take(wc.nlev, np.take(vp, wI))
+    vpW = np.take(vp, wI)
+    nlW = np.take(wc.nlev, vpW)
     if len(wI):
-        pgW = np.take(wc.pg, np.take(vp, wI), axis=1)
-        un = (np.take(s2min, pgW) == S2_UNMAPPED) & (np.arange(L)[:, None] < nlW)
+        pgW = np.take(wc.pg, vpW, axis=1)
+        un = np.take(s2min, pgW) == S2_UNMAPPED
         if un.any():
+            un &= np.arange(L)[:, None] < nlW
             ll, kk = np.nonzero(un)
             pieces.append((wI[kk], ll, pgW[ll, kk], np.zeros(len(kk), bool),
                            np.full(len(kk), T_PATH, np.int8)))
 
-    def add(mask, pages, order, write, typ):
-        idx = np.flatnonzero(mask)
+    def add(idx, pages, order, write, typ):
         if not len(idx):
             return
         pp = np.take(pages, idx)
@@ -407,12 +439,16 @@ def _tier2(g, wc, i: int, C: int, I: np.ndarray, ciI: np.ndarray) -> int:
                            np.compress(keep, wr), np.full(nk, typ, np.int8)))
 
     for l, need, pgl, _tid in haft:
-        add(need, pgl, L + l, True, T_UPD)
-    add(need_leaf, leaf_pg, 2 * L, True, T_UPD)
-    add(data, dpI, 2 * L + 1, isS, T_DATA)
+        add(np.flatnonzero(need), pgl, L + l, True, T_UPD)
+    if any_leaf:
+        add(np.flatnonzero(need_leaf), leaf_pg, 2 * L, True, T_UPD)
+    dun = np.take(g.dunT, ciI)
+    add(np.flatnonzero(dun if data is None else dun & data), dpI, 2 * L + 1, isS, T_DATA)
     # accesses the vectorised path must not take: a stale TLB entry, or an odd walk
     rq = m
-    odd = ((s0 > 0) & np.take(wc.stale_cand, tk)) | (((sfx & F_WEIRD) != 0) & walk)
+    odd = (s0 > 0) & np.take(wc.stale_cand, tk)
+    if wc.any_weird:
+        odd |= ((sfx & F_WEIRD) != 0) & walk
     if odd.any():
         rq = int(np.argmax(odd))
     applies = None
@@ -421,46 +457,52 @@ def _tier2(g, wc, i: int, C: int, I: np.ndarray, ciI: np.ndarray) -> int:
                               need_leaf, leaf_pg, haft, i + I, vp, wc)
     # ---- apply [0, rq): shared state ----------------------------------------------------------
     full = rq == m
-    qv = None if full else q < rq
-
-    def cut_(mask):
-        return mask if full else mask & qv
-    ffv = ff if full else np.where(ff < rq, ff, BIG)
-    Dv = D if full else np.where(D < rq, D, BIG)
-    fin = np.where(Dv < BIG, 2, np.where((s0 == 0) & (ffv < BIG), 1, s0)).astype(np.int8)
+    if not full:
+        n_wk = int(np.searchsorted(wI, rq))
+        wI, vpW, nlW = wI[:n_wk], vpW[:n_wk], nlW[:n_wk]
+        ff = np.where(ff < rq, ff, BIG)
+        D = np.where(D < rq, D, BIG)
+    fin = np.where(D < BIG, 2, np.where(s00 & (ff < BIG), 1, s0)).astype(np.int8)
     if full:
         sh.tst[tk] = fin
     else:
         sh.tst[tk[:rq]] = fin[:rq]
-    filled = cut_(walk & complete & ~isA)
-    if filled.any():
-        tkf, vpf = np.compress(filled, tk), np.compress(filled, vp)
+    # TLB fills: every walk that completes (not AT)
+    if simple:
+        fI = wI
+    else:
+        fl = np.take(walk & (~isA if complete is None else complete & ~isA), wI)
+        fI = np.compress(fl, wI)
+    if len(fI):
+        tkf, vpf = np.take(tk, fI), np.take(vp, fI)
         sh.tleaf[tkf] = np.take(wc.leafm, vpf)
         sh.tlvl[tkf] = np.take(wc.level, vpf)
-    w_pages = [np.compress(cut_(data & isS), dpI)]
-    if need_af is not None and need_af.any():
-        sel = cut_(need_af)
-        ls = np.compress(sel, lid)
+
+    def upto(mask):
+        return mask if full else mask[:rq]
+    ds = isS if data is None else isS & data
+    w_pages = [np.compress(upto(ds), dpI[:rq] if not full else dpI)]
+    if need_af is not None:
+        ls = np.compress(upto(need_af), lid[:rq] if not full else lid)
         sh.ptmem[np.take(wc.leaf_off_u, ls)] |= AF64
         wc.lbits[ls] |= np.uint8(1)
-    if need_dbm is not None and need_dbm.any():
-        sel = cut_(need_dbm)
-        ls = np.compress(sel, lid)
+    if need_dbm is not None:
+        ls = np.compress(upto(need_dbm), lid[:rq] if not full else lid)
         sh.ptmem[np.take(wc.leaf_off_u, ls)] &= ~AP2_64
         wc.lbits[ls] &= np.uint8(0xFD)
-    if need_leaf.any():
-        w_pages.append(np.compress(cut_(need_leaf), leaf_pg))
+    if any_leaf:
+        w_pages.append(np.compress(upto(need_leaf), leaf_pg[:rq] if not full else leaf_pg))
     for _l, need, pgl, tid in haft:
-        sel = cut_(need)
-        ts = np.compress(sel, tid)
+        sel = upto(need)
+        ts = np.compress(sel, tid[:rq] if not full else tid)
         sh.ptmem[np.take(wc.tab_off_u, ts)] |= AF64
         wc.tabaf[ts] = True
-        w_pages.append(np.compress(sel, pgl))
+        w_pages.append(np.compress(sel, pgl[:rq] if not full else pgl))
     wp = np.concatenate(w_pages) if len(w_pages) > 1 else w_pages[0]
-    n_walk = len(wI) if full else int(np.count_nonzero(wI < rq))
-    n_reads = int(nlW.sum()) if full else int(nlW[wI < rq].sum())
-    n_s1 = int(np.count_nonzero(cut_(s1fault)))
-    for k, vm in enumerate(g.vms):
+    n_walk = len(wI)
+    n_reads = int(nlW.sum())
+    n_s1 = 0 if s1fault is None else int(np.count_nonzero(upto(s1fault)))
+    for vm in g.vms:
         r = vm.r
         r.walks += n_walk
         r.descriptor_reads += n_reads
@@ -517,51 +559,66 @@ def _faults(g, pieces, rq, isS, isX, walk, kindI, data, dpI, need_leaf, leaf_pg,
         for _l, need, pgl, _tid in haft:
             w |= need[qq] & (pgl[qq] == pages)
         if include_data:
-            w |= data[qq] & isS[qq] & (dpI[qq] == pages)
+            ds = isS[qq] if data is None else data[qq] & isS[qq]
+            w |= ds & (dpI[qq] == pages)
         return w
 
-    instr1 = isX[q1]
-    wnr1 = ~path1 & isS[q1] & (kindI[q1] != CAS)
-    wwp1 = path1 & writes_page(q1, P, False)
-    hard = base.outside[P] | base.ro[P] | base.block_backing[P]
-    uf = base.uffd_code[P]
-    rslot = base.resolve_slot[P]
-    ispt = base.is_pt[P]
-    slot_no = base.slot_no[P]
-    ro = base.ro[P]
+    pa = np.take(base.pattr, P)
+    hard = (pa & PA_HARD) != 0
+    ro = (pa & PA_RO) != 0
+    rslot = (pa & PA_RSLOT) != 0
+    ispt = (pa & PA_PT) != 0
+    uf = pa >> PA_UFFD_SHIFT
+    slot_no = np.take(base.slot_no, P)
+    sts = [np.take(vm.host.s2.a, P) for vm in g.vms]
+    any_f1 = any(bool((st == S2_UNMAPPED).any()) for st in sts)
+    if any_f1:
+        instr1 = isX[q1]
+        wnr1 = ~path1 & isS[q1] & (kindI[q1] != CAS)
+        wwp1 = path1 & writes_page(q1, P, False)
     outcomes = []
     cut = rq
-    prev = None
-    for vm in g.vms:
-        st = np.take(vm.host.s2.a, P)
+    reps = []                                   # (inputs, outcome) computed so far
+    for vm, st in zip(g.vms, sts):
         h = np.take(vm.host.host.a, P)
-        w1 = np.asarray(VECTOR_POLICIES[vm.r.policy](path1, False, instr1, wnr1, f.ha,
-                                                     f.vm_protected, wwp1), dtype=bool)
-        w1 = np.broadcast_to(w1, P.shape)
-        la = vm.flags_logact[slot_no]
-        if prev is not None and all(np.array_equal(a, b) for a, b in
-                                    zip((st, h, w1, la), prev[0])):
-            outcomes.append((vm, prev[1]))
-            continue
-        F1 = st == S2_UNMAPPED
-        miss = h == H_MISSING
-        ev1m = F1 & miss & ((uf == 1) | (uf == 2))
-        ev1w = F1 & (h == H_WP) & w1
-        h1 = np.where(F1 & miss, np.where(ev1m | w1, H_RW, H_ZERO),
-                      np.where(F1 & w1 & ((h == H_ZERO) | (h == H_WP)), H_RW, h)).astype(np.int8)
-        writable1 = w1 | ((h1 == H_RW) & ~la & ~ro)
-        st1 = np.where(F1, np.where(writable1, S2_RW, S2_RO), st).astype(np.int8)
-        F2 = (st1 == S2_RO) & hasW
-        ev2w = F2 & (h1 == H_WP)
-        h2 = np.where(F2 & ((h1 == H_ZERO) | (h1 == H_WP)), H_RW, h1).astype(np.int8)
-        risky1 = F1 & (hard | ((ev1m | ev1w) & rslot) | (miss & ispt))
-        risky2 = F2 & (hard | (ev2w & rslot) | (h1 == H_MISSING))
-        if risky1.any():
-            cut = min(cut, int(q1[risky1].min()))
-        if risky2.any():
-            cut = min(cut, int(qW[risky2].min()))
-        oc = (F1, w1, ev1m, ev1w, h1, la, writable1, st1, F2, ev2w, h2)
-        prev = ((st, h, w1, la), oc)
+        if any_f1:
+            w1 = np.broadcast_to(np.asarray(VECTOR_POLICIES[vm.r.policy](
+                path1, False, instr1, wnr1, f.ha, f.vm_protected, wwp1), dtype=bool), P.shape)
+        else:
+            w1 = None
+        lkey = vm.flags_logact.tobytes()
+        oc = None
+        for (st_, h_, w1_, lkey_), oc_ in reps:
+            if (lkey_ == lkey and np.array_equal(st_, st) and np.array_equal(h_, h)
+                    and (w1 is None or np.array_equal(w1_, w1))):
+                oc = oc_
+                break
+        if oc is None:
+            la = vm.flags_logact[slot_no]
+            if any_f1:
+                F1 = st == S2_UNMAPPED
+                miss = h == H_MISSING
+                ev1m = F1 & miss & ((uf == 1) | (uf == 2))
+                ev1w = F1 & (h == H_WP) & w1
+                h1 = np.where(F1 & miss, np.where(ev1m | w1, H_RW, H_ZERO),
+                              np.where(F1 & w1 & ((h == H_ZERO) | (h == H_WP)), H_RW, h)
+                              ).astype(np.int8)
+                writable1 = w1 | ((h1 == H_RW) & ~la & ~ro)
+                st1 = np.where(F1, np.where(writable1, S2_RW, S2_RO), st).astype(np.int8)
+                risky1 = F1 & (hard | ((ev1m | ev1w) & rslot) | (miss & ispt))
+                if risky1.any():
+                    cut = min(cut, int(q1[risky1].min()))
+            else:
+                F1 = ev1m = ev1w = writable1 = None
+                h1, st1 = h, st
+            F2 = (st1 == S2_RO) & hasW
+            ev2w = F2 & (h1 == H_WP)
+            h2 = np.where(F2 & ((h1 == H_ZERO) | (h1 == H_WP)), H_RW, h1).astype(np.int8)
+            risky2 = F2 & (hard | (ev2w & rslot) | (h1 == H_MISSING))
+            if risky2.any():
+                cut = min(cut, int(qW[risky2].min()))
+            oc = (F1, w1, ev1m, ev1w, h1, la, writable1, st1, F2, ev2w, h2)
+            reps.append(((st, h, w1, lkey), oc))
         outcomes.append((vm, oc))
 
     def apply():
@@ -570,8 +627,10 @@ def _faults(g, pieces, rq, isS, isX, walk, kindI, data, dpI, need_leaf, leaf_pg,
             F1, w1, ev1m, ev1w, h1, la, writable1, st1, F2, ev2w, h2 = oc
             key = id(oc)
             if key not in done:
-                A1 = F1 & (q1 < cut)
+                A1 = np.zeros(len(P), dtype=bool) if F1 is None else F1 & (q1 < cut)
                 A2 = F2 & (qW < cut)
+                if F1 is None:
+                    F1 = ev1m = ev1w = writable1 = A1
                 upd2 = A2 & (tWty == T_UPD)
                 wk1 = A1 & walk[q1]
                 wk2 = A2 & walk[qW]

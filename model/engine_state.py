@@ -36,6 +36,10 @@ HOST_NAMES = {v: k for k, v in HOST_CODES.items()}
 H_MISSING, H_RW, H_ZERO, H_WP = 0, 1, 2, 3
 MUTABLE_BITS = DESC_AF | DESC_AP2      # bits hardware updates change; not the walk's shape
 UFFD_CODES = {"none": 0, "missing": 1, "minor": 2, "wp": 3}
+# page attributes, packed per page index (Base.pattr): a fault there leaves the vectorised
+# path (outside every slot, read-only slot, block backing), read-only slot, uffd resolves the
+# whole slot, page-table slot, and the slot's uffd mode code in the top bits
+PA_HARD, PA_RO, PA_RSLOT, PA_PT, PA_UFFD_SHIFT = 1, 2, 4, 8, 4
 U64 = np.uint64
 # access classes of the vectorised path: load-like, store, instruction fetch, AT
 CLS_L, CLS_S, CLS_X, CLS_A = 0, 1, 2, 3
@@ -292,20 +296,20 @@ class Base:
         self.scn, self.trace = scn, trace
         self.geo = scn.machine.geometry
         self.tables = build_tables(scn)
-        initial: dict[int, dict[int, int]] = {}
-        for addr, v in self.tables.descriptors.items():
-            initial.setdefault(addr & PAGE_MASK, {})[addr] = v
-        self.initial = initial
+        self._initial = None
         self.idx = idx = SlotIndex(scn.memslots)
         pt = scn.slot(scn.guest.pt_slot)
         self.pt = pt
         self.pt_base, self.pt_end = pt.ipa, pt.end
         self.nptd = pt.pages * DESCS_PER_PAGE
-        offs = np.array(sorted((a - pt.ipa) >> 3 for a in self.tables.descriptors
-                               if pt.contains(a)), dtype=np.int64)
-        self.init_off = offs
-        self.init_val = np.array([self.tables.descriptors[pt.ipa + (int(o) << 3)] for o in offs],
-                                 dtype=U64)
+        d = self.tables.descriptors
+        addr = np.fromiter(d.keys(), dtype=np.int64, count=len(d))
+        val = np.fromiter(d.values(), dtype=U64, count=len(d))
+        inpt = (addr >= pt.ipa) & (addr < pt.end)
+        offs = (addr[inpt] - pt.ipa) >> 3
+        order = np.argsort(offs, kind="stable")
+        self.init_off = offs[order]
+        self.init_val = val[inpt][order]
         # slot attributes per page index (the sentinel `total` belongs to no slot)
         T = idx.total + 1
         self.slot_no = np.full(T, -1, dtype=np.int16)
@@ -323,12 +327,25 @@ class Base:
         self.resolve_slot = per_slot(lambda s: s.uffd_resolve == "slot")
         self.is_pt = per_slot(lambda s: s.name == pt.name)
         self.outside = self.slot_no < 0
+        self.pattr = ((self.outside | self.ro | self.block_backing) * PA_HARD | self.ro * PA_RO
+                      | self.resolve_slot * PA_RSLOT | self.is_pt * PA_PT
+                      | self.uffd_code.astype(np.int64) << PA_UFFD_SHIFT).astype(np.uint8)
         self.slot_start = np.array([idx.start_of[s.name] for s in self.slots] + [0],
                                    dtype=np.int64)
         self.nslots = nos
         self.prep = TracePrep(scn, trace)
         self._pool = np.zeros(0, dtype=object)
         self._recent: list[tuple[np.ndarray, list]] = []
+
+    @property
+    def initial(self) -> dict[int, dict[int, int]]:
+        """Initial content by page, as model.reference.Vm builds it (Host.initial)."""
+        if self._initial is None:
+            initial: dict[int, dict[int, int]] = {}
+            for addr, v in self.tables.descriptors.items():
+                initial.setdefault(addr & PAGE_MASK, {})[addr] = v
+            self._initial = initial
+        return self._initial
 
     def int_list(self, a: np.ndarray) -> list[int]:
         """`a.tolist()` whose ints are shared objects (page lists of many harvests and
@@ -450,7 +467,8 @@ class Shared:
             else:
                 self.tst[:] = old
         self.version = self._version0
-        self.mut += 1
+        if any(op != "t" and op != "f" for op, *_ in j):
+            self.mut += 1
 
     def replay(self, j: list) -> None:
         for op, a, new, _old in j:
@@ -482,7 +500,6 @@ class ArrayHost(Host):
         self.scn = scn
         self.policy = policy
         self.r = result
-        self.initial = base.initial
         self.base = base
         self.vm = vm
         self.content: dict = {}                 # unused: content lives in Shared.ptmem
@@ -508,6 +525,10 @@ class ArrayHost(Host):
             self.host.a[st:st + s.pages] = H_RW if s.populated else H_MISSING
         self.step = 0
         self.step_written: set[int] = set()
+
+    @property
+    def initial(self):
+        return self.base.initial
 
     def _sl(self, s: Memslot) -> slice:
         st = self.idx.start_of[s.name]
