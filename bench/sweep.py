@@ -468,14 +468,16 @@ def run_local(todo: list[dict], workers: int):
         return
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
     ex = ProcessPoolExecutor(max_workers=min(workers, len(todo)),
                              mp_context=mp.get_context("spawn"),
                              initializer=_watch_parent, initargs=(os.getpid(),))
+    broken = None
     try:
         it, pending = iter(todo), {}
 
         def fill():
-            while len(pending) < 4 * workers:
+            while broken is None and len(pending) < 4 * workers:
                 p = next(it, None)
                 if p is None:
                     return
@@ -485,10 +487,17 @@ def run_local(todo: list[dict], workers: int):
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for f in sorted(done, key=lambda f: pending[f]["index"]):
                 p = pending.pop(f)
-                yield (p, *_outcome(f.result))
+                if isinstance(f.exception(), BrokenProcessPool):
+                    broken = "not run: the process pool broke (a worker died: out of memory?)"
+                    yield p, None, broken
+                else:
+                    yield (p, *_outcome(f.result))
             fill()
+        if broken is not None:                        # the points never submitted
+            for p in it:
+                yield p, None, broken
     finally:
-        ex.shutdown(wait=True, cancel_futures=True)
+        ex.shutdown(wait=broken is None, cancel_futures=True)
 
 
 def connect(address: str, timeout: float = 20.0):

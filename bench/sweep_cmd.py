@@ -36,6 +36,10 @@ def cmd_sweep(args) -> int:
                         progress=False if args.no_progress else None)
     except SweepError as e:
         raise RunInputError(str(e)) from None
+    except KeyboardInterrupt:
+        print(f"ptwbench: sweep interrupted; finished points are in {out / 'points'}: rerun "
+              f"the same command to go on", file=sys.stderr)
+        return 130
     finally:
         if client is not None:
             client.close()

@@ -218,6 +218,27 @@ def test_resume_reruns_damaged_points_and_cleans_temporaries(tiny, tmp_path):
     assert not list((out / "points").glob(".*.tmp"))
 
 
+def test_crashed_point_is_not_written_and_rerun(tiny, tmp_path, monkeypatch):
+    import bench.sweep as sweep
+    spec, w1, _ = tiny
+    bad = points(spec)[3]["id"]
+    real = sweep.run_point
+
+    def flaky(p):
+        if p["id"] == bad:
+            raise MemoryError("simulated")
+        return real(p)
+    monkeypatch.setattr(sweep, "run_point", flaky)
+    r = run_sweep(spec, tmp_path / "o", workers=1, progress=False)
+    assert [(p["id"], why) for p, why in r.failures] == [(bad, "MemoryError: simulated")]
+    assert r.ran == TINY_POINTS - 1 and not (tmp_path / "o" / "metrics.csv").exists()
+    assert not (tmp_path / "o" / "points" / f"{bad}.json").exists()
+    monkeypatch.setattr(sweep, "run_point", real)
+    r = run_sweep(spec, tmp_path / "o", workers=1, progress=False)
+    assert (r.ran, r.resumed, r.failures) == (1, TINY_POINTS - 1, [])
+    assert (tmp_path / "o" / "metrics.csv").read_bytes() == (w1 / "metrics.csv").read_bytes()
+
+
 def test_rejected_point_is_recorded_and_not_rerun(tmp_path):
     spec_text = ('[sweep]\nname = "rej"\nengine = "reference"\n[[grid]]\nworkloads = ["sparse"]\n'
                  '[grid.knobs.sparse]\nregions = 8\naccesses = 64\nwrite_percent = [50, 150]\n')
@@ -247,6 +268,19 @@ def test_micro_scenario_points(tmp_path):
     assert r["error"] is None and len(r["rows"]) == POLICIES
     with pytest.raises(SweepError, match="scenario"):
         load_sweep(f'[[grid]]\nworkloads = ["micro:{stem}"]\n', "m.toml")
+
+
+def test_one_sweep_per_directory(tmp_path, capsys):
+    from bench.sweep import _Lock
+    (tmp_path / "tiny.toml").write_text(TINY)
+    (tmp_path / "o").mkdir()
+    lock = _Lock(tmp_path / "o")
+    try:
+        assert main(["sweep", str(tmp_path / "tiny.toml"), "--out", str(tmp_path / "o")]) == 2
+    finally:
+        lock.release()
+    assert "another sweep is running" in capsys.readouterr().err
+    assert not list((tmp_path / "o" / "points").iterdir())
 
 
 def test_list_writes_nothing(tmp_path, capsys):
