@@ -118,7 +118,7 @@ def test_workers_1_and_2_byte_identical(tiny):
 
 
 def test_dask_local_cluster_matches_local_pool(tiny, tmp_path):
-    distributed = pytest.importorskip("distributed")
+    import distributed                    # a dependency: a missing install fails, not skips
     _, w1, _ = tiny
     (tmp_path / "tiny.toml").write_text(TINY)
     with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
