@@ -38,7 +38,7 @@ def default_spec_text() -> str:
 
 SPEC_KEYS = {"seed": int, "engine": str, "micro": bool, "micro_variants": list, "case": list}
 CASE_KEYS = {"workloads": (list, str), "hosts": list, "variants": list, "knobs": dict,
-             "host_knobs": dict}
+             "host_knobs": dict, "label": str}
 
 
 def load_spec(text: str, source: str) -> dict:
@@ -73,9 +73,10 @@ def load_spec(text: str, source: str) -> dict:
         for w in (list(reg.GENERATORS) if ws == "*" else ws):
             if w not in reg.GENERATORS:
                 raise SpecError(f"{at}.workloads: unknown workload {w!r}")
-        for h in c.get("hosts", ["none"]):
-            if h != "none" and h not in reg.HOST_SCENARIOS:
-                raise SpecError(f"{at}.hosts: unknown host scenario {h!r}")
+        for hh in c.get("hosts", ["none"]):
+            for h in hh.split("+"):
+                if h != "none" and h not in reg.HOST_SCENARIOS:
+                    raise SpecError(f"{at}.hosts: unknown host scenario {h!r}")
         for v in c.get("variants", ["default"]):
             if v not in VARIANTS:
                 raise SpecError(f"{at}.variants: unknown variant {v!r}")
@@ -105,11 +106,14 @@ def cases(spec: dict):
         ws = c.get("workloads", "*")
         for w in (list(reg.GENERATORS) if ws == "*" else ws):
             for host in c.get("hosts", ["none"]):
-                if not reg.compatible(w, None if host == "none" else host):
+                if not all(reg.compatible(w, None if h == "none" else h)
+                           for h in host.split("+")):
                     continue
                 for v in c.get("variants", ["default"]):
-                    yield (w, c.get("knobs", {}).get(w, {}), host,
-                           c.get("host_knobs", {}).get(host, {}), v)
+                    hk = c.get("host_knobs", {})
+                    hk = ({h: hk.get(h, {}) for h in host.split("+")} if "+" in host
+                          else hk.get(host, {}))
+                    yield (w, c.get("knobs", {}).get(w, {}), host, hk, v, c.get("label", ""))
 
 
 def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
@@ -118,21 +122,25 @@ def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
     cm = cm or CostModel()
     seed = int(spec.get("seed", 0))
     engine = spec.get("engine", "numpy")
-    jobs = [("gen", w, knobs, host, hk, v) for w, knobs, host, hk, v in cases(spec)]
+    jobs = [("gen", w, knobs, host, hk, v, label)
+            for w, knobs, host, hk, v, label in cases(spec)]
     if spec.get("micro", True):
         for p in scenario_files():
             for v in spec.get("micro_variants", ["default"]):
-                jobs.append(("micro", p, None, "scenario", None, v))
+                jobs.append(("micro", p, None, "scenario", None, v, ""))
     rows, timings, metas = [], [], []
     t0 = time.perf_counter()
     built = {}
     # tqdm: disable=None shows the bar only on a terminal
     bar = tqdm(jobs, desc="beer", unit="run", disable=None if progress is None else not progress)
-    for kind, w, knobs, host, hk, v in bar:
+    for kind, w, knobs, host, hk, v, label in bar:
         key = (kind, str(w), json.dumps(knobs, sort_keys=True), host,
-               json.dumps(hk, sort_keys=True))
+               json.dumps(hk, sort_keys=True), label)
         if key not in built:
-            built[key] = micro_workload(w) if kind == "micro" else build(w, knobs, host, hk, seed)
+            wl = micro_workload(w) if kind == "micro" else build(w, knobs, host, hk, seed)
+            if label:                         # tell apart cases of one generator
+                wl.name = f"{wl.name}@{label}"
+            built[key] = wl
         run = run_workload(built[key], host=host, variant=v, seed=seed, engine=engine)
         rows += run.rows
         timings += run.timings

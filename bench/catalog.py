@@ -42,5 +42,13 @@ def build(workload: str, knobs: dict | None = None, host: str = "none",
                 return micro_workload(p)
         raise WorkloadError(f"unknown micro-scenario {stem!r}")
     reg = registry()
-    return reg.build(workload, seed=seed, host_name=None if host == "none" else host,
-                     host_knobs=host_knobs or {}, **(knobs or {}))
+    hosts = [] if host == "none" else host.split("+")
+    hk = host_knobs or {}
+    # several host scenarios chain ("precopy+pressure": reclaim during a migration); each
+    # takes its own knobs: host_knobs = {"precopy": {...}, "pressure": {...}} when chained
+    per = (lambda h: hk.get(h, {})) if len(hosts) > 1 else (lambda h: hk)
+    w = reg.build(workload, seed=seed, host_name=hosts[0] if hosts else None,
+                  host_knobs=per(hosts[0]) if hosts else {}, **(knobs or {}))
+    for h in hosts[1:]:
+        w = reg.apply_host(w, h, **per(h))
+    return w

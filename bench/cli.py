@@ -64,6 +64,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:                      # output piped into head & co.
+        sys.stderr.close()
+        return 0
     except (ScenarioError, BadInput, RunInputError) as e:
         print(f"ptwbench: error: {e}", file=sys.stderr)
         return 2

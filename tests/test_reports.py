@@ -42,8 +42,10 @@ def test_verdict_net_and_break_even_by_hand():
     assert v["net_us"] == pytest.approx(30 - (24 + resend))
     # break-even exit cost: 2 * x = resend
     assert v["break_even_exit_us"] == pytest.approx(resend / 2)
-    # net 6 - 4.28 = 1.72 us > 0, and 1.72 / 30 = 5.7 % >= 1 % of fix's overhead
+    # net 6 - 4.28 = 1.72 us > 0; no accesses recorded, so the run is fix's 30 us of
+    # overhead: 1.72 / 30 = 5.7 % >= 1 %
     assert v["net_us"] > 0 and v["matters"]
+    assert v["run_share"] == pytest.approx(v["net_us"] / 30)
 
 
 def test_verdict_matters_threshold_and_broken_guest():
@@ -53,6 +55,11 @@ def test_verdict_matters_threshold_and_broken_guest():
     assert v["net_us"] == pytest.approx(30.0) and v["matters"]       # 30/300 = 10 % >= 1 %
     small = pd.DataFrame([_row("fix", s2_faults=1000), _row("ha-promote", s2_faults=999)])
     assert not verdict_table(small, cm).iloc[0]["matters"]           # 3/3000 = 0.1 %
+    # 10 exits saved (30 us) in a run of 10^6 accesses: 10 ms of guest work -> 0.3 %
+    long = pd.DataFrame([_row("fix", s2_faults=100, accesses=10**6),
+                         _row("ha-promote", s2_faults=90, accesses=10**6)])
+    v = verdict_table(long, cm).iloc[0]
+    assert v["run_share"] == pytest.approx(30 / (10_000 + 300)) and not v["matters"]
     broken = pd.DataFrame([_row("fix", s2_faults=100),
                            _row("ha-promote", s2_faults=10, guest_aborts=5)])
     vb = verdict_table(broken, cm).iloc[0]
