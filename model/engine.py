@@ -15,6 +15,8 @@ Public API: run_trace(scn, trace, policies), run_engine(scn, policies).
 """
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 
 from .engine_chunk import Scratch, WalkCache, chunk
@@ -65,7 +67,7 @@ class Group:
         wc = sh.walk
         if wc is None or wc.version != sh.version or wc.root != root:
             wc = sh.walk = WalkCache(self.base, sh, root)
-        elif wc.mut != sh.mut:
+        elif wc.mut != sh.mut or wc.layout != sh.layout:
             wc.refresh(sh)
         return wc
 
@@ -162,6 +164,18 @@ class Group:
 
 def run_trace(scn: Scenario, trace: Trace, policies=DEFAULT_ORDER) -> dict[str, PolicyResult]:
     """Run a trace under every policy with the numpy engine."""
+    # The run makes few reference cycles but many container objects (tables, events,
+    # page lists): the cyclic collector's passes over them cost more than they free.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _run_trace(scn, trace, policies)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _run_trace(scn: Scenario, trace: Trace, policies) -> dict[str, PolicyResult]:
     policies = list(dict.fromkeys(policies))
     base = Base(scn, trace)
     shared = Shared(base, populated_pt=base.pt.populated)

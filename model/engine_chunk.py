@@ -61,13 +61,12 @@ class WalkCache:
     def __init__(self, base, sh, root: int):
         self.version, self.root = sh.version, root
         geo, idx, prep = base.geo, base.idx, base.prep
-        ptmem = sh.ptmem
         va = prep.vpages.astype(np.int64)
         n = len(va)
         L = geo.levels
         self.L = L
         total = idx.total
-        nptd = len(ptmem)
+        nptd = base.nptd
         table = np.full(n, root, dtype=np.int64)
         alive = np.ones(n, dtype=bool)
         nlev = np.zeros(n, dtype=np.int8)
@@ -85,7 +84,7 @@ class WalkCache:
             pg[l] = np.where(alive, idx.index_v(addr & PAGE_MASK), total)
             off = (addr - base.pt_base) >> 3
             inpt = alive & (off >= 0) & (off < nptd)
-            desc = np.where(inpt, ptmem[np.clip(off, 0, max(nptd - 1, 0))], U64(0))
+            desc = np.where(inpt, sh.read_v(off), U64(0))
             valid = (desc & U64(1)).astype(bool)
             bit1 = (desc & U64(DESC_TABLE)).astype(bool)
             if lev < 3:
@@ -152,10 +151,15 @@ class WalkCache:
                 | (sh.tlvl[:len(v)] != level[v]))
 
     def refresh(self, sh) -> None:
-        """Re-read the AF/AP[2] mirrors from page-table memory."""
-        lv = sh.ptmem[self.leaf_off_u]
+        """Re-read the AF/AP[2] mirrors from page-table memory (and the positions of the
+        leaves and table descriptors in it)."""
+        if getattr(self, "layout", None) != sh.layout:
+            self.leaf_pos_u = sh.positions(self.leaf_off_u)
+            self.tab_pos_u = sh.positions(self.tab_off_u)
+            self.layout = sh.layout
+        lv = sh.read_v(self.leaf_off_u)
         self.lbits = (((lv & AF64) != 0) * 1 | ((lv & AP2_64) != 0) * 2).astype(np.uint8)
-        self.tabaf = (sh.ptmem[self.tab_off_u] & AF64) != 0
+        self.tabaf = (sh.read_v(self.tab_off_u) & AF64) != 0
         self.mut = sh.mut
 
 
@@ -484,18 +488,18 @@ def _tier2(g, wc, i: int, C: int, I: np.ndarray, ciI: np.ndarray) -> int:
     w_pages = [np.compress(upto(ds), dpI[:rq] if not full else dpI)]
     if need_af is not None:
         ls = np.compress(upto(need_af), lid[:rq] if not full else lid)
-        sh.ptmem[np.take(wc.leaf_off_u, ls)] |= AF64
+        sh.vals[np.take(wc.leaf_pos_u, ls)] |= AF64
         wc.lbits[ls] |= np.uint8(1)
     if need_dbm is not None:
         ls = np.compress(upto(need_dbm), lid[:rq] if not full else lid)
-        sh.ptmem[np.take(wc.leaf_off_u, ls)] &= ~AP2_64
+        sh.vals[np.take(wc.leaf_pos_u, ls)] &= ~AP2_64
         wc.lbits[ls] &= np.uint8(0xFD)
     if any_leaf:
         w_pages.append(np.compress(upto(need_leaf), leaf_pg[:rq] if not full else leaf_pg))
     for _l, need, pgl, tid in haft:
         sel = upto(need)
         ts = np.compress(sel, tid[:rq] if not full else tid)
-        sh.ptmem[np.take(wc.tab_off_u, ts)] |= AF64
+        sh.vals[np.take(wc.tab_pos_u, ts)] |= AF64
         wc.tabaf[ts] = True
         w_pages.append(np.compress(sel, pgl[:rq] if not full else pgl))
     wp = np.concatenate(w_pages) if len(w_pages) > 1 else w_pages[0]

@@ -363,7 +363,7 @@ class Base:
         return lst
 
     def initial_page(self, o0: int) -> tuple[np.ndarray, np.ndarray]:
-        """Offsets and values of the initial descriptors of the page at ptmem offset o0."""
+        """Offsets and values of the initial descriptors of the page at offset o0."""
         lo, hi = np.searchsorted(self.init_off, [o0, o0 + DESCS_PER_PAGE])
         return self.init_off[lo:hi], self.init_val[lo:hi]
 
@@ -372,65 +372,105 @@ class Base:
 class Shared:
     """Guest page-table memory and TLBs of a group of policies that agree on them.
 
+    Page-table memory (the page-table slot's descriptors, by 8-byte offset in the slot) is
+    sparse: `keys` (sorted offsets of every descriptor that was ever non-zero) and `vals`;
+    anything else reads as zero.  A key is never removed, so positions only move when a new
+    key is inserted (`layout` counts insertions).
+
     TLB: per TLB key (vCPU, granule VA page) a state (0 invalid, 1 clean entry: AP[2] set,
     2 dirty entry), the cached leaf descriptor without its AF and AP[2] bits, and its level
     (what Vm._attempt uses on a hit: PXN, output address, level).
 
     `version` changes whenever the shape of the tables changes (any descriptor bit other than
-    AF and AP[2], page content replaced), so walk caches know when to recompute.
-    `journal`, when a list, records every change with its undo information."""
+    AF and AP[2], page content replaced), so walk caches know when to recompute; `mut`
+    whenever reference code changed a descriptor.  `journal`, when a list, records every
+    change with its undo information."""
 
     def __init__(self, base: Base, populated_pt: bool):
         self.base = base
-        self.ptmem = np.zeros(base.nptd, dtype=U64)
-        if populated_pt and len(base.init_off):
-            self.ptmem[base.init_off] = base.init_val
+        self.keys = base.init_off.copy()
+        self.vals = base.init_val.copy() if populated_pt else np.zeros(len(self.keys), U64)
         nk = base.prep.ntkeys
         self.tst = np.zeros(nk, dtype=np.int8)
         self.tleaf = np.zeros(nk, dtype=U64)
         self.tlvl = np.zeros(nk, dtype=np.int8)
         self.version = 0                         # table shape
         self.mut = 0                             # any change by reference code or a replay
+        self.layout = 0                          # keys inserted
         self.journal: list | None = None
         self.walk = None                         # engine_chunk.WalkCache of this content
 
     def copy(self) -> "Shared":
         c = copy.copy(self)
-        c.ptmem = self.ptmem.copy()
+        c.keys, c.vals = self.keys.copy(), self.vals.copy()
         c.tst, c.tleaf, c.tlvl = self.tst.copy(), self.tleaf.copy(), self.tlvl.copy()
         c.journal = None
         c.walk = None
         return c
 
     # descriptors ------------------------------------------------------------------------
+    def read(self, off: int) -> int:
+        i = int(np.searchsorted(self.keys, off))
+        if i < len(self.keys) and int(self.keys[i]) == off:
+            return int(self.vals[i])
+        return 0
+
+    def read_v(self, offs: np.ndarray) -> np.ndarray:
+        """Descriptors at int64 offsets (0 where none)."""
+        if not len(self.keys):
+            return np.zeros(len(offs), dtype=U64)
+        i = np.minimum(np.searchsorted(self.keys, offs), len(self.keys) - 1)
+        return np.where(self.keys[i] == offs, self.vals[i], U64(0))
+
+    def positions(self, offs: np.ndarray) -> np.ndarray:
+        """Positions in keys/vals of offsets known to be keys."""
+        return np.searchsorted(self.keys, offs)
+
+    def _pos(self, off: int) -> int:
+        i = int(np.searchsorted(self.keys, off))
+        if i == len(self.keys) or int(self.keys[i]) != off:
+            self.keys = np.insert(self.keys, i, off)
+            self.vals = np.insert(self.vals, i, U64(0))
+            self.layout += 1
+        return i
+
     def write_desc(self, off: int, new: int) -> None:
-        old = int(self.ptmem[off])
+        old = self.read(off)
         if self.journal is not None:
             self.journal.append(("d", off, new, old))
-        self.ptmem[off] = new
+        if new or old:
+            i = self._pos(off)                   # may insert (new arrays)
+            self.vals[i] = new
         self.mut += 1
         if (old ^ new) & ~MUTABLE_BITS:
             self.version += 1
 
+    def _page(self, o0: int) -> tuple[int, int]:
+        lo, hi = np.searchsorted(self.keys, [o0, o0 + DESCS_PER_PAGE])
+        return int(lo), int(hi)
+
     def zero_page(self, o0: int) -> None:
-        sl = slice(o0, o0 + DESCS_PER_PAGE)
+        lo, hi = self._page(o0)
         if self.journal is not None:
-            self.journal.append(("z", o0, None, self.ptmem[sl].copy()))
-        if self.ptmem[sl].any():
+            self.journal.append(("z", o0, None, (self.keys[lo:hi].copy(),
+                                                 self.vals[lo:hi].copy())))
+        if self.vals[lo:hi].any():
             self.version += 1
-        self.ptmem[sl] = 0
+        self.vals[lo:hi] = 0
         self.mut += 1
 
     def restore_page(self, o0: int) -> None:
-        sl = slice(o0, o0 + DESCS_PER_PAGE)
+        lo, hi = self._page(o0)
+        old = (self.keys[lo:hi].copy(), self.vals[lo:hi].copy())
         if self.journal is not None:
-            self.journal.append(("r", o0, None, self.ptmem[sl].copy()))
-        old = self.ptmem[sl].copy()
-        self.ptmem[sl] = 0
-        off, val = self.base.initial_page(o0)
-        self.ptmem[off] = val
+            self.journal.append(("r", o0, None, old))
+        self.vals[lo:hi] = 0
+        off, val = self.base.initial_page(o0)     # initial keys are always keys
+        self.vals[self.positions(off)] = val
         self.mut += 1
-        if not np.array_equal(old, self.ptmem[sl]):
+        lo, hi = self._page(o0)
+        if not (np.array_equal(old[0], self.keys[lo:hi])
+                and np.array_equal(old[1], self.vals[lo:hi])):
             self.version += 1
 
     # TLB ------------------------------------------------------------------------------------
@@ -459,9 +499,11 @@ class Shared:
     def undo(self, j: list) -> None:
         for op, a, _new, old in reversed(j):
             if op == "d":
-                self.ptmem[a] = old
+                i = int(np.searchsorted(self.keys, a))
+                if i < len(self.keys) and int(self.keys[i]) == a:
+                    self.vals[i] = old
             elif op in ("z", "r"):
-                self.ptmem[a:a + DESCS_PER_PAGE] = old
+                self.vals[self.positions(old[0])] = old[1]
             elif op == "t":
                 self.tst[a], self.tleaf[a], self.tlvl[a] = old
             else:
@@ -502,7 +544,7 @@ class ArrayHost(Host):
         self.r = result
         self.base = base
         self.vm = vm
-        self.content: dict = {}                 # unused: content lives in Shared.ptmem
+        self.content: dict = {}                 # unused: content lives in Shared
         self.idx = idx = base.idx
         self.s2 = ArrayMap(idx, np.int8, S2_UNMAPPED)
         self.s2_block = ArrayMap(idx, np.int64, -1)
@@ -547,7 +589,7 @@ class ArrayHost(Host):
 
     def read_desc(self, addr: int) -> int:
         o = self._pt_off(addr)
-        return int(self.vm.shared.ptmem[o]) if o >= 0 else 0
+        return self.vm.shared.read(o) if o >= 0 else 0
 
     def write_desc(self, page: int, addr: int, value: int) -> None:
         o = self._pt_off(addr)
