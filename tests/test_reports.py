@@ -32,20 +32,22 @@ def _row(policy, **m):
 def test_verdict_net_and_break_even_by_hand():
     cm = CostModel()    # exit 3 us, uffd 20 us, resend 4096*8/10e3 + 1 = 4.2768 us
     df = pd.DataFrame([
-        _row("fix", s2_faults=10, double_faults=2),
-        _row("ha-promote", s2_faults=8, dirty_false_positive=1),
+        _row("fix", s2_faults=20, double_faults=10),
+        _row("ha-promote", s2_faults=10, dirty_false_positive=1),
     ])
     v = verdict_table(df, cm).iloc[0]
-    assert v["exits_saved"] == 2
+    assert v["exits_saved"] == 10
     resend = 4096 * 8 / 10e3 + 1.0
-    # fix: 10 * 3 = 30; ha-promote: 8 * 3 + 1 * resend
-    assert v["net_us"] == pytest.approx(30 - (24 + resend))
-    # break-even exit cost: 2 * x = resend
-    assert v["break_even_exit_us"] == pytest.approx(resend / 2)
-    # net 6 - 4.28 = 1.72 us > 0; no accesses recorded, so the run is fix's 30 us of
-    # overhead: 1.72 / 30 = 5.7 % >= 1 %
+    # fix: 20 * 3 = 60; ha-promote: 10 * 3 + 1 * resend
+    assert v["net_us"] == pytest.approx(60 - (30 + resend))
+    # break-even exit cost: 10 * x = resend
+    assert v["break_even_exit_us"] == pytest.approx(resend / 10)
+    # no accesses recorded, so the run is fix's 60 us of overhead: 25.7 / 60 >= 1 %, and
+    # 10 exits saved >= MIN_EXITS_SAVED
     assert v["net_us"] > 0 and v["matters"]
-    assert v["run_share"] == pytest.approx(v["net_us"] / 30)
+    assert v["run_share"] == pytest.approx(v["net_us"] / 60)
+    few = pd.DataFrame([_row("fix", s2_faults=5), _row("ha-promote", s2_faults=3)])
+    assert not verdict_table(few, cm).iloc[0]["matters"]             # 2 < 10 exits
 
 
 def test_verdict_matters_threshold_and_broken_guest():
