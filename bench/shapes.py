@@ -44,13 +44,17 @@ def data_heavy(n: int, seed: int = 1, heap_pages: int = 16384) -> tuple[Scenario
     return scn, Trace(np.zeros(n, np.uint16), va, _kinds(rng, n))
 
 
-def pt_heavy(n: int, seed: int = 1, regions: int = 8192,
-             harvest_every: int = 100_000) -> tuple[Scenario, Trace]:
+def pt_heavy(n: int, seed: int = 1, regions: int = 8192, harvest_every: int = 100_000,
+             af: bool = True, dirty: bool = True) -> tuple[Scenario, Trace]:
+    """`af=False` maps the pages old (hardware sets AF: walks write their leaf's page, which
+    dirty logging protects: S1PTW permission faults, double faults); `dirty=False` maps them
+    clean-writable (the first store's walk clears AP[2] through DBM)."""
     two_m = 2 << 20
     pt_pages = 1 + 1 + 16 + regions + 16                  # root, L1, L2s, one L3 per region
     slots = (Memslot("pt", 0x4000_0000, pt_pages, log_dirty=True),
              Memslot("data", 0x1_0000_0000, regions, log_dirty=True))
-    maps = tuple(Mapping(HEAP + r * two_m, 0x1_0000_0000 + r * 4096) for r in range(regions))
+    maps = tuple(Mapping(HEAP + r * two_m, 0x1_0000_0000 + r * 4096, af=af, dirty=dirty)
+                 for r in range(regions))
     scn = Scenario("pt-heavy", Machine(), Guest(tcr_ha=True, tcr_hd=True, pt_slot="pt"),
                    slots, Vmm(), maps, ())
     rng = np.random.default_rng(seed)
