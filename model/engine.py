@@ -21,6 +21,7 @@ import numpy as np
 
 from .engine_chunk import Scratch, WalkCache, chunk
 from .engine_state import Base, FastVm, Shared
+from .host import S2_UNMAPPED
 from .policies import DEFAULT_ORDER
 from .results import PolicyResult, UffdEvent
 from .scenario import Scenario
@@ -60,20 +61,32 @@ class Group:
         self.scratch = Scratch()
         self.window = MIN_WINDOW
         self.s2min = None
+        self._paths_ok = None
 
     def walkcache(self) -> WalkCache:
         sh = self.shared
         root = self.vms[0].tables.root
         wc = sh.walk
         if wc is None or wc.version != sh.version or wc.root != root:
+            sh.sync_tlb()
             wc = sh.walk = WalkCache(self.base, sh, root)
+            self._paths_ok = None
         elif wc.mut != sh.mut or wc.layout != sh.layout:
             wc.refresh(sh)
         return wc
 
     def invalidate(self) -> None:
-        """Reference code ran: recompute what the vectorised path derives from the state."""
+        """Reference code runs: recompute what the vectorised path derives from the state."""
         self.s2min = None
+        self._paths_ok = None
+        self.shared.sync_tlb()
+
+    def paths_mapped(self, wc: WalkCache) -> bool:
+        """Every page a walk reads is mapped by every policy (stays so until reference code
+        runs: the vectorised path only adds mappings)."""
+        if not self._paths_ok:
+            self._paths_ok = bool((np.take(self.s2min, wc.path_pages) != S2_UNMAPPED).all())
+        return self._paths_ok
 
     def prepare(self) -> None:
         vm0 = self.vms[0]

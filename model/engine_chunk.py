@@ -143,6 +143,10 @@ class WalkCache:
         vp_of_gid = np.zeros(prep.n_gpages, dtype=np.int64)
         vp_of_gid[prep.vp_gid[::-1]] = np.arange(n - 1, -1, -1)
         v = vp_of_gid[gid] if n else np.zeros(len(gid), dtype=np.int64)
+        self.tkey_vp = v                        # a VA page of every TLB key (same walk)
+        # the pages every walk reads (all mapped: no path need can be unmet)
+        rd = np.arange(L)[:, None] < nlev[None, :]
+        self.path_pages = np.unique(pg[rd]) if n else np.zeros(0, dtype=np.int32)
         nk = len(sh.tst)
         self.stale_cand = np.zeros(nk, dtype=bool)
         if n:
@@ -339,20 +343,25 @@ def _tier2(g, wc, i: int, C: int, I: np.ndarray, ciI: np.ndarray) -> int:
     sc_tk = sc.get("tk", prep.ntkeys)
     sc_leaf = sc.get("leaf", wc.nleaves)
     ff = first_by(sc_tk, tk, q, None if simple else ~isA & ~s1fc)
-    stc = isS if not any_s1 else isS & ~s1fc
-    fs = first_by(sc_tk, tk, q, stc)
-    ffc = np.minimum(ff, m - 1)
-    ff_dirty = (ff < BIG) & ~np.take(isS, ffc)
-    if any_ap2:
-        td = np.where(ap20, first_by(sc_leaf, lid, q, stc & ap20), -1)
-        ff_dirty &= np.take(td, ffc) < ff
-    else:
-        td = None
     s00 = s0 == 0
-    D = np.where(s0 == 2, -1, np.minimum(np.where(s00 & ff_dirty, ff, BIG), fs))
-    walk = np.where(isS, q <= D, s00 & (q <= ff))
-    if any_A:
-        walk |= isA
+    td = None
+    if simple and not any_ap2 and not (s0 == 1).any():
+        # every access completes and every leaf is dirty: an invalid entry is filled dirty by
+        # the key's first access (the only one that walks), a dirty one stays
+        walk = s00 & (q == ff)
+        D = np.where(s00, ff, -1)
+    else:
+        stc = isS if not any_s1 else isS & ~s1fc
+        fs = first_by(sc_tk, tk, q, stc)
+        ffc = np.minimum(ff, m - 1)
+        ff_dirty = (ff < BIG) & ~np.take(isS, ffc)
+        if any_ap2:
+            td = np.where(ap20, first_by(sc_leaf, lid, q, stc & ap20), -1)
+            ff_dirty &= np.take(td, ffc) < ff
+        D = np.where(s0 == 2, -1, np.minimum(np.where(s00 & ff_dirty, ff, BIG), fs))
+        walk = np.where(isS, q <= D, s00 & (q <= ff))
+        if any_A:
+            walk |= isA
     isX = cls == CLS_X
     if any_s1:
         pxn = (sfx & F_PXN) != 0
@@ -417,7 +426,7 @@ def _tier2(g, wc, i: int, C: int, I: np.ndarray, ciI: np.ndarray) -> int:
     wI = np.flatnonzero(walk)
     vpW = np.take(vp, wI)
     nlW = np.take(wc.nlev, vpW)
-    if len(wI):
+    if len(wI) and not g.paths_mapped(wc):
         pgW = np.take(wc.pg, vpW, axis=1)
         un = np.take(s2min, pgW) == S2_UNMAPPED
         if un.any():
@@ -426,10 +435,15 @@ def _tier2(g, wc, i: int, C: int, I: np.ndarray, ciI: np.ndarray) -> int:
             pieces.append((wI[kk], ll, pgW[ll, kk], np.zeros(len(kk), bool),
                            np.full(len(kk), T_PATH, np.int8)))
 
-    def add(idx, pages, order, write, typ):
+    def add(idx, pages, order, write, typ, unmet=False):
         if not len(idx):
             return
         pp = np.take(pages, idx)
+        if unmet:                               # known unmet at chunk start
+            nk = len(idx)
+            pieces.append((idx, np.full(nk, order), pp, np.take(write, idx),
+                           np.full(nk, typ, np.int8)))
+            return
         mnp = np.take(s2min, pp)
         if isinstance(write, np.ndarray):
             wr = np.take(write, idx)
@@ -447,7 +461,8 @@ def _tier2(g, wc, i: int, C: int, I: np.ndarray, ciI: np.ndarray) -> int:
     if any_leaf:
         add(np.flatnonzero(need_leaf), leaf_pg, 2 * L, True, T_UPD)
     dun = np.take(g.dunT, ciI)
-    add(np.flatnonzero(dun if data is None else dun & data), dpI, 2 * L + 1, isS, T_DATA)
+    add(np.flatnonzero(dun if data is None else dun & data), dpI, 2 * L + 1, isS, T_DATA,
+        unmet=True)
     # accesses the vectorised path must not take: a stale TLB entry, or an odd walk
     rq = m
     odd = (s0 > 0) & np.take(wc.stale_cand, tk)
@@ -477,10 +492,8 @@ def _tier2(g, wc, i: int, C: int, I: np.ndarray, ciI: np.ndarray) -> int:
     else:
         fl = np.take(walk & (~isA if complete is None else complete & ~isA), wI)
         fI = np.compress(fl, wI)
-    if len(fI):
-        tkf, vpf = np.take(tk, fI), np.take(vp, fI)
-        sh.tleaf[tkf] = np.take(wc.leafm, vpf)
-        sh.tlvl[tkf] = np.take(wc.level, vpf)
+    if len(fI):                                 # cached leaf: Shared.sync_tlb
+        sh.tfill[np.take(tk, fI)] = True
 
     def upto(mask):
         return mask if full else mask[:rq]

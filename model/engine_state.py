@@ -458,16 +458,30 @@ class Shared:
         self.tst = np.zeros(nk, dtype=np.int8)
         self.tleaf = np.zeros(nk, dtype=U64)
         self.tlvl = np.zeros(nk, dtype=np.int8)
+        self.tfill = np.zeros(nk, dtype=bool)    # filled by the vectorised path: cached leaf
         self.version = 0                         # table shape
         self.mut = 0                             # any change by reference code or a replay
         self.layout = 0                          # keys inserted
         self.journal: list | None = None
         self.walk = None                         # engine_chunk.WalkCache of this content
 
+    def sync_tlb(self) -> None:
+        """Store the cached leaf and level of the entries the vectorised path filled (they
+        are the current walk cache's)."""
+        k = np.flatnonzero(self.tfill)
+        if len(k):
+            wc = self.walk
+            v = wc.tkey_vp[k]
+            self.tleaf[k] = wc.leafm[v]
+            self.tlvl[k] = wc.level[v]
+            self.tfill[k] = False
+
     def copy(self) -> "Shared":
+        self.sync_tlb()
         c = copy.copy(self)
         c.keys, c.vals = self.keys.copy(), self.vals.copy()
         c.tst, c.tleaf, c.tlvl = self.tst.copy(), self.tleaf.copy(), self.tlvl.copy()
+        c.tfill = self.tfill.copy()
         c.journal = None
         c.walk = None
         return c
