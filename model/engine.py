@@ -29,7 +29,7 @@ from .trace import Trace, trace_from_scenario
 
 # chunk length bounds (accesses); the chunk doubles after a clean chunk and halves when an
 # access leaves the vectorised path
-MIN_WINDOW, MAX_WINDOW = 256, 1 << 18
+MIN_WINDOW, MAX_WINDOW = 1 << 13, 1 << 18
 UFFD_MODE_NAMES = {1: "missing", 2: "minor", 3: "wp"}
 
 

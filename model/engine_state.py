@@ -186,6 +186,8 @@ class TracePrep:
             v = trace.va[a:a + ch] - U64(lo << 12)
             v >>= U64(12)
             return v.view(np.int64)
+        fold = self.n_vcpu == 1 and n < (1 << 28)
+        ci_done = False
         if n == 0:
             pass
         elif hi - lo + 1 <= max(1 << 22, 2 * n) and hi - lo + 1 <= (1 << 27):
@@ -206,8 +208,13 @@ class TracePrep:
                     nxt += len(nv)
                     found.append(nv)
                     ids = np.take(table, v)
-                skey[a:a + ch] = ids
+                s = skey[a:a + ch]
+                s[:] = ids
+                if fold:                          # ci (below) while the chunk is in cache
+                    s <<= 2
+                    s += CLASS_OF_KIND[trace.kind[a:a + ch]]
             del table
+            ci_done = fold
             vpages = (np.concatenate(found).astype(U64) + U64(lo)) << U64(12)
         else:
             parts = [np.unique(vpn(a)) for a in range(0, n, ch)]
@@ -246,12 +253,13 @@ class TracePrep:
         self.nskeys = len(self.sk_vp)
         # ci = 4 * skey + access class (load, store, exec, AT: CLASS_OF_KIND), the index of
         # (sub-key, class) used by the vectorised path
-        if 4 * self.nskeys >= (1 << 31):
-            skey = skey.astype(np.int64)
-        for a in range(0, n, ch):
-            s = skey[a:a + ch]
-            s <<= 2
-            s += CLASS_OF_KIND[trace.kind[a:a + ch]]
+        if not ci_done:
+            if 4 * self.nskeys >= (1 << 31):
+                skey = skey.astype(np.int64)
+            for a in range(0, n, ch):
+                s = skey[a:a + ch]
+                s <<= 2
+                s += CLASS_OF_KIND[trace.kind[a:a + ch]]
         self.ci = skey
         del skey
         # granule pages (the TLB's unit) and TLB keys
@@ -722,14 +730,13 @@ class ArrayHost(Host):
         g = self._gidx(pages)
         self._wp_idx(g[g < self.idx.total], split)
 
-    def _wp_idx(self, g: np.ndarray, split: bool) -> None:
-        """write_protect of the pages with these indices."""
-        if np.any(self.s2_block.a[g] >= 0):
+    def _wp_idx(self, g: np.ndarray, split: bool, blocks: bool = True) -> None:
+        """write_protect of the pages with these indices (`blocks`: some may be mapped by a
+        block)."""
+        if blocks and np.any(self.s2_block.a[g] >= 0):
             return Host.write_protect(self, [self.idx.ipa_of(int(x)) for x in g], split)
         s2 = self.s2.a
-        v = s2[g]
-        v[v != S2_UNMAPPED] = S2_RO
-        s2[g] = v
+        s2[g] = np.minimum(s2[g], S2_RO)        # unmapped stays, read-write -> read-only
 
     def enable_dirty_log(self, slot: Memslot, initially_set: bool, eager_split: bool) -> None:
         sl = self._sl(slot)
@@ -749,7 +756,8 @@ class ArrayHost(Host):
         written = np.flatnonzero(self.written_all[sl])
         self.dirty_all[sl] = False
         self.written_all[sl] = False
-        self._wp_idx(marked + sl.start, split=self.eager_split[slot.name])
+        self._wp_idx(marked + sl.start, split=self.eager_split[slot.name],
+                     blocks=slot.backing in ("anon_thp", "hugetlb"))
         self.flush_tlbs()
         return self.base.int_list(marked), self.base.int_list(written)
 
