@@ -27,9 +27,10 @@ from .results import PolicyResult, UffdEvent
 from .scenario import Scenario
 from .trace import Trace, trace_from_scenario
 
-# chunk length bounds (accesses); the chunk doubles after a clean chunk and halves when an
-# access leaves the vectorised path
-MIN_WINDOW, MAX_WINDOW = 1 << 13, 1 << 18
+# chunk length (accesses): starts at START_WINDOW, doubles after a chunk the vectorised path
+# ran to its end, and after an access it left to the reference code shrinks towards twice
+# the distance to that access (the next one is likely as near); within [MIN, MAX]
+MIN_WINDOW, START_WINDOW, MAX_WINDOW = 64, 1 << 13, 1 << 18
 UFFD_MODE_NAMES = {1: "missing", 2: "minor", 3: "wp"}
 
 
@@ -59,7 +60,7 @@ class Group:
         self.dunT = np.zeros(4 * nk, dtype=bool)        # data need unmet at chunk start
         self.rev = np.arange(max(MAX_WINDOW, 1), 0, -1, dtype=np.int32)
         self.scratch = Scratch()
-        self.window = MIN_WINDOW
+        self.window = max(MIN_WINDOW, min(START_WINDOW, MAX_WINDOW))
         self.s2min = None
         self._paths_ok = None
 
@@ -67,12 +68,19 @@ class Group:
         sh = self.shared
         root = self.vms[0].tables.root
         wc = sh.walk
-        if wc is None or wc.version != sh.version or wc.root != root:
+        offs = sh.take_changes()
+        if wc is not None and wc.root == root and offs is not None:
+            if wc.version != sh.version:             # the tables' shape changed
+                sh.sync_tlb()
+                self._paths_ok = None
+                if not wc.update(sh, offs):
+                    wc = None
+            if wc is not None:
+                wc.refresh(sh, offs)
+        if wc is None or wc.root != root:
             sh.sync_tlb()
             wc = sh.walk = WalkCache(self.base, sh, root)
             self._paths_ok = None
-        elif wc.mut != sh.mut or wc.layout != sh.layout:
-            wc.refresh(sh)
         return wc
 
     def invalidate(self) -> None:
@@ -110,12 +118,23 @@ class Group:
         """Accesses [pos, end) of an interval; stops early when the group splits."""
         w = self.window
         while pos < end:
+            if w < 4 and MIN_WINDOW > 1:
+                # the last access the vectorised path left was right at a chunk's start: the
+                # reference code alone is cheaper than a chunk for one or two accesses
+                parts = self.scalar(lambda vm: vm.scalar(pos))
+                pos += 1
+                w *= 2
+                if len(parts) > 1:
+                    for p in parts:
+                        p.window = w
+                    return parts, pos
+                continue
             self.prepare()
             j = min(end, pos + min(w, MAX_WINDOW, len(self.rev)))
             cut = chunk(self, pos, j)
             if cut < j:
                 parts = self.scalar(lambda vm: vm.scalar(cut))
-                w = max(MIN_WINDOW, w // 2)
+                w = max(MIN_WINDOW, min(w // 2, 2 * (cut - pos) + 1))
                 pos = cut + 1
                 if len(parts) > 1:
                     for p in parts:

@@ -53,24 +53,94 @@ K_SETTLED, K_FIRST, K_EVERY = 0, 1, 2
 
 class WalkCache:
     """The stage-1 walk of every 4 KiB VA page of the trace over the current page-table
-    memory (Vm.s1_walk's rules), without stage-2 checks.  Valid while the tables keep their
-    shape (Shared.version) and root.  The AF and AP[2] bits of leaves (`lbits`, per leaf) and
-    the AF of table descriptors (`tabaf`) are mirrors of page-table memory, refreshed when
-    reference code changed it (Shared.mut)."""
+    memory (Vm.s1_walk's rules), without stage-2 checks, for a root table.  When reference
+    code changes the tables' shape (Shared.version), only the VA pages whose walk read a
+    changed descriptor are walked again (`update`).  The AF and AP[2] bits of leaves
+    (`lbits`, per leaf id) and the AF of table descriptors (`tabaf`, per table-descriptor id)
+    are mirrors of page-table memory: the vectorised path updates both, reference code's
+    changes are read back (`refresh`)."""
 
     def __init__(self, base, sh, root: int):
         self.version, self.root = sh.version, root
-        geo, idx, prep = base.geo, base.idx, base.prep
+        self.base = base
+        geo, prep = base.geo, base.prep
         va = prep.vpages.astype(np.int64)
         n = len(va)
         L = geo.levels
         self.L = L
+        total = base.idx.total
+        (self.nlev, self.pg, self.doff, self.tab_off, found, self.level, leaf,
+         leaf_off, self.dp) = self._walk(sh, va)
+        self.leafm = leaf & ~U64(MUTABLE_BITS)
+        self.leaf_pg = np.where(found, self.pg[np.maximum(self.nlev.astype(np.int64) - 1, 0),
+                                               np.arange(n)], total).astype(np.int32)
+        uo, inv = np.unique(np.where(found, leaf_off, -1), return_inverse=True)
+        self.leaf_id = inv.astype(np.int32).reshape(-1)
+        self.leaf_off_u = uo                    # -1: the id of "no leaf"
+        # table descriptors (FEAT_HAFT updates): a dense id per descriptor offset
+        tflat = self.tab_off.reshape(-1)
+        ut, tinv = np.unique(tflat, return_inverse=True)
+        self.tab_id = tinv.astype(np.int32).reshape(self.tab_off.shape)
+        self.tab_off_u = ut                     # -1: the id of "no table"
+        self._index = None                      # offset -> id dicts, for updates
+        # a descriptor that is a table at two levels, or a table and a leaf (recursive
+        # tables): leave such walks to the reference code
+        weird = False
+        m = tflat >= 0
+        if m.any():
+            lv_of = np.repeat(np.arange(self.tab_off.shape[0], dtype=np.int64), n)[m]
+            offs = tflat[m]
+            if len(np.unique(offs * 8 + lv_of)) != len(np.unique(offs)):
+                weird = True
+            if np.intersect1d(offs, leaf_off[found]).size:
+                weird = True
+        self.any_weird = weird
+        self.sfx = self._sfx(found, leaf, self.dp)
+        self.refresh(sh)
+        gid = prep.tkey_codes % prep.n_gpages
+        vp_of_gid = np.zeros(prep.n_gpages, dtype=np.int64)
+        vp_of_gid[prep.vp_gid[::-1]] = np.arange(n - 1, -1, -1)
+        self.tkey_vp = vp_of_gid[gid] if n else np.zeros(len(gid), dtype=np.int64)
+        # the pages walks read (once all are mapped, no path need can be unmet)
+        rd = np.arange(L)[:, None] < self.nlev[None, :]
+        self.path_pages = np.unique(self.pg[rd]) if n else np.zeros(0, dtype=np.int32)
+        # TLB entries that do not match the tables (cached leaf or level differ): every access
+        # through them goes to the reference code
+        self.stale_cand = np.zeros(len(sh.tst), dtype=bool)
+        self._stale(sh, np.arange(len(self.tkey_vp)))
+
+    @property
+    def nleaves(self) -> int:
+        return len(self.leaf_off_u)
+
+    @property
+    def ntabs(self) -> int:
+        return len(self.tab_off_u)
+
+    def _sfx(self, found, leaf, dp) -> np.ndarray:
+        dbm = (leaf & DBM64).astype(bool)
+        pxn = (leaf & PXN64).astype(bool)
+        return (found * F_FOUND | dbm * F_DBM | pxn * F_PXN | self.any_weird * F_WEIRD
+                | (dp == self.base.idx.total) * F_OUT).astype(np.uint8)
+
+    def _stale(self, sh, tk: np.ndarray) -> None:
+        v = self.tkey_vp[tk]
+        self.stale_cand[tk] = (sh.tst[tk] > 0) & (
+            ((self.sfx[v] & F_FOUND) == 0) | (sh.tleaf[tk] != self.leafm[v])
+            | (sh.tlvl[tk] != self.level[v]))
+
+    def _walk(self, sh, va: np.ndarray):
+        base = self.base
+        geo, idx = base.geo, base.idx
+        n = len(va)
+        L = self.L
         total = idx.total
         nptd = base.nptd
-        table = np.full(n, root, dtype=np.int64)
+        table = np.full(n, self.root, dtype=np.int64)
         alive = np.ones(n, dtype=bool)
         nlev = np.zeros(n, dtype=np.int8)
         pg = np.full((L, n), total, dtype=np.int32)
+        doff = np.full((L, n), -1, dtype=np.int64)
         tab_off = np.full((max(L - 1, 1), n), -1, dtype=np.int64)
         found = np.zeros(n, dtype=bool)
         level = np.full(n, -1, dtype=np.int8)
@@ -84,6 +154,7 @@ class WalkCache:
             pg[l] = np.where(alive, idx.index_v(addr & PAGE_MASK), total)
             off = (addr - base.pt_base) >> 3
             inpt = alive & (off >= 0) & (off < nptd)
+            doff[l] = np.where(inpt, off, -1)
             desc = np.where(inpt, sh.read_v(off), U64(0))
             valid = (desc & U64(1)).astype(bool)
             bit1 = (desc & U64(DESC_TABLE)).astype(bool)
@@ -101,70 +172,106 @@ class WalkCache:
             leaf_off[is_leaf] = off[is_leaf]
             table = np.where(is_tab, desc.astype(np.int64) & oa_mask, table)
             alive = is_tab
-        self.nlev, self.pg, self.tab_off = nlev, pg, tab_off
-        self.level = level
-        self.leafm = leaf & ~U64(MUTABLE_BITS)
         lsh = np.array([geo.level_shift(lv) for lv in range(4)], dtype=np.int64)
         size = np.left_shift(np.int64(1), lsh[np.maximum(level, 0)])
         oa = (leaf.astype(np.int64) & oa_mask & ~(size - 1)) | (va & (size - 1))
-        self.dp = np.where(found, idx.index_v(oa & PAGE_MASK), total).astype(np.int32)
-        self.leaf_pg = np.where(found, pg[np.maximum(nlev.astype(np.int64) - 1, 0),
-                                           np.arange(n)], total).astype(np.int32)
-        uo, inv = np.unique(np.where(found, leaf_off, -1), return_inverse=True)
-        self.leaf_id = inv.astype(np.int32).reshape(-1)
-        self.leaf_off_u = np.maximum(uo, 0)
-        self.nleaves = max(1, len(uo))
-        # table descriptors (FEAT_HAFT updates): a dense id per descriptor offset
-        tflat = tab_off.reshape(-1)
-        ut, tinv = np.unique(tflat, return_inverse=True)
-        self.tab_id = tinv.astype(np.int32).reshape(tab_off.shape)
-        self.tab_off_u = np.maximum(ut, 0)
-        self.ntabs = max(1, len(ut))
-        # a descriptor that is a table at two levels, or a table and a leaf (recursive
-        # tables): leave such walks to the reference code
-        weird = False
-        m = tflat >= 0
-        if m.any():
-            lv_of = np.repeat(np.arange(tab_off.shape[0], dtype=np.int64), n)[m]
-            offs = tflat[m]
-            if len(np.unique(offs * 8 + lv_of)) != len(np.unique(offs)):
-                weird = True
-            if np.intersect1d(offs, leaf_off[found]).size:
-                weird = True
-        dbm = (leaf & DBM64).astype(bool)
-        pxn = (leaf & PXN64).astype(bool)
-        self.any_weird = weird
-        self.sfx = (found * F_FOUND | dbm * F_DBM | pxn * F_PXN | weird * F_WEIRD
-                    | (self.dp == total) * F_OUT).astype(np.uint8)
-        self.refresh(sh)
-        # TLB entries that do not match the tables (cached leaf or level differ): every access
-        # through them goes to the reference code
-        gid = prep.tkey_codes % prep.n_gpages
-        vp_of_gid = np.zeros(prep.n_gpages, dtype=np.int64)
-        vp_of_gid[prep.vp_gid[::-1]] = np.arange(n - 1, -1, -1)
-        v = vp_of_gid[gid] if n else np.zeros(len(gid), dtype=np.int64)
-        self.tkey_vp = v                        # a VA page of every TLB key (same walk)
-        # the pages every walk reads (all mapped: no path need can be unmet)
-        rd = np.arange(L)[:, None] < nlev[None, :]
-        self.path_pages = np.unique(pg[rd]) if n else np.zeros(0, dtype=np.int32)
-        nk = len(sh.tst)
-        self.stale_cand = np.zeros(nk, dtype=bool)
-        if n:
-            self.stale_cand[:len(v)] = (sh.tst[:len(v)] > 0) & (
-                ~found[v] | (sh.tleaf[:len(v)] != self.leafm[v])
-                | (sh.tlvl[:len(v)] != level[v]))
+        dp = np.where(found, idx.index_v(oa & PAGE_MASK), total).astype(np.int32)
+        return nlev, pg, doff, tab_off, found, level, leaf, leaf_off, dp
 
-    def refresh(self, sh) -> None:
-        """Re-read the AF/AP[2] mirrors from page-table memory (and the positions of the
-        leaves and table descriptors in it)."""
-        if getattr(self, "layout", None) != sh.layout:
-            self.leaf_pos_u = sh.positions(self.leaf_off_u)
-            self.tab_pos_u = sh.positions(self.tab_off_u)
-            self.layout = sh.layout
-        lv = sh.read_v(self.leaf_off_u)
-        self.lbits = (((lv & AF64) != 0) * 1 | ((lv & AP2_64) != 0) * 2).astype(np.uint8)
-        self.tabaf = (sh.read_v(self.tab_off_u) & AF64) != 0
-        self.mut = sh.mut
+    # ---- after reference code changed page-table memory -----------------------------------
+    def _indexes(self):
+        if self._index is None:
+            tl = {}
+            for l in range(self.tab_off.shape[0]):
+                for o in np.unique(self.tab_off[l]).tolist():
+                    if o >= 0:
+                        tl[o] = l
+            self._index = ({o: i for i, o in enumerate(self.leaf_off_u.tolist())},
+                           {o: i for i, o in enumerate(self.tab_off_u.tolist())}, tl)
+        return self._index
+
+    def update(self, sh, offs: np.ndarray) -> bool:
+        """The tables' shape changed at these descriptor offsets: walk again the VA pages
+        whose walk read one.  False when a full rebuild is needed."""
+        self.version = sh.version
+        if not len(offs):
+            return True
+        base = self.base
+        mark = np.zeros(base.nptd + 1, dtype=bool)
+        mark[offs] = True
+        hit = np.take(mark, self.doff).any(axis=0)       # doff -1 reads the last cell
+        A = np.flatnonzero(hit)
+        if not len(A):
+            return True
+        va = base.prep.vpages[A].astype(np.int64)
+        nlev, pg, doff, tab_off, found, level, leaf, leaf_off, dp = self._walk(sh, va)
+        lidx, tidx, tlev = self._indexes()
+        # ids of new leaves and table descriptors; an aliasing descriptor: rebuild
+        new_l, new_t = [], []
+        lid = np.zeros(len(A), dtype=np.int32)
+        for k, (o, fd) in enumerate(zip(leaf_off.tolist(), found.tolist())):
+            if not fd:
+                o = -1
+            elif o in tlev:
+                return False
+            i = lidx.get(o)
+            if i is None:
+                i = lidx[o] = len(self.leaf_off_u) + len(new_l)
+                new_l.append(o)
+            lid[k] = i
+        tid = np.zeros(tab_off.shape, dtype=np.int32)
+        for l in range(tab_off.shape[0]):
+            for k, o in enumerate(tab_off[l].tolist()):
+                if o >= 0 and (o in lidx or tlev.get(o, l) != l):
+                    return False
+                i = tidx.get(o)
+                if i is None:
+                    i = tidx[o] = len(self.tab_off_u) + len(new_t)
+                    new_t.append(o)
+                    tlev[o] = l
+                tid[l, k] = i
+        if new_l:
+            nl = np.array(new_l, dtype=np.int64)
+            self.leaf_off_u = np.concatenate([self.leaf_off_u, nl])
+            self.lbits = np.concatenate([self.lbits, self._lbits(sh, nl)])
+        if new_t:
+            nt = np.array(new_t, dtype=np.int64)
+            self.tab_off_u = np.concatenate([self.tab_off_u, nt])
+            self.tabaf = np.concatenate([self.tabaf, (sh.read_v(nt) & AF64) != 0])
+        self.nlev[A], self.pg[:, A], self.doff[:, A] = nlev, pg, doff
+        self.tab_off[:, A], self.tab_id[:, A] = tab_off, tid
+        self.level[A], self.dp[A], self.leaf_id[A] = level, dp, lid
+        self.leafm[A] = leaf & ~U64(MUTABLE_BITS)
+        self.leaf_pg[A] = np.where(found, pg[np.maximum(nlev.astype(np.int64) - 1, 0),
+                                             np.arange(len(A))], base.idx.total)
+        self.sfx[A] = self._sfx(found, leaf, dp)
+        rd = np.arange(self.L)[:, None] < nlev[None, :]
+        self.path_pages = np.union1d(self.path_pages, pg[rd])
+        vmark = np.zeros(len(self.nlev), dtype=bool)
+        vmark[A] = True
+        self._stale(sh, np.flatnonzero(vmark[self.tkey_vp]))
+        return True
+
+    @staticmethod
+    def _lbits(sh, offs: np.ndarray) -> np.ndarray:
+        lv = sh.read_v(offs)
+        return (((lv & AF64) != 0) * 1 | ((lv & AP2_64) != 0) * 2).astype(np.uint8)
+
+    def refresh(self, sh, offs: np.ndarray | None = None) -> None:
+        """Re-read the AF/AP[2] mirrors from page-table memory: all, or those of the
+        descriptors at `offs`."""
+        if offs is None or len(offs) > 64:
+            self.lbits = self._lbits(sh, self.leaf_off_u)
+            self.tabaf = (sh.read_v(self.tab_off_u) & AF64) != 0
+            return
+        lidx, tidx, _ = self._indexes()
+        for o in offs.tolist():
+            i = lidx.get(o)
+            if i is not None:
+                self.lbits[i] = self._lbits(sh, np.array([o]))[0]
+            i = tidx.get(o)
+            if i is not None:
+                self.tabaf[i] = (sh.read(o) & DESC_AF) != 0
 
 
 @lru_cache(maxsize=None)
@@ -501,18 +608,18 @@ def _tier2(g, wc, i: int, C: int, I: np.ndarray, ciI: np.ndarray) -> int:
     w_pages = [np.compress(upto(ds), dpI[:rq] if not full else dpI)]
     if need_af is not None:
         ls = np.compress(upto(need_af), lid[:rq] if not full else lid)
-        sh.vals[np.take(wc.leaf_pos_u, ls)] |= AF64
+        sh.vals[sh.positions(np.take(wc.leaf_off_u, ls))] |= AF64
         wc.lbits[ls] |= np.uint8(1)
     if need_dbm is not None:
         ls = np.compress(upto(need_dbm), lid[:rq] if not full else lid)
-        sh.vals[np.take(wc.leaf_pos_u, ls)] &= ~AP2_64
+        sh.vals[sh.positions(np.take(wc.leaf_off_u, ls))] &= ~AP2_64
         wc.lbits[ls] &= np.uint8(0xFD)
     if any_leaf:
         w_pages.append(np.compress(upto(need_leaf), leaf_pg[:rq] if not full else leaf_pg))
     for _l, need, pgl, tid in haft:
         sel = upto(need)
         ts = np.compress(sel, tid[:rq] if not full else tid)
-        sh.vals[np.take(wc.tab_pos_u, ts)] |= AF64
+        sh.vals[sh.positions(np.take(wc.tab_off_u, ts))] |= AF64
         wc.tabaf[ts] = True
         w_pages.append(np.compress(sel, pgl[:rq] if not full else pgl))
     wp = np.concatenate(w_pages) if len(w_pages) > 1 else w_pages[0]

@@ -107,13 +107,16 @@ class ArrayMap:
         self.a = np.full(idx.total + 1, empty, dtype=dtype)   # last cell: outside slots
         self.empty = empty
         self.enc = encode or (lambda v: v)
-        self.dec = decode or (lambda v: v)
+        self.dec = decode
 
     def get(self, page, default=None):
         i = self.idx.index(page)
-        if i < 0 or self.a[i] == self.empty:
+        if i < 0:
             return default
-        return self.dec(self.a[i].item())
+        v = self.a.item(i)
+        if v == self.empty:
+            return default
+        return v if self.dec is None else self.dec(v)
 
     def __getitem__(self, page):
         v = self.get(page)
@@ -128,16 +131,15 @@ class ArrayMap:
         self.a[i] = self.enc(value)
 
     def pop(self, page, default=None):
-        i = self.idx.index(page)
-        if i < 0 or self.a[i] == self.empty:
+        v = self.get(page)
+        if v is None:
             return default
-        v = self.dec(self.a[i].item())
-        self.a[i] = self.empty
+        self.a[self.idx.index(page)] = self.empty
         return v
 
     def __contains__(self, page) -> bool:
         i = self.idx.index(page)
-        return i >= 0 and self.a[i] != self.empty
+        return i >= 0 and self.a.item(i) != self.empty
 
 
 class BitSet:
@@ -273,9 +275,16 @@ class TracePrep:
         self.tkey_codes, inv = np.unique(tcode, return_inverse=True)
         self.sk_tkey = inv.astype(np.int32).reshape(-1)
         self.ntkeys = max(1, len(self.tkey_codes))
+        self._tkeys: dict[tuple[int, int], int] = {}
 
     def tkey(self, vcpu: int, va_page: int) -> int:
         """TLB key of (vcpu, granule VA page), or -1 when the trace never uses it."""
+        k = self._tkeys.get((vcpu, va_page))
+        if k is None:
+            k = self._tkeys[(vcpu, va_page)] = self._tkey(vcpu, va_page)
+        return k
+
+    def _tkey(self, vcpu: int, va_page: int) -> int:
         g = int(np.searchsorted(self.gpages, va_page))
         if g >= len(self.gpages) or int(self.gpages[g]) != va_page:
             return -1
@@ -446,17 +455,16 @@ class Shared:
 
     Page-table memory (the page-table slot's descriptors, by 8-byte offset in the slot) is
     sparse: `keys` (sorted offsets of every descriptor that was ever non-zero) and `vals`;
-    anything else reads as zero.  A key is never removed, so positions only move when a new
-    key is inserted (`layout` counts insertions).
+    anything else reads as zero.  A key is never removed.
 
     TLB: per TLB key (vCPU, granule VA page) a state (0 invalid, 1 clean entry: AP[2] set,
     2 dirty entry), the cached leaf descriptor without its AF and AP[2] bits, and its level
     (what Vm._attempt uses on a hit: PXN, output address, level).
 
     `version` changes whenever the shape of the tables changes (any descriptor bit other than
-    AF and AP[2], page content replaced), so walk caches know when to recompute; `mut`
-    whenever reference code changed a descriptor.  `journal`, when a list, records every
-    change with its undo information."""
+    AF and AP[2], page content replaced), so walk caches know when to recompute; `changed`
+    collects the offsets of descriptors reference code wrote (`take_changes`).  `journal`,
+    when a list, records every change with its undo information."""
 
     def __init__(self, base: Base, populated_pt: bool):
         self.base = base
@@ -468,10 +476,23 @@ class Shared:
         self.tlvl = np.zeros(nk, dtype=np.int8)
         self.tfill = np.zeros(nk, dtype=bool)    # filled by the vectorised path: cached leaf
         self.version = 0                         # table shape
-        self.mut = 0                             # any change by reference code or a replay
-        self.layout = 0                          # keys inserted
+        self._klist: list[int] | None = None     # keys as a list (scalar lookups)
+        self.changed: list[int] = []             # descriptor offsets written
+        self.changed_pages: list[int] = []       # page offsets zeroed or restored
         self.journal: list | None = None
         self.walk = None                         # engine_chunk.WalkCache of this content
+
+    def take_changes(self) -> np.ndarray | None:
+        """Offsets of the descriptors reference code may have changed since the last call
+        (None: none)."""
+        if not self.changed and not self.changed_pages:
+            return None
+        parts = [np.array(self.changed, dtype=np.int64)]
+        for o0 in set(self.changed_pages):
+            lo, hi = self._page(o0)
+            parts.append(self.keys[lo:hi])
+        self.changed, self.changed_pages = [], []
+        return np.unique(np.concatenate(parts))
 
     def sync_tlb(self) -> None:
         """Store the cached leaf and level of the entries the vectorised path filled (they
@@ -488,17 +509,22 @@ class Shared:
         self.sync_tlb()
         c = copy.copy(self)
         c.keys, c.vals = self.keys.copy(), self.vals.copy()
+        c._klist = None
         c.tst, c.tleaf, c.tlvl = self.tst.copy(), self.tleaf.copy(), self.tlvl.copy()
         c.tfill = self.tfill.copy()
         c.journal = None
         c.walk = None
+        c.changed, c.changed_pages = [], []
         return c
 
     # descriptors ------------------------------------------------------------------------
     def read(self, off: int) -> int:
-        i = int(np.searchsorted(self.keys, off))
-        if i < len(self.keys) and int(self.keys[i]) == off:
-            return int(self.vals[i])
+        kl = self._klist
+        if kl is None:
+            kl = self._klist = self.keys.tolist()
+        i = bisect.bisect_left(kl, off)
+        if i < len(kl) and kl[i] == off:
+            return self.vals.item(i)
         return 0
 
     def read_v(self, offs: np.ndarray) -> np.ndarray:
@@ -517,7 +543,8 @@ class Shared:
         if i == len(self.keys) or int(self.keys[i]) != off:
             self.keys = np.insert(self.keys, i, off)
             self.vals = np.insert(self.vals, i, U64(0))
-            self.layout += 1
+            if self._klist is not None:
+                self._klist.insert(i, off)
         return i
 
     def write_desc(self, off: int, new: int) -> None:
@@ -527,7 +554,7 @@ class Shared:
         if new or old:
             i = self._pos(off)                   # may insert (new arrays)
             self.vals[i] = new
-        self.mut += 1
+        self.changed.append(off)
         if (old ^ new) & ~MUTABLE_BITS:
             self.version += 1
 
@@ -543,7 +570,7 @@ class Shared:
         if self.vals[lo:hi].any():
             self.version += 1
         self.vals[lo:hi] = 0
-        self.mut += 1
+        self.changed_pages.append(o0)
 
     def restore_page(self, o0: int) -> None:
         lo, hi = self._page(o0)
@@ -553,7 +580,7 @@ class Shared:
         self.vals[lo:hi] = 0
         off, val = self.base.initial_page(o0)     # initial keys are always keys
         self.vals[self.positions(off)] = val
-        self.mut += 1
+        self.changed_pages.append(o0)
         lo, hi = self._page(o0)
         if not (np.array_equal(old[0], self.keys[lo:hi])
                 and np.array_equal(old[1], self.vals[lo:hi])):
@@ -595,8 +622,11 @@ class Shared:
             else:
                 self.tst[:] = old
         self.version = self._version0
-        if any(op != "t" and op != "f" for op, *_ in j):
-            self.mut += 1
+        for op, a, _new, _old in j:
+            if op == "d":
+                self.changed.append(a)
+            elif op in ("z", "r"):
+                self.changed_pages.append(a)
 
     def replay(self, j: list) -> None:
         for op, a, new, _old in j:
