@@ -33,6 +33,7 @@ settings.register_profile("ci", max_examples=200, deadline=None,
 settings.register_profile("thorough", max_examples=10_000, deadline=None,
                           suppress_health_check=list(HealthCheck))
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+SCALE = 1 if os.environ.get("HYPOTHESIS_PROFILE", "ci") == "ci" else 10   # thorough: x10
 
 
 def assert_same_trace(scn, tr):
@@ -50,7 +51,7 @@ def tiny_chunks(monkeypatch):
 
 
 # ---- lockstep ---------------------------------------------------------------------------
-@settings(max_examples=150)
+@settings(max_examples=150 * SCALE)
 @given(scenarios())
 def test_lockstep_equals_separate_runs(scn):
     together = facts(run_engine(scn))
@@ -114,13 +115,13 @@ def long_traces(draw, max_steps: int = 25):
     return scn, tr
 
 
-@settings(max_examples=150)
+@settings(max_examples=150 * SCALE)
 @given(long_traces())
 def test_long_traces_equal_reference(lt):
     assert_same_trace(*lt)
 
 
-@settings(max_examples=60)
+@settings(max_examples=60 * SCALE)
 @given(long_traces())
 def test_long_traces_equal_reference_tiny_chunks(tiny_chunks, lt):
     assert_same_trace(*lt)
