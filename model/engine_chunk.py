@@ -359,10 +359,10 @@ def chunk(g, i: int, j: int) -> int:
     r0 = len(g.rev) - C
     fb = np.int32(g.fo_base)
     g.fo_base += C + 1
-    Is, Us, codes_ = [], [], []
+    Is, CIs, Us, codes_ = [], [], [], []
     for b0 in range(0, C, SUB):
         b1 = min(C, b0 + SUB)
-        ci = prep.ci[i + b0:i + b1].astype(np.intp)
+        ci = prep.ci(i + b0, i + b1)
         val = g.rev[r0 + b0:r0 + b1] + fb
         np.maximum.at(g.fo, ci, val)
         isf = np.take(g.fo, ci) == val
@@ -377,10 +377,14 @@ def chunk(g, i: int, j: int) -> int:
         I = np.flatnonzero(inter)
         if len(I):
             Is.append(I + b0)
+            CIs.append(np.take(ci, I))
     cut = C
     if Is:
-        I = np.concatenate(Is) if len(Is) > 1 else Is[0]
-        cut = _tier2(g, wc, i, C, I, np.take(prep.ci, I + i))
+        if len(Is) > 1:
+            I, ciI = np.concatenate(Is), np.concatenate(CIs)
+        else:
+            I, ciI = Is[0], CIs[0]
+        cut = _tier2(g, wc, i, C, I, ciI)
     # ---- the settled and repeated accesses before the cut --------------------------------------
     n_acc = cut
     if g.any_stopped:

@@ -164,44 +164,46 @@ class BitSet:
 
 # ---- trace preparation ----------------------------------------------------------------------
 class TracePrep:
-    """Per-trace facts shared by every policy: the 4 KiB VA pages of the trace (`vpages`),
-    every access's *sub-key* `skey` (a dense int32 id of its (vCPU, 4 KiB VA page)),
-    per sub-key its VA page id, vCPU and TLB key, and the TLB keys: dense ids of the
-    (vCPU, granule VA page) pairs (`tkey_codes` = vcpu * n_gpages + granule page id, sorted)."""
+    """Per-trace facts shared by every policy: the 4 KiB VA pages of the trace (`vpages`), the
+    *sub-keys* (dense ids of the (vCPU, 4 KiB VA page) pairs of the trace) with their VA page
+    id, vCPU and TLB key, and the TLB keys: dense ids of the (vCPU, granule VA page) pairs
+    (`tkey_codes` = vcpu * n_gpages + granule page id, sorted).
+
+    `ci(a, b)` gives accesses [a, b)'s index 4 * sub-key + access class (CLASS_OF_KIND).  When
+    the trace's VA span is small enough for a table of page ids (the usual case) it is
+    computed from the trace on demand (nothing stored per access); otherwise it is computed
+    once and stored (4 bytes per access)."""
 
     CHUNK = 1 << 16
+    TABLE_SPAN = 1 << 22              # a page-id table over the VA span up to max(this, 2n)
+    TABLE_SPAN_MAX = 1 << 27          # ... and never more
+    PAIR_TABLE_MAX = 1 << 26          # (vCPU, page) pairs numbered through a table up to this
 
     def __init__(self, scn: Scenario, trace: Trace):
         geo = scn.machine.geometry
         n = len(trace)
         self.n = n
+        self.trace = trace
         self.n_vcpu = int(trace.vcpu.max()) + 1 if n else 1
         ch = self.CHUNK
-        skey = np.zeros(n, dtype=np.int32)
+        self.table = None                 # VA page (- lo) -> page id
+        self.pair_rank = None             # vcpu * nsub + page id -> sub-key (several vCPUs)
+        self._ci = None                   # stored ci (no table)
         if n == 0:
-            vpages = np.zeros(0, dtype=U64)
             lo = hi = 0
         else:
             lo, hi = int(trace.va.min()) >> 12, int(trace.va.max()) >> 12
-
-        def vpn(a):                       # 4 KiB VA page number - lo, as int64
-            v = trace.va[a:a + ch] - U64(lo << 12)
-            v >>= U64(12)
-            return v.view(np.int64)
-        fold = self.n_vcpu == 1 and n < (1 << 28)
-        ci_done = False
-        if n == 0:
-            pass
-        elif hi - lo + 1 <= max(1 << 22, 2 * n) and hi - lo + 1 <= (1 << 27):
+        self.lo = lo
+        if (n and hi - lo + 1 <= max(self.TABLE_SPAN, 2 * n)
+                and hi - lo + 1 <= self.TABLE_SPAN_MAX):
             # dense: number the pages in order of first appearance through a table over the
             # span (int16 while the ids fit: half the cache footprint)
             table = np.full(hi - lo + 1, -1, dtype=np.int16)
             found = []
             nxt = 0
             for a in range(0, n, ch):
-                v = vpn(a)
-                ids = np.take(table, v)
-                new = ids < 0
+                v = self._vpn(a, a + ch)
+                new = np.take(table, v) < 0
                 if new.any():
                     nv = np.unique(np.compress(new, v))
                     if nxt + len(nv) > 32000 and table.dtype == np.int16:
@@ -209,61 +211,70 @@ class TracePrep:
                     table[nv] = np.arange(nxt, nxt + len(nv))
                     nxt += len(nv)
                     found.append(nv)
-                    ids = np.take(table, v)
-                s = skey[a:a + ch]
-                s[:] = ids
-                if fold:                          # ci (below) while the chunk is in cache
-                    s <<= 2
-                    s += CLASS_OF_KIND[trace.kind[a:a + ch]]
-            del table
-            ci_done = fold
+            self.table = table
             vpages = (np.concatenate(found).astype(U64) + U64(lo)) << U64(12)
-        else:
-            parts = [np.unique(vpn(a)) for a in range(0, n, ch)]
+            skey = None
+        elif n:
+            parts = [np.unique(self._vpn(a, a + ch)) for a in range(0, n, ch)]
             uniq = np.unique(np.concatenate(parts))
+            skey = np.zeros(n, dtype=np.int32)
             for a in range(0, n, ch):
-                skey[a:a + ch] = np.searchsorted(uniq, vpn(a))
+                skey[a:a + ch] = np.searchsorted(uniq, self._vpn(a, a + ch))
             vpages = (uniq.astype(U64) + U64(lo)) << U64(12)
+        else:
+            vpages = np.zeros(0, dtype=U64)
+            skey = np.zeros(0, dtype=np.int32)
         self.vpages = vpages
         nsub = len(vpages)
+        self.nsub = nsub
+
+        def vp_ids(a):
+            if skey is not None:
+                return skey[a:a + ch].astype(np.int64)
+            return np.take(self.table, self._vpn(a, a + ch)).astype(np.int64)
         if self.n_vcpu == 1 or n == 0:
             self.sk_vp = np.arange(nsub, dtype=np.int32)
             self.sk_vcpu = np.zeros(nsub, dtype=np.int32)
         else:
             nv = self.n_vcpu
-            if nv * nsub <= (1 << 26):
+            if nv * nsub <= self.PAIR_TABLE_MAX:
                 present = np.zeros(nv * nsub, dtype=bool)
                 for a in range(0, n, ch):
-                    present[trace.vcpu[a:a + ch].astype(np.int64) * nsub + skey[a:a + ch]] = True
+                    present[trace.vcpu[a:a + ch].astype(np.int64) * nsub + vp_ids(a)] = True
                 rank = np.cumsum(present, dtype=np.int32)
                 rank -= 1
                 codes = np.flatnonzero(present)
                 del present
-                for a in range(0, n, ch):
-                    skey[a:a + ch] = rank[trace.vcpu[a:a + ch].astype(np.int64) * nsub
-                                          + skey[a:a + ch]]
-                del rank
+                if skey is None:
+                    self.pair_rank = rank
+                else:
+                    for a in range(0, n, ch):
+                        skey[a:a + ch] = rank[trace.vcpu[a:a + ch].astype(np.int64) * nsub
+                                              + vp_ids(a)]
+                    del rank
             else:
-                parts = [np.unique(trace.vcpu[a:a + ch].astype(np.int64) * nsub + skey[a:a + ch])
+                parts = [np.unique(trace.vcpu[a:a + ch].astype(np.int64) * nsub + vp_ids(a))
                          for a in range(0, n, ch)]
                 codes = np.unique(np.concatenate(parts))
+                if skey is None:
+                    skey = np.zeros(n, dtype=np.int32)
+                    for a in range(0, n, ch):
+                        skey[a:a + ch] = np.take(self.table, self._vpn(a, a + ch))
                 for a in range(0, n, ch):
                     skey[a:a + ch] = np.searchsorted(
                         codes, trace.vcpu[a:a + ch].astype(np.int64) * nsub + skey[a:a + ch])
+                self.table = None
             self.sk_vp = (codes % nsub).astype(np.int32)
             self.sk_vcpu = (codes // nsub).astype(np.int32)
         self.nskeys = len(self.sk_vp)
-        # ci = 4 * skey + access class (load, store, exec, AT: CLASS_OF_KIND), the index of
-        # (sub-key, class) used by the vectorised path
-        if not ci_done:
+        if skey is not None:                  # stored ci
             if 4 * self.nskeys >= (1 << 31):
                 skey = skey.astype(np.int64)
             for a in range(0, n, ch):
-                s = skey[a:a + ch]
-                s <<= 2
-                s += CLASS_OF_KIND[trace.kind[a:a + ch]]
-        self.ci = skey
-        del skey
+                sk = skey[a:a + ch]
+                sk <<= 2
+                sk += CLASS_OF_KIND[trace.kind[a:a + ch]]
+            self._ci = skey
         # granule pages (the TLB's unit) and TLB keys
         gsh = U64(geo.granule_shift)
         gp = (vpages >> gsh) << gsh
@@ -276,6 +287,24 @@ class TracePrep:
         self.sk_tkey = inv.astype(np.int32).reshape(-1)
         self.ntkeys = max(1, len(self.tkey_codes))
         self._tkeys: dict[tuple[int, int], int] = {}
+
+    def _vpn(self, a: int, b: int) -> np.ndarray:
+        """4 KiB VA page number - lo of accesses [a, b), as int64."""
+        v = self.trace.va[a:b] - U64(self.lo << 12)
+        v >>= U64(12)
+        return v.view(np.int64)
+
+    def ci(self, a: int, b: int) -> np.ndarray:
+        """4 * sub-key + access class of accesses [a, b) (intp)."""
+        if self._ci is not None:
+            return self._ci[a:b].astype(np.intp)
+        ids = np.take(self.table, self._vpn(a, b)).astype(np.intp)
+        if self.pair_rank is not None:
+            ids = np.take(self.pair_rank,
+                          self.trace.vcpu[a:b].astype(np.intp) * self.nsub + ids).astype(np.intp)
+        ids <<= 2
+        ids += CLASS_OF_KIND[self.trace.kind[a:b]]
+        return ids
 
     def tkey(self, vcpu: int, va_page: int) -> int:
         """TLB key of (vcpu, granule VA page), or -1 when the trace never uses it."""
