@@ -83,6 +83,7 @@ class WalkCache:
         self.tab_id = tinv.astype(np.int32).reshape(self.tab_off.shape)
         self.tab_off_u = ut                     # -1: the id of "no table"
         self._index = None                      # offset -> id dicts, for updates
+        self._mark = None                       # scratch over descriptor offsets
         # a descriptor that is a table at two levels, or a table and a leaf (recursive
         # tables): leave such walks to the reference code
         weird = False
@@ -197,9 +198,12 @@ class WalkCache:
         if not len(offs):
             return True
         base = self.base
-        mark = np.zeros(base.nptd + 1, dtype=bool)
+        if self._mark is None:
+            self._mark = np.zeros(base.nptd + 1, dtype=bool)
+        mark = self._mark
         mark[offs] = True
         hit = np.take(mark, self.doff).any(axis=0)       # doff -1 reads the last cell
+        mark[offs] = False
         A = np.flatnonzero(hit)
         if not len(A):
             return True
