@@ -24,8 +24,8 @@ from .catalog import build, micro_workload, scenario_files
 from .cost import CostModel
 from .runner import (COLUMNS, TIMING_COLUMNS, csv_text, environment, meta_json,
                      run_workload, write_dir_atomic)
-from .verdict import (answer, false_dirty_rate, hw_always_effect, pt_share, sensitivity,
-                      verdict_table)
+from .verdict import (answer, by_variant, false_dirty_rate, hw_always_effect, pt_share,
+                      sensitivity, verdict_table)
 
 
 class SpecError(ValueError):
@@ -171,7 +171,8 @@ SUMMARY_COLS = ["case", "fix_double_faults", "exits_saved", "false_dirty_extra",
 
 
 def markdown(df, v, sens, cm) -> str:
-    out = ["# The beer verdict", "", f"**{answer(v)}**", ""]
+    out = ["# The beer verdict", "", f"**{answer(v)}**", "",
+           "## Per hardware variant", "", report.md_table(by_variant(v)), ""]
     out += ["## Per case (ha-promote against fix)", "",
             "exits_saved: stage-2 faults ha-promote avoids; false_dirty_extra: pages it "
             "marks dirty that nothing wrote; uffd_false_write_extra: userfaultfd events it "
@@ -194,7 +195,12 @@ def markdown(df, v, sens, cm) -> str:
 
 
 def text(df, v, sens, cm) -> str:
+    bv = by_variant(v)[["variant", "cases", "matter", "fix_double_faults", "best_net_us"]]
     parts = [report.wrap(answer(v)), "",
+             "Per hardware variant (matter: cases where ha-promote's saving",
+             "matters; fix_double_faults: fix's second faults, all cases):",
+             report.text_table(bv.rename(columns={"fix_double_faults": "fix_2nd_faults"})),
+             "",
              report.text_table(v.assign(
                  workload=v["workload"].str.replace("micro:", "", regex=False))[
                  ["workload", "host", "variant", "exits_saved", "false_dirty_extra",
