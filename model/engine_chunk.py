@@ -138,7 +138,7 @@ class WalkCache:
         total = idx.total
         nptd = base.nptd
         table = np.full(n, self.root, dtype=np.int64)
-        alive = np.ones(n, dtype=bool)
+        alive = (va >> geo.va_bits) == 0      # outside the TTBR0 range: no walk (Vm.s1_walk)
         nlev = np.zeros(n, dtype=np.int8)
         pg = np.full((L, n), total, dtype=np.int32)
         doff = np.full((L, n), -1, dtype=np.int64)

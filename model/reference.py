@@ -102,6 +102,10 @@ class Vm:
         descriptor or None when its stage-2 read faults; returns (walk, None), or
         (None, (level, addr)) for the descriptor whose read faulted.  Raises Stage1Fault."""
         geo = self.geo
+        if va >> geo.va_bits:
+            # Only TTBR0 is modelled: a VA with bits set above va_bits is outside its range
+            # (AArch64.VAIsOutOfRange) and faults at the start level without a walk.
+            raise Stage1Fault("translation")
         table = self.tables.root
         path = []
         for level, shift, mask in geo.walk_steps:

@@ -403,8 +403,14 @@ class WalkBatch:
 
 
 def _vmask(geo: Geometry) -> int:
-    # VA bits above va_bits are ignored, as Geometry.index does (the reference walker).
+    # The walk indexes VA[va_bits-1:0]; VAs with higher bits set are out of the TTBR0 range
+    # and fault without a walk (AArch64.VAIsOutOfRange; Vm.s1_walk): _out_of_range.
     return (1 << geo.va_bits) - 1
+
+
+def _out_of_range(geo: Geometry, va: np.ndarray) -> np.ndarray:
+    """Indices of the VAs (int64 view) outside the TTBR0 range."""
+    return np.flatnonzero((va >> geo.va_bits) != 0)
 
 
 def walk_leaf(ft: FlatTables, va: np.ndarray, chunk: int = DEFAULT_CHUNK,
@@ -453,6 +459,9 @@ def walk_leaf(ft: FlatTables, va: np.ndarray, chunk: int = DEFAULT_CHUNK,
         ok = wb.leaf_level >= 0
         entry[slow] = np.where(ok, wb.leaf_entry, -1)
         oa[slow] = wb.oa
+    bad = _out_of_range(geo, va)
+    entry[bad] = -1
+    oa[bad] = -1
     return LeafBatch(entry, oa, ft.row)
 
 
@@ -570,6 +579,11 @@ def walk_batch(ft: FlatTables, va: np.ndarray, chunk: int = DEFAULT_CHUNK) -> Wa
         np.bitwise_or(o, u, out=o)
         np.take(lut_c, code, out=t, mode="clip")
         np.bitwise_or(o, t, out=o)
+    bad = _out_of_range(geo, va)        # no descriptor read: a fault at the start level
+    out_ipa[:, bad] = -1
+    out_desc[:, bad] = 0
+    leaf_level[bad], fault_level[bad], oa[bad] = -1, start, -1
+    leaf_desc[bad], leaf_ipa[bad], leaf_entry[bad] = 0, -1, -1
     return WalkBatch(start, out_ipa, out_desc, leaf_level, fault_level, leaf_desc, leaf_ipa,
                      leaf_entry, oa)
 

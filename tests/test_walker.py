@@ -445,13 +445,23 @@ def test_table_set_errors():
     assert walk_leaf(ft, np.array([0xc000_0000], np.uint64)).oa[0] == 0x8000_0000
 
 
-def test_upper_va_bits_ignored_like_reference_index():
-    # Geometry.index masks each level's index, so VA bits above va_bits are ignored by the
-    # reference walker; the vectorised walker does the same (see the report: architecturally
-    # such a VA is out of the TTBR0 range).
+def test_va_outside_ttbr0_range_faults_like_reference():
+    # A VA with bits set above va_bits is out of the TTBR0 range (AArch64.VAIsOutOfRange):
+    # a translation fault without any descriptor read, in both walkers.
+    from model.reference import Stage1Fault, Vm
     scn, gt, ft = built(4096, 39, Mapping(0x1000, 0x8000_0000, 1))
-    lb = walk_leaf(ft, np.array([0x1000, (1 << 39) | 0x1000], np.uint64))
-    assert lb.oa.tolist() == [0x8000_0000, 0x8000_0000]
+    vas = [0x1000, (1 << 39) | 0x1000, 0xFFFF_FF80_0000_1000]
+    lb = walk_leaf(ft, np.array(vas, np.uint64))
+    assert lb.oa.tolist() == [0x8000_0000, -1, -1] and lb.entry.tolist()[1:] == [-1, -1]
+    wb = walk_batch(ft, np.array(vas, np.uint64))
+    assert wb.leaf_level.tolist() == [3, -1, -1] and wb.fault_level.tolist()[1:] == [1, 1]
+    assert (wb.level_desc_ipa[:, 1:] == -1).all()
+    vm = Vm(scn, "fix")
+    reads = []
+    for va in vas[1:]:
+        with pytest.raises(Stage1Fault):
+            vm.s1_walk(va, lambda a: reads.append(a) or 0)
+    assert reads == []
 
 
 def test_empty_batches():
