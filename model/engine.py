@@ -11,6 +11,12 @@ resolution, page-table content replaced, stale TLB entries) — runs through
 model.reference.Vm/model.host.Host on the same state, once per policy, so fault handling stays
 the executable spec; policies whose shared state then differs stop sharing it.
 
+Layout: engine_state.py holds the state (Base: per run; Shared: per group; ArrayHost/FastVm:
+per policy) and the trace preparation; engine_chunk.py the vectorised chunk (walk cache, tier
+1 codes, tier 2 TLB history and needs, per-page faults); this module the driver (intervals,
+chunks, reference code for events and fallbacks, group splits).  Nothing is stored per access
+beyond the trace itself when the trace's VA span allows a page-id table (the usual case).
+
 Public API: run_trace(scn, trace, policies), run_engine(scn, policies).
 """
 from __future__ import annotations
