@@ -38,3 +38,20 @@ def test_fault_dirty_uffd_counts_do_not_depend_on_the_tlb(scn):
     for p in a:
         assert counts(a[p]) == counts(b[p]), p
         assert b[p].walks >= a[p].walks
+
+
+def test_tlb_independence_across_a_harvest_with_hw_update_always():
+    # The case that needs the harvest's TLB flush: with hw_update = always a walk rewrites
+    # the leaf; after a harvest write-protects the leaf's table page, the next access must
+    # walk (and take the S1PTW permission fault) whether or not a TLB held the translation.
+    from model.scenario import Guest, Machine, Mapping, Memslot, Scenario, Vmm
+    scn = Scenario(
+        "always", Machine(hw_update="always"), Guest(tcr_ha=True, pt_slot="pt"),
+        (Memslot("pt", 0x4000_0000, 8, log_dirty=True), Memslot("data", 0x8000_0000, 4)),
+        Vmm(), (Mapping(0x1000, 0x8000_0000, 1),),
+        (Step("access", va=0x1000, kind="read64"), Step("harvest", slot="pt"),
+         Step("access", va=0x1000, kind="read64")))
+    a, b = run_reference(scn)["fix"], run_reference(no_tlb(scn))["fix"]
+    assert counts(a) == counts(b)
+    # by hand: the second access rewrites the leaf (pt page 3) after the harvest
+    assert a.written_pages["pt"] == [3] and a.s2_faults["s1ptw_permission"] == 2
