@@ -74,8 +74,7 @@ def stream(seed, profile, *, vcpus, bytes_per_vcpu, op, stride, passes, burst):
             kd = np.full(len(va), DC_ZVA if op == "memset_zva" else WRITE64, dtype=np.uint8)
         parts.append((v, np.tile(va, passes), np.tile(kd, passes)))
     g.run(*interleave(parts, burst))
-    g.meta = dict(generator=name, seed=seed, vcpus=vcpus, bytes_per_vcpu=bytes_per_vcpu,
-                  op=op, stride=stride, passes=passes, burst=burst, base=base, region=per)
+    g.meta = dict(base=base, region=per)
     return g.build()
 
 
@@ -112,9 +111,7 @@ def memstress(seed, profile, *, vcpus, bytes_per_vcpu, write_percent, random_acc
         write = rng.integers(0, 100, n) < write_percent
         parts.append((v, va, np.where(write, WRITE64, READ64).astype(np.uint8)))
     g.run(*interleave(parts, burst))
-    g.meta = dict(generator=name, seed=seed, vcpus=vcpus, bytes_per_vcpu=bytes_per_vcpu,
-                  write_percent=write_percent, random_access=random_access,
-                  iterations=iterations, burst=burst, base=base, pages_per_vcpu=pages)
+    g.meta = dict(base=base, pages_per_vcpu=pages)
     return g.build()
 
 
@@ -171,7 +168,5 @@ def zipf(seed, profile, *, vcpus, keys, value_bytes, s, read_percent, operations
     vc = np.repeat(np.arange(operations) % vcpus, 2)
     parts = [(v, va[vc == v], kd[vc == v]) for v in range(vcpus)]
     g.run(*interleave(parts, burst))
-    g.meta = dict(generator=name, seed=seed, vcpus=vcpus, keys=keys, value_bytes=value_bytes,
-                  s=s, read_percent=read_percent, operations=operations, mapping=mapping,
-                  burst=burst, index_base=base, heap_base=heap)
+    g.meta = dict(index_base=base, heap_base=heap)
     return g.build()

@@ -54,9 +54,7 @@ def sparse(seed, profile, *, vcpus, region, regions, accesses, write_percent, or
     g.vma(base, regions * size, "anon")
     vc = np.arange(accesses) % vcpus
     g.run(*interleave([(v, va[vc == v], kd[vc == v]) for v in range(vcpus)], burst))
-    g.meta = dict(generator=name, seed=seed, vcpus=vcpus, region=region, regions=regions,
-                  accesses=accesses, write_percent=write_percent, order=order, burst=burst,
-                  base=base, region_bytes=size)
+    g.meta = dict(base=base, region_bytes=size)
     return g.build()
 
 
@@ -88,8 +86,7 @@ def pointer_chase(seed, profile, *, vcpus, nodes, span_bytes, hops, burst):
         start = (v * nodes) // vcpus
         parts.append((v, addr[cycle[(start + np.arange(hops)) % nodes]], READ64))
     g.run(*interleave(parts, burst))
-    g.meta = dict(generator=name, seed=seed, vcpus=vcpus, nodes=nodes, span_bytes=span_bytes,
-                  hops=hops, burst=burst, base=base)
+    g.meta = dict(base=base)
     return g.build()
 
 
@@ -134,10 +131,7 @@ def mmap_churn(seed, profile, *, vcpus, rounds, region_bytes, touches, live, spa
         if len(alive) > live:
             old = alive.pop(0)
             g.munmap(base + old * rpages * gr, rpages * gr)
-    g.meta = dict(generator=name, seed=seed, vcpus=vcpus, rounds=rounds,
-                  region_bytes=region_bytes, touches=touches, live=live,
-                  span_bytes=span_bytes, write_percent=write_percent, base=base,
-                  regions=placed, alive=[base + s * rpages * gr for s in alive])
+    g.meta = dict(base=base, regions=placed, alive=[base + s * rpages * gr for s in alive])
     return g.build()
 
 
@@ -178,9 +172,7 @@ def fork(seed, profile, *, vcpus, heap_bytes, children, accesses, write_percent,
         g.run(np.arange(n) % vcpus, va, kd)
         done += n
         turn += 1
-    g.meta = dict(generator=name, seed=seed, vcpus=vcpus, heap_bytes=heap_bytes,
-                  children=children, accesses=accesses, write_percent=write_percent,
-                  slice=slice, base=base, heap_pages=pages)
+    g.meta = dict(base=base, heap_pages=pages)
     return g.build()
 
 
@@ -243,7 +235,5 @@ def gc(seed, profile, *, vcpus, heap_bytes, object_bytes, live_percent, cycles, 
             va[second[dead]] += np.uint64(8)
             parts.append((v, va, kd))
         g.run(*interleave(parts, burst))                                # sweep
-    g.meta = dict(generator=name, seed=seed, vcpus=vcpus, heap_bytes=heap_bytes,
-                  object_bytes=object_bytes, live_percent=live_percent, cycles=cycles,
-                  burst=burst, base=base, bitmap=bitmap, objects=nobj, live_objects=nlive)
+    g.meta = dict(base=base, bitmap=bitmap, objects=nobj, live_objects=nlive)
     return g.build()

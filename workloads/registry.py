@@ -60,8 +60,11 @@ def make(name: str, seed: int = 0, **knobs) -> Workload:
     prof = {k: v for k, v in knobs.items() if k in PROFILE_KNOB_NAMES}
     own = {k: v for k, v in knobs.items() if k not in PROFILE_KNOB_NAMES}
     profile = make_profile(prof, name)
-    wl = e.func(int(seed), profile, **e.resolve(own))
-    wl.meta["profile"] = asdict(profile)
+    resolved = e.resolve(own)
+    wl = e.func(int(seed), profile, **resolved)
+    # every run records its generator, seed and knob values; generators add derived facts
+    wl.meta = {"generator": name, "seed": int(seed), **resolved, **wl.meta,
+               "profile": asdict(profile)}
     return wl
 
 
