@@ -2,7 +2,7 @@
 
 One `Scenario` per CSV row, built in code from the dataclasses of model/scenario.py (no file
 parsing involved).  How `tools/testing/selftests/kvm/aarch64/page_fault_test.c` maps onto a
-scenario (../shared/conformance/README.md, DOMAIN.md, SCENARIO.md):
+scenario (tests/data/README.md, docs/semantics.md, docs/scenario-format.md):
 
 * machine: 4K granule, 48-bit VA (4 levels: root L0, L1, L2, L3), HAFDBS = 2 (the selftest
   skips the with_af cases without HAFDBS, so the machine has it); TCR_EL1.HA clear at start.
@@ -20,12 +20,12 @@ scenario (../shared/conformance/README.md, DOMAIN.md, SCENARIO.md):
     hole_pt / hole_data: punch_hole pt / data [CMD_HOLE_PT / CMD_HOLE_DATA];
     the access (`guest_X` -> kind X); guest_write64 also reads back (READ_ONCE after the STR).
 
-The shared directory is `../shared` relative to the repository (override: PTWBENCH_SHARED).
+The table is test data kept in the repository: tests/data/page_fault_test.csv (provenance in
+tests/data/README.md).
 """
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,15 +50,8 @@ ACCESS_KINDS = {                # CSV access -> SCENARIO.md access kind
 }
 
 
-def shared_dir() -> Path:
-    env = os.environ.get("PTWBENCH_SHARED")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared"
-
-
 def csv_path() -> Path:
-    return shared_dir() / "conformance" / "page_fault_test.csv"
+    return Path(__file__).resolve().parent / "data" / "page_fault_test.csv"
 
 
 class Unexpressible(ValueError):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from conformance import (DATA_PAGE, PT_IPA, TEST_GVA, csv_path, expected_pte_page, load_rows,
+from tests.conformance import (DATA_PAGE, PT_IPA, TEST_GVA, csv_path, expected_pte_page, load_rows,
                          parse_row, row_to_scenario)
 from model.arch import DESC_AF, HOST_PAGE
 from model.engine import run_engine

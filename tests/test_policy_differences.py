@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conformance import TEST_GVA, load_rows, parse_row, row_to_scenario
+from tests.conformance import TEST_GVA, load_rows, parse_row, row_to_scenario
 from model.reference import run_reference
 from model.scenario import (ACCESS_KINDS, HW_UPDATE, Guest, Machine, Mapping, Memslot,
                             Scenario, Step, Vmm)
