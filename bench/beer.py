@@ -55,6 +55,10 @@ def load_spec(text: str, source: str) -> dict:
             raise SpecError(f"{source}: {k}: unknown key")
         if not isinstance(v, SPEC_KEYS[k]) or (SPEC_KEYS[k] is int and isinstance(v, bool)):
             raise SpecError(f"{source}: {k}: expected {SPEC_KEYS[k].__name__}")
+    if spec.get("seed", 0) < 0:
+        raise SpecError(f"{source}: seed: {spec['seed']} is negative (seeds are integers >= 0)")
+    if not spec.get("micro", True) and not spec.get("case"):
+        raise SpecError(f"{source}: case: no [[case]] and micro = false: nothing to run")
     if spec.get("engine", "numpy") not in ("numpy", "reference"):
         raise SpecError(f"{source}: engine: {spec['engine']!r} is not numpy or reference")
     for v in spec.get("micro_variants", []):
@@ -70,6 +74,9 @@ def load_spec(text: str, source: str) -> dict:
             if not isinstance(v, CASE_KEYS[k]):
                 raise SpecError(f"{at}.{k}: wrong type")
         ws = c.get("workloads", "*")
+        if isinstance(ws, str) and ws != "*":
+            raise SpecError(f"{at}.workloads: expected a list of workloads or \"*\", "
+                            f"not the string {ws!r}")
         for w in (list(reg.GENERATORS) if ws == "*" else ws):
             if w not in reg.GENERATORS:
                 raise SpecError(f"{at}.workloads: unknown workload {w!r}")

@@ -6,11 +6,8 @@ import sys
 
 from model.policies import DEFAULT_ORDER, POLICIES
 from bench.cli_runs import RunInputError
+from bench.errors import BadInput
 from model.scenario import ScenarioError
-
-
-class BadInput(Exception):
-    """Bad input of any kind: one line, exit status 2, nothing written."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -43,9 +40,9 @@ def cmd_scenario(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = Parser(prog="ptwbench", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True, parser_class=Parser)
-    sc = sub.add_parser("scenario", help="run micro-scenario files (SCENARIO.md) under every policy")
+    sc = sub.add_parser("scenario", help="run micro-scenario files (docs/scenario-format.md) under every policy")
     sc.add_argument("files", nargs="+", metavar="FILE")
-    sc.add_argument("--json", action="store_true", help="SCENARIO.md's JSON output")
+    sc.add_argument("--json", action="store_true", help="docs/scenario-format.md's JSON output")
     sc.add_argument("--policy", action="extend", nargs="+", metavar="P",
                     help=f"policies to run (default: all; {', '.join(POLICIES)})")
     sc.add_argument("--engine", choices=("numpy", "reference"), default="numpy",

@@ -22,6 +22,20 @@ def _kv(items, what) -> dict:
     return out
 
 
+def _check_seed(seed: int, what: str) -> None:
+    # numpy's SeedSequence takes non-negative integers only
+    if seed < 0:
+        raise RunInputError(f"{what}: {seed} is negative (seeds are integers >= 0)")
+
+
+def _out_root(out: str) -> Path:
+    from .runner import OutputError, check_out_root
+    try:
+        return check_out_root(Path(out))
+    except OutputError as e:
+        raise RunInputError(str(e)) from None
+
+
 def cmd_run(args) -> int:
     import pandas as pd
 
@@ -37,6 +51,9 @@ def cmd_run(args) -> int:
     if args.variant not in VARIANTS:
         raise RunInputError(f"--variant: unknown variant {args.variant!r} "
                             f"(known: {', '.join(VARIANTS)})")
+    _check_seed(args.seed, "--seed")
+    if not args.no_save:
+        _out_root(args.out)
     try:
         w = build(args.workload, _kv(args.knob, "--knob"), args.host,
                   _kv(args.host_knob, "--host-knob"), args.seed)
@@ -66,7 +83,7 @@ def cmd_run(args) -> int:
     if not args.no_save:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         name = f"{w.name.replace(':', '_')}-{args.host}-{args.variant}-s{args.seed}-{stamp}"
-        d = write_dir_atomic(Path(args.out) / name, {
+        d = write_dir_atomic(Path(args.out) / name, unique=True, files={
             "metrics.csv": csv_text(run.rows, COLUMNS),
             "timings.csv": csv_text(run.timings, TIMING_COLUMNS),
             "meta.json": meta_json(run.meta), "report.md": md})
@@ -78,12 +95,23 @@ def cmd_beer(args) -> int:
     from workloads.base import WorkloadError
 
     from .beer import SpecError, default_spec_text, load_spec, run_beer
+    from .runner import OutputError, check_name
+    out = _out_root(args.out)
+    if args.stamp is not None:
+        try:
+            check_name(f"beer-{args.stamp}", "--stamp")
+        except OutputError as e:
+            raise RunInputError(str(e)) from None
+        if (out / f"beer-{args.stamp}").exists():
+            raise RunInputError(f"--stamp: {out / f'beer-{args.stamp}'} exists already")
     try:
         if args.spec:
             try:
-                text = Path(args.spec).read_text()
+                text = Path(args.spec).read_bytes().decode("utf-8")
             except OSError as e:
                 raise RunInputError(f"{args.spec}: {e.strerror}") from None
+            except UnicodeDecodeError:
+                raise RunInputError(f"{args.spec}: not a text file (UTF-8 TOML expected)") from None
             spec = load_spec(text, args.spec)
         else:
             spec = load_spec(default_spec_text(), "embedded default")

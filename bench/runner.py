@@ -1,6 +1,6 @@
 """One run: a workload x host scenario x hardware variant, all policies -> tidy rows.
 
-`run_workload` returns a `Run`: one metrics row per policy (every DOMAIN.md §5 metric, no
+`run_workload` returns a `Run`: one metrics row per policy (every docs/semantics.md §5 metric, no
 timing: the same seed gives byte-identical metrics.csv), plus timings and metadata kept apart
 (`timings.csv`, `meta.json`), in the spirit of pyperf's metadata.
 """
@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import re
 import platform
 import subprocess
 import sys
@@ -134,6 +135,17 @@ def csv_text(rows: list[dict], columns) -> str:
     return buf.getvalue()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _respect_umask(path: Path, directory: bool = False) -> None:
+    """mkstemp/mkdtemp create 0600/0700; results get the modes the user's umask gives."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Write to a temporary name in the same directory, then rename."""
     path = Path(path)
@@ -142,6 +154,7 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
+        _respect_umask(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -151,18 +164,69 @@ def write_atomic(path: Path, data: str | bytes) -> None:
         raise
 
 
-def write_dir_atomic(final: Path, files: dict[str, str | bytes]) -> Path:
+class OutputError(ValueError):
+    """An output location that cannot be used: one line, exit 2, checked before any work."""
+
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+@=-]{0,119}")
+
+
+def check_name(name: str, what: str) -> str:
+    """A result directory's name: one path component, portable characters, <= 120 long."""
+    if not SAFE_NAME.fullmatch(name) or ".." in name:
+        shown = repr(name) if len(name) <= 60 else f"{name[:40]!r}... ({len(name)} characters)"
+        raise OutputError(f"{what}: {shown} is not a usable name (letters, digits and . _ + "
+                          f"@ = -, starting with a letter or digit, at most 120 characters)")
+    return name
+
+
+def check_out_root(root: Path, what: str = "--out") -> Path:
+    """The results root must be a directory or creatable as one (nothing is created here)."""
+    root = Path(root)
+    p = root
+    while not p.exists():
+        if p.parent == p:
+            break
+        p = p.parent
+    if p.exists() and not p.is_dir():
+        raise OutputError(f"{what}: {p} is not a directory")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise OutputError(f"{what}: {p} is not writable")
+    return root
+
+
+def unique_run_dir(root: Path, name: str) -> Path:
+    """`root/name`, or `root/name-2`, `-3`, ... if taken: run ids never collide."""
+    final, k = Path(root) / name, 1
+    while final.exists():
+        k += 1
+        final = Path(root) / f"{name}-{k}"
+    return final
+
+
+def write_dir_atomic(final: Path, files: dict[str, str | bytes], unique: bool = False) -> Path:
     """Write a whole result directory under a temporary name, then rename it into place:
-    a failed or interrupted run leaves nothing behind."""
+    a failed or interrupted run leaves nothing behind.  `unique`: take the next free
+    `final-N` instead of failing when `final` exists (run ids)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     try:
         for name, data in files.items():
             write_atomic(tmp / name, data)
-        if final.exists():
-            raise FileExistsError(f"{final} exists")
-        os.replace(tmp, final)
+        _respect_umask(tmp, directory=True)
+        while True:
+            if final.exists():
+                if not unique:
+                    raise FileExistsError(f"{final} exists")
+                final = unique_run_dir(final.parent, final.name)
+                continue
+            try:
+                os.rename(tmp, final)
+                break
+            except OSError:                      # taken between the check and the rename
+                if not unique:
+                    raise
     except BaseException:
         import shutil
         shutil.rmtree(tmp, ignore_errors=True)

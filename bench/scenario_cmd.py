@@ -1,4 +1,4 @@
-"""`ptwbench scenario FILE`: what every policy does with a micro-scenario (SCENARIO.md)."""
+"""`ptwbench scenario FILE`: what every policy does with a micro-scenario (docs/scenario-format.md)."""
 from __future__ import annotations
 
 import json

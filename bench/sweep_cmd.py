@@ -1,10 +1,28 @@
 """`ptwbench sweep SPEC.toml`: the CLI side of bench.sweep."""
 from __future__ import annotations
 
+import gc
+import re
 import sys
 from pathlib import Path
 
 from .cli_runs import RunInputError
+
+# dask.distributed addresses: [protocol://]host:port (distributed.comm.addressing)
+SCHEDULER_ADDRESS = re.compile(r"(?:(?:tcp|tls|ws|wss|ucx)://)?(?:\[[0-9A-Fa-f:]+\]|"
+                               r"[A-Za-z0-9][A-Za-z0-9.-]*):\d{1,5}")
+
+
+def _quiet(fn):
+    """Run fn; a client that failed to connect is collected here, without the 'Exception
+    ignored' report its finaliser would print."""
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda _u: None
+    try:
+        return fn()
+    finally:
+        gc.collect()
+        sys.unraisablehook = hook
 
 
 def cmd_sweep(args) -> int:
@@ -22,10 +40,16 @@ def cmd_sweep(args) -> int:
         return 0
     client = None
     if args.scheduler:                       # connect before writing anything
+        if not SCHEDULER_ADDRESS.fullmatch(args.scheduler):
+            raise RunInputError(f"--scheduler: {args.scheduler!r} is not a scheduler address "
+                                f"(like tcp://HOST:8786)")
         try:
-            client = connect(args.scheduler, args.timeout)
+            import distributed  # noqa: F401
         except ImportError:
-            raise RunInputError("--scheduler: dask.distributed is not installed") from None
+            raise RunInputError("--scheduler: dask.distributed is not installed (pip install "
+                                "'ptwbench[dask]')") from None
+        try:
+            client = _quiet(lambda: connect(args.scheduler, args.timeout))
         except (OSError, TimeoutError, ValueError) as e:
             raise RunInputError(f"--scheduler: cannot connect to {args.scheduler}: "
                                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"

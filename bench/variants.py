@@ -1,10 +1,10 @@
 """Hardware variants: what the machine implements (FEAT_HAFDBS level, FEAT_HAFT, how the
-walker writes descriptors back) and what that makes a Linux guest set (DOMAIN.md §2, §4).
+walker writes descriptors back) and what that makes a Linux guest set (docs/semantics.md §2, §4).
 
 A variant changes the machine only, except where Linux turns a feature on when it is present
 (TCR2_EL1.HAFT with FEAT_HAFT, v6.13+) or the VM type changes (pKVM).  The guest's own TCR
 choices (e.g. firmware running with HA clear) are kept: effective HA/HD follow from them and
-the machine's HAFDBS level (DOMAIN.md §2).
+the machine's HAFDBS level (docs/semantics.md §2).
 """
 from __future__ import annotations
 

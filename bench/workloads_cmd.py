@@ -2,7 +2,7 @@
 `ptwbench import-check FILE` (parse and lay out a trace file, print a summary).
 
 Bad input — an unknown name, a malformed trace — prints one line naming the file and line,
-exits with status 2 and writes nothing (bench.cli.BadInput).
+exits with status 2 and writes nothing (bench.errors.BadInput).
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 import textwrap
 
 from tabulate import tabulate
+from bench.errors import BadInput, nonneg_int
 
 
 def _fmt(v) -> str:
@@ -66,7 +67,7 @@ def registry_text() -> str:
     section("[import]", "import:PATH", "a trace file (valgrind lackey --trace-mem=yes, CSV "
             "vcpu,va,kind, NPZ), laid out by the linux profile; see workloads/importers.py",
             IMPORT_KNOBS)
-    section("[profile]", "linux", "the Linux/arm64 guest (DOMAIN.md §4), knobs shared by every "
+    section("[profile]", "linux", "the Linux/arm64 guest (docs/semantics.md §4), knobs shared by every "
             "generator and import", PROFILE_KNOBS)
     out.append("HOST SCENARIOS  (ptwbench run NAME --host H --host-knob K=V)\n")
     for e in HOST_SCENARIOS.values():
@@ -81,12 +82,11 @@ def cmd_workloads(args) -> int:
 
 
 def cmd_import_check(args) -> int:
-    from bench.cli import BadInput
     from workloads.base import WorkloadError
     from workloads.importers import import_trace
     from model.trace import KINDS
     try:
-        wl = import_trace(args.file, args.format, limit=args.limit)
+        wl = import_trace(args.file, args.format, limit=args.limit or None)
     except WorkloadError as e:
         raise BadInput(str(e)) from None
     tr = wl.trace
@@ -118,5 +118,5 @@ def register(sub) -> None:
     ic.add_argument("file", metavar="FILE")
     ic.add_argument("--format", choices=FORMATS, help="default: by extension (.csv, .npz; "
                                                       "anything else is lackey)")
-    ic.add_argument("--limit", type=int, default=None, help="stop after N accesses")
+    ic.add_argument("--limit", type=nonneg_int, default=None, help="stop after N accesses (0: all)")
     ic.set_defaults(func=cmd_import_check)

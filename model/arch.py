@@ -1,4 +1,4 @@
-"""AArch64 stage-1 translation geometry and descriptor encoding (DOMAIN.md §2).
+"""AArch64 stage-1 translation geometry and descriptor encoding (docs/semantics.md §2).
 
 Sources: Arm ARM DDI0487 D8.2 (translation granules, levels), D8.3 (descriptor formats),
 D8.5 (hardware updates); QEMU target/arm/ptw.c `get_phys_addr_lpae`.
@@ -37,7 +37,7 @@ class GeometryError(ValueError):
 
 @dataclass(frozen=True)
 class Geometry:
-    """Stage-1 walk geometry for one granule and VA size (DOMAIN.md §2)."""
+    """Stage-1 walk geometry for one granule and VA size (docs/semantics.md §2)."""
 
     granule: int                # bytes: 4096, 16384, 65536
     va_bits: int
@@ -107,7 +107,7 @@ def make_table_desc(next_table: int, geo: Geometry, af: bool = True) -> int:
 
 def make_leaf_desc(oa: int, geo: Geometry, level: int = 3, *, af: bool = True,
                    writable: bool = True, dirty: bool = True, executable: bool = True) -> int:
-    """Page (level 3) or block descriptor with Linux's encodings (DOMAIN.md §4):
+    """Page (level 3) or block descriptor with Linux's encodings (docs/semantics.md §4):
     writable = DBM (PTE_WRITE == PTE_DBM); clean writable = DBM + AP[2]; dirty = AP[2] clear."""
     mask = geo.oa_mask if level == 3 else ~((geo.block_size(level) or geo.granule) - 1) & geo.oa_mask
     d = (oa & mask) | DESC_VALID | (DESC_TABLE if level == 3 else 0)

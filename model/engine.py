@@ -1,7 +1,7 @@
 """The numpy engine: every policy in lockstep, the trace in vectorised chunks, the rest through
 the reference's own code.
 
-DOMAIN.md §6: between two events every page's state only moves one way, so within an interval
+docs/semantics.md §6: between two events every page's state only moves one way, so within an interval
 the accesses that take no stage-2 fault, and the faults of the common classes, follow from
 first-occurrence reductions over the interval's accesses (model/engine_chunk.py), computed once
 for all the policies that agree on the guest's memory and TLBs (a *group*,

@@ -3,7 +3,7 @@
 Within an interval (no event) and as long as no access leaves the "simple" class, every
 access completes, so the TLB's history, the walks, the hardware updates and the guest's writes
 do not depend on the policy; only the stage-2 faults' outcomes do, and those are per page
-(DOMAIN.md §6): a page's fate in the interval is fixed by its first need (an access that reads
+(docs/semantics.md §6): a page's fate in the interval is fixed by its first need (an access that reads
 a descriptor from it, or touches it as data) and its first write need (a hardware update of a
 descriptor in it, or a store to it):
 

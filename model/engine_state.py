@@ -1,6 +1,6 @@
 """State of the numpy engine: array-backed host, shared guest state, trace preparation.
 
-The engine runs every policy of a run together ("lockstep", DOMAIN.md §6).  What does not
+The engine runs every policy of a run together ("lockstep", docs/semantics.md §6).  What does not
 depend on the policy while the policies agree — guest page-table memory, the vCPUs' TLBs —
 lives once in a `Shared` object used by a *group* of policies; what does (stage 2, host pages,
 dirty log, userfaultfd, counts) lives in each policy's `ArrayHost`.  The reference's own code
@@ -728,7 +728,7 @@ class ArrayHost(Host):
         """logging_active per slot number (+ False for the sentinel)."""
         return np.array([self.logging_active(s) for s in self.base.slots] + [False])
 
-    # guest memory: only the page-table slot holds descriptors (SCENARIO.md layout rule)
+    # guest memory: only the page-table slot holds descriptors (docs/scenario-format.md layout rule)
     def _pt_off(self, addr: int) -> int:
         return (addr - self.pt_base) >> 3 if self.pt_base <= addr < self.pt_end else -1
 

@@ -1,5 +1,5 @@
 """The host side, one page at a time: memslots, host pages, stage 2, dirty log, userfaultfd,
-and KVM's abort handling (DOMAIN.md §3; arch/arm64/kvm/mmu.c, virt/kvm/kvm_main.c).
+and KVM's abort handling (docs/semantics.md §3; arch/arm64/kvm/mmu.c, virt/kvm/kvm_main.c).
 
 This is the executable specification shared by the reference simulator; it holds plain
 Python state and is written for clarity, not speed.
@@ -75,7 +75,7 @@ class Host:
             self.dirty[s.name] = self.pageset(s)
             self.written[s.name] = self.pageset(s)
             for p in self.slot_pages(s):
-                # SCENARIO.md "Start": populated slots are present and writable; else missing.
+                # docs/scenario-format.md "Start": populated slots are present and writable; else missing.
                 self.host[p] = HOST_RW if s.populated else HOST_MISSING
                 if s.populated:
                     self.restore_page(p)
@@ -143,7 +143,7 @@ class Host:
 
     # ---- stage-2 mapping changes ------------------------------------------------------
     def unmap(self, pages) -> None:
-        """Unmap stage 2; unmapping part of a block unmaps the whole block (SCENARIO.md)."""
+        """Unmap stage 2; unmapping part of a block unmaps the whole block (docs/scenario-format.md)."""
         for p in list(pages):
             base = self.s2_block.get(p)
             targets = range(base, base + BLOCK_2M, HOST_PAGE) if base is not None else (p,)
@@ -279,7 +279,7 @@ class Host:
                 self.s2[q] = S2_RW
             return
         # Under logging a write fault on a read-only block maps only the 4K page read-write
-        # and leaves the rest of the block unmapped (SCENARIO.md "Blocks"; DOMAIN.md §3.3).
+        # and leaves the rest of the block unmapped (docs/scenario-format.md "Blocks"; docs/semantics.md §3.3).
         for q in blk:
             self.s2.pop(q, None)
             self.s2_block.pop(q, None)

@@ -1,4 +1,4 @@
-"""Is a stage-2 fault a write?  The policies as a table of pure functions (DOMAIN.md §3.1).
+"""Is a stage-2 fault a write?  The policies as a table of pure functions (docs/semantics.md §3.1).
 
 Each policy answers `kvm_is_write_fault()` (arch/arm64/include/asm/kvm_emulate.h) for one
 fault.  All engines share this table; adding a policy is adding one function and one row.
@@ -54,7 +54,7 @@ def ha_promote(f: FaultInfo) -> bool:
 
 def oracle(f: FaultInfo) -> bool:
     """Ideal: a S1PTW translation fault is a write iff this walk will write a descriptor in
-    that page (needs the guest tables parsed; SCENARIO.md "oracle")."""
+    that page (needs the guest tables parsed; docs/scenario-format.md "oracle")."""
     if f.s1ptw:
         return f.permission or f.walk_writes_page
     return _not_s1ptw(f)

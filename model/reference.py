@@ -73,7 +73,7 @@ class Vm:
     def _make_host(self, scn, initial, policy, result) -> Host:
         return Host(scn, initial, policy, result)
 
-    # ---- effective hardware-update controls (DOMAIN.md §2; AArch64.GetS1TTWParams) -----
+    # ---- effective hardware-update controls (docs/semantics.md §2; AArch64.GetS1TTWParams) -----
     @property
     def ha(self) -> bool:
         return self.tcr_ha and self.scn.machine.hafdbs >= 1

@@ -1,4 +1,4 @@
-"""Per-policy results of a run: the facts of SCENARIO.md's output and DOMAIN.md §5 metrics."""
+"""Per-policy results of a run: the facts of docs/scenario-format.md's output and docs/semantics.md §5 metrics."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -54,7 +54,7 @@ class PolicyResult:
     logging_slots: set[str] = field(default_factory=set)
 
     def as_json(self) -> dict:
-        """Exactly SCENARIO.md's per-policy shape."""
+        """Exactly docs/scenario-format.md's per-policy shape."""
         return {
             "s2_faults": dict(self.s2_faults),
             "double_faults": self.double_faults,
@@ -68,7 +68,7 @@ class PolicyResult:
             "written_pages": {k: list(v) for k, v in self.written_pages.items()},
         }
 
-    # ---- DOMAIN.md §5 derived metrics -------------------------------------------------
+    # ---- docs/semantics.md §5 derived metrics -------------------------------------------------
     def _rounds(self):
         """(slot, marked, written) per harvest plus the final would-be harvest of every slot
         that is logging at the end."""
@@ -106,7 +106,7 @@ class PolicyResult:
         return c
 
     def metrics(self, oracle: "PolicyResult | None" = None) -> dict[str, int]:
-        """Flat DOMAIN.md §5 metrics; `uffd_extra` needs the oracle's result of the same run."""
+        """Flat docs/semantics.md §5 metrics; `uffd_extra` needs the oracle's result of the same run."""
         m: dict[str, int] = {"accesses": self.accesses, "walks": self.walks,
                              "descriptor_reads": self.descriptor_reads}
         for k, v in self.s2_faults.items():

@@ -1,4 +1,4 @@
-"""Scenario objects (SCENARIO.md, version 1): the micro-scenario contract.
+"""Scenario objects (docs/scenario-format.md, version 1): the micro-scenario contract.
 
 `load_scenario(path)` and `parse_scenario(data, source)` live in model/scenario_io.py; this
 module only holds the validated, immutable objects every engine consumes.
@@ -18,7 +18,7 @@ UFFD_RESOLVE = ("page", "slot")
 HW_UPDATE = ("on-change", "always")
 MMIO_STORE = ("ignore", "write_backing")
 # Internal ops: the guest kernel's own page-table work (Linux guest profile, workloads/linux.py).
-# They exist only as trace events built by workload generators; scenario files (SCENARIO.md,
+# They exist only as trace events built by workload generators; scenario files (docs/scenario-format.md,
 # a public format) never accept them: model/scenario_io.py knows only OPS.
 INTERNAL_OPS = ("guest_pte", "guest_free", "guest_age", "guest_fork", "guest_switch")
 
@@ -88,7 +88,7 @@ class Mapping:
 
 @dataclass(frozen=True)
 class Step:
-    """One step; only the fields of its op are meaningful (SCENARIO.md "Steps")."""
+    """One step; only the fields of its op are meaningful (docs/scenario-format.md "Steps")."""
     op: str
     vcpu: int = 0
     va: int = 0

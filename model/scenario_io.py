@@ -1,4 +1,4 @@
-"""Reading and strictly validating scenario files (SCENARIO.md, version 1).
+"""Reading and strictly validating scenario files (docs/scenario-format.md, version 1).
 
 `load_scenario(path)` reads a .toml or .json file; `parse_scenario(data, source)` validates the
 decoded dict and returns a `model.scenario.Scenario`.  Any problem raises `ScenarioError` with a
@@ -7,14 +7,14 @@ single line `"{source}: {key}: {what is wrong}"`, where `key` is a dotted path s
 the 0-based index into `steps`).  File-level problems (unreadable, wrong extension, unparsable,
 top level not a table) use the pseudo-key `<file>`.
 
-Decisions where SCENARIO.md is silent:
+Decisions where docs/scenario-format.md is silent:
   * `vcpu` defaults to 0 when a step omits it; it is accepted only on the ops whose fields list
     it (`access`, `clear_af`).
-  * Step fields listed without a default in SCENARIO.md are required (access: va, kind;
+  * Step fields listed without a default in docs/scenario-format.md are required (access: va, kind;
     clear_af: va; punch_hole/harvest/enable_dirty_log: slot; zap/swap_out/uffd_wp: slot, first,
     count).  set_tcr's ha/hd/haft are each optional but at least one must be given.
   * Keys left out elsewhere take the defaults of the dataclasses in model/scenario.py (which
-    are not always the example values shown in SCENARIO.md); `name` defaults to the file stem.
+    are not always the example values shown in docs/scenario-format.md); `name` defaults to the file stem.
   * Addresses (va, ipa) must be >= 0; a memslot must end at or below 2**48 (48-bit output
     addresses, model/arch.py OA_TOP_BIT).
   * Slot names must be non-empty strings.
@@ -44,7 +44,8 @@ MEMSLOT_KEYS = {"name", "ipa", "pages", "readonly", "log_dirty", "backing", "pop
 VMM_KEYS = {"mmio_store"}
 MAPPING_KEYS = {"va", "ipa", "pages", "af", "writable", "dirty", "executable"}
 
-# SCENARIO.md "Steps": the fields of each op (besides "op" itself).
+MAX_VCPUS = 512                     # arm64 KVM_MAX_VCPUS = VGIC_V3_MAX_CPUS
+# docs/scenario-format.md "Steps": the fields of each op (besides "op" itself).
 STEP_FIELDS = {
     "access": {"vcpu", "va", "kind"},
     "clear_af": {"vcpu", "va"},
@@ -211,7 +212,7 @@ def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
     scn = Scenario(name=name, machine=machine, guest=guest, memslots=memslots, vmm=vmm,
                    mappings=mappings, steps=steps, source=source)
     # Overlapping mappings and a page-table slot too small for the tables are found by the
-    # builder itself (SCENARIO.md "Stage-1 table layout": running out of pt_slot is an error).
+    # builder itself (docs/scenario-format.md "Stage-1 table layout": running out of pt_slot is an error).
     try:
         build_tables(scn)
     except TableLayoutError as e:
@@ -371,6 +372,8 @@ def _parse_steps(ctx: _Ctx, value: Any, slots: tuple[Memslot, ...],
             vcpu = ctx.get(item, "vcpu", f"{k}.vcpu", "int", 0)
             if vcpu < 0:
                 raise ctx.error(f"{k}.vcpu", f"{vcpu} is negative")
+            if vcpu >= MAX_VCPUS:      # KVM_MAX_VCPUS (arch/arm64/include/asm/kvm_host.h)
+                raise ctx.error(f"{k}.vcpu", f"{vcpu} is not below {MAX_VCPUS} (KVM_MAX_VCPUS)")
             fields["vcpu"] = vcpu
         if "va" in STEP_FIELDS[op]:
             va = ctx.get(item, "va", f"{k}.va", "int")

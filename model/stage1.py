@@ -1,6 +1,6 @@
-"""Guest stage-1 tables: the builder with SCENARIO.md's layout rule.
+"""Guest stage-1 tables: the builder with docs/scenario-format.md's layout rule.
 
-Layout rule (SCENARIO.md "Stage-1 table layout"): the root table is the first granule of
+Layout rule (docs/scenario-format.md "Stage-1 table layout"): the root table is the first granule of
 `pt_slot`; mappings are inserted in file order, each from its lowest VA upward; a missing
 table is allocated at the next free granule of `pt_slot`; table descriptors are created with
 AF = 1 (Linux PMD_TABLE_AF).

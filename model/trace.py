@@ -20,7 +20,7 @@ KINDS = ACCESS_KINDS                       # kind code = index into KINDS
 KIND_CODE = {k: i for i, k in enumerate(KINDS)}
 READ64, WRITE64, LD_PREIDX, ST_PREIDX, CAS, DC_ZVA, EXEC, AT = range(len(KINDS))
 
-# Stores (DOMAIN.md §3.1 WnR): STR, STR pre-index, CAS (atomic RMW), DC ZVA.  Same set as
+# Stores (docs/semantics.md §3.1 WnR): STR, STR pre-index, CAS (atomic RMW), DC ZVA.  Same set as
 # model.reference.STORES.
 STORE_KINDS = frozenset(KIND_CODE[k] for k in ("write64", "st_preidx", "cas", "dc_zva"))
 # ISV = 1 only for plain single-register LDR/STR (model.reference.ISV_KINDS).

@@ -184,7 +184,7 @@ class FlatTables:
                     leaf_desc: np.ndarray, capacity: int | None = None) -> "FlatTables":
         """Vectorised build_tables: level-3 descriptors `leaf_desc` for granule-aligned
         `va_pages` inserted in this order, tables allocated at the next free granule after
-        `root_ipa` in order of first need (SCENARIO.md layout rule), table descriptors with
+        `root_ipa` in order of first need (docs/scenario-format.md layout rule), table descriptors with
         AF = 1.  Gives the same memory as model.stage1.build_tables."""
         g = geo.granule
         E = g // DESC_SIZE
@@ -620,7 +620,7 @@ def hw_update_needs(wb: WalkBatch, kind, ha, hd, haft, hw_update="on-change",
                     at_sets_af=False) -> HwNeeds:
     """Stage-1 fault class and hardware updates of each walk (model.reference.Vm.s1_check then
     Vm.s1_updates, vectorised).  `kind`: a kind name or code, or a code per access;
-    `ha`, `hd`, `haft`: the EFFECTIVE controls (DOMAIN.md §2: HA = TCR_EL1.HA ∧ HAFDBS ≥ 1,
+    `ha`, `hd`, `haft`: the EFFECTIVE controls (docs/semantics.md §2: HA = TCR_EL1.HA ∧ HAFDBS ≥ 1,
     HD = HA ∧ TCR_EL1.HD ∧ HAFDBS ≥ 2, HAFT = HA ∧ FEAT_HAFT ∧ TCR2_EL1.HAFT; HD and HAFT are
     ANDed with HA again here), scalars or one per access; `hw_update`: "on-change" |
     "always" or a bool per access (True = always); `at_sets_af`: bool (R_XQSMX)."""

@@ -38,7 +38,7 @@ DATA_IPA = 0x8000_0000
 DATA_PAGES = 4
 DATA_PAGE = 0                   # TEST_GVA maps the first page of the data slot
 
-ACCESS_KINDS = {                # CSV access -> SCENARIO.md access kind
+ACCESS_KINDS = {                # CSV access -> docs/scenario-format.md access kind
     "guest_read64": "read64",
     "guest_write64": "write64",
     "guest_ld_preidx": "ld_preidx",
@@ -160,7 +160,7 @@ def _slot(name: str, ipa: int, pages: int, flags: frozenset[str], uffd_col: str)
 
 def row_to_scenario(row: Row) -> Scenario:
     if row.access not in ACCESS_KINDS:
-        raise Unexpressible(f"access {row.access!r} has no SCENARIO.md access kind")
+        raise Unexpressible(f"access {row.access!r} has no docs/scenario-format.md access kind")
     if row.ha_af not in ("with_af", "no_af", "none"):
         raise Unexpressible(f"ha_af {row.ha_af!r} is not with_af/no_af/none")
     steps: list[Step] = []
@@ -191,7 +191,7 @@ def row_to_scenario(row: Row) -> Scenario:
 
 
 def expected_pte_page(granule: int = 4096, va_bits: int = 48) -> int:
-    """Slot page holding TEST_GVA's leaf descriptor, from SCENARIO.md's layout rule alone: the
+    """Slot page holding TEST_GVA's leaf descriptor, from docs/scenario-format.md's layout rule alone: the
     root is granule 0 of pt_slot and, with a single mapping, each lower level's table is
     allocated at the next free granule, so the leaf (level-3) table is granule levels - 1.
     Returned in 4 KiB host pages (the unit of dirty-page indices)."""

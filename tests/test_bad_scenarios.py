@@ -1,4 +1,4 @@
-"""Bad scenario files are rejected with one line naming the file and the key (SCENARIO.md).
+"""Bad scenario files are rejected with one line naming the file and the key (docs/scenario-format.md).
 
 Table-driven, in the style of the kernel selftests: a small valid base scenario, one mutation
 per case, written as TOML and as JSON, and each must raise ScenarioError whose message is one

@@ -24,7 +24,7 @@ def test_csv_is_the_65_row_table():
 
 
 def test_pte_page_of_the_standard_layout_is_page_3():
-    # By hand, SCENARIO.md's layout rule with 4K granule / 48-bit VA (4 levels, L0..L3) and
+    # By hand, docs/scenario-format.md's layout rule with 4K granule / 48-bit VA (4 levels, L0..L3) and
     # a single mapping: the root (L0) table is page 0 of pt_slot; inserting TEST_GVA needs an
     # L1 table (next free page: 1), an L2 table (2) and an L3 table (3).  The leaf descriptor
     # of TEST_GVA = 0xc0000000 is entry (0xc0000000 >> 12) & 511 = 0 of the L3 table, so it

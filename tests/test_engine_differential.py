@@ -21,7 +21,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def facts(results):
-    """Everything a run reports: SCENARIO.md's JSON, the §5 metrics (walks, descriptor
+    """Everything a run reports: docs/scenario-format.md's JSON, the §5 metrics (walks, descriptor
     reads, dirty and uffd counts), and each uffd event's `written` flag."""
     return {p: (r.as_json(), r.metrics(), [e.written for e in r.uffd_events])
             for p, r in results.items()}

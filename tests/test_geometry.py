@@ -1,4 +1,4 @@
-"""Geometry and descriptor encodings against DOMAIN.md §2 (values written out by hand)."""
+"""Geometry and descriptor encodings against docs/semantics.md §2 (values written out by hand)."""
 import pytest
 
 from model import arch
@@ -6,7 +6,7 @@ from model.arch import Geometry, GeometryError
 
 
 @pytest.mark.parametrize("granule,va_bits,levels,start", [
-    # DOMAIN.md §2 "Common" list
+    # docs/semantics.md §2 "Common" list
     (4096, 39, 3, 1), (4096, 48, 4, 0), (16384, 47, 3, 1), (65536, 42, 2, 2), (65536, 48, 3, 1),
     # levels = ceil((va_bits - log2 G) / stride)
     (4096, 30, 2, 2), (4096, 40, 4, 0), (16384, 36, 2, 2), (16384, 48, 4, 0), (65536, 30, 2, 2),
@@ -57,7 +57,7 @@ def test_index_bits_of_start_level():
 
 
 def test_descriptor_bit_positions():
-    # DOMAIN.md §2: bit 0 valid, bit 1 table/page, bit 7 AP[2], bit 10 AF, bit 51 DBM
+    # docs/semantics.md §2: bit 0 valid, bit 1 table/page, bit 7 AP[2], bit 10 AF, bit 51 DBM
     assert (arch.DESC_VALID, arch.DESC_TABLE, arch.DESC_AP2, arch.DESC_AF, arch.DESC_DBM) == (
         1 << 0, 1 << 1, 1 << 7, 1 << 10, 1 << 51)
     g = Geometry(4096, 48)

@@ -1,6 +1,6 @@
 """Host scenarios: each schedule's defining property, and what it does to the policies.
 
-Expectations follow from DOMAIN.md §3 (what write-protects or unmaps stage 2) and §3.1 (which
+Expectations follow from docs/semantics.md §3 (what write-protects or unmaps stage 2) and §3.1 (which
 faults each policy calls writes), not from a run's output.
 """
 import numpy as np
@@ -50,7 +50,7 @@ def test_precopy_thp_block_split_exposes_page_tables_without_eager_split(eager_s
     # page tables share 2 MiB blocks with data (layout shared); after logging starts a write
     # to a read-only block unmaps the rest of it, page-table pages included, so the walker
     # takes S1PTW translation faults, which legacy/ha-promote (HA set) call writes
-    # (DOMAIN.md §3.3).  Eagerly split blocks stay mapped read-only: no such faults.
+    # (docs/semantics.md §3.3).  Eagerly split blocks stay mapped read-only: no such faults.
     wl = build("memstress", 1, "precopy", host_knobs=dict(backing="anon_thp", start=0.5,
                                                           rounds=2, eager_split=eager_split),
                demand=False, layout="shared", bytes_per_vcpu=1 << 20)
@@ -131,7 +131,7 @@ def test_firmware_read_only_page_tables(tcr_ha):
     assert wl.scenario.guest.tcr_ha == tcr_ha
     m = {p: r.metrics() for p, r in run_reference_trace(wl.scenario, wl.trace).items()}
     # legacy: every S1PTW translation fault is a write to a read-only slot -> abort, and
-    # nothing ever gets mapped; ha-promote does the same when HA is set (DOMAIN.md §1)
+    # nothing ever gets mapped; ha-promote does the same when HA is set (docs/semantics.md §1)
     assert m["legacy"]["guest_aborts"] == m["legacy"]["accesses"] == 200
     assert m["ha-promote"]["guest_aborts"] == (200 if tcr_ha else 0)
     assert m["fix"]["guest_aborts"] == m["oracle"]["guest_aborts"] == 0

@@ -1,4 +1,4 @@
-"""The `linux` guest profile (DOMAIN.md §4) against the reference simulator.
+"""The `linux` guest profile (docs/semantics.md §4) against the reference simulator.
 
 Small hand-built programs (LinuxGuest) whose expected page-table state follows from Linux's
 rules: demand paging, zero page and CoW, shmem clean-writable PTEs, fault-around old PTEs,

@@ -1,6 +1,6 @@
-"""Where the policies differ, with expectations derived by hand from DOMAIN.md / SCENARIO.md.
+"""Where the policies differ, with expectations derived by hand from docs/semantics.md / docs/scenario-format.md.
 
-Layout used throughout (SCENARIO.md "Stage-1 table layout", 4K granule, 48-bit VA): with one
+Layout used throughout (docs/scenario-format.md "Stage-1 table layout", 4K granule, 48-bit VA): with one
 mapping the tables are root = pt page 0, L1 = page 1, L2 = page 2, L3 (the leaf table) =
 page 3.  A walk reads one descriptor in each of those four pages, top-down.
 """
@@ -43,7 +43,7 @@ def test_no_af_dirty_rows_are_the_three_expected():
 def test_legacy_dirties_walked_tables_in_no_af_dirty_log_cases(name):
     # HA is clear and the leaf has AF set: the walk only reads.  Stage 2 maps nothing at the
     # start (or the pt hole unmapped it), so the walk takes an S1PTW translation fault on each
-    # of the four table pages in turn.  DOMAIN.md §3.1: legacy calls every S1PTW fault a write;
+    # of the four table pages in turn.  docs/semantics.md §3.1: legacy calls every S1PTW fault a write;
     # §3.2 step 4-5: under logging a write fault maps read-write and marks the page dirty.
     # So legacy marks pages 0,1,2,3; nothing writes them (no HA update, no guest store), so all
     # four are false positives.  fix calls them reads: mapped read-only, nothing marked.
@@ -62,7 +62,7 @@ def test_legacy_dirties_walked_tables_in_no_af_dirty_log_cases(name):
 def test_legacy_uffd_event_on_pt_is_a_false_write_in_uffd_no_af_case():
     # TEST_UFFD_AND_DIRTY_LOG/guest_read64/no_af: the root page (0) is the first one the walk
     # misses after the pt hole; one MISSING event, resolved for the whole slot.  legacy flags it
-    # WRITE although the walker only reads (DOMAIN.md §1); fix flags it read.  The data event
+    # WRITE although the walker only reads (docs/semantics.md §1); fix flags it read.  The data event
     # is a read for both (LDR, WnR = 0).
     res = run_reference(row_scn("TEST_UFFD_AND_DIRTY_LOG/guest_read64/no_af"), ("fix", "legacy"))
     for pol, write in (("fix", False), ("legacy", True)):
@@ -179,7 +179,7 @@ def test_fix_double_fault_when_af_clear_after_zap_under_logging():
     # step 4 read: pages 0..2 still mapped RO, reads fine.  Page 3: S1PTW translation fault.
     #   fix: read -> mapped RO (logging); restart; the leaf has AF = 0 and HA = 1, so the
     #   walker must write page 3 -> S1PTW permission fault -> write -> RW, marked: the double
-    #   fault (DOMAIN.md §1).  ha-promote: write -> RW at once, one fault only.
+    #   fault (docs/semantics.md §1).  ha-promote: write -> RW at once, one fault only.
     #   oracle: the walk will set AF in page 3 -> write: one fault.
     res = run_reference(_af_clear_after_zap())
     fix, hp, orc = res["fix"], res["ha-promote"], res["oracle"]
@@ -204,7 +204,7 @@ def test_hw_update_always_gives_fix_a_double_fault_with_af_already_set():
     # Same shape without clear_af: AF stays set throughout.
     # on-change: no walk changes a descriptor, so fix never needs stage-2 write on a table
     #   page: 0 permission faults, 0 double faults, nothing dirty.
-    # always: every completed walk with HA writes its leaf back (SCENARIO.md).  step 0: page 3
+    # always: every completed walk with HA writes its leaf back (docs/scenario-format.md).  step 0: page 3
     #   translation fault (read, RO under logging) then the write-back -> permission fault:
     #   double fault #1, page 3 marked and really written.  The harvest write-protects page 3,
     #   the zap unmaps it, and step 4 repeats the pattern: double fault #2.
@@ -321,7 +321,7 @@ def scenario_st(draw) -> Scenario:
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenario_st())
 def test_oracle_exact_and_no_policy_misses_a_dirty_page(scn):
-    # DOMAIN.md §3.1: oracle calls an S1PTW translation fault a write iff this walk writes that
+    # docs/semantics.md §3.1: oracle calls an S1PTW translation fault a write iff this walk writes that
     # page, and every other fault as the hardware reports it; a write fault is the only thing
     # that marks a page (§3.2 step 5, writable = write under logging), and data/permission
     # write faults are followed by the write.  So oracle never marks a page nobody wrote and

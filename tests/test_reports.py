@@ -123,7 +123,7 @@ def test_beer_outputs(beer_dir):
     df = pd.read_csv(d / "metrics.csv")
     assert list(df.columns) == list(COLUMNS)
     assert set(df["policy"]) == {"fix", "legacy", "ha-promote", "oracle"}
-    assert (df["dirty_false_negative"] == 0).all()                   # DOMAIN.md §5
+    assert (df["dirty_false_negative"] == 0).all()                   # docs/semantics.md §5
     assert (df[df["policy"] == "oracle"]["dirty_false_positive"] == 0).all()
     md = (d / "report.md").read_text()
     assert "## Sensitivity" in md and "| param" in md

@@ -1,4 +1,4 @@
-"""`ptwbench scenario`: every shipped scenario runs; `--json` has exactly SCENARIO.md's shape."""
+"""`ptwbench scenario`: every shipped scenario runs; `--json` has exactly docs/scenario-format.md's shape."""
 import json
 import subprocess
 import sys
@@ -9,7 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "workloads" / "scenarios").glob("*.toml"))
 
-# SCENARIO.md "Output": the keys of one policy's object, in this order
+# docs/scenario-format.md "Output": the keys of one policy's object, in this order
 POLICY_KEYS = ["s2_faults", "double_faults", "uffd_events", "mmio_exits",
                "vcpu_run_failures", "guest_aborts", "stage1_faults", "harvests",
                "dirty_pages", "written_pages"]

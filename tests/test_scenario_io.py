@@ -1,4 +1,4 @@
-"""Good scenario files parse to the expected objects; the stage-1 layout matches SCENARIO.md."""
+"""Good scenario files parse to the expected objects; the stage-1 layout matches docs/scenario-format.md."""
 from __future__ import annotations
 
 import json
@@ -200,7 +200,7 @@ def test_step_defaults_and_edges():
     assert scn.steps[3] == Step("access", vcpu=0, va=(1 << 48) - 1, kind="at")
 
 
-# --- stage-1 layout, derived by hand from SCENARIO.md's rule ---------------------------------
+# --- stage-1 layout, derived by hand from docs/scenario-format.md's rule ---------------------------------
 # Root = first granule of pt_slot; mappings inserted in file order, lowest VA first; each
 # missing table takes the next free granule of pt_slot.
 

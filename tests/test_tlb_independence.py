@@ -1,4 +1,4 @@
-"""DOMAIN.md §6: TLB capacity changes only how many walks happen, not the fault, dirty and
+"""docs/semantics.md §6: TLB capacity changes only how many walks happen, not the fault, dirty and
 uffd counts.  Checked against the reference simulator by running every generated scenario
 again with no TLB at all (the guest flushes before every access).  This holds with
 hw_update = always too: every event that protects or unmaps stage 2 also flushes the TLBs,

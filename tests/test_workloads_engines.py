@@ -1,6 +1,6 @@
 """The numpy engine against the reference over workload traces: every generator (small), every
 host scenario, and profile variants (granules, no HAFDBS, HAFT aging, shared layout with THP)
-give identical SCENARIO.md JSON, §5 metrics and uffd `written` flags under every policy.
+give identical docs/scenario-format.md JSON, §5 metrics and uffd `written` flags under every policy.
 
 These traces exercise what micro-scenarios do not: the guest kernel's internal ops
 (guest_pte, guest_free, guest_age, guest_fork, guest_switch), thousands of events, several

@@ -24,6 +24,8 @@ class Knob:
     default: Any
     help: str
     choices: tuple = ()
+    lo: Any = None                   # inclusive range, checked with the type
+    hi: Any = None
 
     @property
     def type(self) -> type:
@@ -49,6 +51,9 @@ class Knob:
             value = float(value)
         if not isinstance(value, t) or (t is int and isinstance(value, bool)):
             raise WorkloadError(f"{owner}: knob {self.name}: {value!r} is not a {t.__name__}")
+        if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
+            rng = f"{self.lo if self.lo is not None else '-inf'}..{self.hi if self.hi is not None else 'inf'}"
+            raise WorkloadError(f"{owner}: knob {self.name}: {value!r} is outside {rng}")
         if self.choices and value not in self.choices:
             raise WorkloadError(f"{owner}: knob {self.name}: {value!r} is not one of "
                                 f"{', '.join(map(str, self.choices))}")
@@ -81,6 +86,20 @@ class Entry:
                                     f"(known: {', '.join(sorted(known))})")
             out[name] = known[name].coerce(v, self.name)
         return out
+
+
+# KVM_MAX_VCPUS on arm64 = VGIC_V3_MAX_CPUS = 512 (arch/arm64/include/asm/kvm_host.h); the
+# trace's vcpu column is uint16, so this also keeps both engines on the same side of overflow.
+KVM_MAX_VCPUS = 512
+
+
+def vcpus_knob(default: int, help: str) -> Knob:
+    return Knob("vcpus", default, help, lo=1, hi=KVM_MAX_VCPUS)
+
+
+def seed_knob(help: str) -> Knob:
+    # numpy's SeedSequence takes non-negative integers only
+    return Knob("seed", 0, help, lo=0)
 
 
 def need(cond: bool, owner: str, what: str) -> None:

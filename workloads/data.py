@@ -15,7 +15,7 @@ import numpy as np
 
 from model.trace import DC_ZVA, READ64, WRITE64
 
-from .base import Knob, WorkloadError, generator, interleave, need
+from .base import Knob, WorkloadError, generator, interleave, need, vcpus_knob
 from .linux import LinuxGuest, LinuxProfile
 
 BURST = Knob("burst", 64, "accesses a vCPU makes per turn when vCPUs are interleaved")
@@ -40,7 +40,7 @@ def _round_up(x: int, a: int) -> int:
 @generator("stream", "data-heavy",
            "memset/memcpy over each vCPU's buffer (glibc memset: STP stores, or DC ZVA for "
            "zeroing; memcpy: load + store per line), like STREAM or a page-zeroing loop",
-           [Knob("vcpus", 2, "vCPUs, each streaming over its own buffer"),
+           [vcpus_knob(2, "vCPUs, each streaming over its own buffer"),
             Knob("bytes_per_vcpu", 256 << 10, "buffer bytes per vCPU (memcpy: half source, "
                  "half destination)"),
             Knob("op", "memset", "memset (write64), memset_zva (dc_zva), memcpy (read64 + "
@@ -82,7 +82,7 @@ def stream(seed, profile, *, vcpus, bytes_per_vcpu, op, stride, passes, burst):
            "KVM selftests memstress guest code (dirty_log_perf_test, access_tracking_perf_test,"
            " demand_paging_test): each iteration touches every page of the vCPU's region once, "
            "in order or at random, writing with probability write_percent",
-           [Knob("vcpus", 2, "vCPUs (-v)"),
+           [vcpus_knob(2, "vCPUs (-v)"),
             Knob("bytes_per_vcpu", 4 << 20, "bytes of guest memory per vCPU (-b)"),
             Knob("write_percent", 100, "percentage of accesses that write (-w)"),
             Knob("random_access", False, "pick a random page of the region each access (-a)"),
@@ -128,7 +128,7 @@ def zipf_ranks(rng, n_items: int, s: float, size: int) -> np.ndarray:
            "key-value store under a YCSB-style Zipfian load (memcached/Redis GET/SET, or an "
            "LMDB-like mmap'd store with mapping=file): per operation a hash-bucket load, then "
            "a load (GET) or store (SET) of the value; hot keys scattered over the heap",
-           [Knob("vcpus", 2, "vCPUs (server threads)"),
+           [vcpus_knob(2, "vCPUs (server threads)"),
             Knob("keys", 65536, "keys in the store"),
             Knob("value_bytes", 256, "bytes per value slot"),
             Knob("s", 0.99, "Zipf exponent (YCSB: 0.99)"),

@@ -3,12 +3,12 @@
 Each is `func(workload, **knobs) -> Workload`: a new workload whose scenario has the memslots
 the scenario needs (uffd registration, backing, read-only) and whose trace has the host's
 events merged into the workload's own (the accesses are shared, not copied).  Events use
-only the SCENARIO.md ops (enable_dirty_log, harvest, uffd_wp, swap_out, zap), so every engine
+only the docs/scenario-format.md ops (enable_dirty_log, harvest, uffd_wp, swap_out, zap), so every engine
 runs them through model.reference.Vm.run_step.  Positions are access indices of the
 workload's trace (guest-fault attempts included); at the same position the host's events come
 before the guest kernel's.  Step numbers of host events are their positions.
 
-Decisions where DOMAIN.md is silent:
+Decisions where docs/semantics.md is silent:
 
 * precopy: logging starts at `start` (a fraction of the trace) on every memslot; rounds are
   evenly spaced over the rest of the trace unless `interval` says otherwise; the final
@@ -42,7 +42,7 @@ import numpy as np
 from model.scenario import INTERNAL_OPS, Step
 from model.trace import Trace
 
-from .base import Knob, Workload, WorkloadError, host_scenario
+from .base import Knob, Workload, WorkloadError, host_scenario, seed_knob
 
 START = Knob("start", 0.0, "where the host operation starts, as a fraction of the trace")
 
@@ -149,7 +149,7 @@ def snapshot(wl: Workload, *, start, resolve):
                 Knob("run", 8, "contiguous pages per reclaimed run (ksm: 1)"),
                 Knob("target", "all", "slots: all, data (not the page-table slot) or pt",
                      ("all", "data", "pt")),
-                Knob("seed", 0, "seed of the page choice")])
+                seed_knob("seed of the page choice")])
 def pressure(wl: Workload, *, mode, period, fraction, run, target, seed):
     name = "pressure"
     if period < 1 or run < 1 or not 0 < fraction <= 1:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import io
 import os
 import zipfile
+import zlib
 from typing import Iterator
 
 import numpy as np
@@ -268,7 +269,10 @@ def iter_npz(path: str, va_bits: int = 48, chunk: int = CHUNK_RECORDS):
             n = min(chunk, total - done)
             cols = {}
             for name, (f, _len, dtype) in members.items():
-                buf = f.read(n * dtype.itemsize)
+                try:
+                    buf = f.read(n * dtype.itemsize)
+                except (zipfile.BadZipFile, OSError, zlib.error) as e:    # damaged member
+                    raise TraceError(f"{path}: array {name!r} is damaged ({e})") from None
                 if len(buf) != n * dtype.itemsize:
                     raise TraceError(f"{path}:{done + len(buf) // dtype.itemsize + 1}: array "
                                      f"{name!r} is truncated")

@@ -1,4 +1,4 @@
-"""The `linux` guest profile (DOMAIN.md §4): how a Linux/arm64 guest lays out and maintains its
+"""The `linux` guest profile (docs/semantics.md §4): how a Linux/arm64 guest lays out and maintains its
 stage-1 tables around a workload's accesses.
 
 Workload generators describe what a program does — VMAs (`LinuxGuest.vma`), accesses
@@ -46,12 +46,12 @@ What the profile does (Linux sources in brackets):
   (`guest_switch`) change TTBR0 for the whole VM and flush TLBs (the model has one TTBR0 and
   an untagged TLB).
 
-Decisions where DOMAIN.md is silent:
+Decisions where docs/semantics.md is silent:
 
 * demand = false: every page the trace touches in the first address space before any munmap,
   fork or switch is mapped at start, as its first read fault would map it (anon: a new dirty
   page, no zero page; shmem clean-writable; file and text read-only), young — a warmed-up
-  process; its tables are laid out by model.stage1.build_tables (SCENARIO.md's rule).
+  process; its tables are laid out by model.stage1.build_tables (docs/scenario-format.md's rule).
 * Memory: page tables in slot "pt" at IPA 1 GiB, data in slot "ram" at 4 GiB (layout
   "split"), or both interleaved in one slot "ram" at 1 GiB in allocation order (layout
   "shared", as a real guest's page allocator mixes them; costs slot-size bytes of page-table
@@ -82,7 +82,7 @@ from model.trace import KIND_CODE, STORE_MASK, Trace
 
 from .base import Knob, Workload, WorkloadError
 
-# ---- CPUs: HAFDBS and errata (DOMAIN.md §4) ------------------------------------------------
+# ---- CPUs: HAFDBS and errata (docs/semantics.md §4) ------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import numpy as np
 
 from model.trace import READ64, WRITE64
 
-from .base import Knob, generator, interleave, need
+from .base import Knob, generator, interleave, need, vcpus_knob
 from .data import BURST, heap_base
 from .linux import LinuxGuest
 
@@ -23,7 +23,7 @@ REGION_BYTES = {"2m": 2 << 20, "1g": 1 << 30}
            "(a sparse array, a hash table over a reservation, a JVM/Go heap arena "
            "reservation): with 4K pages every region needs its own last-level table "
            "(1g: its own level-2 table too)",
-           [Knob("vcpus", 1, "vCPUs sharing the regions"),
+           [vcpus_knob(1, "vCPUs sharing the regions"),
             Knob("region", "2m", "region size: 2m or 1g", tuple(REGION_BYTES)),
             Knob("regions", 256, "regions touched"),
             Knob("accesses", 8192, "accesses in all"),
@@ -62,7 +62,7 @@ def sparse(seed, profile, *, vcpus, region, regions, accesses, write_percent, or
            "pointer chasing through a linked list whose nodes are scattered over a large VA "
            "range (graph traversal, B-tree/skip-list lookups, lmbench lat_mem_rd with a "
            "random stride): each hop loads the next pointer, TLB and table locality are poor",
-           [Knob("vcpus", 1, "vCPUs, each chasing the same list from its own start node"),
+           [vcpus_knob(1, "vCPUs, each chasing the same list from its own start node"),
             Knob("nodes", 4096, "list nodes (each on its own page)"),
             Knob("span_bytes", 64 << 30, "VA range the nodes are scattered over"),
             Knob("hops", 8192, "loads per vCPU"),
@@ -95,7 +95,7 @@ def pointer_chase(seed, profile, *, vcpus, nodes, span_bytes, hops, burst):
            "blocks, jemalloc/tcmalloc purging, short-lived buffers): each round maps a region "
            "at a random place, writes some of its pages and unmaps the oldest region, so the "
            "guest kernel keeps storing PTEs, allocating and freeing tables",
-           [Knob("vcpus", 1, "vCPUs (threads of the process)"),
+           [vcpus_knob(1, "vCPUs (threads of the process)"),
             Knob("rounds", 64, "mmap rounds"),
             Knob("region_bytes", 256 << 10, "bytes per mmap"),
             Knob("touches", 64, "accesses per round into the newest region"),
@@ -140,7 +140,7 @@ def mmap_churn(seed, profile, *, vcpus, rounds, region_bytes, touches, live, spa
            "pipeline): the parent fills its heap, forks children, and the processes take "
            "turns; each fork copies the page tables (a new root per process), and the first "
            "write to a shared page in any of them is a copy-on-write fault",
-           [Knob("vcpus", 1, "vCPUs (threads of the running process)"),
+           [vcpus_knob(1, "vCPUs (threads of the running process)"),
             Knob("heap_bytes", 2 << 20, "heap the parent fills before forking"),
             Knob("children", 3, "child processes (address spaces besides the parent's)"),
             Knob("accesses", 8192, "accesses after the forks, all processes together"),
@@ -181,7 +181,7 @@ def fork(seed, profile, *, vcpus, heap_bytes, children, accesses, write_percent,
            "loads the header of each live object in traversal order and sets its bit in a "
            "side mark bitmap; sweep walks the whole heap in address order, loading each "
            "header and threading dead objects onto a free list (a store into the object)",
-           [Knob("vcpus", 2, "GC threads, each marking and sweeping its share of the heap"),
+           [vcpus_knob(2, "GC threads, each marking and sweeping its share of the heap"),
             Knob("heap_bytes", 16 << 20, "heap size"),
             Knob("object_bytes", 4096, "object size (the heap is an array of objects)"),
             Knob("live_percent", 30, "percentage of objects that survive"),
