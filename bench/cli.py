@@ -61,6 +61,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt:                    # Ctrl-C: nothing half-written (atomic
+        print("ptwbench: interrupted", file=sys.stderr)   # renames), the shell's status
+        return 130
     except BrokenPipeError:                      # output piped into head & co.
         sys.stderr.close()
         return 0

@@ -6,6 +6,8 @@ import re
 import sys
 from pathlib import Path
 
+from model.policies import POLICIES
+
 from .cli_runs import RunInputError
 
 # dask.distributed addresses: [protocol://]host:port (distributed.comm.addressing)
@@ -26,18 +28,28 @@ def _quiet(fn):
 
 
 def cmd_sweep(args) -> int:
-    from .sweep import SweepError, connect, load_sweep_file, points, run_sweep
+    from .sweep import (POINT_LIMIT, SweepError, check_generators, connect, count_points,
+                        iter_points, load_sweep_file, run_sweep)
     try:
         spec = load_sweep_file(args.spec)
     except SweepError as e:
         raise RunInputError(str(e)) from None
     if args.workers is not None and args.workers < 1:
         raise RunInputError(f"--workers: {args.workers} is not >= 1")
-    if args.list:
-        for p in points(spec):
+    n = count_points(spec)
+    if args.list:                              # lazily: any size, bounded memory
+        for p in iter_points(spec):
             print(p["id"], p["workload"], p["knobs"], p["host"], p["host_knobs"],
                   p["variant"], p["seed"], p["engine"])
         return 0
+    if n > POINT_LIMIT and not args.yes:
+        raise RunInputError(f"{args.spec}: {n:,} points (x {len(POLICIES)} policies) is over "
+                            f"the limit of {POINT_LIMIT:,}: about {n * 0.3 / 3600:,.1f} "
+                            f"core-hours at 0.3 s a point; --yes runs it anyway")
+    try:
+        check_generators(spec)
+    except SweepError as e:
+        raise RunInputError(str(e)) from None
     client = None
     if args.scheduler:                       # connect before writing anything
         if not SCHEDULER_ADDRESS.fullmatch(args.scheduler):
@@ -55,6 +67,8 @@ def cmd_sweep(args) -> int:
                                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
                                 ) from None
     out = Path(args.out) if args.out else Path(spec["out"])
+    print(f"sweep {spec['name']}: {n:,} points x {len(POLICIES)} policies -> {out}",
+          file=sys.stderr)
     try:
         res = run_sweep(spec, out, workers=args.workers, client=client,
                         progress=False if args.no_progress else None)
@@ -99,4 +113,6 @@ def register(sub) -> None:
     s.add_argument("--out", help="result directory (default: the spec's sweep.out)")
     s.add_argument("--list", action="store_true", help="print the points and exit")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--yes", action="store_true",
+                   help="run a sweep over the size limit (bench.sweep.POINT_LIMIT points)")
     s.set_defaults(func=cmd_sweep)
