@@ -2,10 +2,12 @@
 the shipped micro-scenarios as tiny workloads."""
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
+from model.scenario import ScenarioError
 from model.scenario_io import load_scenario
 from model.trace import trace_from_scenario
 from workloads.base import Workload, WorkloadError
@@ -31,16 +33,39 @@ def registry():
 
 def build(workload: str, knobs: dict | None = None, host: str = "none",
           host_knobs: dict | None = None, seed: int = 0) -> Workload:
-    """One workload under one host scenario.  Raises WorkloadError on bad names/knobs."""
+    """One workload under one host scenario.  Raises WorkloadError on bad names/knobs.
+    `meta["build_seconds"]`: the time spent generating, importing or parsing it."""
+    t0 = time.perf_counter()
+    w = _build(workload, knobs, host, host_knobs, seed)
+    w.meta["build_seconds"] = time.perf_counter() - t0
+    return w
+
+
+def micro_path(name: str) -> Path:
+    """`micro:NAME` (a shipped scenario) or `micro:PATH` (a scenario file of the user's)."""
+    for p in scenario_files():
+        if p.stem == name:
+            return p
+    if name.endswith((".toml", ".json")) or "/" in name:
+        if not Path(name).is_file():
+            raise WorkloadError(f"micro:{name}: no such scenario file")
+        return Path(name)
+    raise WorkloadError(f"unknown micro-scenario {name!r} (shipped: "
+                        f"{', '.join(p.stem for p in scenario_files())}; or micro:PATH)")
+
+
+def _build(workload, knobs, host, host_knobs, seed) -> Workload:
     if workload.startswith("micro:"):
-        stem = workload.split(":", 1)[1]
-        for p in scenario_files():
-            if p.stem == stem:
-                if host not in ("none", "scenario"):
-                    raise WorkloadError(f"{workload}: micro-scenarios carry their own host "
-                                        f"events; host must be 'scenario'")
-                return micro_workload(p)
-        raise WorkloadError(f"unknown micro-scenario {stem!r}")
+        p = micro_path(workload.split(":", 1)[1])
+        if host not in ("none", "scenario"):
+            raise WorkloadError(f"{workload}: micro-scenarios carry their own host "
+                                f"events; host must be 'scenario'")
+        if knobs:
+            raise WorkloadError(f"{workload}: micro-scenarios take no knobs")
+        try:
+            return micro_workload(p)
+        except ScenarioError as e:
+            raise WorkloadError(str(e)) from None
     reg = registry()
     hosts = [] if host == "none" else host.split("+")
     hk = host_knobs or {}

@@ -5,6 +5,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .errors import nonneg_int
+
 DEFAULT_RESULTS = Path("results")
 
 
@@ -52,6 +54,8 @@ def cmd_run(args) -> int:
         raise RunInputError(f"--variant: unknown variant {args.variant!r} "
                             f"(known: {', '.join(VARIANTS)})")
     _check_seed(args.seed, "--seed")
+    if args.repeat < 1:
+        raise RunInputError(f"--repeat: {args.repeat} is not >= 1")
     if not args.no_save:
         _out_root(args.out)
     try:
@@ -60,7 +64,7 @@ def cmd_run(args) -> int:
     except (WorkloadError, ImportError) as e:
         raise RunInputError(str(e)) from None
     run = run_workload(w, host=args.host, variant=args.variant, seed=args.seed,
-                       engine=args.engine)
+                       engine=args.engine, repeat=args.repeat, warmup=args.warmup)
     run.meta["environment"] = environment()
     df = pd.DataFrame(run.rows, columns=list(COLUMNS))
     v = verdict_table(df, CostModel())
@@ -126,8 +130,9 @@ def cmd_beer(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .compare import CompareError, compare
+    from .compare import CompareError, check_threshold, compare
     try:
+        check_threshold(args.threshold / 100)
         status, text = compare(Path(args.a), Path(args.b), args.threshold / 100,
                                throughput=not args.no_throughput)
     except CompareError as e:
@@ -138,16 +143,31 @@ def cmd_compare(args) -> int:
 
 def register(sub) -> None:
     r = sub.add_parser("run", help="one workload x host scenario x variant, all policies")
-    r.add_argument("workload", help="a generator name (ptwbench workloads) or micro:NAME")
-    r.add_argument("--knob", action="append", metavar="K=V", help="generator knob")
-    r.add_argument("--host", default="none", help="host scenario (default: none)")
-    r.add_argument("--host-knob", action="append", metavar="K=V", help="host scenario knob")
-    r.add_argument("--variant", default="default", help="hardware variant")
-    r.add_argument("--seed", type=int, default=1)
-    r.add_argument("--engine", choices=("numpy", "reference"), default="numpy")
-    r.add_argument("--format", choices=("md", "text", "csv"), default="md")
+    r.add_argument("workload", help="what to run: a generator name (list: ptwbench workloads), "
+                   "micro:NAME (a shipped micro-scenario), micro:PATH (your scenario file, "
+                   "docs/scenario-format.md) or import:PATH (a lackey/CSV/NPZ trace)")
+    r.add_argument("--knob", action="append", metavar="K=V",
+                   help="a generator or linux-profile knob (repeatable; ptwbench workloads)")
+    r.add_argument("--host", default="none",
+                   help="host scenario, or several joined by + (default: none)")
+    r.add_argument("--host-knob", action="append", metavar="K=V",
+                   help="a host scenario knob (repeatable)")
+    r.add_argument("--variant", default="default",
+                   help="hardware variant (default: default; list: ptwbench workloads)")
+    r.add_argument("--seed", type=int, default=1,
+                   help="seed of the generator and host scenario, >= 0 (default 1): the same "
+                   "seed gives a byte-identical metrics.csv")
+    r.add_argument("--engine", choices=("numpy", "reference"), default="numpy",
+                   help="numpy (default, vectorised) or reference (one access at a time)")
+    r.add_argument("--format", choices=("md", "text", "csv"), default="md",
+                   help="what to print: md (default), text or csv")
+    r.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="timed runs of the engine (default 1); ptwbench compare judges "
+                   "throughput only with >= 3")
+    r.add_argument("--warmup", type=nonneg_int, default=0, metavar="N",
+                   help="untimed runs before the timed ones (default 0)")
     r.add_argument("--out", default=str(DEFAULT_RESULTS), help="results root (default: results)")
-    r.add_argument("--no-save", action="store_true", help="print only")
+    r.add_argument("--no-save", action="store_true", help="print only, write nothing")
     r.set_defaults(func=cmd_run)
     b = sub.add_parser("beer", help="the beer verdict over the built-in workloads (main job)")
     b.add_argument("--spec", help="a beer spec TOML (default: the embedded one)")
@@ -157,8 +177,8 @@ def register(sub) -> None:
                    help="what to print: text (72 columns, for a mailing-list reply) or md")
     b.set_defaults(func=cmd_beer)
     c = sub.add_parser("compare", help="per-metric deltas between two result directories")
-    c.add_argument("a")
-    c.add_argument("b")
+    c.add_argument("a", help="baseline result directory (run, beer or sweep)")
+    c.add_argument("b", help="result directory to compare with the baseline")
     c.add_argument("--threshold", type=float, default=10.0,
                    help="throughput regression threshold, percent (default 10)")
     c.add_argument("--no-throughput", action="store_true",

@@ -7,6 +7,7 @@ threshold; 1 otherwise; 2 on bad input.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -39,6 +40,7 @@ def _load(d: Path, name: str, required: bool) -> pd.DataFrame | None:
 def compare(a: Path, b: Path, threshold: float = 0.10, throughput: bool = True
             ) -> tuple[int, str]:
     """Returns (exit status, report text)."""
+    check_threshold(threshold)
     ma, mb = _load(a, "metrics.csv", True), _load(b, "metrics.csv", True)
     keys = list(KEY_COLUMNS)
     for df in (ma, mb):
@@ -68,18 +70,54 @@ def compare(a: Path, b: Path, threshold: float = 0.10, throughput: bool = True
     if throughput:
         ta, tb = _load(a, "timings.csv", False), _load(b, "timings.csv", False)
         if ta is not None and tb is not None:
-            for df in (ta, tb):
-                df["seed"] = df["seed"].astype(str)
-            t = ta.merge(tb, on=keys, suffixes=("_a", "_b"))
-            t["ratio"] = t["accesses_per_s_b"] / t["accesses_per_s_a"].where(
-                t["accesses_per_s_a"] > 0)
-            slow = t[t["ratio"] < 1 - threshold]
-            geo = float(t["ratio"].dropna().prod() ** (1 / max(1, t["ratio"].notna().sum())))
-            lines.append(f"throughput: geometric mean ratio b/a = {geo:.3f} over {len(t)} rows")
-            if len(slow):
-                status = 1
-                lines.append(f"{len(slow)} row(s) regressed by more than "
-                             f"{100 * threshold:.0f}%:")
-                lines.append(md_table(slow[keys + ["accesses_per_s_a", "accesses_per_s_b",
-                                                   "ratio"]]))
+            st, text = compare_throughput(ta, tb, keys, threshold)
+            status = max(status, st)
+            lines += text
     return status, "\n".join(lines)
+
+
+# pyperf-style: a throughput change is judged only on repeated samples, and only when it is
+# both beyond the threshold and beyond the spread (B's fastest sample slower than A's slowest)
+MIN_SAMPLES = 3
+
+
+def check_threshold(threshold: float) -> float:
+    """A regression threshold as a fraction: finite, >= 0 and < 1 (i.e. 0 <= percent < 100)."""
+    if not (math.isfinite(threshold) and 0 <= threshold < 1):
+        raise CompareError(f"--threshold: {threshold * 100:g} is not a percentage in [0, 100)")
+    return threshold
+
+
+def compare_throughput(ta: pd.DataFrame, tb: pd.DataFrame, keys: list[str],
+                       threshold: float) -> tuple[int, list[str]]:
+    for df in (ta, tb):
+        df["seed"] = df["seed"].astype(str)
+        if "samples" not in df:                  # timings of a single run, older format
+            df["samples"] = 1
+            df["seconds_min"] = df["seconds_max"] = df["seconds"]
+    t = ta.merge(tb, on=keys, suffixes=("_a", "_b"))
+    if t.empty:
+        return 0, ["throughput: no rows in common"]
+    t["ratio"] = t["seconds_a"] / t["seconds_b"].where(t["seconds_b"] > 0)   # b/a speed
+    geo = float(t["ratio"].dropna().prod() ** (1 / max(1, t["ratio"].notna().sum())))
+    enough = (t["samples_a"] >= MIN_SAMPLES) & (t["samples_b"] >= MIN_SAMPLES)
+    lines = [f"throughput: geometric mean speed ratio b/a = {geo:.3f} over {len(t)} rows"]
+    if not enough.any():
+        lines.append(f"throughput: too few samples to judge (each side needs >= {MIN_SAMPLES} "
+                     f"timed runs per row: ptwbench run --repeat {MIN_SAMPLES}); not gated")
+        return 0, lines
+    if not enough.all():
+        lines.append(f"throughput: {int((~enough).sum())} row(s) with fewer than "
+                     f"{MIN_SAMPLES} samples not judged")
+    j = t[enough]
+    slow = j[(j["seconds_b"] > j["seconds_a"] * (1 + threshold))
+             & (j["seconds_min_b"] > j["seconds_max_a"])]
+    if slow.empty:
+        lines.append(f"throughput: no row slower by more than {100 * threshold:g}% beyond "
+                     f"the spread ({len(j)} rows judged)")
+        return 0, lines
+    lines.append(f"{len(slow)} row(s) regressed by more than {100 * threshold:g}% (median), "
+                 f"beyond the spread:")
+    lines.append(md_table(slow[keys + ["samples_a", "seconds_a", "samples_b", "seconds_b",
+                                       "ratio"]]))
+    return 1, lines

@@ -15,9 +15,11 @@ import platform
 import subprocess
 import sys
 import tempfile
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from model.policies import DEFAULT_ORDER
 from model.results import PolicyResult
@@ -40,7 +42,13 @@ METRIC_COLUMNS = (
     "pt_pages", "data_pages",
 )
 COLUMNS = KEY_COLUMNS + METRIC_COLUMNS
-TIMING_COLUMNS = KEY_COLUMNS + ("engine", "seconds", "accesses_per_s", "walks_per_s")
+# timings (pyperf-style): `samples` timed runs of the engine after `warmups` untimed ones;
+# `seconds` is their median, with min/max/stdev as the spread; rates from the median;
+# `build_seconds` generating/importing/parsing the workload, `import_seconds` importing the
+# engine's modules in this process (0 when already imported)
+TIMING_COLUMNS = KEY_COLUMNS + ("engine", "samples", "warmups", "seconds", "seconds_min",
+                                "seconds_max", "seconds_stdev", "accesses_per_s",
+                                "walks_per_s", "build_seconds", "import_seconds")
 
 
 @dataclass
@@ -61,19 +69,43 @@ def guest_footprint(w: Workload) -> tuple[int, int]:
     return build_tables(scn).tables_used * per, sum(m.pages for m in scn.mappings) * per
 
 
-def run_workload(w: Workload, *, host: str = "none", variant: str = "default", seed: int = 0,
-                 engine: str = "numpy", policies=DEFAULT_ORDER) -> Run:
+def _import_engines() -> tuple[float, Callable, Callable]:
+    t0 = time.perf_counter()
     from model.engine import run_trace
     from model.reference_trace import run_reference_trace
+    return time.perf_counter() - t0, run_trace, run_reference_trace
+
+
+def run_workload(w: Workload, *, host: str = "none", variant: str = "default", seed: int = 0,
+                 engine: str = "numpy", policies=DEFAULT_ORDER, repeat: int = 1,
+                 warmup: int = 0) -> Run:
+    """All policies on one workload: metrics from the first run, timings over `repeat` timed
+    runs after `warmup` untimed ones (every run gives the same metrics: checked)."""
+    import_s, run_trace, run_reference_trace = _import_engines()
     scn = apply_variant(w.scenario, variant)
     runner = run_trace if engine == "numpy" else run_reference_trace
     pt_pages, data_pages = guest_footprint(w)
-    t0 = time.perf_counter()
-    results = runner(scn, w.trace, tuple(policies))
-    dt = time.perf_counter() - t0
+    for _ in range(warmup):
+        runner(scn, w.trace, tuple(policies))
+    samples, results = [], None
+    for _ in range(max(1, repeat)):
+        t0 = time.perf_counter()
+        r = runner(scn, w.trace, tuple(policies))
+        samples.append(time.perf_counter() - t0)
+        if results is None:
+            results = r
+        elif {p: x.metrics(None) for p, x in r.items()} != {
+                p: x.metrics(None) for p, x in results.items()}:
+            raise RuntimeError(f"{w.name}: repeated runs disagree (nondeterministic engine)")
+    dt = statistics.median(samples)
     oracle = results.get("oracle")
     rows, timings = [], []
     key = {"workload": w.name, "host": host, "variant": variant, "seed": seed}
+    spread = {"samples": len(samples), "warmups": warmup, "seconds": round(dt, 6),
+              "seconds_min": round(min(samples), 6), "seconds_max": round(max(samples), 6),
+              "seconds_stdev": round(statistics.stdev(samples), 6) if len(samples) > 1 else 0.0,
+              "build_seconds": round(float(w.meta.get("build_seconds", 0.0)), 6),
+              "import_seconds": round(import_s, 6)}
     for p, r in results.items():
         m = r.metrics(oracle)
         m.setdefault("uffd_extra", 0)
@@ -81,13 +113,14 @@ def run_workload(w: Workload, *, host: str = "none", variant: str = "default", s
         rows.append({**key, "policy": p, **{c: m[c] for c in METRIC_COLUMNS}})
         # the numpy engine runs the policies together: every row carries the whole run's
         # time, and rates are the trace's accesses (walks) per second of it
-        timings.append({**key, "policy": p, "engine": engine, "seconds": round(dt, 6),
+        timings.append({**key, "policy": p, "engine": engine, **spread,
                         "accesses_per_s": round(r.accesses / dt) if dt else 0,
                         "walks_per_s": round(r.walks / dt) if dt else 0})
     meta = {"workload": w.name, "workload_meta": _jsonable(w.meta), "host": host,
             "variant": variant, "seed": seed, "engine": engine, "policies": list(results),
             "machine": _jsonable(vars(scn.machine)), "guest": _jsonable(vars(scn.guest)),
-            "accesses": len(w.trace), "events": len(w.trace.events), "seconds": dt}
+            "accesses": len(w.trace), "events": len(w.trace.events), "seconds": dt,
+            "samples_seconds": [round(x, 6) for x in samples], "warmups": warmup}
     return Run(rows, timings, meta, results)
 
 

@@ -130,11 +130,6 @@ def _str_list(v, at: str, default: list[str]) -> list[str]:
     return list(v)
 
 
-def _micro_names() -> list[str]:
-    from .catalog import scenario_files
-    return [p.stem for p in scenario_files()]
-
-
 def _axes(table, at: str) -> list[tuple[str, list]]:
     """A knob table -> [(knob, [values ...])] in the order written."""
     if not isinstance(table, dict):
@@ -225,7 +220,6 @@ def load_sweep(text: str, source: str) -> dict:
         raise SweepError(f"{source}: grid: no [[grid]] table")
     if not isinstance(grids_raw, list):
         raise SweepError(f"{source}: grid: expected [[grid]] tables (an array of tables)")
-    micro = None
     grids = []
     for i, g in enumerate(grids_raw):
         at = f"{source}: grid[{i}]"
@@ -242,11 +236,14 @@ def load_sweep(text: str, source: str) -> dict:
         else:
             ws = _str_list(ws, f"{at}.workloads", [])
         for w in ws:
-            if w.startswith("micro:"):
-                micro = micro if micro is not None else _micro_names()
-                if w.split(":", 1)[1] not in micro:
-                    raise SweepError(f"{at}.workloads: unknown micro-scenario {w!r} "
-                                     f"(known: {', '.join(micro)})")
+            if w.startswith("micro:"):                # micro:NAME (shipped) or micro:PATH
+                from workloads.base import WorkloadError
+
+                from .catalog import micro_path
+                try:
+                    micro_path(w.split(":", 1)[1])
+                except WorkloadError as e:
+                    raise SweepError(f"{at}.workloads: {e}") from None
             elif w not in reg.GENERATORS:
                 raise SweepError(f"{at}.workloads: unknown workload {w!r} "
                                  f"(known: {', '.join(reg.GENERATORS)}, micro:NAME)")

@@ -156,16 +156,39 @@ def test_compare_identical_and_changed(beer_dir, tmp_path):
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
 
 
-def test_compare_throughput_regression(beer_dir, tmp_path):
-    d, _ = beer_dir
-    slow = tmp_path / "slow"
-    slow.mkdir()
-    (slow / "metrics.csv").write_bytes((d / "metrics.csv").read_bytes())
+def _timed(d: Path, dst: Path, samples: int, factor: float, spread: float) -> Path:
+    """A copy of result directory d whose timings say: `samples` timed runs, median time x
+    factor, samples spread +-spread around it."""
+    dst.mkdir()
+    (dst / "metrics.csv").write_bytes((d / "metrics.csv").read_bytes())
     t = pd.read_csv(d / "timings.csv")
-    t["accesses_per_s"] = (t["accesses_per_s"] * 0.5).round()
-    t.to_csv(slow / "timings.csv", index=False)
-    assert compare(d, slow, threshold=0.10)[0] == 1
-    assert compare(d, slow, threshold=0.60)[0] == 0
+    t["samples"] = samples
+    t["seconds"] = t["seconds"] * factor
+    t["seconds_min"] = t["seconds"] * (1 - spread)
+    t["seconds_max"] = t["seconds"] * (1 + spread)
+    t.to_csv(dst / "timings.csv", index=False)
+    return dst
+
+
+def test_compare_throughput_regression_needs_repeated_samples(beer_dir, tmp_path):
+    d, _ = beer_dir
+    base = _timed(d, tmp_path / "base", 10, 1.0, 0.05)
+    slow = _timed(d, tmp_path / "slow", 10, 1.75, 0.05)    # 43 % fewer accesses/s
+    assert compare(base, slow, threshold=0.10)[0] == 1
+    assert compare(base, slow, threshold=0.80)[0] == 0      # within the threshold
+    noisy = _timed(d, tmp_path / "noisy", 10, 1.75, 0.5)    # slower, but inside the spread
+    assert compare(base, noisy, threshold=0.10)[0] == 0
+    one = _timed(d, tmp_path / "one", 1, 1.75, 0.0)         # a single sample: not judged
+    status, text = compare(base, one, threshold=0.10)
+    assert status == 0 and "too few samples" in text
+    assert compare(base, base, threshold=0.10)[0] == 0      # identical: never a regression
+
+
+@pytest.mark.parametrize("threshold", ["nan", "-5", "inf", "100", "x"])
+def test_compare_threshold_is_validated(beer_dir, threshold):
+    d, _ = beer_dir
+    p = ptwbench("compare", str(d), str(d), "--threshold", threshold)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
 
 
 @pytest.mark.parametrize("spec,key", [
