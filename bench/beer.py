@@ -8,7 +8,6 @@ variants, all policies; then the verdict (bench.verdict) and the reports.
 from __future__ import annotations
 
 import json
-import sys
 import time
 import tomllib
 from datetime import datetime, timezone
@@ -24,8 +23,8 @@ from .catalog import build, micro_workload, scenario_files
 from .cost import CostModel
 from .runner import (COLUMNS, TIMING_COLUMNS, csv_text, environment, meta_json,
                      run_workload, write_dir_atomic)
-from .verdict import (answer, by_variant, false_dirty_rate, hw_always_effect, pt_share,
-                      sensitivity, verdict_table)
+from .verdict import (COMPARED, MATTERS_RULE, answer, by_variant, false_dirty_rate,
+                      hw_always_effect, pt_share, sensitivity, verdict_table)
 
 
 class SpecError(ValueError):
@@ -167,24 +166,34 @@ def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
     files["report.md"] = markdown(df, v, sens, cm)
     files["verdict.txt"] = text(df, v, sens, cm)
     files["false_dirty.png"] = report.plot_false_dirty(df.assign(case=df.apply(
-        lambda r: f"{r['workload']}/{r['host']}", axis=1))[df["variant"] == "default"])
+        lambda r: f"{r['workload']}", axis=1))[df["variant"] == "default"], "default")
     files["exits_vs_cost.png"] = report.plot_exits_vs_cost(v)
-    files["sensitivity.png"] = report.plot_sensitivity(sens)
+    files["sensitivity.png"] = report.plot_sensitivity(
+        sens, float(v["net_us"].max()) if len(v) else None)
     return write_dir_atomic(out_root / f"beer-{stamp}", files)
 
 
 SUMMARY_COLS = ["case", "fix_double_faults", "exits_saved", "false_dirty_extra",
                 "uffd_false_write_extra", "net_us", "breaks_guest", "matters"]
+NOT_APPLICABLE = ("— = not applicable: break_even_exit_us when ha-promote saves no exit "
+                  "(no exit cost makes it pay); a rate with nothing to divide by (no page "
+                  "marked dirty, no run with logging)")
+PLOTS = [("false_dirty.png", "False-positive dirty pages per policy"),
+         ("exits_vs_cost.png", "What ha-promote saves against what its false writes cost"),
+         ("sensitivity.png", "Sensitivity of the best net saving to each cost constant")]
 
 
 def markdown(df, v, sens, cm) -> str:
-    out = ["# The beer verdict", "", f"**{answer(v)}**", "",
+    out = ["# The beer verdict", "", f"Compared: {COMPARED}.", "", f"**{answer(v)}**", "",
+           f"How a case is judged: {MATTERS_RULE}.", "",
            "## Per hardware variant", "", report.md_table(by_variant(v)), ""]
     out += ["## Per case (ha-promote against fix)", "",
             "exits_saved: stage-2 faults ha-promote avoids; false_dirty_extra: pages it "
             "marks dirty that nothing wrote; uffd_false_write_extra: userfaultfd events it "
             "flags WRITE that wrote nothing; net_us: fix's modelled host overhead minus "
-            "ha-promote's (positive: ha-promote is cheaper).", "",
+            "ha-promote's (positive: ha-promote is cheaper); net_share: net_us / fix's "
+            "overhead; break_even_exit_us: the exit cost at which ha-promote would break "
+            "even.", "", NOT_APPLICABLE + ".", "",
             report.md_table(v[SUMMARY_COLS + ["net_share", "break_even_exit_us"]]), ""]
     out += ["## The seed thread's claims", "", "### Share of guest memory in page tables", "",
             report.md_table(pt_share(df)), "",
@@ -194,30 +203,62 @@ def markdown(df, v, sens, cm) -> str:
             report.md_table(hw_always_effect(v)), ""]
     out += ["## Cost model", "", report.md_table(pd.DataFrame(
         [{"param": k, "value": val} for k, val in cm.as_dict().items()])), "",
-            "Sources and assumptions: bench/cost.py.", "",
+            "Sources and assumptions: bench/cost.py and docs/cost-model.md.", "",
             "## Sensitivity (each constant x0.1 and x10)", "", report.md_table(sens), ""]
+    out += ["## Plots", ""] + [f"![{title}]({f})\n" for f, title in PLOTS]
     out += ["## All metrics", "", "See metrics.csv (one row per policy and run) and "
             "timings.csv (engine throughput).", ""]
     return "\n".join(out)
 
 
+TOP_CASES = 8
+TEXT_LEGEND = {
+    "cases": "cases run on that variant",
+    "matter": "cases where ha-promote's saving matters",
+    "fix_2nd": "fix's second stage-2 faults, all cases",
+    "best_net_us": "best net saving of ha-promote (us)",
+    "saved": "exits ha-promote avoids",
+    "fdirty": "extra false-dirty pages ha-promote marks",
+    "net_us": "net saving (us), negative when ha-promote costs more",
+    "matters": "whether the case passes the bar (report.md)",
+    "false_dirty": "pages marked dirty that nothing wrote",
+    "marked": "pages marked dirty",
+    "false_dirty_rate": "false_dirty / marked",
+}
+
+
+def _short_case(r) -> str:
+    """workload (its name carries its host scenarios) / variant: unique within a beer run."""
+    w = str(r["workload"]).replace("micro:", "")
+    return f"{w} / {r['variant']}"
+
+
 def text(df, v, sens, cm) -> str:
+    """verdict.txt: a <= 60-line summary for a mailing-list reply (<= 72 columns)."""
     bv = by_variant(v)[["variant", "cases", "matter", "fix_double_faults", "best_net_us"]]
-    parts = [report.wrap(answer(v)), "",
-             "Per hardware variant (matter: cases where ha-promote's saving",
-             "matters; fix_double_faults: fix's second faults, all cases):",
-             report.text_table(bv.rename(columns={"fix_double_faults": "fix_2nd_faults"})),
+    bv = bv.rename(columns={"fix_double_faults": "fix_2nd"})
+    ok = v[~v["breaks_guest"]].sort_values(["net_us", "exits_saved"], ascending=False)
+    top = ok.head(TOP_CASES)
+    best = []
+    for i, r in enumerate(top.itertuples(index=False), 1):
+        r = r._asdict()
+        best.append(report.wrap(f"{i}. {_short_case(r)}"))
+        best.append(f"   saved {int(r['exits_saved'])}, fdirty {int(r['false_dirty_extra'])}, "
+                    f"net_us {r['net_us']:.1f}, matters {'yes' if r['matters'] else 'no'}")
+    fdr = false_dirty_rate(df)[["policy", "dirty_false_positive", "marked",
+                                "false_dirty_rate"]].rename(
+        columns={"dirty_false_positive": "false_dirty"})
+    parts = [report.wrap(answer(v)), "", report.wrap(f"Compared: {COMPARED}."), "",
+             "Per hardware variant:", report.text_table(bv), "",
+             f"Best {len(top)} of {len(v)} cases by net saving (guest not broken):",
+             *best, "",
+             "False-positive dirty rate per policy (runs with dirty logging):",
+             report.text_table(fdr), "",
+             "Legend: " + "; ".join(f"{k}: {d}" for k, d in TEXT_LEGEND.items()) + ".",
              "",
-             report.text_table(v.assign(
-                 workload=v["workload"].str.replace("micro:", "", regex=False))[
-                 ["workload", "host", "variant", "exits_saved", "false_dirty_extra",
-                  "net_us", "matters"]].rename(columns={
-                     "exits_saved": "saved", "false_dirty_extra": "fdirty"})), "",
-             "(saved: exits ha-promote avoids; fdirty: extra false dirty pages;",
-             " net_us: modelled saving, negative = ha-promote costs more)", "",
-             "False-positive dirty rate per policy:",
-             report.text_table(false_dirty_rate(df)[["policy", "dirty_false_positive",
-                                                     "marked", "false_dirty_rate"]]), "",
-             "Share of guest memory in page tables:",
-             report.text_table(pt_share(df)), ""]
-    return "\n".join(parts)
+             f"Cost model: exit {cm.exit_us:g} us, re-send {cm.resend_us:.1f} us/page "
+             f"({cm.link_gbit_s:g} Gbit/s), uffd {cm.uffd_local_us:g} us local, "
+             f"{cm.uffd_postcopy_us:g} us post-copy (ASSUMPTIONs; docs/cost-model.md). "
+             f"Every case, sensitivity, plots: report.md.", ""]
+    return "\n".join(report.wrap(p) if not p.startswith((" ", "-")) and "\n" not in p
+                     and len(p) > report.TEXT_WIDTH else p for p in parts)

@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = Parser(prog="ptwbench", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True, parser_class=Parser)
     sc = sub.add_parser("scenario", help="run micro-scenario files (docs/scenario-format.md) under every policy")
-    sc.add_argument("files", nargs="+", metavar="FILE")
+    sc.add_argument("files", nargs="+", metavar="FILE",
+                    help="scenario files, TOML or JSON (docs/scenario-format.md)")
     sc.add_argument("--json", action="store_true", help="docs/scenario-format.md's JSON output")
     sc.add_argument("--policy", action="extend", nargs="+", metavar="P",
                     help=f"policies to run (default: all; {', '.join(POLICIES)})")

@@ -11,8 +11,14 @@ from tabulate import tabulate
 TEXT_WIDTH = 72
 
 
+NA = "—"          # a cell with no value: each report states what it means there
+
+
 def md_table(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
-    return tabulate(df, headers="keys", tablefmt="github", showindex=False, floatfmt=floatfmt)
+    """A GitHub markdown table; missing values (NaN, None) are written as NA, never 'nan'."""
+    d = df.astype(object).where(df.notna(), None)
+    return tabulate(d, headers="keys", tablefmt="github", showindex=False, floatfmt=floatfmt,
+                    missingval=NA)
 
 
 def text_table(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
@@ -50,7 +56,7 @@ def _cut(v, width: int):
 
 
 def wrap(text: str) -> str:
-    return "\n".join(textwrap.fill(p, TEXT_WIDTH) if p.strip() else ""
+    return "\n".join(textwrap.fill(p, TEXT_WIDTH, break_on_hyphens=False) if p.strip() else ""
                      for p in text.split("\n"))
 
 
@@ -69,44 +75,67 @@ def _plt():
     return plt
 
 
-def plot_false_dirty(df: pd.DataFrame) -> bytes:
-    """False-positive dirty pages per policy and workload (default variant)."""
+def plot_false_dirty(df: pd.DataFrame, variant: str) -> bytes:
+    """False-positive dirty pages per policy, for the cases that have any (one variant)."""
     plt = _plt()
     d = df.pivot_table(index="case", columns="policy", values="dirty_false_positive",
                        aggfunc="sum").fillna(0)
-    fig, ax = plt.subplots(figsize=(9, max(3, 0.35 * len(d) + 1)))
-    d.plot.barh(ax=ax)
+    d = d[(d > 0).any(axis=1)].sort_index(ascending=False)
+    fig, ax = plt.subplots(figsize=(9, max(3, 0.3 * len(d) + 1.5)))
+    if len(d):
+        d.plot.barh(ax=ax, width=0.8)
+        ax.legend(title="policy", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no false-positive dirty page in any case", ha="center",
+                transform=ax.transAxes)
     ax.set_xlabel("false-positive dirty pages (marked, never written)")
     ax.set_ylabel("")
-    ax.set_title("False dirty pages per policy")
+    ax.tick_params(axis="y", labelsize=7)
+    ax.set_title(f"False dirty pages per policy (variant: {variant}; cases with none omitted)")
     return plot_png(fig)
 
 
 def plot_exits_vs_cost(v: pd.DataFrame) -> bytes:
     """What ha-promote saves over fix (exits and uffd round trips, in us of the cost model)
-    against what its false writes cost; above the diagonal it loses."""
+    against what its false writes cost; below the diagonal ha-promote pays, above it loses."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(8, 6))
     ok = v[~v["breaks_guest"]]
-    ax.scatter(ok["saved_us"], ok["cost_us"], s=18, label="cases")
-    top = ok.reindex(ok["net_us"].abs().sort_values(ascending=False).index).head(5)
-    for _, r in top.iterrows():
-        ax.annotate(r["case"][:40], (r["saved_us"], r["cost_us"]), fontsize=6,
-                    xytext=(4, 4), textcoords="offset points")
-    lim = max(1.0, float(max(ok["saved_us"].max(), ok["cost_us"].max()))) if len(ok) else 1.0
+    lim = max(1.0, float(max(ok["saved_us"].max(), ok["cost_us"].max()))) * 1.1 \
+        if len(ok) else 1.0
+    ax.fill_between([0, lim], [0, 0], [0, lim], color="tab:green", alpha=0.08,
+                    label="below: ha-promote pays")
+    ax.fill_between([0, lim], [0, lim], [lim, lim], color="tab:red", alpha=0.06,
+                    label="above: fix pays")
     ax.plot([0, lim], [0, lim], lw=0.8, ls="--", color="grey", label="break-even")
+    for var, g in ok.groupby("variant", sort=True):
+        ax.scatter(g["saved_us"], g["cost_us"], s=18, label=f"variant {var}")
+    top = ok.reindex(ok["net_us"].abs().sort_values(ascending=False).index).head(5)
+    for k, (_, r) in enumerate(top.iterrows()):
+        ax.annotate(f"{str(r['workload']).replace('micro:', '')[:30]} / {r['variant']}",
+                    (r["saved_us"], r["cost_us"]), fontsize=7, xytext=(6, 10 + 9 * k),
+                    textcoords="offset points", arrowprops={"arrowstyle": "-", "lw": 0.4})
+    ax.set_xlim(0, lim)
+    ax.set_ylim(0, lim)
     ax.set_xlabel("saved by ha-promote over fix (us: exits and uffd round trips)")
     ax.set_ylabel("cost of ha-promote's false writes (us)")
-    ax.set_title("Saving against cost (cases that do not break the guest)")
-    ax.legend(fontsize=7)
+    ax.set_title("Saving against cost, every variant (cases that do not break the guest)")
+    ax.legend(fontsize=7, loc="upper left")
     return plot_png(fig)
 
 
-def plot_sensitivity(s: pd.DataFrame) -> bytes:
+def plot_sensitivity(s: pd.DataFrame, baseline_us: float | None = None) -> bytes:
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(8, 0.3 * len(s) + 1.5))
     labels = [f"{r.param} x{r.factor:g}" for r in s.itertuples()]
-    ax.barh(labels, s["best_net_us"])
-    ax.set_xlabel("best net saving of ha-promote over fix (us)")
-    ax.set_title("Sensitivity of the verdict to each cost constant")
+    ax.barh(labels, s["best_net_us"], color=["tab:blue" if f < 1 else "tab:orange"
+                                             for f in s["factor"]])
+    if baseline_us is not None:
+        ax.axvline(baseline_us, color="black", lw=1, ls="--",
+                   label=f"baseline (x1): {baseline_us:.1f} us")
+        ax.legend(fontsize=8)
+    ax.axvline(0, color="grey", lw=0.6)
+    ax.invert_yaxis()
+    ax.set_xlabel("best net saving of ha-promote over fix (us); > 0: ha-promote cheaper")
+    ax.set_title("Sensitivity: each cost constant x0.1 (blue) and x10 (orange), all variants")
     return plot_png(fig)

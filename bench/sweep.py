@@ -710,7 +710,7 @@ def aggregate(spec: dict, pts: list[dict], done: dict, out: Path, run_meta: dict
     from .cost import CostModel
     from .runner import (COLUMNS, TIMING_COLUMNS, csv_text, environment, meta_json,
                          write_atomic)
-    from .verdict import answer, verdict_table
+    from .verdict import MATTERS_RULE, answer, verdict_table
     rows = _rows(pts, done, "rows")
     timings = _rows(pts, done, "timings")
     df = pd.DataFrame(rows, columns=list(COLUMNS))
@@ -732,8 +732,8 @@ def aggregate(spec: dict, pts: list[dict], done: dict, out: Path, run_meta: dict
           "false_dirty_extra: pages it marks dirty that nothing wrote; "
           "uffd_false_write_extra: userfaultfd events it flags WRITE that wrote nothing; "
           "net_us: fix's modelled host overhead minus ha-promote's (positive: ha-promote is "
-          "cheaper; bench/cost.py); matters: seeds where the saving is >= 1 % of fix's "
-          "overhead and the guest does not break.", "",
+          "cheaper; bench/cost.py); matters: the seeds where the case matters (bench/verdict.py: "
+          f"{MATTERS_RULE}).", "",
           report.md_table(summary(v)), ""]
     if errors:
         md += ["## Points the registry rejected", "",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -55,11 +56,9 @@ def cmd_sweep(args) -> int:
         if not SCHEDULER_ADDRESS.fullmatch(args.scheduler):
             raise RunInputError(f"--scheduler: {args.scheduler!r} is not a scheduler address "
                                 f"(like tcp://HOST:8786)")
-        try:
-            import distributed  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("distributed") is None:
             raise RunInputError("--scheduler: dask.distributed is not installed (pip install "
-                                "'ptwbench[dask]')") from None
+                                "'ptwbench[dask]')")
         try:
             client = _quiet(lambda: connect(args.scheduler, args.timeout))
         except (OSError, TimeoutError, ValueError) as e:
@@ -102,7 +101,7 @@ def cmd_sweep(args) -> int:
 def register(sub) -> None:
     s = sub.add_parser("sweep", help="a grid of runs (workloads x knobs x hosts x variants x "
                        "seeds), parallel, resumable; see bench/sweep.py for the spec")
-    s.add_argument("spec", metavar="SPEC.toml")
+    s.add_argument("spec", metavar="SPEC.toml", help="the sweep spec (format: bench/sweep.py)")
     ex = s.add_mutually_exclusive_group()
     ex.add_argument("--workers", type=int, metavar="N",
                     help="local worker processes (default: the CPUs available)")

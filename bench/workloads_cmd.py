@@ -33,6 +33,8 @@ def _knob_rows(knobs, width: int = 70):
 
 
 def registry_json() -> dict:
+    from bench.catalog import scenario_files
+    from bench.variants import VARIANTS
     from workloads.registry import GENERATORS, HOST_SCENARIOS, IMPORT_KNOBS, PROFILE_KNOBS
 
     def knobs(ks):
@@ -45,10 +47,14 @@ def registry_json() -> dict:
         "import": {"name": "import:PATH", "knobs": knobs(IMPORT_KNOBS)},
         "host_scenarios": [{"name": e.name, "stands_for": e.stands_for,
                             "knobs": knobs(e.knobs)} for e in HOST_SCENARIOS.values()],
+        "variants": [{"name": n, "description": d} for n, (d, _f) in VARIANTS.items()],
+        "micro_scenarios": [f"micro:{p.stem}" for p in scenario_files()],
     }
 
 
 def registry_text() -> str:
+    from bench.catalog import scenario_files
+    from bench.variants import VARIANTS
     from workloads.registry import GENERATORS, HOST_SCENARIOS, IMPORT_KNOBS, PROFILE_KNOBS
     out = []
 
@@ -67,11 +73,18 @@ def registry_text() -> str:
     section("[import]", "import:PATH", "a trace file (valgrind lackey --trace-mem=yes, CSV "
             "vcpu,va,kind, NPZ), laid out by the linux profile; see workloads/importers.py",
             IMPORT_KNOBS)
-    section("[profile]", "linux", "the Linux/arm64 guest (docs/semantics.md §4), knobs shared by every "
-            "generator and import", PROFILE_KNOBS)
+    section("[profile]", "linux", "the Linux/arm64 guest (docs/semantics.md §4), knobs shared "
+            "by every generator and import", PROFILE_KNOBS)
+    section("[micro]", "micro:NAME | micro:PATH", "a micro-scenario file run as a workload "
+            "(docs/scenario-format.md; its host events are its own: --host scenario); shipped: "
+            + ", ".join(p.stem for p in scenario_files()), ())
     out.append("HOST SCENARIOS  (ptwbench run NAME --host H --host-knob K=V)\n")
     for e in HOST_SCENARIOS.values():
         section("[host]", e.name, e.stands_for, e.knobs)
+    out.append("HARDWARE VARIANTS  (ptwbench run NAME --variant V)\n")
+    out.append(textwrap.indent(tabulate(
+        [[n, "\n".join(textwrap.wrap(d, 76))] for n, (d, _f) in VARIANTS.items()],
+        headers=["variant", "machine"], tablefmt="simple"), "    "))
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -115,7 +128,7 @@ def register(sub) -> None:
     from workloads.importers import FORMATS
     ic = sub.add_parser("import-check", help="parse a trace file (lackey, CSV, NPZ), lay it "
                                              "out with the linux profile, print a summary")
-    ic.add_argument("file", metavar="FILE")
+    ic.add_argument("file", metavar="FILE", help="a trace: lackey text, CSV vcpu,va,kind or NPZ")
     ic.add_argument("--format", choices=FORMATS, help="default: by extension (.csv, .npz; "
                                                       "anything else is lackey)")
     ic.add_argument("--limit", type=nonneg_int, default=None, help="stop after N accesses (0: all)")

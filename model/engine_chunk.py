@@ -351,7 +351,7 @@ SUB = 1 << 16                            # tier-1 block (cache-sized)
 def chunk(g, i: int, j: int) -> int:
     """Run accesses [i, j) of one interval for group g as far as the vectorised path goes;
     returns the position of the first access it leaves to the reference code, or j."""
-    base, prep, sh, f = g.base, g.base.prep, g.shared, g.flags
+    base, prep, f = g.base, g.base.prep, g.flags
     tr = base.trace
     wc = g.walkcache()
     C = j - i

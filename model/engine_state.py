@@ -21,7 +21,7 @@ import numpy as np
 
 from .arch import (DESC_AF, DESC_AP2, DESC_SIZE, DESC_TABLE, DESC_VALID, HOST_PAGE,
                    make_leaf_desc)
-from .host import (BLOCK_2M, HOST_MISSING, HOST_RW, HOST_WP, HOST_ZERO, S2_RO, S2_RW,
+from .host import (HOST_MISSING, HOST_RW, HOST_WP, HOST_ZERO, S2_RO,
                    S2_UNMAPPED, Host)
 from .policies import POLICIES
 from .reference import TlbEntry, Vm

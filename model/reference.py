@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from .arch import (DESC_AF, DESC_AP2, DESC_DBM, DESC_PXN, DESC_SIZE, DESC_TABLE, HOST_PAGE,
                    desc_oa, is_table, is_valid, make_table_desc)
-from .host import S2_RO, S2_RW, S2_UNMAPPED, Abort, Host, Outcome
+from .host import S2_RO, S2_UNMAPPED, Abort, Host, Outcome
 from .policies import DEFAULT_ORDER, POLICIES
 from .results import Harvest, PolicyResult
 from .scenario import Scenario, Step

@@ -24,7 +24,7 @@ from model.policies import DEFAULT_ORDER
 from model.reference import Vm
 from model.reference_trace import run_reference_trace
 from model.scenario import Guest, Machine, Mapping, Memslot, Scenario, Step
-from model.trace import KIND_CODE, Trace, trace_from_scenario
+from model.trace import KIND_CODE, Trace
 from tests.strategies import scenarios
 from tests.test_engine_differential import facts
 

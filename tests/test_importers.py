@@ -1,11 +1,9 @@
 """Trace import: lackey, CSV and NPZ parsing (streamed), bad input, and a real program traced
 with valgrind lackey on the fly and run through every policy."""
-import io
 import os
 import shutil
 import subprocess
 import tracemalloc
-import zipfile
 
 import numpy as np
 import pytest

@@ -66,8 +66,10 @@ def test_verdict_matters_threshold_and_broken_guest():
                            _row("ha-promote", s2_faults=10, guest_aborts=5)])
     vb = verdict_table(broken, cm).iloc[0]
     assert vb["breaks_guest"] and not vb["matters"]
-    assert answer(verdict_table(broken, cm)).startswith(
-        "a workload where the optimisation matters: no")
+    one = answer(verdict_table(broken, cm))              # a single case speaks of itself
+    assert one.startswith("this case (") and "matters: no" in one and "guest breaks" in one
+    two = answer(verdict_table(pd.concat([broken, broken.assign(workload="w2")]), cm))
+    assert two.startswith("a workload where ha-promote's saving over fix matters: no (0 of 2")
     assert "yes" in answer(verdict_table(ok, cm))
 
 
@@ -110,7 +112,7 @@ def beer_dir(tmp_path_factory):
 
 def test_beer_outputs(beer_dir):
     d, stdout = beer_dir
-    assert stdout.startswith("a workload where the optimisation matters: ")
+    assert stdout.startswith("a workload where ha-promote's saving over fix matters: ")
     assert max(len(line) for line in stdout.splitlines()) <= 72
     for f in ("metrics.csv", "timings.csv", "verdict.csv", "meta.json", "report.md",
               "verdict.txt", "false_dirty.png", "exits_vs_cost.png", "sensitivity.png"):
@@ -247,3 +249,34 @@ def test_golden_results_unchanged(tmp_path):
     assert p.returncode == 0, p.stderr
     p = ptwbench("compare", str(golden), str(tmp_path / "beer-now"), "--no-throughput")
     assert p.returncode == 0, p.stdout
+
+
+def test_verdict_txt_is_a_short_summary_with_a_true_legend(beer_dir):
+    d, _ = beer_dir
+    text = (d / "verdict.txt").read_text()
+    lines = text.splitlines()
+    assert len(lines) <= 60 and max(map(len, lines)) <= 72
+    assert "ha-promote" in lines[0] + lines[1] and "fix" in text.split("\n\n")[1]
+    # the legend explains exactly the column headers of the tables it follows
+    legend = " ".join(text.split("Legend: ", 1)[1].split("\n\n")[0].split())
+    keys = {k.split(":")[0].strip() for k in legend.rstrip(".").split("; ")}
+    headers = set()
+    for i, line in enumerate(lines[:-1]):
+        if lines[i + 1].startswith("---"):
+            headers |= set(line.split())
+    headers -= {"variant", "policy"}                         # named by their values
+    item_keys = {w for line in lines if line.startswith("   saved ")
+                 for w in line.replace(",", " ").split()[::2]}
+    assert keys == headers | item_keys, (keys, headers, item_keys)
+    # case names are whole and unique
+    cases = [line.split(". ", 1)[1] for line in lines if line[:1].isdigit() and ". " in line]
+    assert cases and len(set(cases)) == len(cases) and not any("~" in c for c in cases)
+
+
+def test_report_md_embeds_plots_and_has_no_nan(beer_dir):
+    d, _ = beer_dir
+    md = (d / "report.md").read_text()
+    for png in ("false_dirty.png", "exits_vs_cost.png", "sensitivity.png"):
+        assert f"]({png})" in md and (d / png).exists()
+    assert "nan" not in md.lower().replace("nanos", "")
+    assert "— = not applicable" in md

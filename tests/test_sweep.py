@@ -113,7 +113,7 @@ def test_workers_1_and_2_byte_identical(tiny):
     assert meta["environment"]["git_revision"] and meta["points"] == TINY_POINTS
     assert "2 workers" in meta["executor"]
     md = (w1 / "report.md").read_text()
-    assert "a workload where the optimisation matters: " in md and "| workload" in md
+    assert "a workload where ha-promote's saving over fix matters: " in md and "| workload" in md
     assert compare(w1, w2, throughput=False)[0] == 0                  # compare works on sweeps
 
 
@@ -126,7 +126,7 @@ def test_dask_local_cluster_matches_local_pool(tiny, tmp_path):
         p = ptwbench("sweep", str(tmp_path / "tiny.toml"), "--scheduler",
                      cluster.scheduler_address, "--out", str(tmp_path / "dask"))
     assert p.returncode == 0, p.stderr
-    assert p.stdout.startswith("a workload where the optimisation matters: ")
+    assert p.stdout.startswith("a workload where ha-promote's saving over fix matters: ")
     d = tmp_path / "dask"
     assert (d / "metrics.csv").read_bytes() == (w1 / "metrics.csv").read_bytes()
     assert (d / "report.md").read_bytes() == (w1 / "report.md").read_bytes()

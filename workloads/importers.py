@@ -30,7 +30,6 @@ than a fault-around window apart share a VMA.
 """
 from __future__ import annotations
 
-import io
 import os
 import zipfile
 import zlib
