@@ -35,8 +35,8 @@ from functools import lru_cache
 import numpy as np
 
 from .arch import DESC_AF, DESC_AP2, DESC_DBM, DESC_PXN, DESC_TABLE
-from .engine_state import (CLS_A, CLS_S, CLS_X, H_MISSING, H_RW, H_WP, H_ZERO, MUTABLE_BITS,
-                           PA_HARD, PA_PT, PA_RO, PA_RSLOT, PA_UFFD_SHIFT, PAGE_MASK, U64)
+from .engine_state import (CLS_A, CLS_S, CLS_X, H_MISSING, H_RW, H_SWAPPED, H_WP, H_ZERO,
+                           MUTABLE_BITS, PA_HARD, PA_PT, PA_RO, PA_RSLOT, PA_UFFD_SHIFT, PAGE_MASK, U64)
 from .host import S2_RO, S2_RW, S2_UNMAPPED
 from .policies import VECTOR_POLICIES
 from .trace import CAS
@@ -732,9 +732,12 @@ def _faults(g, pieces, rq, isS, isX, walk, kindI, data, dpI, need_leaf, leaf_pg,
                 miss = h == H_MISSING
                 ev1m = F1 & miss & ((uf == 1) | (uf == 2))
                 ev1w = F1 & (h == H_WP) & w1
+                # Host.gup: missing -> uffd/new page/zero page; swapped -> swapped in
+                # (do_swap_page: writable, no uffd); zero/wp -> writable on a write
                 h1 = np.where(F1 & miss, np.where(ev1m | w1, H_RW, H_ZERO),
-                              np.where(F1 & w1 & ((h == H_ZERO) | (h == H_WP)), H_RW, h)
-                              ).astype(np.int8)
+                              np.where(F1 & ((h == H_SWAPPED) | (w1 & ((h == H_ZERO)
+                                                                    | (h == H_WP)))),
+                                       H_RW, h)).astype(np.int8)
                 writable1 = w1 | ((h1 == H_RW) & ~la & ~ro)
                 st1 = np.where(F1, np.where(writable1, S2_RW, S2_RO), st).astype(np.int8)
                 risky1 = F1 & (hard | ((ev1m | ev1w) & rslot) | (miss & ispt))

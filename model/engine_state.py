@@ -21,7 +21,7 @@ import numpy as np
 
 from .arch import (DESC_AF, DESC_AP2, DESC_SIZE, DESC_TABLE, DESC_VALID, HOST_PAGE,
                    make_leaf_desc)
-from .host import (HOST_MISSING, HOST_RW, HOST_WP, HOST_ZERO, S2_RO,
+from .host import (HOST_MISSING, HOST_RW, HOST_SWAPPED, HOST_WP, HOST_ZERO, S2_RO,
                    S2_UNMAPPED, Host)
 from .policies import POLICIES
 from .reference import TlbEntry, Vm
@@ -32,9 +32,9 @@ from .trace import KINDS, Trace
 
 PAGE_MASK = ~(HOST_PAGE - 1)
 DESCS_PER_PAGE = HOST_PAGE // DESC_SIZE
-HOST_CODES = {HOST_MISSING: 0, HOST_RW: 1, HOST_ZERO: 2, HOST_WP: 3}
+HOST_CODES = {HOST_MISSING: 0, HOST_RW: 1, HOST_ZERO: 2, HOST_WP: 3, HOST_SWAPPED: 4}
 HOST_NAMES = {v: k for k, v in HOST_CODES.items()}
-H_MISSING, H_RW, H_ZERO, H_WP = 0, 1, 2, 3
+H_MISSING, H_RW, H_ZERO, H_WP, H_SWAPPED = 0, 1, 2, 3, 4
 MUTABLE_BITS = DESC_AF | DESC_AP2      # bits hardware updates change; not the walk's shape
 UFFD_CODES = {"none": 0, "missing": 1, "minor": 2, "wp": 3}
 # page attributes, packed per page index (Base.pattr): a fault there leaves the vectorised

@@ -24,6 +24,7 @@ HOST_RW = "rw"                  # present and writable
 HOST_ZERO = "zero"              # shared zero page: present, host read-only, reads as zeros
 HOST_MISSING = "missing"        # no page (never populated, punched)
 HOST_WP = "wp"                  # present, write-protected by uffd-wp
+HOST_SWAPPED = "swapped"        # swapped out: not present, content kept on swap
 
 
 class Outcome(Enum):
@@ -226,6 +227,10 @@ class Host:
             else:
                 self.host[page] = HOST_ZERO   # read fault maps the shared zero page
                 self.zero_page(page)
+        elif state == HOST_SWAPPED:
+            # do_swap_page(): swap-in, no userfaultfd involved; the page comes back with its
+            # content, exclusive and writable (docs/scenario-format.md `swap_out`)
+            self.host[page] = HOST_RW
         elif state == HOST_ZERO and write:
             self.host[page] = HOST_RW         # CoW of the zero page
         elif state == HOST_WP and write:
@@ -300,8 +305,15 @@ class Host:
         self.flush_tlbs()
 
     def swap_out(self, slot: Memslot, first: int, count: int) -> None:
-        # Content is kept and swap-in maps present-writable pages writable again, so the
-        # host state does not change; stage 2 is unmapped like a zap.
+        """Reclaim (shrink_folio_list -> try_to_unmap -> MMU notifier): stage 2 unmapped as by
+        a zap; present writable pages are swapped out and stay not present until a fault
+        swaps them in, so a block with a swapped page cannot be mapped as a block
+        (transparent_hugepage_adjust needs every page).  Hugetlb pages are never swapped
+        (not on the LRU): on a hugetlb slot this only zaps."""
+        if slot.backing != "hugetlb":
+            for p in self._range(slot, first, count):
+                if self.host[p] == HOST_RW:
+                    self.host[p] = HOST_SWAPPED
         self.zap(slot, first, count)
 
     def uffd_wp(self, slot: Memslot, first: int, count: int) -> None:

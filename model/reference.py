@@ -307,6 +307,12 @@ class Vm:
                                     walk_writes_page=False, ha=self.ha)
             if out is Outcome.RESTART:
                 continue
+            if out is Outcome.MMIO and self.scn.vmm.mmio_store == "write_backing":
+                # io_mem_abort() -> KVM_EXIT_MMIO: the VMM's handler stores the data, the
+                # descriptor with AF cleared, into the slot's memory (after Host.vmm_write
+                # made the page present): a host write, not a guest write
+                # (docs/scenario-format.md, "An MMIO exit completes the access")
+                host.write_desc(page, addr, host.read_desc(addr) & ~DESC_AF)
             if out is Outcome.STOP:
                 self.stopped.add(vcpu)
             break

@@ -16,17 +16,32 @@ REGIONS = (0x0, 0x200000, 0x40000000, 0x8000000000 >> 2, 0x3FE00000)
 
 
 @st.composite
-def slot_flags(draw, name, ipa, pages):
-    backing = draw(st.sampled_from(("anon", "anon_thp", "hugetlb", "shmem")))
+def slot_flags(draw, name, ipa, pages, backings=("anon", "anon_thp", "hugetlb", "shmem"),
+               readonly=None, populated=None):
+    backing = draw(st.sampled_from(backings))
     uffds = ["none", "missing", "wp"] + (["minor"] if backing in ("shmem", "hugetlb") else [])
-    return Memslot(name=name, ipa=ipa, pages=pages, readonly=draw(st.booleans()),
+    return Memslot(name=name, ipa=ipa, pages=pages,
+                   readonly=draw(st.booleans()) if readonly is None else readonly,
                    log_dirty=draw(st.booleans()), backing=backing,
-                   populated=draw(st.booleans()), uffd=draw(st.sampled_from(uffds)),
+                   populated=draw(st.booleans()) if populated is None else populated,
+                   uffd=draw(st.sampled_from(uffds)),
                    uffd_resolve=draw(st.sampled_from(("page", "slot"))))
 
 
+OPS = ("access",) * 10 + ("clear_af", "set_tcr", "punch_hole", "zap", "swap_out", "uffd_wp",
+                          "enable_dirty_log", "harvest", "flush_tlb")
+# Focused variants (issue 11's corrections at high density): swap_out of part of THP and
+# hugetlb blocks; clear_af on a read-only page-table slot whose MMIO stores the VMM writes back
+FOCUS = {
+    "blocks_swap": dict(ops=("access",) * 5 + ("swap_out",) * 3 + (
+        "zap", "enable_dirty_log", "harvest", "punch_hole")),
+    "clear_af_ro": dict(ops=("access",) * 4 + ("clear_af",) * 3 + (
+        "set_tcr", "zap", "swap_out", "enable_dirty_log", "harvest")),
+}
+
+
 @st.composite
-def scenarios(draw, max_steps: int = 40) -> Scenario:
+def scenarios(draw, max_steps: int = 40, focus: str | None = None) -> Scenario:
     granule = draw(st.sampled_from((4096, 4096, 4096, 16384, 65536)))
     va_bits = draw(st.sampled_from(VA_BITS[granule]))
     gp = granule // 4096
@@ -37,11 +52,21 @@ def scenarios(draw, max_steps: int = 40) -> Scenario:
     guest = Guest(tcr_ha=draw(st.booleans()), tcr_hd=draw(st.booleans()),
                   tcr2_haft=draw(st.booleans()), pt_slot="pt",
                   vm_protected=draw(st.booleans()))
-    big = draw(st.booleans())            # 2 MiB blocks possible: slots of 512+ pages
+    big = draw(st.booleans()) or focus == "blocks_swap"   # 2 MiB blocks: slots of 512+ pages
     pt_pages = 512 if big else gp * draw(st.integers(4, 10))
     data_pages = 1024 if big else gp * draw(st.integers(1, 8))
-    slots = [draw(slot_flags("pt", 0x40000000, pt_pages)),
-             draw(slot_flags("data", 0x80000000, data_pages))]
+    if focus == "blocks_swap":
+        guest = Guest(tcr_ha=True, tcr_hd=guest.tcr_hd, tcr2_haft=guest.tcr2_haft, pt_slot="pt")
+        slots = [draw(slot_flags("pt", 0x40000000, pt_pages)),
+                 draw(slot_flags("data", 0x80000000, data_pages, ("anon_thp", "hugetlb"),
+                                 readonly=False, populated=True))]
+    elif focus == "clear_af_ro":
+        guest = Guest(tcr_ha=True, tcr_hd=guest.tcr_hd, tcr2_haft=guest.tcr2_haft, pt_slot="pt")
+        slots = [draw(slot_flags("pt", 0x40000000, pt_pages, readonly=True)),
+                 draw(slot_flags("data", 0x80000000, data_pages))]
+    else:
+        slots = [draw(slot_flags("pt", 0x40000000, pt_pages)),
+                 draw(slot_flags("data", 0x80000000, data_pages))]
     if draw(st.booleans()):
         slots.append(draw(slot_flags("rom", 0xC0000000, gp * 2)))
     # mappings into data slots (and sometimes onto the page-table slot itself)
@@ -75,9 +100,7 @@ def scenarios(draw, max_steps: int = 40) -> Scenario:
     logging = {s.name: s.log_dirty for s in slots}
     steps = []
     for _ in range(draw(st.integers(1, max_steps))):
-        op = draw(st.sampled_from(("access",) * 10 + (
-            "clear_af", "set_tcr", "punch_hole", "zap", "swap_out", "uffd_wp",
-            "enable_dirty_log", "harvest", "flush_tlb")))
+        op = draw(st.sampled_from(FOCUS[focus]["ops"] if focus else OPS))
         vcpu = draw(st.integers(0, 2))
         s = draw(st.sampled_from(slots))
         if op == "access":
@@ -102,5 +125,6 @@ def scenarios(draw, max_steps: int = 40) -> Scenario:
             steps.append(Step("harvest", slot=s.name))
         elif op == "flush_tlb":
             steps.append(Step("flush_tlb"))
-    vmm = Vmm(draw(st.sampled_from(("ignore", "write_backing"))))
+    vmm = Vmm("write_backing" if focus == "clear_af_ro"
+              else draw(st.sampled_from(("ignore", "write_backing"))))
     return Scenario("gen", machine, guest, tuple(slots), vmm, tuple(maps), tuple(steps))

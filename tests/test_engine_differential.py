@@ -6,12 +6,12 @@ CI runs the `ci` profile (>= 300 examples in all); `HYPOTHESIS_PROFILE=thorough`
 import os
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 
 from model import engine
 from model.engine import run_engine
 from model.reference import run_reference
-from tests.strategies import scenarios
+from tests.strategies import FOCUS, scenarios
 
 settings.register_profile("ci", max_examples=200, deadline=None,
                           suppress_health_check=list(HealthCheck))
@@ -51,3 +51,24 @@ def tiny_windows(monkeypatch):
 @given(scenarios())
 def test_engine_equals_reference_with_tiny_windows(tiny_windows, scn):
     assert_same(scn)
+
+
+@settings(max_examples=100)
+@given(scenarios(focus="blocks_swap"))
+def test_engine_equals_reference_swap_out_of_blocks(scn):
+    """THP / hugetlb data slots with swap_out at high density (issue 11's swap_out rule)."""
+    assert scn.memslots[1].backing in ("anon_thp", "hugetlb")
+    event(f"swap_out steps: {min(3, sum(st.op == 'swap_out' for st in scn.steps))}+")
+    assert_same(scn)
+
+
+@settings(max_examples=100)
+@given(scenarios(focus="clear_af_ro"))
+def test_engine_equals_reference_clear_af_on_read_only_tables(scn):
+    """clear_af on a read-only page-table slot, MMIO stores written back by the VMM."""
+    assert scn.memslots[0].readonly and scn.vmm.mmio_store == "write_backing"
+    assert_same(scn)
+
+
+def test_focus_strategies_exist():
+    assert set(FOCUS) == {"blocks_swap", "clear_af_ro"}
