@@ -17,18 +17,15 @@ from pathlib import Path
 import pandas as pd
 
 from . import report
-from workloads.base import WorkloadError
 
 from .catalog import build, micro_workload, scenario_files
 from .cost import CostModel
+from .spec_checks import (SpecError, check_engine, check_host, check_host_knobs, check_knobs,
+                          check_variant)
 from .runner import (COLUMNS, TIMING_COLUMNS, csv_text, environment, meta_json,
                      run_workload, write_dir_atomic)
 from .verdict import (COMPARED, MATTERS_RULE, answer, by_variant, false_dirty_rate,
                       hw_always_effect, pt_share, sensitivity, verdict_table)
-
-
-class SpecError(ValueError):
-    """Bad run spec: one line naming the key."""
 
 
 def default_spec_text() -> str:
@@ -43,8 +40,6 @@ CASE_KEYS = {"workloads": (list, str), "hosts": list, "variants": list, "knobs":
 def load_spec(text: str, source: str) -> dict:
     """Parse and check a beer spec; every error is one line naming the key."""
     from workloads import registry as reg
-
-    from .variants import VARIANTS
     try:
         spec = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -58,11 +53,9 @@ def load_spec(text: str, source: str) -> dict:
         raise SpecError(f"{source}: seed: {spec['seed']} is negative (seeds are integers >= 0)")
     if not spec.get("micro", True) and not spec.get("case"):
         raise SpecError(f"{source}: case: no [[case]] and micro = false: nothing to run")
-    if spec.get("engine", "numpy") not in ("numpy", "reference"):
-        raise SpecError(f"{source}: engine: {spec['engine']!r} is not numpy or reference")
+    check_engine(spec.get("engine", "numpy"), f"{source}: engine")
     for v in spec.get("micro_variants", []):
-        if v not in VARIANTS:
-            raise SpecError(f"{source}: micro_variants: unknown variant {v!r}")
+        check_variant(v, f"{source}: micro_variants")
     for i, c in enumerate(spec.get("case", [])):
         at = f"{source}: case[{i}]"
         if not isinstance(c, dict):
@@ -80,27 +73,17 @@ def load_spec(text: str, source: str) -> dict:
             if w not in reg.GENERATORS:
                 raise SpecError(f"{at}.workloads: unknown workload {w!r}")
         for hh in c.get("hosts", ["none"]):
-            for h in hh.split("+"):
-                if h != "none" and h not in reg.HOST_SCENARIOS:
-                    raise SpecError(f"{at}.hosts: unknown host scenario {h!r}")
+            check_host(hh, f"{at}.hosts")
         for v in c.get("variants", ["default"]):
-            if v not in VARIANTS:
-                raise SpecError(f"{at}.variants: unknown variant {v!r}")
+            check_variant(v, f"{at}.variants")
         for w, knobs in c.get("knobs", {}).items():
             if w not in reg.GENERATORS or not isinstance(knobs, dict):
                 raise SpecError(f"{at}.knobs.{w}: not a table of a known workload")
-            own = {k: x for k, x in knobs.items() if k not in reg.PROFILE_KNOB_NAMES}
-            prof = {k: x for k, x in knobs.items() if k in reg.PROFILE_KNOB_NAMES}
-            try:
-                reg.generator_entry(w).resolve(own)
-                reg.make_profile(prof, w)
-            except WorkloadError as e:
-                raise SpecError(f"{at}.knobs.{w}: {e}") from None
+            check_knobs(w, knobs, f"{at}.knobs.{w}")
         for h, knobs in c.get("host_knobs", {}).items():
-            try:
-                reg.host_entry(h).resolve(knobs if isinstance(knobs, dict) else {None: 0})
-            except WorkloadError as e:
-                raise SpecError(f"{at}.host_knobs.{h}: {e}") from None
+            check_host(h, f"{at}.host_knobs")
+            check_host_knobs(h, knobs if isinstance(knobs, dict) else {None: 0},
+                             f"{at}.host_knobs.{h}")
     return spec
 
 

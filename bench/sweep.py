@@ -77,59 +77,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_SEEDS = [1]
-ENGINES = ("numpy", "reference")
 NAME_RE = re.compile(r"[A-Za-z0-9._-]+\Z")
 SWEEP_KEYS = {"name", "out", "seeds", "engine"}
 GRID_KEYS = {"workloads", "hosts", "variants", "seeds", "engine", "knobs", "host_knobs"}
 
 
-class SweepError(ValueError):
-    """Bad sweep spec: one line, "FILE: key: what"."""
+from .spec_checks import (SpecError, check_engine, check_host, check_host_knobs, check_knobs,
+                          check_seeds, check_str_list, check_variant, type_name)
+
+SweepError = SpecError          # one error class for every spec format
 
 
 # ---- the spec ------------------------------------------------------------------------------
-def _type_name(v) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a float", str: "a string",
-            list: "a list", dict: "a table"}.get(type(v), type(v).__name__)
-
-
-def _seeds(v, at: str) -> list[int]:
-    if isinstance(v, bool) or not isinstance(v, (int, list)):
-        raise SweepError(f"{at}: expected a list of integers or a count, not {_type_name(v)}")
-    if isinstance(v, int):
-        if v < 1:
-            raise SweepError(f"{at}: a seed count must be >= 1, not {v}")
-        return list(range(v))
-    if not v:
-        raise SweepError(f"{at}: empty list")
-    for s in v:
-        if isinstance(s, bool) or not isinstance(s, int):
-            raise SweepError(f"{at}: {s!r} is not an integer")
-        if s < 0:
-            raise SweepError(f"{at}: seed {s} is negative")
-    if len(set(v)) != len(v):
-        raise SweepError(f"{at}: duplicate seeds")
-    return list(v)
-
-
-def _engine(v, at: str) -> str:
-    if v not in ENGINES:
-        raise SweepError(f"{at}: {v!r} is not numpy or reference")
-    return v
-
-
-def _str_list(v, at: str, default: list[str]) -> list[str]:
-    if v is None:
-        return list(default)
-    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-        raise SweepError(f"{at}: expected a list of strings")
-    if not v:
-        raise SweepError(f"{at}: empty list")
-    if len(set(v)) != len(v):
-        raise SweepError(f"{at}: duplicate entries")
-    return list(v)
-
-
 def _axes(table, at: str) -> list[tuple[str, list]]:
     """A knob table -> [(knob, [values ...])] in the order written."""
     if not isinstance(table, dict):
@@ -141,7 +100,7 @@ def _axes(table, at: str) -> list[tuple[str, list]]:
             raise SweepError(f"{at}.{k}: empty list")
         for x in vals:
             if isinstance(x, (dict, list)):
-                raise SweepError(f"{at}.{k}: {_type_name(x)} is not a knob value")
+                raise SweepError(f"{at}.{k}: {type_name(x)} is not a knob value")
         out.append((k, vals))
     return out
 
@@ -151,36 +110,6 @@ def _combos(axes: list[tuple[str, list]]) -> list[dict]:
     return [dict(zip(names, vals)) for vals in itertools.product(*(v for _, v in axes))]
 
 
-def _check_knobs(workload: str, combo: dict, at: str) -> dict:
-    """Coerce one knob combination of a generator (own + profile knobs) through the
-    registry; returns the coerced values of the knobs given."""
-    from workloads import registry as reg
-    from workloads.base import WorkloadError
-    from workloads.linux import PROFILE_KNOBS
-    own = {k: x for k, x in combo.items() if k not in reg.PROFILE_KNOB_NAMES}
-    prof = {k: x for k, x in combo.items() if k in reg.PROFILE_KNOB_NAMES}
-    try:
-        entry = reg.generator_entry(workload)
-        resolved = entry.resolve(own)
-        reg.make_profile(prof, workload)
-        pk = {k.name: k for k in PROFILE_KNOBS}
-        coerced = {k: resolved[k] for k in own}
-        coerced.update({k: pk[k].coerce(x, workload) for k, x in prof.items()})
-    except WorkloadError as e:
-        raise SweepError(f"{at}: {e}") from None
-    return {k: coerced[k] for k in combo}
-
-
-def _check_host_knobs(host: str, combo: dict, at: str) -> dict:
-    from workloads import registry as reg
-    from workloads.base import WorkloadError
-    try:
-        resolved = reg.host_entry(host).resolve(combo)
-    except WorkloadError as e:
-        raise SweepError(f"{at}: {e}") from None
-    return {k: resolved[k] for k in combo}
-
-
 def load_sweep(text: str, source: str) -> dict:
     """Parse and check a sweep spec.  Returns {"name", "out", "seeds", "engine", "grids":
     [{"workloads", "hosts", "variants", "seeds", "engine", "knobs": {w: [combo ...]},
@@ -188,7 +117,6 @@ def load_sweep(text: str, source: str) -> dict:
     (one line naming the file and the key)."""
     from workloads import registry as reg
 
-    from .variants import VARIANTS
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -206,15 +134,15 @@ def load_sweep(text: str, source: str) -> dict:
     for k in ("name", "out"):
         if k in sw and not isinstance(sw[k], str):
             raise SweepError(f"{source}: sweep.{k}: expected a string, not "
-                             f"{_type_name(sw[k])}")
+                             f"{type_name(sw[k])}")
     name = sw.get("name", Path(source).stem)
     if not NAME_RE.match(name):
         raise SweepError(f"{source}: sweep.name: {name!r} is not a simple name "
                          f"(letters, digits, '.', '_', '-')")
     if "out" in sw and not sw["out"].strip():
         raise SweepError(f"{source}: sweep.out: empty path")
-    seeds = _seeds(sw["seeds"], f"{source}: sweep.seeds") if "seeds" in sw else DEFAULT_SEEDS
-    engine = _engine(sw.get("engine", "numpy"), f"{source}: sweep.engine")
+    seeds = check_seeds(sw["seeds"], f"{source}: sweep.seeds") if "seeds" in sw else DEFAULT_SEEDS
+    engine = check_engine(sw.get("engine", "numpy"), f"{source}: sweep.engine")
     grids_raw = raw.get("grid")
     if grids_raw is None:
         raise SweepError(f"{source}: grid: no [[grid]] table")
@@ -234,7 +162,7 @@ def load_sweep(text: str, source: str) -> dict:
         elif isinstance(ws, str):
             raise SweepError(f"{at}.workloads: expected a list of names or \"*\", not {ws!r}")
         else:
-            ws = _str_list(ws, f"{at}.workloads", [])
+            ws = check_str_list(ws, f"{at}.workloads", [])
         for w in ws:
             if w.startswith("micro:"):                # micro:NAME (shipped) or micro:PATH
                 from workloads.base import WorkloadError
@@ -247,11 +175,9 @@ def load_sweep(text: str, source: str) -> dict:
             elif w not in reg.GENERATORS:
                 raise SweepError(f"{at}.workloads: unknown workload {w!r} "
                                  f"(known: {', '.join(reg.GENERATORS)}, micro:NAME)")
-        hosts = _str_list(g.get("hosts"), f"{at}.hosts", ["none"])
+        hosts = check_str_list(g.get("hosts"), f"{at}.hosts", ["none"])
         for h in hosts:
-            if h not in ("none", "scenario") and h not in reg.HOST_SCENARIOS:
-                raise SweepError(f"{at}.hosts: unknown host scenario {h!r} "
-                                 f"(known: none, {', '.join(reg.HOST_SCENARIOS)}, scenario)")
+            check_host(h, f"{at}.hosts", extra=("none", "scenario"))
         gen = [w for w in ws if not w.startswith("micro:")]
         if "scenario" in hosts and gen:
             raise SweepError(f"{at}.hosts: host 'scenario' is for micro: workloads only "
@@ -259,13 +185,11 @@ def load_sweep(text: str, source: str) -> dict:
         if any(w.startswith("micro:") for w in ws) and any(h != "scenario" for h in hosts):
             raise SweepError(f"{at}.hosts: micro-scenarios carry their own host events: "
                              f"hosts must be [\"scenario\"]")
-        variants = _str_list(g.get("variants"), f"{at}.variants", ["default"])
+        variants = check_str_list(g.get("variants"), f"{at}.variants", ["default"])
         for v in variants:
-            if v not in VARIANTS:
-                raise SweepError(f"{at}.variants: unknown variant {v!r} "
-                                 f"(known: {', '.join(VARIANTS)})")
-        gseeds = _seeds(g["seeds"], f"{at}.seeds") if "seeds" in g else seeds
-        gengine = _engine(g["engine"], f"{at}.engine") if "engine" in g else engine
+            check_variant(v, f"{at}.variants")
+        gseeds = check_seeds(g["seeds"], f"{at}.seeds") if "seeds" in g else seeds
+        gengine = check_engine(g["engine"], f"{at}.engine") if "engine" in g else engine
         knobs_raw = g.get("knobs", {})
         if not isinstance(knobs_raw, dict):
             raise SweepError(f"{at}.knobs: expected a table of [grid.knobs.WORKLOAD] tables")
@@ -279,8 +203,8 @@ def load_sweep(text: str, source: str) -> dict:
             axes = _axes(table, kat)
             for k, vals in axes:             # each value on its own first: the error names it
                 for x in vals:
-                    _check_knobs(w, {k: x}, f"{kat}.{k}")
-            knobs[w] = [_check_knobs(w, c, kat) for c in _combos(axes)]
+                    check_knobs(w, {k: x}, f"{kat}.{k}")
+            knobs[w] = [check_knobs(w, c, kat) for c in _combos(axes)]
         hk_raw = g.get("host_knobs", {})
         if not isinstance(hk_raw, dict):
             raise SweepError(f"{at}.host_knobs: expected a table of [grid.host_knobs.HOST] "
@@ -295,8 +219,8 @@ def load_sweep(text: str, source: str) -> dict:
             axes = _axes(table, hat)
             for k, vals in axes:
                 for x in vals:
-                    _check_host_knobs(h, {k: x}, f"{hat}.{k}")
-            host_knobs[h] = [_check_host_knobs(h, c, hat) for c in _combos(axes)]
+                    check_host_knobs(h, {k: x}, f"{hat}.{k}")
+            host_knobs[h] = [check_host_knobs(h, c, hat) for c in _combos(axes)]
         grids.append({"workloads": ws, "hosts": hosts, "variants": variants, "seeds": gseeds,
                       "engine": gengine, "knobs": knobs, "host_knobs": host_knobs})
     if not grids:
