@@ -15,7 +15,8 @@ NA = "—"          # a cell with no value: each report states what it means the
 
 
 def md_table(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
-    """A GitHub markdown table; missing values (NaN, None) are written as NA, never 'nan'."""
+    """A GitHub markdown table; missing values (NaN, None) are written as NA ("—"), never as
+    'nan' (each report states what "—" means where it can appear)."""
     d = df.astype(object).where(df.notna(), None)
     return tabulate(d, headers="keys", tablefmt="github", showindex=False, floatfmt=floatfmt,
                     missingval=NA)
