@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from model import engine
 from model.engine import run_engine
 from model.reference import run_reference
+from model.x86 import X86_ISAS
 from tests.strategies import scenarios
 
 settings.register_profile("ci", max_examples=200, deadline=None,
@@ -50,4 +51,12 @@ def tiny_windows(monkeypatch):
 @settings(max_examples=100)
 @given(scenarios())
 def test_engine_equals_reference_with_tiny_windows(tiny_windows, scn):
+    assert_same(scn)
+
+
+@settings(max_examples=300)
+@given(scenarios(isas=X86_ISAS))
+def test_engine_equals_reference_x86(scn):
+    # x86 comparison machines (docs/x86.md): the engine runs them through the reference
+    # code access by access; every row (policy) must still equal the reference's
     assert_same(scn)
