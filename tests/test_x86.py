@@ -145,3 +145,39 @@ def test_ept_ad_false_dirty_pt_pages_are_the_walked_ones(scn):
 def test_ept_walks_never_mark_page_table_pages(scn):
     for slot, marked, written, _walked, pt in rounds(scn):
         assert not (marked & pt) - written, slot
+
+
+def test_isa_key_is_optional_and_defaults_to_arm64():
+    from model.scenario_io import parse_scenario
+    scn = load("x86_ept_walk_is_read.toml")
+    assert scn.machine.isa == "x86-ept"
+    data = {"version": 1, "name": "n", "machine": {"granule": "4k", "va_bits": 48},
+            "guest": {"pt_slot": "pt"}, "memslots": [{"name": "pt", "ipa": 0x4000_0000,
+                                                       "pages": 8}],
+            "mappings": [{"va": 0, "ipa": 0x4000_4000}], "steps": []}
+    assert parse_scenario(data, "<t>").machine.isa == "arm64"
+
+
+def test_x86_report_columns_by_hand():
+    # one logging case: arm64 fix (2 second faults, no false dirty) and x86-ept-ad (6 clean
+    # page-table pages over 3 rounds, 1 false data page, 40 faults + 2 MMIO + 1 PML-full)
+    import pandas as pd
+    from bench.x86_report import verdict_line, x86_table
+    base = {"workload": "w", "host": "precopy", "seed": 1, "dirty_rounds": 3,
+            "mmio_exits": 0, "pml_full_exits": 0, "double_faults": 0,
+            "dirty_false_positive": 0, "dirty_false_positive_pt": 0, "s2_faults": 50}
+    rows = [dict(base, variant="default", policy="fix", double_faults=2),
+            dict(base, variant="default", policy="ha-promote", s2_faults=48,
+                 dirty_false_positive=2, dirty_false_positive_pt=2),
+            dict(base, variant="x86-ept-ad", policy="fix", s2_faults=40, mmio_exits=2,
+                 pml_full_exits=1, dirty_false_positive=7, dirty_false_positive_pt=6),
+            dict(base, variant="x86-ept", policy="fix", double_faults=2)]
+    t = x86_table(pd.DataFrame(rows)).set_index("machine")
+    assert list(t.index) == ["arm64 fix", "arm64 ha-promote", "x86-ept-ad", "x86-ept"]
+    ad = t.loc["x86-ept-ad"]
+    assert (ad["false_dirty_pt"], ad["false_dirty_pt_per_round"]) == (6, 2.0)
+    assert ad["resent_bytes"] == 7 * 4096
+    assert (ad["exits"], ad["pml_full_exits"]) == (43, 1)
+    assert t.loc["arm64 fix", "exits"] == 50
+    line = verdict_line(pd.DataFrame(rows))
+    assert len(line) <= 72 and "2 2nd faults" in line and "+6 clean PT pages" in line
