@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import report
+from . import report, x86_report
 
 from .catalog import build, micro_workload, scenario_files
 from .cost import CostModel
@@ -114,7 +114,7 @@ def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
     jobs = [("gen", w, knobs, host, hk, v, label)
             for w, knobs, host, hk, v, label in cases(spec)]
     if spec.get("micro", True):
-        for p in scenario_files():
+        for p in x86_report.arm64_files(scenario_files()):
             for v in spec.get("micro_variants", ["default"]):
                 jobs.append(("micro", p, None, "scenario", None, v, ""))
     rows, timings, metas = [], [], []
@@ -135,6 +135,7 @@ def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
         timings += run.timings
         metas.append(run.meta)
     df = pd.DataFrame(rows, columns=list(COLUMNS))
+    dfx, df = df, x86_report.arm64_rows(df)   # x86 comparison machines: their own section
     v = verdict_table(df, cm)
     sens = sensitivity(df, cm)
     stamp = stamp or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -146,8 +147,8 @@ def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
                                 "environment": environment(), "runs": metas,
                                 "seconds": time.perf_counter() - t0}),
     }
-    files["report.md"] = markdown(df, v, sens, cm)
-    files["verdict.txt"] = text(df, v, sens, cm)
+    files["report.md"] = markdown(df, v, sens, cm) + x86_report.markdown(dfx)
+    files["verdict.txt"] = text(df, v, sens, cm) + x86_report.verdict_line(dfx) + "\n"
     files["false_dirty.png"] = report.plot_false_dirty(df.assign(case=df.apply(
         lambda r: f"{r['workload']}", axis=1))[df["variant"] == "default"], "default")
     files["exits_vs_cost.png"] = report.plot_exits_vs_cost(v)

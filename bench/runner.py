@@ -39,6 +39,7 @@ METRIC_COLUMNS = (
     "dirty_marked_pt", "dirty_marked_data", "dirty_true", "dirty_false_positive",
     "dirty_false_positive_pt", "dirty_false_negative",
     "guest_aborts", "mmio_exits", "vcpu_run_failures", "efaults", "stage1_faults",
+    "pml_full_exits", "dirty_rounds",
     "pt_pages", "data_pages",
 )
 COLUMNS = KEY_COLUMNS + METRIC_COLUMNS

@@ -34,6 +34,14 @@ VARIANTS: dict[str, tuple[str, Callable[[Scenario], Scenario]]] = {
                   lambda s: _set(s, {"hw_update": "always"})),
     "pkvm": ("protected VM: the host cannot read TCR_EL1, ha-promote acts as fix",
              lambda s: _set(s, None, {"vm_protected": True})),
+    # comparison machines, not arm64 policies (model/x86.py, docs/x86.md): every policy row
+    # of a run is the same x86 machine
+    "x86-ept-ad": ("x86 comparison: EPT with A/D flags + PML; walk accesses are writes at "
+                   "stage 2 (SDM Vol. 3C 'Accessed and Dirty Flags for EPT')",
+                   lambda s: _set(s, {"isa": "x86-ept-ad"})),
+    "x86-ept": ("x86 comparison: EPT without A/D flags, write-protect dirty logging; walk "
+                "reads are reads, the walker's A/D updates writes",
+                lambda s: _set(s, {"isa": "x86-ept"})),
 }
 
 

@@ -32,6 +32,7 @@ from .policies import DEFAULT_ORDER
 from .results import PolicyResult, UffdEvent
 from .scenario import Scenario
 from .trace import Trace, trace_from_scenario
+from .x86 import is_x86, one_machine
 
 # chunk length (accesses): starts at START_WINDOW, doubles after a chunk the vectorised path
 # ran to its end, and after an access it left to the reference code shrinks towards twice
@@ -122,6 +123,13 @@ class Group:
 
     def run(self, pos: int, end: int) -> tuple[list["Group"], int]:
         """Accesses [pos, end) of an interval; stops early when the group splits."""
+        if is_x86(self.base.scn.machine):
+            # x86 comparison machines (docs/x86.md): every access through the reference code
+            # (the same fallback as for the rare classes below); one policy, no splits
+            while pos < end:
+                self.scalar(lambda vm, p=pos: vm.scalar(p))
+                pos += 1
+            return [self], pos
         w = self.window
         while pos < end:
             if w < 4 and MIN_WINDOW > 1:
@@ -207,7 +215,7 @@ def run_trace(scn: Scenario, trace: Trace, policies=DEFAULT_ORDER) -> dict[str, 
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _run_trace(scn, trace, policies)
+        return one_machine(scn, policies, lambda ps: _run_trace(scn, trace, ps))
     finally:
         if enabled:
             gc.enable()

@@ -712,6 +712,7 @@ class ArrayHost(Host):
             self.host.a[st:st + s.pages] = H_RW if s.populated else H_MISSING
         self.step = 0
         self.step_written: set[int] = set()
+        self.init_x86()
 
     @property
     def initial(self):
@@ -769,6 +770,7 @@ class ArrayHost(Host):
 
     def flush_tlbs(self) -> None:
         self.tlb_flushes += 1
+        self.pml.kick_all()
         self.vm.shared.tlb_flush()
 
     # vectorised bulk operations ------------------------------------------------------------
@@ -792,6 +794,8 @@ class ArrayHost(Host):
     def _wp_idx(self, g: np.ndarray, split: bool, blocks: bool = True) -> None:
         """write_protect of the pages with these indices (`blocks`: some may be mapped by a
         block)."""
+        if self.pml_on:                          # Host.write_protect: PML keeps 4K pages
+            g = g[self.s2_block.a[g] >= 0]
         if blocks and np.any(self.s2_block.a[g] >= 0):
             return Host.write_protect(self, [self.idx.ipa_of(int(x)) for x in g], split)
         s2 = self.s2.a

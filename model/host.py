@@ -13,6 +13,7 @@ from .arch import HOST_PAGE
 from .policies import FaultInfo, Policy
 from .results import PolicyResult, UffdEvent
 from .scenario import Memslot, Scenario
+from .x86 import PmlBuffers, hardware_write, is_x86, pml_logs
 
 BLOCK_2M = 2 << 20              # stage-2 block for THP/hugetlb-backed slots (4K host pages)
 
@@ -65,6 +66,7 @@ class Host:
         self.s2: dict[int, int] = {}
         self.s2_block: dict[int, int] = {}      # page IPA -> base of the block mapping it
         self._init_state()
+        self.init_x86()
         self.logging: dict[str, bool] = {}
         self.eager_split: dict[str, bool] = {}
         self.dirty: dict[str, set[int]] = {}
@@ -97,6 +99,27 @@ class Host:
 
     def _init_state(self) -> None:
         """Hook for engines with other state containers."""
+
+    def init_x86(self) -> None:
+        """The x86 comparison machines' state (model/x86.py; docs/x86.md)."""
+        self.x86 = is_x86(self.scn.machine)
+        self.pml_on = pml_logs(self.scn.machine)
+        self.pml = PmlBuffers(self.r)
+        self.vcpu = 0                           # the vCPU whose access is being handled
+
+    def pml_write(self, page: int) -> None:
+        """x86-ept-ad: a write access (walk or store) allowed by a writable EPT entry sets its
+        dirty flag; under PML logging a 0 -> 1 transition appends the GPA to the vCPU's PML
+        buffer (SDM Vol. 3C §29.3.6), which KVM moves to the dirty bitmap
+        (vmx_flush_pml_buffer -> kvm_vcpu_mark_page_dirty).  "D set" is modelled as "in the
+        round's dirty bitmap": enabling the log and a harvest clear both."""
+        s = self.scn.slot_of(page)
+        if s is None or not self.logging_active(s):
+            return
+        i = self.page_index(s, page)
+        if i not in self.dirty[s.name]:
+            self.dirty[s.name].add(i)
+            self.pml.log(self.vcpu)
 
     def pageset(self, s: Memslot, full: bool = False):
         """A set of page indices of slot `s` (dirty bitmap, written pages)."""
@@ -138,9 +161,12 @@ class Host:
         if s is not None:
             self.written[s.name].add(self.page_index(s, page))
         self.step_written.add(page)
+        if self.pml_on:
+            self.pml_write(page)
 
     def flush_tlbs(self) -> None:
         self.tlb_flushes += 1
+        self.pml.kick_all()                   # every vCPU exits: PML buffers emptied
 
     # ---- stage-2 mapping changes ------------------------------------------------------
     def unmap(self, pages) -> None:
@@ -158,6 +184,8 @@ class Host:
             if p not in self.s2:
                 continue
             base = self.s2_block.get(p)
+            if base is None and self.pml_on:
+                continue                      # PML: 4K pages keep write, D cleared instead
             if base is not None:
                 blk = range(base, base + BLOCK_2M, HOST_PAGE)
                 if split:    # kvm_mmu_split_huge_pages(): same permission, 4K mappings
@@ -173,10 +201,14 @@ class Host:
     # ---- KVM abort handling (kvm_handle_guest_abort, user_mem_abort) --------------------
     def handle_abort(self, a: Abort, walk_writes_page: bool, ha: bool) -> Outcome:
         r = self.r
-        write = self.policy(FaultInfo(s1ptw=a.s1ptw, permission=a.permission,
-                                      instruction=a.instruction, wnr=a.wnr, ha=ha,
-                                      vm_protected=self.scn.guest.vm_protected,
-                                      walk_writes_page=walk_writes_page))
+        if self.x86:                          # EPT violation: vmx_flush_pml_buffer on exit
+            self.pml.exit(self.vcpu)
+            write = hardware_write(a.s1ptw, a.permission, a.instruction, a.wnr)
+        else:
+            write = self.policy(FaultInfo(s1ptw=a.s1ptw, permission=a.permission,
+                                          instruction=a.instruction, wnr=a.wnr, ha=ha,
+                                          vm_protected=self.scn.guest.vm_protected,
+                                          walk_writes_page=walk_writes_page))
         page = a.ipa & ~(HOST_PAGE - 1)
         slot = self.scn.slot_of(page)
         # kvm_handle_guest_abort(): no memslot, or a write to a read-only memslot

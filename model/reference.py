@@ -15,6 +15,7 @@ from .policies import DEFAULT_ORDER, POLICIES
 from .results import Harvest, PolicyResult
 from .scenario import Scenario, Step
 from .stage1 import build_tables
+from .x86 import is_x86, one_machine, walk_access_is_write
 
 STORES = frozenset({"write64", "st_preidx", "cas", "dc_zva"})
 ISV_KINDS = frozenset({"read64", "write64"})   # plain single-register LDR/STR: ISV = 1
@@ -74,17 +75,20 @@ class Vm:
         return Host(scn, initial, policy, result)
 
     # ---- effective hardware-update controls (docs/semantics.md §2; AArch64.GetS1TTWParams) -----
+    # x86 (model/x86.py): the walker always sets A in every paging-structure entry it uses
+    # and D in the leaf on a write (SDM Vol. 3A §4.8): HA = HD = HAFT = 1, on-change.
     @property
     def ha(self) -> bool:
-        return self.tcr_ha and self.scn.machine.hafdbs >= 1
+        return (self.tcr_ha and self.scn.machine.hafdbs >= 1) or is_x86(self.scn.machine)
 
     @property
     def hd(self) -> bool:
-        return self.ha and self.tcr_hd and self.scn.machine.hafdbs >= 2
+        return ((self.ha and self.tcr_hd and self.scn.machine.hafdbs >= 2)
+                or is_x86(self.scn.machine))
 
     @property
     def haft(self) -> bool:        # FEAT_HAFT needs HA (I_VPNMG)
-        return self.ha and self.scn.machine.haft and self.tcr2_haft
+        return (self.ha and self.scn.machine.haft and self.tcr2_haft) or is_x86(self.scn.machine)
 
     # ---- TLB ------------------------------------------------------------------------
     def vcpu_tlb(self, vcpu: int) -> dict[int, TlbEntry]:
@@ -192,6 +196,7 @@ class Vm:
     # ---- one access ----------------------------------------------------------------------
     def access(self, vcpu: int, va: int, kind: str) -> None:
         r = self.r
+        self.host.vcpu = vcpu
         r.accesses += 1
         translated: set[int] = set()                    # pages with a S1PTW translation fault
         for _ in range(MAX_RESTARTS):
@@ -219,14 +224,18 @@ class Vm:
         else:
             r.walks += 1
             fault: list = []
+            # x86-ept-ad: the walk's descriptor accesses are writes at stage 2 (model/x86.py)
+            walk_write = walk_access_is_write(self.scn.machine)
 
             def read(addr):
                 page = addr & ~(HOST_PAGE - 1)
-                f = self.s2_fault(page, False)
+                f = self.s2_fault(page, walk_write)
                 if f is not None:
                     fault.append(f)
                     return None
                 r.descriptor_reads += 1
+                if walk_write and host.pml_on:
+                    host.pml_write(page)                # EPT dirty flag set, PML entry
                 return host.read_desc(addr)
             try:
                 walk, faulted = self.s1_walk(va, read)
@@ -235,10 +244,10 @@ class Vm:
             except Stage1Fault:
                 r.stage1_faults += 1
                 return None
-            if walk is None:                            # S1PTW translation fault
+            if walk is None:                            # S1PTW stage-2 fault
                 _level, addr = faulted
                 page = addr & ~(HOST_PAGE - 1)
-                return self.s1ptw_fault(page, False, va, kind, translated)
+                return self.s1ptw_fault(page, fault[-1], va, kind, translated)
             for addr, new in self.s1_updates(walk, kind):
                 page = addr & ~(HOST_PAGE - 1)
                 f = self.s2_fault(page, True)           # the update needs stage-2 write
@@ -283,9 +292,10 @@ class Vm:
             translated.add(page)
         writes = (not permission and self.r.policy == "oracle"
                   and self.oracle_walk_writes(va, kind, page))
+        # x86-ept-ad: the EPT violation reports a write for every walk access (model/x86.py)
         return self.host.handle_abort(
             Abort(ipa=page, s1ptw=True, permission=permission, instruction=kind == "exec",
-                  wnr=permission, isv=False),
+                  wnr=permission or walk_access_is_write(self.scn.machine), isv=False),
             walk_writes_page=writes, ha=self.ha)
 
     # ---- guest operations --------------------------------------------------------------
@@ -531,6 +541,7 @@ class Vm:
     def run_step(self, i: int, st: Step) -> None:
         host = self.host
         self.begin_step(i)
+        host.vcpu = st.vcpu                             # PML buffer of the step's vCPU
         op = st.op
         if op in ("access", "clear_af"):
             if st.vcpu in self.stopped:
@@ -591,6 +602,10 @@ GUEST_OPS = {"guest_pte": "guest_pte", "guest_free": "guest_free", "guest_age": 
 
 def run_reference(scn: Scenario, policies=DEFAULT_ORDER) -> dict[str, PolicyResult]:
     """Run the scenario once per policy with the reference simulator."""
+    return one_machine(scn, policies, lambda ps: _run_reference(scn, ps))
+
+
+def _run_reference(scn: Scenario, policies) -> dict[str, PolicyResult]:
     out = {}
     for p in policies:
         vm = Vm(scn, p)

@@ -13,10 +13,15 @@ from .reference import Vm
 from .results import PolicyResult
 from .scenario import Scenario
 from .trace import KINDS, Trace
+from .x86 import one_machine
 
 
 def run_reference_trace(scn: Scenario, trace: Trace,
                         policies=DEFAULT_ORDER) -> dict[str, PolicyResult]:
+    return one_machine(scn, policies, lambda ps: _run(scn, trace, ps))
+
+
+def _run(scn: Scenario, trace: Trace, policies) -> dict[str, PolicyResult]:
     vcpu = trace.vcpu.tolist()
     va = trace.va.tolist()
     kind = [KINDS[k] for k in trace.kind.tolist()]

@@ -42,6 +42,7 @@ class PolicyResult:
     guest_aborts: int = 0
     stage1_faults: int = 0
     efaults: int = 0
+    pml_full_exits: int = 0      # x86-ept-ad only (model/x86.py)
     harvests: list[Harvest] = field(default_factory=list)
     dirty_pages: dict[str, list[int]] = field(default_factory=dict)
     written_pages: dict[str, list[int]] = field(default_factory=dict)
@@ -117,7 +118,8 @@ class PolicyResult:
         if oracle is not None:
             m["uffd_extra"] = max(0, len(self.uffd_events) - len(oracle.uffd_events))
         m.update(self.dirty_metrics())
+        m["dirty_rounds"] = sum(1 for _ in self._rounds())   # harvests + open rounds
         m.update(guest_aborts=self.guest_aborts, mmio_exits=self.mmio_exits,
-                 vcpu_run_failures=self.vcpu_run_failures, efaults=self.efaults,
+                 vcpu_run_failures=self.vcpu_run_failures, efaults=self.efaults, pml_full_exits=self.pml_full_exits,
                  stage1_faults=self.stage1_faults)
         return m

@@ -35,6 +35,7 @@ class Machine:
     haft: bool = False
     hw_update: str = "on-change"
     at_sets_af: bool = False
+    isa: str = "arm64"           # comparison machines: model/x86.py, docs/x86.md
 
     @property
     def geometry(self) -> Geometry:

@@ -33,11 +33,12 @@ from .scenario import (ACCESS_KINDS, BACKINGS, HW_UPDATE, MMIO_STORE, OPS, UFFD_
                        UFFD_RESOLVE, Guest, Machine, Mapping, Memslot, Scenario,
                        ScenarioError, Step, Vmm)
 from .stage1 import TableLayoutError, build_tables
+from .x86 import ISAS
 
 _MISSING = object()
 
 TOP_KEYS = {"version", "name", "machine", "guest", "memslots", "vmm", "mappings", "steps"}
-MACHINE_KEYS = {"granule", "va_bits", "hafdbs", "haft", "hw_update", "at_sets_af"}
+MACHINE_KEYS = {"granule", "va_bits", "hafdbs", "haft", "hw_update", "at_sets_af", "isa"}
 GUEST_KEYS = {"tcr_ha", "tcr_hd", "tcr2_haft", "pt_slot", "vm_protected"}
 MEMSLOT_KEYS = {"name", "ipa", "pages", "readonly", "log_dirty", "backing", "populated", "uffd",
                 "uffd_resolve"}
@@ -239,6 +240,8 @@ def _parse_machine(ctx: _Ctx, value: Any) -> Machine:
         haft=ctx.get(t, "haft", "machine.haft", "bool", Machine.haft),
         hw_update=ctx.choice(t, "hw_update", "machine.hw_update", HW_UPDATE, Machine.hw_update),
         at_sets_af=ctx.get(t, "at_sets_af", "machine.at_sets_af", "bool", Machine.at_sets_af),
+        # optional, arm64 by default: the x86 comparison machines (docs/x86.md)
+        isa=ctx.choice(t, "isa", "machine.isa", ISAS, Machine.isa),
     )
 
 

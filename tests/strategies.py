@@ -41,14 +41,17 @@ FOCUS = {
 
 
 @st.composite
-def scenarios(draw, max_steps: int = 40, focus: str | None = None) -> Scenario:
+def scenarios(draw, max_steps: int = 40, focus: str | None = None,
+              isas=("arm64",)) -> Scenario:
+    """`focus`: one of FOCUS (issue 11's corrections at high density); `isas`: the machines
+    drawn from (model/x86.py; arm64 alone by default)."""
     granule = draw(st.sampled_from((4096, 4096, 4096, 16384, 65536)))
     va_bits = draw(st.sampled_from(VA_BITS[granule]))
     gp = granule // 4096
     machine = Machine(granule=granule, va_bits=va_bits, hafdbs=draw(st.integers(0, 2)),
                       haft=draw(st.booleans()),
                       hw_update=draw(st.sampled_from(("on-change", "always"))),
-                      at_sets_af=draw(st.booleans()))
+                      at_sets_af=draw(st.booleans()), isa=draw(st.sampled_from(isas)))
     guest = Guest(tcr_ha=draw(st.booleans()), tcr_hd=draw(st.booleans()),
                   tcr2_haft=draw(st.booleans()), pt_slot="pt",
                   vm_protected=draw(st.booleans()))

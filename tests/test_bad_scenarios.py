@@ -203,6 +203,7 @@ CASES = [
     ("hafdbs-bool", set_("machine", "hafdbs", True), "machine.hafdbs", "boolean"),
     ("haft-int", set_("machine", "haft", 1), "machine.haft", "integer"),
     ("hw-update-never", set_("machine", "hw_update", "never"), "machine.hw_update", "never"),
+    ("isa-unknown", set_("machine", "isa", "riscv"), "machine.isa", "riscv"),
     ("at-sets-af-string", set_("machine", "at_sets_af", "no"), "machine.at_sets_af", "string"),
     # guest
     ("guest-missing", del_("guest"), "guest.pt_slot", "missing"),

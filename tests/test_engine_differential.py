@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, event, given, settings
 from model import engine
 from model.engine import run_engine
 from model.reference import run_reference
+from model.x86 import X86_ISAS
 from tests.strategies import FOCUS, scenarios
 
 settings.register_profile("ci", max_examples=200, deadline=None,
@@ -72,3 +73,11 @@ def test_engine_equals_reference_clear_af_on_read_only_tables(scn):
 
 def test_focus_strategies_exist():
     assert set(FOCUS) == {"blocks_swap", "clear_af_ro"}
+
+
+@settings(max_examples=300)
+@given(scenarios(isas=X86_ISAS))
+def test_engine_equals_reference_x86(scn):
+    # x86 comparison machines (docs/x86.md): the engine runs them through the reference
+    # code access by access; every row (policy) must still equal the reference's
+    assert_same(scn)
