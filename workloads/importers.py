@@ -71,25 +71,30 @@ def _open(path: str):
 def _blocks(path: str, chunk_bytes: int) -> Iterator[tuple[bytes, int]]:
     """Whole lines, in blocks of about chunk_bytes; yields (block, lines before it)."""
     with _open(path) as f:
-        rest = b""
-        line0 = 0
-        while True:
-            try:
-                data = f.read(chunk_bytes)
-            except OSError as e:
-                raise TraceError(f"{path}: cannot read: {e.strerror or e}") from None
-            if not data:
-                if rest:
-                    yield rest + b"\n", line0
-                return
-            data = rest + data
-            cut = data.rfind(b"\n")
-            if cut < 0:
-                rest = data
-                continue
-            block, rest = data[:cut + 1], data[cut + 1:]
-            yield block, line0
-            line0 += block.count(b"\n")
+        yield from blocks_of(f, path, chunk_bytes)
+
+
+def blocks_of(f, path: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[bytes, int]]:
+    """`_blocks` over an open binary file or pipe (`path` names it in errors)."""
+    rest = b""
+    line0 = 0
+    while True:
+        try:
+            data = f.read(chunk_bytes)
+        except OSError as e:
+            raise TraceError(f"{path}: cannot read: {e.strerror or e}") from None
+        if not data:
+            if rest:
+                yield rest + b"\n", line0
+            return
+        data = rest + data
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            rest = data
+            continue
+        block, rest = data[:cut + 1], data[cut + 1:]
+        yield block, line0
+        line0 += block.count(b"\n")
 
 
 # ---- lackey -----------------------------------------------------------------------------
