@@ -131,15 +131,21 @@ def _lackey_block(block: bytes, line0: int, path: str, va_bits: int):
     ok = cand & (hexlen >= 1) & (hexlen <= 16) & (comma < ends - 1)
     # address: up to 16 hex digits right-aligned before the comma, one column at a time
     # (1-D temporaries only: memory stays proportional to the block)
+    # (grouped by digit count, a handful per trace: Horner's rule on each group's rows)
     va = np.zeros(len(starts), dtype=np.uint64)
-    hexok = np.ones(len(starts), dtype=bool)
+    hexok = np.zeros(len(starts), dtype=bool)
     first = starts + 3
-    for j in range(16):
-        pos = comma - 16 + j
-        inside = pos >= first
-        d = _HEX[pad[np.maximum(pos, 0)]]
-        hexok &= ~inside | (d != 255)
-        va = np.where(inside & (d != 255), (va << np.uint64(4)) | d.astype(np.uint64), va)
+    for width in np.unique(hexlen[ok]).tolist():
+        sel = np.flatnonzero(ok & (hexlen == width))
+        v = np.zeros(len(sel), dtype=np.uint64)
+        good = np.ones(len(sel), dtype=bool)
+        f0 = first[sel]
+        for j in range(width):
+            d = _HEX[pad[f0 + j]]
+            good &= d != 255
+            v = (v << np.uint64(4)) | d.astype(np.uint64)
+        va[sel] = np.where(good, v, 0)
+        hexok[sel] = good
     ok &= hexok
     # size: 1..8 decimal digits after the comma, to the end of the line
     sizelen = ends - comma - 1

@@ -74,6 +74,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import pandas as pd
 
 from model.arch import GRANULES, HOST_PAGE, Geometry, GeometryError, make_leaf_desc
 from model.scenario import Guest, Machine, Mapping, Memslot, Scenario, Step, Vmm
@@ -539,18 +540,22 @@ class LinuxGuest:
         n = len(va)
         sp = self.spaces[self.cur]
         vp = (va >> np.uint64(self.g)).astype(np.int64)
-        uniq, first, inv = np.unique(vp, return_index=True, return_inverse=True)
+        # pages numbered in first-touch order (a hash table, O(n): pandas.factorize), so the
+        # first touches come out sorted
+        inv, uniq = pd.factorize(vp, sort=False)
+        cm = np.maximum.accumulate(inv)
+        first = np.flatnonzero(np.concatenate(([True], cm[1:] > cm[:-1])))
         w = STORE_MASK[kd]
         fw = np.full(len(uniq), n, dtype=np.int64)
         wi = np.flatnonzero(w)
         np.minimum.at(fw, inv[wi], wi)
-        heap = sorted(zip(first.tolist(), [0] * len(uniq), range(len(uniq))))
-        uniq_l, fw_l, w_l = uniq.tolist(), fw.tolist(), w.tolist()
+        heap = list(zip(first.tolist(), [0] * len(uniq), range(len(uniq))))
+        uniq_l, fw_l, w_l = uniq.tolist(), fw.tolist(), w
         faults = []
         while heap:
             i, rec, j = heapq.heappop(heap)
             q = uniq_l[j]
-            write = w_l[i]
+            write = bool(w_l[i])
             st = self._touch(sp, q, write, int(vc[i]))
             if st is not None:
                 faults.append((i, st))
