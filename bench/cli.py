@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     from bench.cli_runs import register
     register(sub)
     from bench.sweep_cmd import register as register_sweep; register_sweep(sub)  # noqa: E702
+    from bench.trace_cmd import register as register_trace; register_trace(sub)  # noqa: E702
     return ap
 
 

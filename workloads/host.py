@@ -61,7 +61,8 @@ def with_events(wl: Workload, events: list[tuple[int, Step]], name: str, knobs: 
     merged = [(p, 0, k, (p, p, st)) for k, (p, st) in enumerate(events)]
     merged += [(e[0], 1, k, e) for k, e in enumerate(tr.events)]
     merged.sort(key=lambda m: m[:3])
-    trace = Trace(tr.vcpu, tr.va, tr.kind, [m[3] for m in merged], tr.step_of_access)
+    # type(tr): a trace streamed from disk (model.trace_stream) stays on disk
+    trace = type(tr)(tr.vcpu, tr.va, tr.kind, [m[3] for m in merged], tr.step_of_access)
     meta = dict(wl.meta)
     meta["host"] = list(meta.get("host", [])) + [dict(scenario=name, **knobs)]
     return Workload(f"{wl.name}+{name}", scenario or wl.scenario, trace, meta)

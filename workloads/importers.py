@@ -71,25 +71,30 @@ def _open(path: str):
 def _blocks(path: str, chunk_bytes: int) -> Iterator[tuple[bytes, int]]:
     """Whole lines, in blocks of about chunk_bytes; yields (block, lines before it)."""
     with _open(path) as f:
-        rest = b""
-        line0 = 0
-        while True:
-            try:
-                data = f.read(chunk_bytes)
-            except OSError as e:
-                raise TraceError(f"{path}: cannot read: {e.strerror or e}") from None
-            if not data:
-                if rest:
-                    yield rest + b"\n", line0
-                return
-            data = rest + data
-            cut = data.rfind(b"\n")
-            if cut < 0:
-                rest = data
-                continue
-            block, rest = data[:cut + 1], data[cut + 1:]
-            yield block, line0
-            line0 += block.count(b"\n")
+        yield from blocks_of(f, path, chunk_bytes)
+
+
+def blocks_of(f, path: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[bytes, int]]:
+    """`_blocks` over an open binary file or pipe (`path` names it in errors)."""
+    rest = b""
+    line0 = 0
+    while True:
+        try:
+            data = f.read(chunk_bytes)
+        except OSError as e:
+            raise TraceError(f"{path}: cannot read: {e.strerror or e}") from None
+        if not data:
+            if rest:
+                yield rest + b"\n", line0
+            return
+        data = rest + data
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            rest = data
+            continue
+        block, rest = data[:cut + 1], data[cut + 1:]
+        yield block, line0
+        line0 += block.count(b"\n")
 
 
 # ---- lackey -----------------------------------------------------------------------------
@@ -126,15 +131,21 @@ def _lackey_block(block: bytes, line0: int, path: str, va_bits: int):
     ok = cand & (hexlen >= 1) & (hexlen <= 16) & (comma < ends - 1)
     # address: up to 16 hex digits right-aligned before the comma, one column at a time
     # (1-D temporaries only: memory stays proportional to the block)
+    # (grouped by digit count, a handful per trace: Horner's rule on each group's rows)
     va = np.zeros(len(starts), dtype=np.uint64)
-    hexok = np.ones(len(starts), dtype=bool)
+    hexok = np.zeros(len(starts), dtype=bool)
     first = starts + 3
-    for j in range(16):
-        pos = comma - 16 + j
-        inside = pos >= first
-        d = _HEX[pad[np.maximum(pos, 0)]]
-        hexok &= ~inside | (d != 255)
-        va = np.where(inside & (d != 255), (va << np.uint64(4)) | d.astype(np.uint64), va)
+    for width in np.unique(hexlen[ok]).tolist():
+        sel = np.flatnonzero(ok & (hexlen == width))
+        v = np.zeros(len(sel), dtype=np.uint64)
+        good = np.ones(len(sel), dtype=bool)
+        f0 = first[sel]
+        for j in range(width):
+            d = _HEX[pad[f0 + j]]
+            good &= d != 255
+            v = (v << np.uint64(4)) | d.astype(np.uint64)
+        va[sel] = np.where(good, v, 0)
+        hexok[sel] = good
     ok &= hexok
     # size: 1..8 decimal digits after the comma, to the end of the line
     sizelen = ends - comma - 1

@@ -74,6 +74,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import pandas as pd
 
 from model.arch import GRANULES, HOST_PAGE, Geometry, GeometryError, make_leaf_desc
 from model.scenario import Guest, Machine, Mapping, Memslot, Scenario, Step, Vmm
@@ -323,6 +324,16 @@ class LinuxGuest:
 
     # ---- replay ------------------------------------------------------------------------
     def build(self) -> Workload:
+        mappings = self._start()
+        ops, self._ops = deque(self._ops), []
+        while ops:                                  # release each input chunk once replayed
+            op = ops.popleft()
+            getattr(self, "_op_" + op[0])(*op[1:])
+            del op
+        return self._finish(mappings)
+
+    def _start(self) -> list[Mapping]:
+        """The replay's initial state; returns the mappings present at start."""
         p, geo = self.p, self.geo
         self.ha, self.hd, self.haft = p.tcr()
         self.fa = max(1, p.fault_around_bytes // geo.granule)
@@ -346,13 +357,7 @@ class LinuxGuest:
         self.stats = dict(guest_faults=0, fault_around_ptes=0, aging_passes=0, munmaps=0,
                           forks=0, switches=0, tables_freed=0, writebacks=0)
         self.root = self.pt.get()
-        mappings = self._premap() if not p.demand else []
-        ops, self._ops = deque(self._ops), []
-        while ops:                                  # release each input chunk once replayed
-            op = ops.popleft()
-            getattr(self, "_op_" + op[0])(*op[1:])
-            del op
-        return self._finish(mappings)
+        return self._premap() if not p.demand else []
 
     def _premap(self) -> list[Mapping]:
         """demand = false: map at start what the first address space touches before any
@@ -370,7 +375,11 @@ class LinuxGuest:
             return []
         vp = np.concatenate(vas) >> np.uint64(self.g)
         uniq, first = np.unique(vp, return_index=True)
-        order = uniq[np.argsort(first, kind="stable")].tolist()
+        return self._premap_pages(uniq[np.argsort(first, kind="stable")].tolist())
+
+    def _premap_pages(self, order: list[int]) -> list[Mapping]:
+        """Map `order` (VA pages in first-touch order) at start, in the first space."""
+        sp = self.spaces[0]
         states = []
         for q in order:
             vma = sp.vma_of(q)
@@ -531,18 +540,22 @@ class LinuxGuest:
         n = len(va)
         sp = self.spaces[self.cur]
         vp = (va >> np.uint64(self.g)).astype(np.int64)
-        uniq, first, inv = np.unique(vp, return_index=True, return_inverse=True)
+        # pages numbered in first-touch order (a hash table, O(n): pandas.factorize), so the
+        # first touches come out sorted
+        inv, uniq = pd.factorize(vp, sort=False)
+        cm = np.maximum.accumulate(inv)
+        first = np.flatnonzero(np.concatenate(([True], cm[1:] > cm[:-1])))
         w = STORE_MASK[kd]
         fw = np.full(len(uniq), n, dtype=np.int64)
         wi = np.flatnonzero(w)
         np.minimum.at(fw, inv[wi], wi)
-        heap = sorted(zip(first.tolist(), [0] * len(uniq), range(len(uniq))))
-        uniq_l, fw_l, w_l = uniq.tolist(), fw.tolist(), w.tolist()
+        heap = list(zip(first.tolist(), [0] * len(uniq), range(len(uniq))))
+        uniq_l, fw_l, w_l = uniq.tolist(), fw.tolist(), w
         faults = []
         while heap:
             i, rec, j = heapq.heappop(heap)
             q = uniq_l[j]
-            write = w_l[i]
+            write = bool(w_l[i])
             st = self._touch(sp, q, write, int(vc[i]))
             if st is not None:
                 faults.append((i, st))
@@ -701,6 +714,9 @@ class LinuxGuest:
                        source=f"<workload {self.name}>")
         if mappings:
             self._check_layout(scn)
+        return self._assemble(scn)
+
+    def _assemble(self, scn: Scenario) -> Workload:
         total = sum(len(o[1]) for o in self.out)
         vc = np.empty(total, np.uint16)
         va = np.empty(total, np.uint64)
@@ -713,6 +729,16 @@ class LinuxGuest:
             vc[i:i + n], va[i:i + n], kd[i:i + n] = c
             i += n
         trace = Trace(vc, va, kd, self.events)
+        meta = self._end_meta()
+        meta["attempts"] = (np.concatenate(self.attempts) if self.attempts
+                            else np.zeros(0, dtype=np.int64))
+        meta.update(trace_len=len(trace))
+        return Workload(self.name, scn, trace, meta)
+
+    def _end_meta(self) -> dict:
+        """The workload's meta at the end of the replay (footprint, counts)."""
+        p = self.p
+        gp = self.geo.granule // HOST_PAGE
         meta = dict(self.meta)
         meta.update(self.stats)
         # guest footprint at the end, in 4 KiB pages (read by bench.runner): table granules
@@ -725,14 +751,12 @@ class LinuxGuest:
         if self.zero_ipa is not None:
             data.add(self.zero_ipa)
         meta["pt_pages"], meta["data_pages"] = tables * gp, len(data) * gp
-        meta["attempts"] = (np.concatenate(self.attempts) if self.attempts
-                            else np.zeros(0, dtype=np.int64))
-        meta.update(accesses=int(self.nacc), trace_len=len(trace), events=len(self.events),
-                    address_spaces=len(self.spaces), tcr_ha=ha, tcr_hd=hd, tcr2_haft=haft,
-                    premapped_pages=getattr(self, "_premapped", 0),
+        meta.update(accesses=int(self.nacc), events=len(self.events),
+                    address_spaces=len(self.spaces), tcr_ha=self.ha, tcr_hd=self.hd,
+                    tcr2_haft=self.haft, premapped_pages=getattr(self, "_premapped", 0),
                     table_granules=self.pt.next if p.layout == "split" else None,
                     data_granules=self.data.next)
-        return Workload(self.name, scn, trace, meta)
+        return meta
 
     def _check_layout(self, scn: Scenario) -> None:
         """The initial tables the generator assumed are those build_tables lays out."""

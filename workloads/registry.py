@@ -56,6 +56,12 @@ def _import(path: str, knobs: dict) -> Workload:
 def make(name: str, seed: int = 0, **knobs) -> Workload:
     if name.startswith("import:"):
         return _import(name.split(":", 1)[1], knobs)
+    if name.startswith("trace:"):                  # a converted trace directory (issue 13)
+        from .trace_dir import load
+        if knobs:
+            raise WorkloadError(f"{name}: its layout was fixed by convert/record; knobs "
+                                f"{', '.join(sorted(knobs))} are not accepted here")
+        return load(name.split(":", 1)[1])
     e = generator_entry(name)
     prof = {k: v for k, v in knobs.items() if k in PROFILE_KNOB_NAMES}
     own = {k: v for k, v in knobs.items() if k not in PROFILE_KNOB_NAMES}

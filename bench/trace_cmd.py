@@ -1,0 +1,149 @@
+"""`ptwbench record` and `ptwbench convert` (issue 13): real programs into trace directories
+(workloads/trace_dir.py), run with `ptwbench run trace:DIR`."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .cli_runs import RunInputError, _kv
+
+VALGRIND = ("valgrind", "--tool=lackey", "--trace-mem=yes", "--trace-children=yes")
+
+
+def _profile(args) -> dict:
+    return _kv(args.knob or [], "--knob")
+
+
+def cmd_convert(args) -> int:
+    from workloads.base import WorkloadError
+    from workloads.trace_dir import convert_file
+    try:
+        d = convert_file(args.trace, Path(args.out), args.format, args.limit or None,
+                         **_profile(args))
+    except WorkloadError as e:
+        raise RunInputError(str(e)) from None
+    print(f"trace directory: {d}", file=sys.stderr)
+    return 0
+
+
+class _Tee:
+    """Blocks of the pipe, also written to FILE (under a temporary name until the end)."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self.f = None
+        if path:
+            fd, self.tmp = tempfile.mkstemp(prefix=Path(path).name + ".tmp-",
+                                            dir=Path(path).parent or ".")
+            self.f = os.fdopen(fd, "wb")
+
+    def wrap(self, blocks):
+        for b, line0 in blocks:
+            if self.f:
+                self.f.write(b)
+            yield b, line0
+
+    def done(self, ok: bool) -> None:
+        if self.f:
+            self.f.close()
+            if ok:
+                os.chmod(self.tmp, 0o644)
+                os.replace(self.tmp, self.path)
+            else:
+                os.unlink(self.tmp)
+
+
+def cmd_record(args) -> int:
+    from workloads.base import WorkloadError
+    from workloads.importers import CHUNK_BYTES, blocks_of
+    from workloads.linux import make_profile
+    from workloads.trace_dir import convert, lackey_chunks
+    prog = args.prog
+    if prog and prog[0] == "--":
+        prog = prog[1:]
+    if not prog:
+        raise RunInputError("record: no program given (ptwbench record [--out DIR] -- PROG ARGS)")
+    if shutil.which("valgrind") is None:
+        raise RunInputError("record: valgrind is not installed (Debian/Ubuntu: "
+                            "apt-get install valgrind)")
+    if shutil.which(prog[0]) is None:
+        raise RunInputError(f"record: {prog[0]}: no such program")
+    knobs = _profile(args)
+    try:
+        va_bits = make_profile(knobs, "record").va_bits
+    except WorkloadError as e:
+        raise RunInputError(str(e)) from None
+    out = Path(args.out or f"trace-{Path(prog[0]).name}")
+    if out.exists():
+        raise RunInputError(f"{out}: already exists (choose another --out)")
+    r, w = os.pipe()
+    stdin = subprocess.DEVNULL if args.no_stdin else None
+    p = subprocess.Popen([*VALGRIND, f"--log-fd={w}", *prog], pass_fds=(w,), stdin=stdin,
+                         start_new_session=True)
+    os.close(w)
+    name = f"valgrind lackey pipe of {prog[0]}"
+    count = [0]
+    tee = _Tee(args.tee)
+    ok = False
+    try:
+        with os.fdopen(r, "rb", buffering=0) as pipe:
+            chunks = lackey_chunks(tee.wrap(blocks_of(pipe, name, 4 * CHUNK_BYTES)), name,
+                                   va_bits, count)
+            src = dict(source="record", command=list(prog),
+                       valgrind=" ".join(VALGRIND), limit=args.limit or None)
+
+            def finished():
+                # the program's status, once the pipe is drained (not reached when --limit
+                # cuts the recording: the program is then killed)
+                rc = p.wait()
+                if rc != 0:
+                    raise WorkloadError(f"record: {' '.join(prog)} failed (exit status {rc})")
+                return count[0]
+            convert(_checked(chunks, finished), out, name=out.name, source=src,
+                    limit=args.limit or None, instrs=lambda: count[0], **knobs)
+        ok = True
+    except WorkloadError as e:
+        raise RunInputError(str(e)) from None
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        tee.done(ok)
+    print(f"trace directory: {out}", file=sys.stderr)
+    return 0
+
+
+def _checked(chunks, finished):
+    """The chunks, then the program's exit status checked (before pass 2 starts)."""
+    yield from chunks
+    finished()
+
+
+def register(sub) -> None:
+    c = sub.add_parser("convert", help="a trace file (lackey, CSV, NPZ) -> trace directory "
+                       "for `run trace:DIR` (streamed)")
+    c.add_argument("trace", metavar="TRACE")
+    c.add_argument("--out", required=True, metavar="DIR")
+    c.add_argument("--format", choices=("lackey", "csv", "npz"), default=None)
+    c.add_argument("--limit", type=int, default=0, help="at most N accesses (0: all)")
+    c.add_argument("--knob", action="append", metavar="K=V", help="linux profile knob")
+    c.set_defaults(func=cmd_convert)
+    r = sub.add_parser("record", help="run PROG under valgrind lackey, streamed into a trace "
+                       "directory (no text file unless --tee)")
+    r.add_argument("--out", metavar="DIR", help="default: trace-PROG")
+    r.add_argument("--limit", type=int, default=0, help="stop after N accesses (0: all)")
+    r.add_argument("--tee", metavar="FILE", help="also keep the lackey text in FILE")
+    r.add_argument("--knob", action="append", metavar="K=V", help="linux profile knob")
+    r.add_argument("--no-stdin", action="store_true", help="PROG reads /dev/null")
+    r.add_argument("prog", nargs=argparse_remainder(), metavar="-- PROG ARGS")
+    r.set_defaults(func=cmd_record)
+
+
+def argparse_remainder():
+    import argparse
+    return argparse.REMAINDER

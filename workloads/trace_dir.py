@@ -1,0 +1,290 @@
+"""Trace directories converted from real traces, streamed (issue 13): `ptwbench convert` and
+`ptwbench record` share this code (record = lackey on a pipe -> the same converter).
+
+Two passes, memory bounded by the pages touched, never by the trace's length:
+
+1. *Spool*: the parsed accesses (lackey, CSV, NPZ, or lackey text read from valgrind's pipe)
+   are appended to raw columns in the temporary directory, and the touched pages (with their
+   first-touch position) and the fetched pages are accumulated, deduplicated as they come.
+2. *Layout and replay*: the VMAs are laid out exactly as `import:PATH` lays them out
+   (`importers.layout_vmas`, first-touch placement by the `linux` profile), then the raw
+   columns are replayed in blocks through `LinuxGuest` (its page-fault model inserts each
+   fault attempt and its `guest_pte` event), and the resulting trace is written as the
+   `model.trace_stream` columns.
+
+A trace directory holds `vcpu.npy`, `va.npy`, `kind.npy` (model.trace_stream's columns, with
+the fault attempts), `workload.pkl` (the scenario, the events and the workload meta: the
+directory is trusted input, as any pickle) and `meta.json` (the same facts for people: the
+source, the recording, the layout and the time per access the program implies).  Everything
+is written under DIR.tmp-XXXX, then renamed: a failure leaves no partial directory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from model.trace import EXEC
+from model.trace_stream import COLUMNS, TraceFileError, open_trace_dir
+
+from .base import Workload, WorkloadError
+from .importers import TraceError, layout_vmas
+from .linux import LinuxGuest, make_profile
+
+FORMAT_VERSION = 1
+REPLAY_BLOCK = 1 << 22                  # accesses replayed through the guest at a time
+HEADER_BYTES = 128                      # fixed .npy header, rewritten with the length at the end
+# time per access for the calibrated clock (issue 13): valgrind counts guest instructions; a
+# program's time is instructions x CPI / frequency, spread over its accesses.
+ASSUMED_CPI = 1.0                       # ASSUMPTION: 1 cycle per instruction (a modern core
+ASSUMED_GHZ = 2.5                       # on integer code), at 2.5 GHz (ASSUMPTION: a server core)
+_INSTRS = re.compile(rb"==\d+==\s+guest instrs:\s+([\d,]+)")
+
+
+class ColumnWriter:
+    """Appends chunks to the three trace columns as .npy files with a fixed-size header
+    (its length written when closed)."""
+
+    def __init__(self, d: Path):
+        self.d = Path(d)
+        self.files = {n: open(self.d / f"{n}.npy", "wb") for n in COLUMNS}
+        for f in self.files.values():
+            f.write(b"\0" * HEADER_BYTES)
+        self.n = 0
+
+    def append(self, chunk) -> None:
+        vc, va, kd = chunk
+        for (name, dt), col in zip(COLUMNS.items(), (vc, va, kd)):
+            np.ascontiguousarray(col, dtype=dt).tofile(self.files[name])
+        self.n += len(va)
+
+    def close(self) -> int:
+        for name, f in self.files.items():
+            f.seek(0)
+            f.write(_header(COLUMNS[name], self.n))
+            f.close()
+        return self.n
+
+
+def _header(dtype, n: int) -> bytes:
+    d = "{'descr': %r, 'fortran_order': False, 'shape': (%d,), }" % (
+        np.lib.format.dtype_to_descr(np.dtype(dtype)), n)
+    body = d.ljust(HEADER_BYTES - 10 - 1) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body.encode("latin1")
+
+
+def read_columns(d: Path, block: int = REPLAY_BLOCK):
+    """The columns of a directory written by ColumnWriter, in blocks."""
+    t = open_trace_dir(d)
+    for lo in range(0, len(t), block):
+        hi = min(len(t), lo + block)
+        yield t.vcpu[lo:hi].copy(), t.va[lo:hi].copy(), t.kind[lo:hi].copy()
+
+
+class PageSet:
+    """Touched pages with their first-touch position, and fetched pages: deduplicated per
+    chunk, merged every `merge` chunks (memory ~ pages touched)."""
+
+    def __init__(self, shift: int, merge: int = 64):
+        self.shift = np.uint64(shift)
+        self.merge = merge
+        self.pages, self.first, self.exec = [], [], []
+        self.pos = 0
+
+    def add(self, va: np.ndarray, kind: np.ndarray) -> None:
+        p = va >> self.shift
+        u, i = np.unique(p, return_index=True)
+        self.pages.append(u)
+        self.first.append(i.astype(np.int64) + self.pos)
+        self.exec.append(np.unique(p[kind == EXEC]))
+        self.pos += len(va)
+        if len(self.pages) >= self.merge:
+            self._merge()
+
+    def _merge(self) -> None:
+        p, f = np.concatenate(self.pages), np.concatenate(self.first)
+        o = np.lexsort((f, p))
+        p, f = p[o], f[o]
+        keep = np.ones(len(p), dtype=bool)
+        keep[1:] = p[1:] != p[:-1]
+        self.pages, self.first = [p[keep]], [f[keep]]
+        self.exec = [np.unique(np.concatenate(self.exec))]
+
+    def result(self):
+        """(sorted unique pages, their first-touch order as a list, sorted fetched pages)"""
+        if not self.pages:
+            z = np.zeros(0, dtype=np.uint64)
+            return z, [], z
+        self._merge()
+        p, f = self.pages[0], self.first[0]
+        return p, p[np.argsort(f, kind="stable")].tolist(), self.exec[0]
+
+
+class _StreamGuest(LinuxGuest):
+    """LinuxGuest replaying into a ColumnWriter instead of memory."""
+
+    def replay(self, vmas, order, raw: Path, writer: ColumnWriter):
+        for first, npages, kind in vmas:
+            self.vma(first << self.g, npages << self.g, kind)
+        mappings = self._start()                    # demand = false: _premap adds the VMAs
+        for _op, v in self._ops:
+            self._op_vma(v)
+        self._ops = []
+        if not self.p.demand:
+            mappings = self._premap_pages(order)
+        self.out = writer
+        for vc, va, kd in read_columns(raw):
+            self._naccesses += len(va)
+            self._op_run(vc, va, kd)
+        return self._finish(mappings)
+
+    def _assemble(self, scn):                       # the trace is on disk already
+        meta = self._end_meta()
+        meta["trace_len"] = self.out.n
+        return Workload(self.name, scn, None, meta)
+
+
+def spool(chunks, raw: Path, shift: int, limit: int | None):
+    """Pass 1: chunks -> raw columns in `raw`; returns (accesses, PageSet)."""
+    w = ColumnWriter(raw)
+    pages = PageSet(shift)
+    try:
+        for c in chunks:
+            if limit is not None and w.n + len(c[1]) >= limit:
+                c = tuple(x[:limit - w.n] for x in c)
+            if len(c[1]):
+                w.append(c)
+                pages.add(c[1], c[2])
+            if limit is not None and w.n >= limit:
+                break
+    finally:
+        n = w.close()
+    return n, pages
+
+
+def time_per_access(instrs: int | None, accesses: int) -> dict:
+    if not instrs or not accesses:
+        return {"ns_per_access": None, "basis": "no instruction count (not a recording)"}
+    ns = instrs * ASSUMED_CPI / ASSUMED_GHZ / accesses
+    return {"ns_per_access": round(ns, 4), "guest_instrs": int(instrs),
+            "assumed_cpi": ASSUMED_CPI, "assumed_ghz": ASSUMED_GHZ,
+            "basis": "valgrind guest instrs x ASSUMED_CPI / ASSUMED_GHZ / accesses"}
+
+
+def convert(chunks, out: Path, *, name: str, source: dict, limit: int | None = None,
+            instrs=lambda: None, **profile_knobs) -> Path:
+    """Both passes, into `out` (written under out.tmp-XXXX, then renamed)."""
+    out = Path(out)
+    if out.exists():
+        raise WorkloadError(f"{out}: already exists (choose another --out)")
+    profile = make_profile(profile_knobs, "convert")
+    parent = out.parent if str(out.parent) else Path(".")
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=parent))
+    try:
+        raw = tmp / "raw"
+        raw.mkdir()
+        n, pages = spool(chunks, raw, profile.geometry.granule_shift, limit)
+        if n == 0:
+            raise TraceError(f"{source.get('path', name)}: no accesses")
+        uniq, order, exec_pages = pages.result()
+        del pages
+        window = max(1, profile.fault_around_bytes // profile.geometry.granule)
+        vmas = layout_vmas(uniq, exec_pages, window)
+        g = _StreamGuest(name, profile)
+        writer = ColumnWriter(tmp)
+        try:
+            wl = g.replay(vmas, order, raw, writer)
+        finally:
+            writer.close()
+        shutil.rmtree(raw)
+        attempts = (np.concatenate(g.attempts) if g.attempts else np.zeros(0, np.int64))
+        np.save(tmp / "attempts.npy", attempts)
+        meta = dict(wl.meta, **source, generator="trace", accesses_read=n,
+                    profile=asdict(profile), vmas=len(vmas), pages_touched=len(uniq))
+        meta["time_per_access"] = time_per_access(instrs(), n)
+        with open(tmp / "workload.pkl", "wb") as f:
+            pickle.dump({"version": FORMAT_VERSION, "name": name, "scenario": wl.scenario,
+                         "events": g.events, "meta": meta}, f, protocol=4)
+        (tmp / "meta.json").write_text(json.dumps(dict(meta, format_version=FORMAT_VERSION),
+                                                  indent=2, sort_keys=True, default=str)
+                                       + "\n")
+        os.chmod(tmp, 0o755)                       # mkdtemp's 0700 -> a normal directory
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def load(d: Path) -> Workload:
+    """A trace directory as a Workload whose trace is streamed from disk."""
+    d = Path(d)
+    if not d.is_dir():
+        raise WorkloadError(f"{d}: not a trace directory (no such directory)")
+    p = d / "workload.pkl"
+    try:
+        with open(p, "rb") as f:
+            w = pickle.load(f)
+        if not isinstance(w, dict) or w.get("version") != FORMAT_VERSION:
+            raise ValueError(f"not a version-{FORMAT_VERSION} trace directory")
+    except FileNotFoundError:
+        raise WorkloadError(f"{p}: missing (not a converted trace directory)") from None
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError, AttributeError) as e:
+        raise WorkloadError(f"{p}: unreadable: {e}") from None
+    try:
+        trace = open_trace_dir(d, w["events"])
+        n = len(trace)
+        for col in (trace.vcpu, trace.va, trace.kind):
+            size = col.path.stat().st_size
+            if size != col.offset + n * col.dtype.itemsize:
+                raise TraceFileError(f"{col.path}: {size} bytes, want "
+                                     f"{col.offset + n * col.dtype.itemsize} (truncated?)")
+    except TraceFileError as e:
+        raise WorkloadError(str(e)) from None
+    if n != w["meta"].get("trace_len"):
+        raise WorkloadError(f"{d}: {n} accesses, meta.json says {w['meta'].get('trace_len')}")
+    meta = dict(w["meta"], path=str(d))
+    return Workload(f"trace:{d.name}", w["scenario"], trace, meta)
+
+
+def lackey_instrs(block: bytes) -> int:
+    """Guest instructions in valgrind's summary lines of a lackey text block."""
+    return sum(int(m.replace(b",", b"")) for m in _INSTRS.findall(block))
+
+
+def lackey_chunks(blocks, path: str, va_bits: int, count: list):
+    """Parsed lackey blocks (importers' vectorised parser); adds valgrind's guest
+    instruction counts to count[0] on the way."""
+    from .importers import _lackey_block
+    for block, line0 in blocks:
+        if b"guest instrs" in block:
+            count[0] += lackey_instrs(block)
+        out = _lackey_block(block, line0, path, va_bits)
+        if len(out[1]):
+            yield out
+
+
+def convert_file(path: str, out: Path, fmt: str | None = None, limit: int | None = None,
+                 **profile_knobs) -> Path:
+    """`ptwbench convert`: a lackey, CSV or NPZ file -> trace directory."""
+    from .importers import CHUNK_BYTES, _blocks, detect_format, iter_trace
+    fmt = fmt or detect_format(path)
+    va_bits = make_profile(profile_knobs, "convert").va_bits
+    count = [0]
+    if fmt == "lackey":
+        if not os.path.isfile(path):
+            raise TraceError(f"{path}: no such file")
+        chunks = lackey_chunks(_blocks(path, 4 * CHUNK_BYTES), path, va_bits, count)
+    else:
+        chunks = iter_trace(path, fmt, va_bits)
+    src = dict(source="file", path=str(path), format=fmt, limit=limit)
+    return convert(chunks, out, name=Path(out).name, source=src, limit=limit,
+                   instrs=lambda: count[0], **profile_knobs)
