@@ -21,7 +21,7 @@ from . import report, x86_report
 from .catalog import build, micro_workload, scenario_files
 from .cost import CostModel
 from .spec_checks import (SpecError, check_engine, check_host, check_host_knobs, check_knobs,
-                          check_variant)
+                          check_variant, check_workload)
 from .runner import (COLUMNS, TIMING_COLUMNS, csv_text, environment, meta_json,
                      run_workload, write_dir_atomic)
 from .verdict import (COMPARED, MATTERS_RULE, answer, by_variant, false_dirty_rate,
@@ -70,8 +70,7 @@ def load_spec(text: str, source: str) -> dict:
             raise SpecError(f"{at}.workloads: expected a list of workloads or \"*\", "
                             f"not the string {ws!r}")
         for w in (list(reg.GENERATORS) if ws == "*" else ws):
-            if w not in reg.GENERATORS:
-                raise SpecError(f"{at}.workloads: unknown workload {w!r}")
+            check_workload(w, f"{at}.workloads")
         for hh in c.get("hosts", ["none"]):
             check_host(hh, f"{at}.hosts")
         for v in c.get("variants", ["default"]):

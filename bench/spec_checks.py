@@ -98,3 +98,30 @@ def check_host(h: str, at: str, extra: tuple[str, ...] = ("none",)) -> str:
             raise SpecError(f"{at}: unknown host scenario {part!r} "
                             f"(known: {', '.join(extra + tuple(reg.HOST_SCENARIOS))})")
     return h
+
+
+def check_workload(w, at: str) -> str:
+    """A generator name, `micro:NAME|PATH` (a scenario file), `trace:DIR` (a converted trace
+    directory) or `import:PATH` (a trace file)."""
+    from pathlib import Path
+
+    from workloads import registry as reg
+    from workloads.base import WorkloadError
+    if not isinstance(w, str):
+        raise SpecError(f"{at}: {w!r} is not a workload name")
+    if w.startswith("micro:"):
+        from .catalog import micro_path
+        try:
+            micro_path(w.split(":", 1)[1])
+        except WorkloadError as e:
+            raise SpecError(f"{at}: {e}") from None
+    elif w.startswith("trace:"):
+        if not Path(w.split(":", 1)[1]).is_dir():
+            raise SpecError(f"{at}: {w!r}: no such trace directory")
+    elif w.startswith("import:"):
+        if not Path(w.split(":", 1)[1]).is_file():
+            raise SpecError(f"{at}: {w!r}: no such trace file")
+    elif w not in reg.GENERATORS:
+        raise SpecError(f"{at}: unknown workload {w!r} (known: {', '.join(reg.GENERATORS)}, "
+                        f"micro:NAME|PATH, trace:DIR, import:PATH)")
+    return w

@@ -83,7 +83,8 @@ GRID_KEYS = {"workloads", "hosts", "variants", "seeds", "engine", "knobs", "host
 
 
 from .spec_checks import (SpecError, check_engine, check_host, check_host_knobs, check_knobs,
-                          check_seeds, check_str_list, check_variant, type_name)
+                          check_seeds, check_str_list, check_variant, check_workload,
+                          type_name)
 
 SweepError = SpecError          # one error class for every spec format
 
@@ -164,17 +165,7 @@ def load_sweep(text: str, source: str) -> dict:
         else:
             ws = check_str_list(ws, f"{at}.workloads", [])
         for w in ws:
-            if w.startswith("micro:"):                # micro:NAME (shipped) or micro:PATH
-                from workloads.base import WorkloadError
-
-                from .catalog import micro_path
-                try:
-                    micro_path(w.split(":", 1)[1])
-                except WorkloadError as e:
-                    raise SweepError(f"{at}.workloads: {e}") from None
-            elif w not in reg.GENERATORS:
-                raise SweepError(f"{at}.workloads: unknown workload {w!r} "
-                                 f"(known: {', '.join(reg.GENERATORS)}, micro:NAME)")
+            check_workload(w, f"{at}.workloads")
         hosts = check_str_list(g.get("hosts"), f"{at}.hosts", ["none"])
         for h in hosts:
             check_host(h, f"{at}.hosts", extra=("none", "scenario"))
@@ -304,13 +295,14 @@ def iter_points(spec: dict):
 def check_generators(spec: dict) -> None:
     """Build every distinct (workload, knobs) of the grids once, with no host, before anything
     is written: a value only the generator rejects (`regions = -8`) is a bad spec, one line."""
+    from workloads import registry as reg
     from workloads.base import WorkloadError
 
     from .catalog import build
     seen = set()
     for i, g in enumerate(spec["grids"]):
         for w in g["workloads"]:
-            if w.startswith("micro:"):
+            if w not in reg.GENERATORS:            # micro:, trace:, import: take no knobs
                 continue
             for knobs in g["knobs"].get(w, [{}]):
                 key = (w, canonical(knobs))

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from .cli_runs import RunInputError, _kv
+from .errors import nonneg_int
 
 VALGRIND = ("valgrind", "--tool=lackey", "--trace-mem=yes", "--trace-children=yes")
 
@@ -127,20 +128,24 @@ def _checked(chunks, finished):
 def register(sub) -> None:
     c = sub.add_parser("convert", help="a trace file (lackey, CSV, NPZ) -> trace directory "
                        "for `run trace:DIR` (streamed)")
-    c.add_argument("trace", metavar="TRACE")
-    c.add_argument("--out", required=True, metavar="DIR")
-    c.add_argument("--format", choices=("lackey", "csv", "npz"), default=None)
-    c.add_argument("--limit", type=int, default=0, help="at most N accesses (0: all)")
+    c.add_argument("trace", metavar="TRACE", help="a trace file: lackey text, CSV or NPZ")
+    c.add_argument("--out", required=True, metavar="DIR",
+                   help="the trace directory to create (must not exist)")
+    c.add_argument("--format", choices=("lackey", "csv", "npz"), default=None,
+                   help="the trace's format (default: by extension)")
+    c.add_argument("--limit", type=nonneg_int, default=0, help="at most N accesses (0: all)")
     c.add_argument("--knob", action="append", metavar="K=V", help="linux profile knob")
     c.set_defaults(func=cmd_convert)
     r = sub.add_parser("record", help="run PROG under valgrind lackey, streamed into a trace "
                        "directory (no text file unless --tee)")
     r.add_argument("--out", metavar="DIR", help="default: trace-PROG")
-    r.add_argument("--limit", type=int, default=0, help="stop after N accesses (0: all)")
+    r.add_argument("--limit", type=nonneg_int, default=0,
+                   help="stop after N accesses (0: all)")
     r.add_argument("--tee", metavar="FILE", help="also keep the lackey text in FILE")
     r.add_argument("--knob", action="append", metavar="K=V", help="linux profile knob")
     r.add_argument("--no-stdin", action="store_true", help="PROG reads /dev/null")
-    r.add_argument("prog", nargs=argparse_remainder(), metavar="-- PROG ARGS")
+    r.add_argument("prog", nargs=argparse_remainder(), metavar="-- PROG ARGS",
+                   help="the program to trace and its arguments, after --")
     r.set_defaults(func=cmd_record)
 
 

@@ -40,7 +40,6 @@ from dataclasses import replace
 import numpy as np
 
 from model.scenario import INTERNAL_OPS, Step
-from model.trace import Trace
 
 from .base import Knob, Workload, WorkloadError, host_scenario, seed_knob
 
