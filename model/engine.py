@@ -38,6 +38,11 @@ from .x86 import is_x86, one_machine
 # ran to its end, and after an access it left to the reference code shrinks towards twice
 # the distance to that access (the next one is likely as near); within [MIN, MAX]
 MIN_WINDOW, START_WINDOW, MAX_WINDOW = 64, 1 << 13, 1 << 18
+# longest stretch run by the reference code alone after dense fallbacks (accesses)
+MAX_SCALAR_RUN = 256
+# intervals (between events) this short go through the reference code alone: a chunk's fixed
+# cost (~0.5 ms) is ~10 accesses of the reference code (~50 us each)
+SCALAR_INTERVAL = 8
 UFFD_MODE_NAMES = {1: "missing", 2: "minor", 3: "wp"}
 
 
@@ -70,6 +75,8 @@ class Group:
         self.window = max(MIN_WINDOW, min(START_WINDOW, MAX_WINDOW))
         self.s2min = None
         self._paths_ok = None
+        self.head_fallbacks = 0                      # chunks in a row cut at their start
+        self.scalar_left = 0                         # accesses left to the reference code
 
     def walkcache(self) -> WalkCache:
         sh = self.shared
@@ -132,20 +139,30 @@ class Group:
             return [self], pos
         w = self.window
         while pos < end:
-            if w < 4 and MIN_WINDOW > 1:
-                # the last access the vectorised path left was right at a chunk's start: the
-                # reference code alone is cheaper than a chunk for one or two accesses
+            if self.scalar_left > 0 or (w < 4 and MIN_WINDOW > 1) or (
+                    end - pos <= SCALAR_INTERVAL < MIN_WINDOW):
+                # the reference code alone: after chunks whose very first access it had to
+                # take anyway (dense fallbacks: a chunk's fixed cost for nothing), for one or
+                # two accesses right at a chunk's start, or for the rest of a short interval
                 parts = self.scalar(lambda vm: vm.scalar(pos))
                 pos += 1
-                w *= 2
+                if self.scalar_left > 0:
+                    self.scalar_left -= 1
+                elif w < 4:
+                    w *= 2
                 if len(parts) > 1:
                     for p in parts:
-                        p.window = w
+                        p.window, p.scalar_left = w, self.scalar_left
                     return parts, pos
                 continue
             self.prepare()
             j = min(end, pos + min(w, MAX_WINDOW, len(self.rev)))
             cut = chunk(self, pos, j)
+            # a chunk that could not take even its first access: run the reference code for
+            # the next 2, 4, ... MAX_SCALAR_RUN accesses before trying a chunk again
+            self.head_fallbacks = self.head_fallbacks + 1 if cut == pos else 0
+            if self.head_fallbacks > 1:
+                self.scalar_left = min(1 << self.head_fallbacks, MAX_SCALAR_RUN)
             if cut < j:
                 parts = self.scalar(lambda vm: vm.scalar(cut))
                 w = max(MIN_WINDOW, min(w // 2, 2 * (cut - pos) + 1))
