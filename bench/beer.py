@@ -21,7 +21,7 @@ from . import report, x86_report
 from .catalog import build, micro_workload, scenario_files
 from .cost import CostModel
 from .spec_checks import (SpecError, check_engine, check_host, check_host_knobs, check_knobs,
-                          check_variant, check_workload)
+                          check_seeds, check_variant, check_workload)
 from .runner import (COLUMNS, TIMING_COLUMNS, csv_text, environment, meta_json,
                      run_workload, write_dir_atomic)
 from .verdict import (COMPARED, MATTERS_RULE, answer, by_variant, false_dirty_rate,
@@ -49,8 +49,8 @@ def load_spec(text: str, source: str) -> dict:
             raise SpecError(f"{source}: {k}: unknown key")
         if not isinstance(v, SPEC_KEYS[k]) or (SPEC_KEYS[k] is int and isinstance(v, bool)):
             raise SpecError(f"{source}: {k}: expected {SPEC_KEYS[k].__name__}")
-    if spec.get("seed", 0) < 0:
-        raise SpecError(f"{source}: seed: {spec['seed']} is negative (seeds are integers >= 0)")
+    if "seed" in spec:
+        check_seeds([spec["seed"]], f"{source}: seed")
     if not spec.get("micro", True) and not spec.get("case"):
         raise SpecError(f"{source}: case: no [[case]] and micro = false: nothing to run")
     check_engine(spec.get("engine", "numpy"), f"{source}: engine")

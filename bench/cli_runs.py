@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import nonneg_int
+from .spec_checks import SpecError, check_seeds
 
 DEFAULT_RESULTS = Path("results")
 
@@ -22,12 +23,6 @@ def _kv(items, what) -> dict:
         k, v = it.split("=", 1)
         out[k] = v
     return out
-
-
-def _check_seed(seed: int, what: str) -> None:
-    # numpy's SeedSequence takes non-negative integers only
-    if seed < 0:
-        raise RunInputError(f"{what}: {seed} is negative (seeds are integers >= 0)")
 
 
 def _out_root(out: str) -> Path:
@@ -53,7 +48,10 @@ def cmd_run(args) -> int:
     if args.variant not in VARIANTS:
         raise RunInputError(f"--variant: unknown variant {args.variant!r} "
                             f"(known: {', '.join(VARIANTS)})")
-    _check_seed(args.seed, "--seed")
+    try:
+        check_seeds([args.seed], "--seed")
+    except SpecError as e:
+        raise RunInputError(str(e)) from None
     if args.repeat < 1:
         raise RunInputError(f"--repeat: {args.repeat} is not >= 1")
     if not args.no_save:

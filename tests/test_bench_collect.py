@@ -3,7 +3,6 @@ benchmark: bench_*.py files are test modules by the pyproject's `python_files`, 
 promises at least 20 benchmarks.  Fails if the pattern or a benchmark module's import breaks."""
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from pathlib import Path

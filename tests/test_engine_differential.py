@@ -12,7 +12,7 @@ from model import engine
 from model.engine import run_engine
 from model.reference import run_reference
 from model.x86 import X86_ISAS
-from tests.strategies import FOCUS, scenarios
+from tests.strategies import scenarios
 
 settings.register_profile("ci", max_examples=200, deadline=None,
                           suppress_health_check=list(HealthCheck))
@@ -79,10 +79,6 @@ def test_engine_equals_reference_clear_af_on_read_only_tables(scn):
     """clear_af on a read-only page-table slot, MMIO stores written back by the VMM."""
     assert scn.memslots[0].readonly and scn.vmm.mmio_store == "write_backing"
     assert_same(scn)
-
-
-def test_focus_strategies_exist():
-    assert set(FOCUS) == {"blocks_swap", "clear_af_ro"}
 
 
 @settings(max_examples=300)
