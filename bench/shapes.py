@@ -13,6 +13,8 @@ The columns are generated in place, a chunk of random numbers at a time, so that
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from model.scenario import Guest, Machine, Mapping, Memslot, Scenario, Step, Vmm
@@ -74,3 +76,55 @@ def pt_heavy(n: int, seed: int = 1, regions: int = 8192, harvest_every: int = 10
         events.append((pos, -1, Step("harvest", slot="pt")))
         events.append((pos, -1, Step("harvest", slot="data")))
     return scn, Trace(np.zeros(n, np.uint16), va, kind, events)
+
+
+def event_heavy(n: int, seed: int = 1, heap_pages: int = 16384, harvest_every: int = 10**6,
+                numa_every: int = 10**5, numa_fraction: float = 0.01,
+                age_every: int = 10**6) -> tuple[Scenario, Trace]:
+    """The data-heavy guest, warm, under host and guest-kernel events (issue 10): pre-copy
+    (dirty logging from the start, a harvest of both slots every `harvest_every` accesses),
+    NUMA-balancing hinting unmaps (model/host_ops.py `numa_hint`) of `numa_fraction` of the
+    page-table and of the data pages every `numa_every` accesses (random runs of 8 data
+    pages, single page-table pages; one op per slot), and an aging pass (test-and-clear AF of every heap PTE,
+    MGLRU walk_pte_range) every `age_every` accesses."""
+    scn, tr = data_heavy(n, seed, heap_pages)
+    slots = tuple(replace(s, log_dirty=False) for s in scn.memslots)
+    scn = replace(scn, name="event-heavy", memslots=slots)
+    pt, data = slots
+    pt_used = 1 + 1 + 1 + -(-heap_pages // 512)          # root, L1, L2, leaf tables
+    rng = np.random.default_rng(seed + 1)
+    ages = tuple(HEAP + q * 4096 for q in range(heap_pages))
+    events = [(0, -1, Step("enable_dirty_log", slot=s.name)) for s in slots]
+    for pos in range(1, n):
+        here = []
+        if pos % harvest_every == 0:
+            here += [Step("harvest", slot=s.name) for s in slots]
+        if pos % numa_every == 0:                       # one scan's unmaps per slot
+            k = max(1, round(numa_fraction * pt_used))
+            here.append(Step("numa_hint", slot=pt.name,
+                             pages=np.sort(rng.choice(pt_used, k, replace=False))))
+            runs = max(1, round(numa_fraction * heap_pages / 8))
+            first = np.sort(rng.choice(heap_pages // 8, runs, replace=False)) * 8
+            here.append(Step("numa_hint", slot=data.name,
+                             pages=(first[:, None] + np.arange(8)).ravel()))
+        if pos % age_every == 0:
+            here.append(Step("guest_age", vas=ages))
+        events += [(pos, -1, st) for st in here]
+    return scn, Trace(tr.vcpu, tr.va, tr.kind, events)
+
+
+def thp_logging(n: int, seed: int = 1, heap_pages: int = 16384,
+                harvest_every: int = 10**6) -> tuple[Scenario, Trace]:
+    """The data-heavy guest on a THP-backed data slot under pre-copy without eager split
+    (issue 10): before logging starts the heap is mapped with 2 MiB stage-2 blocks; each
+    write fault on a read-only block under logging maps its 4 KiB page and unmaps the rest
+    of the block (docs/semantics.md §3.3)."""
+    scn, tr = data_heavy(n, seed, heap_pages)
+    pt, data = scn.memslots
+    scn = replace(scn, name="thp-logging",
+                  memslots=(pt, replace(data, backing="anon_thp")))
+    start = min(n, 10**5)                                 # blocks mapped before logging
+    events = [(start, -1, Step("enable_dirty_log", slot=s.name)) for s in scn.memslots]
+    for pos in range(start + harvest_every, n, harvest_every):
+        events += [(pos, -1, Step("harvest", slot=s.name)) for s in scn.memslots]
+    return scn, Trace(tr.vcpu, tr.va, tr.kind, events)

@@ -26,8 +26,10 @@ import gc
 import numpy as np
 
 from .engine_chunk import Scratch, WalkCache, chunk
+from .engine_guest import bulk_age
 from .engine_state import Base, FastVm, Shared
 from .host import S2_UNMAPPED
+from .host_ops import HOST_OPS
 from .policies import DEFAULT_ORDER
 from .results import PolicyResult, UffdEvent
 from .scenario import Scenario
@@ -44,6 +46,8 @@ MAX_SCALAR_RUN = 256
 # cost (~0.5 ms) is ~10 accesses of the reference code (~50 us each)
 SCALAR_INTERVAL = 8
 UFFD_MODE_NAMES = {1: "missing", 2: "minor", 3: "wp"}
+# events that touch only the host side (stage 2, host pages, dirty log): Group.host_event
+HOST_EVENT_OPS = frozenset(HOST_OPS) | {"punch_hole", "enable_dirty_log", "harvest"}
 
 
 class Flags:
@@ -212,6 +216,16 @@ class Group:
                 out.append(g)
         return out
 
+    def host_event(self, si: int, st) -> None:
+        """A host operation (HOST_EVENT_OPS) for every policy, each as array operations on
+        its own host state (ArrayHost): the op reads and writes nothing the policies share
+        but the TLBs (every policy flushes them alike) and, for punch_hole, the content of
+        the pages it punches (zeroed alike), so the group never splits on one and needs no
+        journal."""
+        self.invalidate()
+        for vm in self.vms:
+            vm.run_step(si, st)
+
     def emit_uffd(self, vm: FastVm, evs: list) -> None:
         """Record userfaultfd events found by the vectorised path, in order:
         (order key, trace position, page index, mode code, write, written)."""
@@ -246,6 +260,15 @@ def _run_trace(scn: Scenario, trace: Trace, policies) -> dict[str, PolicyResult]
     groups = [Group(base, vms, shared)] if vms else []
     for start, end, events in trace.intervals():
         for _pos, si, st in events:
+            if st.op in HOST_EVENT_OPS:
+                for g in groups:
+                    g.host_event(si, st)
+                continue
+            if st.op == "guest_age":
+                groups = [h for g in groups
+                          for h in ([g] if bulk_age(g, si, st) else
+                                    g.scalar(lambda vm, si=si, st=st: vm.run_step(si, st)))]
+                continue
             groups = [h for g in groups
                       for h in g.scalar(lambda vm, si=si, st=st: vm.run_step(si, st))]
         work = [(g, start) for g in groups]

@@ -35,7 +35,7 @@ from functools import lru_cache
 import numpy as np
 
 from .arch import DESC_AF, DESC_AP2, DESC_DBM, DESC_PXN, DESC_TABLE
-from .engine_state import (CLS_A, CLS_S, CLS_X, H_MISSING, H_RW, H_SWAPPED, H_WP, H_ZERO,
+from .engine_state import (CLS_A, CLS_S, CLS_X, H_KSM, H_MISSING, H_RW, H_SWAPPED, H_WP, H_ZERO,
                            MUTABLE_BITS, PA_HARD, PA_PT, PA_RO, PA_RSLOT, PA_UFFD_SHIFT, PAGE_MASK, U64)
 from .host import S2_RO, S2_RW, S2_UNMAPPED
 from .policies import VECTOR_POLICIES
@@ -696,7 +696,8 @@ def _faults(g, pieces, rq, isS, isX, walk, kindI, data, dpI, need_leaf, leaf_pg,
         return w
 
     pa = np.take(base.pattr, P)
-    hard = (pa & PA_HARD) != 0
+    hard0 = (pa & PA_HARD) != 0
+    bb = np.take(base.block_backing, P)
     ro = (pa & PA_RO) != 0
     rslot = (pa & PA_RSLOT) != 0
     ispt = (pa & PA_PT) != 0
@@ -719,14 +720,18 @@ def _faults(g, pieces, rq, isS, isX, walk, kindI, data, dpI, need_leaf, leaf_pg,
         else:
             w1 = None
         lkey = vm.flags_logact.tobytes()
+        # a fault in a block-backed slot may map or split a block (Host.map_translation,
+        # relax_permission) unless the slot is logging and the page is not in a block
+        blk = bb & (np.take(vm.host.s2_block.a, P) >= 0) if bb.any() else bb
         oc = None
-        for (st_, h_, w1_, lkey_), oc_ in reps:
+        for (st_, h_, w1_, lkey_, blk_), oc_ in reps:
             if (lkey_ == lkey and np.array_equal(st_, st) and np.array_equal(h_, h)
-                    and (w1 is None or np.array_equal(w1_, w1))):
+                    and (w1 is None or np.array_equal(w1_, w1)) and np.array_equal(blk_, blk)):
                 oc = oc_
                 break
         if oc is None:
             la = vm.flags_logact[slot_no]
+            hard = hard0 | (bb & (~la | blk))
             if any_f1:
                 F1 = st == S2_UNMAPPED
                 miss = h == H_MISSING
@@ -734,9 +739,9 @@ def _faults(g, pieces, rq, isS, isX, walk, kindI, data, dpI, need_leaf, leaf_pg,
                 ev1w = F1 & (h == H_WP) & w1
                 # Host.gup: missing -> uffd/new page/zero page; swapped -> swapped in
                 # (do_swap_page: writable, no uffd); zero/wp -> writable on a write
+                cow = (h == H_ZERO) | (h == H_KSM) | (h == H_WP)
                 h1 = np.where(F1 & miss, np.where(ev1m | w1, H_RW, H_ZERO),
-                              np.where(F1 & ((h == H_SWAPPED) | (w1 & ((h == H_ZERO)
-                                                                    | (h == H_WP)))),
+                              np.where(F1 & ((h == H_SWAPPED) | (w1 & cow)),
                                        H_RW, h)).astype(np.int8)
                 writable1 = w1 | ((h1 == H_RW) & ~la & ~ro)
                 st1 = np.where(F1, np.where(writable1, S2_RW, S2_RO), st).astype(np.int8)
@@ -748,12 +753,13 @@ def _faults(g, pieces, rq, isS, isX, walk, kindI, data, dpI, need_leaf, leaf_pg,
                 h1, st1 = h, st
             F2 = (st1 == S2_RO) & hasW
             ev2w = F2 & (h1 == H_WP)
-            h2 = np.where(F2 & ((h1 == H_ZERO) | (h1 == H_WP)), H_RW, h1).astype(np.int8)
+            h2 = np.where(F2 & ((h1 == H_ZERO) | (h1 == H_KSM) | (h1 == H_WP)), H_RW,
+                          h1).astype(np.int8)
             risky2 = F2 & (hard | (ev2w & rslot) | (h1 == H_MISSING))
             if risky2.any():
                 cut = min(cut, int(qW[risky2].min()))
             oc = (F1, w1, ev1m, ev1w, h1, la, writable1, st1, F2, ev2w, h2)
-            reps.append(((st, h, w1, lkey), oc))
+            reps.append(((st, h, w1, lkey, blk), oc))
         outcomes.append((vm, oc))
 
     def apply():

@@ -21,8 +21,9 @@ import numpy as np
 
 from .arch import (DESC_AF, DESC_AP2, DESC_SIZE, DESC_TABLE, DESC_VALID, HOST_PAGE,
                    make_leaf_desc)
-from .host import (HOST_MISSING, HOST_RW, HOST_SWAPPED, HOST_WP, HOST_ZERO, S2_RO,
-                   S2_UNMAPPED, Host)
+from .host import BLOCK_2M, S2_RO, S2_UNMAPPED, Host
+from .host_ops import (HOST_KSM, HOST_MISSING, HOST_OPS, HOST_RW, HOST_SWAPPED, HOST_WP,
+                       HOST_ZERO)
 from .policies import POLICIES
 from .reference import TlbEntry, Vm
 from .results import PolicyResult
@@ -32,13 +33,14 @@ from .trace import KINDS, Trace
 
 PAGE_MASK = ~(HOST_PAGE - 1)
 DESCS_PER_PAGE = HOST_PAGE // DESC_SIZE
-HOST_CODES = {HOST_MISSING: 0, HOST_RW: 1, HOST_ZERO: 2, HOST_WP: 3, HOST_SWAPPED: 4}
-HOST_NAMES = {v: k for k, v in HOST_CODES.items()}
-H_MISSING, H_RW, H_ZERO, H_WP, H_SWAPPED = 0, 1, 2, 3, 4
+# host page-state codes (model/host_ops.py), short names for the vectorised code
+H_MISSING, H_RW, H_ZERO, H_WP, H_SWAPPED, H_KSM = (HOST_MISSING, HOST_RW, HOST_ZERO, HOST_WP,
+                                                   HOST_SWAPPED, HOST_KSM)
+BLOCK_PAGES = BLOCK_2M // HOST_PAGE
 MUTABLE_BITS = DESC_AF | DESC_AP2      # bits hardware updates change; not the walk's shape
 UFFD_CODES = {"none": 0, "missing": 1, "minor": 2, "wp": 3}
 # page attributes, packed per page index (Base.pattr): a fault there leaves the vectorised
-# path (outside every slot, read-only slot, block backing), read-only slot, uffd resolves the
+# path (outside every slot, read-only slot), read-only slot, uffd resolves the
 # whole slot, page-table slot, and the slot's uffd mode code in the top bits
 PA_HARD, PA_RO, PA_RSLOT, PA_PT, PA_UFFD_SHIFT = 1, 2, 4, 8, 4
 U64 = np.uint64
@@ -437,7 +439,9 @@ class Base:
         self.resolve_slot = per_slot(lambda s: s.uffd_resolve == "slot")
         self.is_pt = per_slot(lambda s: s.name == pt.name)
         self.outside = self.slot_no < 0
-        self.pattr = ((self.outside | self.ro | self.block_backing) * PA_HARD | self.ro * PA_RO
+        # block-backed slots: hard only while a fault there may involve a block (not
+        # logging, or the page mapped by a block): engine_chunk._faults decides per policy
+        self.pattr = ((self.outside | self.ro) * PA_HARD | self.ro * PA_RO
                       | self.resolve_slot * PA_RSLOT | self.is_pt * PA_PT
                       | self.uffd_code.astype(np.int64) << PA_UFFD_SHIFT).astype(np.uint8)
         self.slot_start = np.array([idx.start_of[s.name] for s in self.slots] + [0],
@@ -693,7 +697,7 @@ class ArrayHost(Host):
         self.idx = idx = base.idx
         self.s2 = ArrayMap(idx, np.int8, S2_UNMAPPED)
         self.s2_block = ArrayMap(idx, np.int64, -1)
-        self.host = ArrayMap(idx, np.int8, -1, HOST_CODES.__getitem__, HOST_NAMES.__getitem__)
+        self.host = ArrayMap(idx, np.int8, -1)
         self.pt_base, self.pt_end = base.pt_base, base.pt_end
         T = idx.total + 1
         self.dirty_all = np.zeros(T, dtype=bool)
@@ -778,13 +782,52 @@ class ArrayHost(Host):
         p = np.fromiter(pages, dtype=np.int64) if not isinstance(pages, np.ndarray) else pages
         return self.idx.index_v(p)
 
+    def _block_pages(self, g: np.ndarray) -> np.ndarray:
+        """Indices of every page of the stage-2 blocks that map any of the pages `g`."""
+        b = self.s2_block.a[g]
+        b = np.unique(b[b >= 0])
+        if not len(b):
+            return np.zeros(0, dtype=np.int64)
+        first = self.idx.index_v(b).astype(np.int64)     # a block lies inside one slot
+        return (first[:, None] + np.arange(BLOCK_PAGES)).ravel()
+
     def unmap(self, pages) -> None:
+        """Host.unmap on arrays: a block mapping any page goes whole."""
         pages = list(pages) if not isinstance(pages, (range, np.ndarray)) else pages
         g = self._gidx(pages)
-        g = g[g < self.idx.total]
-        if np.any(self.s2_block.a[g] >= 0):
-            return Host.unmap(self, [self.idx.ipa_of(int(x)) for x in g])
+        self._unmap_idx(g[g < self.idx.total])
+
+    def _unmap_idx(self, g: np.ndarray) -> None:
+        blk = self._block_pages(g)
+        if len(blk):
+            self.s2_block.a[blk] = -1
+            self.s2.a[blk] = S2_UNMAPPED
         self.s2.a[g] = S2_UNMAPPED
+
+    def _block_slice(self, base: int) -> slice:
+        g = self.idx.index(base)               # map_translation checked: inside one slot
+        return slice(g, g + BLOCK_PAGES)
+
+    def all_host_rw(self, base: int) -> bool:
+        return bool((self.host.a[self._block_slice(base)] == H_RW).all())
+
+    def map_block(self, base: int, perm: int) -> None:
+        sl = self._block_slice(base)
+        self.s2.a[sl] = perm
+        self.s2_block.a[sl] = base
+
+    def unmap_block(self, base: int) -> None:
+        sl = self._block_slice(base)
+        self.s2.a[sl] = S2_UNMAPPED
+        self.s2_block.a[sl] = -1
+
+    def host_op(self, op: str, slot: Memslot, pages: np.ndarray) -> None:
+        """Host.host_op on a slice of the arrays: the same transition (model/host_ops.py)."""
+        g = np.asarray(pages, dtype=np.int64) + self.idx.start_of[slot.name]
+        h = self.host.a
+        h[g] = HOST_OPS[op].transition(h[g], slot.backing)
+        self._unmap_idx(g)
+        self.flush_tlbs()
 
     def write_protect(self, pages, split: bool) -> None:
         pages = list(pages) if not isinstance(pages, (range, np.ndarray)) else pages
@@ -792,14 +835,27 @@ class ArrayHost(Host):
         self._wp_idx(g[g < self.idx.total], split)
 
     def _wp_idx(self, g: np.ndarray, split: bool, blocks: bool = True) -> None:
-        """write_protect of the pages with these indices (`blocks`: some may be mapped by a
-        block)."""
-        if self.pml_on:                          # Host.write_protect: PML keeps 4K pages
-            g = g[self.s2_block.a[g] >= 0]
-        if blocks and np.any(self.s2_block.a[g] >= 0):
-            return Host.write_protect(self, [self.idx.ipa_of(int(x)) for x in g], split)
+        """Host.write_protect of the pages with these indices, on arrays (`blocks`: some
+        may be mapped by a block): a block stays a whole read-only block, or with `split`
+        becomes 4K mappings of the same permission, the listed pages read-only."""
         s2 = self.s2.a
-        s2[g] = np.minimum(s2[g], S2_RO)        # unmapped stays, read-write -> read-only
+        g = g[s2[g] != S2_UNMAPPED]
+        if blocks:
+            inblk = self.s2_block.a[g] >= 0
+            if self.pml_on:                      # PML: 4K pages keep write, D cleared
+                g = g[inblk]
+                if split:                        # the block's later pages are 4K by then
+                    g = g[np.unique(self.s2_block.a[g], return_index=True)[1]]
+                inblk = np.ones(len(g), dtype=bool)
+            if inblk.any():
+                bp = self._block_pages(g[inblk])
+                if split:                        # kvm_mmu_split_huge_pages()
+                    self.s2_block.a[bp] = -1
+                else:
+                    s2[bp] = S2_RO
+        elif self.pml_on:
+            return
+        s2[g] = np.minimum(s2[g], S2_RO)        # read-write -> read-only
 
     def enable_dirty_log(self, slot: Memslot, initially_set: bool, eager_split: bool) -> None:
         sl = self._sl(slot)

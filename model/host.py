@@ -9,7 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+import numpy as np
+
 from .arch import HOST_PAGE
+from .host_ops import (HOST_KSM, HOST_MISSING, HOST_OPS, HOST_RW, HOST_SWAPPED, HOST_WP,
+                       HOST_ZERO)
 from .policies import FaultInfo, Policy
 from .results import PolicyResult, UffdEvent
 from .scenario import Memslot, Scenario
@@ -20,12 +24,7 @@ BLOCK_2M = 2 << 20              # stage-2 block for THP/hugetlb-backed slots (4K
 # stage-2 state of a 4 KiB IPA page
 S2_UNMAPPED, S2_RO, S2_RW = 0, 1, 2
 
-# host page state (the VMM's view of the slot's backing)
-HOST_RW = "rw"                  # present and writable
-HOST_ZERO = "zero"              # shared zero page: present, host read-only, reads as zeros
-HOST_MISSING = "missing"        # no page (never populated, punched)
-HOST_WP = "wp"                  # present, write-protected by uffd-wp
-HOST_SWAPPED = "swapped"        # swapped out: not present, content kept on swap
+# host page state (the VMM's view of the slot's backing): codes of model/host_ops.py
 
 
 class Outcome(Enum):
@@ -263,8 +262,8 @@ class Host:
             # do_swap_page(): swap-in, no userfaultfd involved; the page comes back with its
             # content, exclusive and writable (docs/scenario-format.md `swap_out`)
             self.host[page] = HOST_RW
-        elif state == HOST_ZERO and write:
-            self.host[page] = HOST_RW         # CoW of the zero page
+        elif state in (HOST_ZERO, HOST_KSM) and write:
+            self.host[page] = HOST_RW         # CoW of the zero page / KSM page (do_wp_page)
         elif state == HOST_WP and write:
             self.uffd_event(slot, page, "wp", True)   # handle_userfault(VM_UFFD_WP)
             pages = self.slot_pages(slot) if slot.uffd_resolve == "slot" else (page,)
@@ -296,12 +295,9 @@ class Host:
             # transparent_hugepage_adjust()/hugetlb: a 2 MiB block if it lies in the slot and
             # every host page of it is present and writable.
             base = page & ~(BLOCK_2M - 1)
-            blk = range(base, base + BLOCK_2M, HOST_PAGE)
             if (slot.contains(base) and slot.contains(base + BLOCK_2M - 1)
-                    and all(self.host[q] == HOST_RW for q in blk)):
-                for q in blk:
-                    self.s2[q] = perm
-                    self.s2_block[q] = base
+                    and self.all_host_rw(base)):
+                self.map_block(base, perm)
                 return
         self.s2[page] = perm                  # force_pte under logging, or a 4K page
 
@@ -310,18 +306,29 @@ class Host:
         if base is None:
             self.s2[page] = S2_RW
             return
-        blk = range(base, base + BLOCK_2M, HOST_PAGE)
         if not logging:
-            for q in blk:                     # relax the whole block in place
-                self.s2[q] = S2_RW
+            self.map_block(base, S2_RW)       # relax the whole block in place
             return
         # Under logging a write fault on a read-only block maps only the 4K page read-write
-        # and leaves the rest of the block unmapped (docs/scenario-format.md "Blocks"; docs/semantics.md §3.3).
-        for q in blk:
-            self.s2.pop(q, None)
-            self.s2_block.pop(q, None)
+        # and leaves the rest of the block unmapped (docs/scenario-format.md "Blocks";
+        # docs/semantics.md §3.3).
+        self.unmap_block(base)
         self.s2[page] = S2_RW
         self.flush_tlbs()                     # unmapping part of the block: TLBI
+
+    # stage-2 block storage (an engine replaces these three with array slices)
+    def all_host_rw(self, base: int) -> bool:
+        return all(self.host[q] == HOST_RW for q in range(base, base + BLOCK_2M, HOST_PAGE))
+
+    def map_block(self, base: int, perm: int) -> None:
+        for q in range(base, base + BLOCK_2M, HOST_PAGE):
+            self.s2[q] = perm
+            self.s2_block[q] = base
+
+    def unmap_block(self, base: int) -> None:
+        for q in range(base, base + BLOCK_2M, HOST_PAGE):
+            self.s2.pop(q, None)
+            self.s2_block.pop(q, None)
 
     # ---- host operations (scenario steps) --------------------------------------------
     def punch_hole(self, slot: Memslot) -> None:
@@ -332,9 +339,21 @@ class Host:
         self.unmap(pages)
         self.flush_tlbs()
 
-    def zap(self, slot: Memslot, first: int, count: int) -> None:
-        self.unmap(self._range(slot, first, count))
+    def host_op(self, op: str, slot: Memslot, pages: np.ndarray) -> None:
+        """A host operation (model/host_ops.py) on page indices `pages` of `slot`: each page's
+        host state goes through the op's transition, then stage 2 is unmapped (MMU notifier)
+        and TLBs are flushed."""
+        ipas = [slot.ipa + int(i) * HOST_PAGE for i in pages]
+        old = np.array([self.host[p] for p in ipas], dtype=np.int8)
+        new = HOST_OPS[op].transition(old, slot.backing)
+        for p, a, b in zip(ipas, old.tolist(), new.tolist()):
+            if a != b:
+                self.host[p] = b
+        self.unmap(ipas)
         self.flush_tlbs()
+
+    def zap(self, slot: Memslot, first: int, count: int) -> None:
+        self.host_op("zap", slot, np.arange(first, first + count))
 
     def swap_out(self, slot: Memslot, first: int, count: int) -> None:
         """Reclaim (shrink_folio_list -> try_to_unmap -> MMU notifier): stage 2 unmapped as by
@@ -342,19 +361,10 @@ class Host:
         swaps them in, so a block with a swapped page cannot be mapped as a block
         (transparent_hugepage_adjust needs every page).  Hugetlb pages are never swapped
         (not on the LRU): on a hugetlb slot this only zaps."""
-        if slot.backing != "hugetlb":
-            for p in self._range(slot, first, count):
-                if self.host[p] == HOST_RW:
-                    self.host[p] = HOST_SWAPPED
-        self.zap(slot, first, count)
+        self.host_op("swap_out", slot, np.arange(first, first + count))
 
     def uffd_wp(self, slot: Memslot, first: int, count: int) -> None:
-        pages = self._range(slot, first, count)
-        for p in pages:
-            if self.host[p] == HOST_RW:
-                self.host[p] = HOST_WP
-        self.unmap(pages)
-        self.flush_tlbs()
+        self.host_op("uffd_wp", slot, np.arange(first, first + count))
 
     def enable_dirty_log(self, slot: Memslot, initially_set: bool, eager_split: bool) -> None:
         self.logging[slot.name] = True
@@ -379,8 +389,3 @@ class Host:
                            split=self.eager_split[slot.name])
         self.flush_tlbs()
         return marked, written
-
-    @staticmethod
-    def _range(slot: Memslot, first: int, count: int) -> range:
-        return range(slot.ipa + first * HOST_PAGE, slot.ipa + (first + count) * HOST_PAGE,
-                     HOST_PAGE)

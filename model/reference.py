@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .arch import (DESC_AF, DESC_AP2, DESC_DBM, DESC_PXN, DESC_SIZE, DESC_TABLE, HOST_PAGE,
-                   desc_oa, is_table, is_valid, make_table_desc)
+import numpy as np
+
+from .arch import (DESC_AF, DESC_AP2, DESC_DBM, DESC_PXN, DESC_SIZE, DESC_TABLE, DESC_VALID,
+                   HOST_PAGE, desc_oa, is_table, is_valid, make_table_desc)
 from .host import S2_RO, S2_UNMAPPED, Abort, Host, Outcome
+from .host_ops import HOST_OPS, step_pages
 from .policies import DEFAULT_ORDER, POLICIES
 from .results import Harvest, PolicyResult
 from .scenario import Scenario, Step
@@ -20,6 +23,15 @@ from .x86 import is_x86, one_machine, walk_access_is_write
 STORES = frozenset({"write64", "st_preidx", "cas", "dc_zva"})
 ISV_KINDS = frozenset({"read64", "write64"})   # plain single-register LDR/STR: ISV = 1
 MAX_RESTARTS = 64
+
+
+def aged_desc(d):
+    """__ptep_test_and_clear_young on a leaf descriptor (an int, or a uint64 array):
+    (young: valid with AF set, the descriptor with AF cleared)."""
+    if isinstance(d, np.ndarray):
+        young = ((d & np.uint64(DESC_VALID)) != 0) & ((d & np.uint64(DESC_AF)) != 0)
+        return young, d & ~np.uint64(DESC_AF)
+    return bool(d & DESC_VALID) and bool(d & DESC_AF), d & ~DESC_AF
 
 
 class SimulationError(RuntimeError):
@@ -482,9 +494,9 @@ class Vm:
             if addr is None:
                 continue
             d = self._kernel_load(addr)
-            if d is None or not is_valid(d) or not d & DESC_AF:
+            if d is None or not aged_desc(d)[0]:
                 continue
-            if self._kernel_store(addr, lambda old: old & ~DESC_AF):
+            if self._kernel_store(addr, lambda old: aged_desc(old)[1]):
                 self._tlbi(st.asid, va)
 
     def guest_fork(self, st: Step) -> None:
@@ -562,12 +574,9 @@ class Vm:
             self.flush_all()
         elif op == "punch_hole":
             host.punch_hole(self.scn.slot(st.slot))
-        elif op == "zap":
-            host.zap(self.scn.slot(st.slot), st.first, st.count)
-        elif op == "swap_out":
-            host.swap_out(self.scn.slot(st.slot), st.first, st.count)
-        elif op == "uffd_wp":
-            host.uffd_wp(self.scn.slot(st.slot), st.first, st.count)
+        elif op in HOST_OPS:                            # model/host_ops.py
+            slot = self.scn.slot(st.slot)
+            host.host_op(op, slot, step_pages(st, slot.pages))
         elif op == "enable_dirty_log":
             host.enable_dirty_log(self.scn.slot(st.slot), st.initially_set, st.eager_split)
         elif op == "harvest":

@@ -110,6 +110,9 @@ class Step:
     tables: tuple[int, ...] = ()        # IPAs of fresh table granules, used in order
     fill: tuple[int, ...] = ()          # IPAs of data granules the kernel writes first
     nonleaf: bool = False               # guest_age: also test-and-clear table AF (HAFT)
+    # host ops (model/host_ops.py): the slot's page indices (ascending int64 array) instead
+    # of first/count; generators only (scenario files use first/count)
+    pages: object = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ builder accepts are kept.  Used by the engine differential tests.
 """
 from __future__ import annotations
 
+import numpy as np
 from hypothesis import assume
 from hypothesis import strategies as st
 
@@ -37,7 +38,13 @@ FOCUS = {
         "zap", "enable_dirty_log", "harvest", "punch_hole")),
     "clear_af_ro": dict(ops=("access",) * 4 + ("clear_af",) * 3 + (
         "set_tcr", "zap", "swap_out", "enable_dirty_log", "harvest")),
+    # issue 10: host operations on page sets (model/host_ops.py) and aging passes, at one
+    # event per one to two accesses: every op, blocks included
+    "host_bulk": dict(ops=("access",) * 6 + ("zap", "swap_out", "uffd_wp", "numa_hint",
+                                             "ksm_merge", "thp_collapse") + ("guest_age",) * 2
+                      + ("enable_dirty_log", "harvest", "punch_hole")),
 }
+PAGE_SET_OPS = ("numa_hint", "ksm_merge", "thp_collapse")
 
 
 @st.composite
@@ -66,6 +73,10 @@ def scenarios(draw, max_steps: int = 40, focus: str | None = None,
     elif focus == "clear_af_ro":
         guest = Guest(tcr_ha=True, tcr_hd=guest.tcr_hd, tcr2_haft=guest.tcr2_haft, pt_slot="pt")
         slots = [draw(slot_flags("pt", 0x40000000, pt_pages, readonly=True)),
+                 draw(slot_flags("data", 0x80000000, data_pages))]
+    elif focus == "host_bulk":           # tables where aging runs in bulk, most of the time
+        slots = [draw(slot_flags("pt", 0x40000000, pt_pages, ("anon", "anon", "shmem",
+                                                              "anon_thp"), readonly=False)),
                  draw(slot_flags("data", 0x80000000, data_pages))]
     else:
         slots = [draw(slot_flags("pt", 0x40000000, pt_pages)),
@@ -116,10 +127,28 @@ def scenarios(draw, max_steps: int = 40, focus: str | None = None,
                               haft=draw(st.none() | st.booleans())))
         elif op == "punch_hole":
             steps.append(Step("punch_hole", slot=s.name))
-        elif op in ("zap", "swap_out") or (op == "uffd_wp" and s.uffd == "wp"):
-            first = draw(st.integers(0, s.pages - 1))
-            count = draw(st.integers(1, min(8, s.pages - first)))
-            steps.append(Step(op, slot=s.name, first=first, count=count))
+        elif (op in ("zap", "swap_out") + PAGE_SET_OPS
+              or (op == "uffd_wp" and s.uffd == "wp")) and (
+                focus == "host_bulk" or op not in PAGE_SET_OPS):
+            if focus == "host_bulk" and (op in PAGE_SET_OPS or draw(st.booleans())):
+                # a page set (Step.pages): scattered pages, or a 2 MiB range (thp_collapse)
+                if op == "thp_collapse" and s.pages >= 512:
+                    b = draw(st.integers(0, s.pages // 512 - 1)) * 512
+                    pages = np.arange(b, b + 512, dtype=np.int64)
+                else:
+                    pages = np.array(sorted(draw(st.sets(st.integers(0, s.pages - 1),
+                                                         min_size=1, max_size=12))),
+                                     dtype=np.int64)
+                steps.append(Step(op, slot=s.name, pages=pages))
+            else:
+                first = draw(st.integers(0, s.pages - 1))
+                count = draw(st.integers(1, min(8, s.pages - first)))
+                steps.append(Step(op, slot=s.name, first=first, count=count))
+        elif op == "guest_age":
+            # an aging pass (MGLRU walk_pte_range) over some mapped granules, ascending
+            ages = sorted(draw(st.sets(st.sampled_from(vas), min_size=1, max_size=8)))
+            steps.append(Step("guest_age", vas=tuple(v & ~(granule - 1) for v in ages),
+                              nonleaf=draw(st.booleans()) and draw(st.booleans())))
         elif op == "enable_dirty_log" and not logging[s.name]:
             logging[s.name] = True
             steps.append(Step(op, slot=s.name, initially_set=draw(st.booleans()),
