@@ -32,11 +32,11 @@ def registry():
 
 
 def build(workload: str, knobs: dict | None = None, host: str = "none",
-          host_knobs: dict | None = None, seed: int = 0) -> Workload:
+          host_knobs: dict | None = None, seed: int = 0, seconds: float | None = None) -> Workload:
     """One workload under one host scenario.  Raises WorkloadError on bad names/knobs.
     `meta["build_seconds"]`: the time spent generating, importing or parsing it."""
     t0 = time.perf_counter()
-    w = _build(workload, knobs, host, host_knobs, seed)
+    w = _build(workload, knobs, host, host_knobs, seed, seconds)
     w.meta["build_seconds"] = time.perf_counter() - t0
     return w
 
@@ -54,7 +54,10 @@ def micro_path(name: str) -> Path:
                         f"{', '.join(p.stem for p in scenario_files())}; or micro:PATH)")
 
 
-def _build(workload, knobs, host, host_knobs, seed) -> Workload:
+def _build(workload, knobs, host, host_knobs, seed, seconds=None) -> Workload:
+    if workload.startswith("micro:") and seconds is not None:
+        raise WorkloadError(f"{workload}: micro-scenarios are steps, not guest time; "
+                            f"--seconds does not apply")
     if workload.startswith("micro:"):
         p = micro_path(workload.split(":", 1)[1])
         if host not in ("none", "scenario"):
@@ -73,7 +76,8 @@ def _build(workload, knobs, host, host_knobs, seed) -> Workload:
     # takes its own knobs: host_knobs = {"precopy": {...}, "pressure": {...}} when chained
     per = (lambda h: hk.get(h, {})) if len(hosts) > 1 else (lambda h: hk)
     w = reg.build(workload, seed=seed, host_name=hosts[0] if hosts else None,
-                  host_knobs=per(hosts[0]) if hosts else {}, **(knobs or {}))
+                  host_knobs=per(hosts[0]) if hosts else {}, seconds=seconds,
+                  **(knobs or {}))
     for h in hosts[1:]:
         w = reg.apply_host(w, h, **per(h))
     return w

@@ -58,7 +58,7 @@ def cmd_run(args) -> int:
         _out_root(args.out)
     try:
         w = build(args.workload, _kv(args.knob, "--knob"), args.host,
-                  _kv(args.host_knob, "--host-knob"), args.seed)
+                  _kv(args.host_knob, "--host-knob"), args.seed, args.seconds)
     except (WorkloadError, ImportError) as e:
         raise RunInputError(str(e)) from None
     run = run_workload(w, host=args.host, variant=args.variant, seed=args.seed,
@@ -152,6 +152,10 @@ def register(sub) -> None:
                    help="a host scenario knob (repeatable)")
     r.add_argument("--variant", default="default",
                    help="hardware variant (default: default; list: ptwbench workloads)")
+    r.add_argument("--seconds", type=float, default=None, metavar="S",
+                   help="simulate S seconds of guest time: the workload's accesses repeated "
+                        "or cut to S / access_ns (workloads/clock.py); default: the trace as "
+                        "generated")
     r.add_argument("--seed", type=int, default=1,
                    help="seed of the generator and host scenario, >= 0 (default 1): the same "
                    "seed gives a byte-identical metrics.csv")

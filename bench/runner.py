@@ -26,6 +26,9 @@ from model.results import PolicyResult
 from model.stage1 import build_tables
 from workloads.base import Workload
 
+from workloads.clock import access_time
+
+from .cost import CostModel, overhead_us
 from .variants import apply_variant
 
 KEY_COLUMNS = ("workload", "host", "variant", "seed", "policy")
@@ -39,9 +42,15 @@ METRIC_COLUMNS = (
     "dirty_marked_pt", "dirty_marked_data", "dirty_true", "dirty_false_positive",
     "dirty_false_positive_pt", "dirty_false_negative",
     "guest_aborts", "mmio_exits", "vcpu_run_failures", "efaults", "stage1_faults",
-    "pml_full_exits", "dirty_rounds",
+    "pml_full_exits", "dirty_rounds", "host_unmapped_pages",
     "pt_pages", "data_pages",
+    # the modelled clock (workloads/clock.py): guest time, the host time this policy adds
+    # (bench/cost.py), and per-second rates over guest time
+    "guest_seconds", "host_seconds", "s2_faults_per_s", "double_faults_per_s",
+    "uffd_events_per_s", "dirty_false_positive_per_s", "host_unmapped_pages_per_s",
 )
+RATE_METRICS = ("s2_faults", "double_faults", "uffd_events", "dirty_false_positive",
+                "host_unmapped_pages")
 COLUMNS = KEY_COLUMNS + METRIC_COLUMNS
 # timings (pyperf-style): `samples` timed runs of the engine after `warmups` untimed ones;
 # `seconds` is their median, with min/max/stdev as the spread; rates from the median;
@@ -107,10 +116,16 @@ def run_workload(w: Workload, *, host: str = "none", variant: str = "default", s
               "seconds_stdev": round(statistics.stdev(samples), 6) if len(samples) > 1 else 0.0,
               "build_seconds": round(float(w.meta.get("build_seconds", 0.0)), 6),
               "import_seconds": round(import_s, 6)}
+    clock = access_time(w)
+    gs = len(w.trace) * clock.ns * 1e-9
+    cm = CostModel()
     for p, r in results.items():
         m = r.metrics(oracle)
         m.setdefault("uffd_extra", 0)
-        m.update(pt_pages=pt_pages, data_pages=data_pages)
+        m.update(pt_pages=pt_pages, data_pages=data_pages, guest_seconds=round(gs, 9),
+                 host_seconds=round(overhead_us(m, host, cm) * 1e-6, 9))
+        for k in RATE_METRICS:
+            m[f"{k}_per_s"] = round(m[k] / gs, 3) if gs else 0.0
         rows.append({**key, "policy": p, **{c: m[c] for c in METRIC_COLUMNS}})
         # the numpy engine runs the policies together: every row carries the whole run's
         # time, and rates are the trace's accesses (walks) per second of it
@@ -121,7 +136,10 @@ def run_workload(w: Workload, *, host: str = "none", variant: str = "default", s
             "variant": variant, "seed": seed, "engine": engine, "policies": list(results),
             "machine": _jsonable(vars(scn.machine)), "guest": _jsonable(vars(scn.guest)),
             "accesses": len(w.trace), "events": len(w.trace.events), "seconds": dt,
-            "samples_seconds": [round(x, 6) for x in samples], "warmups": warmup}
+            "samples_seconds": [round(x, 6) for x in samples], "warmups": warmup,
+            "clock": {"access_ns": clock.ns, "access_ns_range": [clock.lo_ns, clock.hi_ns],
+                      "basis": clock.basis, "guest_seconds": gs},
+            "cost_model_us": cm.as_dict()}
     return Run(rows, timings, meta, results)
 
 

@@ -24,6 +24,18 @@ def _fmt(v) -> str:
     return repr(v) if isinstance(v, str) else str(v)
 
 
+# a knob's unit is in its name (issue 9); knobs without one count things (pages, accesses)
+UNITS = {"_s": "s", "_ms": "ms", "_ns": "ns", "_us": "us", "_mb": "MB", "_mb_s": "MB/s",
+         "_gbit_s": "Gbit/s", "_percent": "%", "_bytes": "B"}
+
+
+def knob_unit(name: str) -> str:
+    for suffix in sorted(UNITS, key=len, reverse=True):
+        if name.endswith(suffix):
+            return UNITS[suffix]
+    return ""
+
+
 def _knob_rows(knobs, width: int = 70):
     rows = []
     for k in knobs:
@@ -38,8 +50,8 @@ def registry_json() -> dict:
     from workloads.registry import GENERATORS, HOST_SCENARIOS, IMPORT_KNOBS, PROFILE_KNOBS
 
     def knobs(ks):
-        return [{"name": k.name, "default": k.default, "help": k.help,
-                 "choices": list(k.choices)} for k in ks]
+        return [{"name": k.name, "default": k.default, "unit": knob_unit(k.name),
+                 "help": k.help, "choices": list(k.choices)} for k in ks]
     return {
         "generators": [{"name": e.name, "group": e.group, "stands_for": e.stands_for,
                         "knobs": knobs(e.knobs)} for e in GENERATORS.values()],

@@ -799,10 +799,12 @@ class ArrayHost(Host):
 
     def _unmap_idx(self, g: np.ndarray) -> None:
         blk = self._block_pages(g)
+        s2 = self.s2.a
         if len(blk):
             self.s2_block.a[blk] = -1
-            self.s2.a[blk] = S2_UNMAPPED
-        self.s2.a[g] = S2_UNMAPPED
+            g = np.union1d(g, blk)
+        self.r.host_unmapped_pages += int(np.count_nonzero(s2[g] != S2_UNMAPPED))
+        s2[g] = S2_UNMAPPED
 
     def _block_slice(self, base: int) -> slice:
         g = self.idx.index(base)               # map_translation checked: inside one slot

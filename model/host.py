@@ -174,7 +174,8 @@ class Host:
             base = self.s2_block.get(p)
             targets = range(base, base + BLOCK_2M, HOST_PAGE) if base is not None else (p,)
             for q in targets:
-                self.s2.pop(q, None)
+                if self.s2.pop(q, None) is not None:
+                    self.r.host_unmapped_pages += 1
                 self.s2_block.pop(q, None)
 
     def write_protect(self, pages, split: bool) -> None:

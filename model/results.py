@@ -43,6 +43,7 @@ class PolicyResult:
     stage1_faults: int = 0
     efaults: int = 0
     pml_full_exits: int = 0      # x86-ept-ad only (model/x86.py)
+    host_unmapped_pages: int = 0  # stage-2 page mappings removed by host operations
     harvests: list[Harvest] = field(default_factory=list)
     dirty_pages: dict[str, list[int]] = field(default_factory=dict)
     written_pages: dict[str, list[int]] = field(default_factory=dict)
@@ -121,5 +122,6 @@ class PolicyResult:
         m["dirty_rounds"] = sum(1 for _ in self._rounds())   # harvests + open rounds
         m.update(guest_aborts=self.guest_aborts, mmio_exits=self.mmio_exits,
                  vcpu_run_failures=self.vcpu_run_failures, efaults=self.efaults, pml_full_exits=self.pml_full_exits,
-                 stage1_faults=self.stage1_faults)
+                 stage1_faults=self.stage1_faults,
+                 host_unmapped_pages=self.host_unmapped_pages)
         return m

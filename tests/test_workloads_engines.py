@@ -54,7 +54,13 @@ HOSTS = [("precopy", dict(rounds=3, start=0.2)),
          ("snapshot", dict(start=0.3)),
          ("pressure", dict(mode="swap", period=150, fraction=0.2)),
          ("pressure", dict(mode="ksm", period=200)),
-         ("firmware", dict(tcr_ha=True))]
+         ("firmware", dict(tcr_ha=True)),
+         # calibrated (workloads/host_timed.py), periods shrunk to a wake-up every few
+         # hundred accesses
+         ("numa", dict(scan_size_mb=1, scan_period_s=2e-5)),
+         ("ksm", dict(sleep_ms=0.02, merge_percent=40.0)),
+         ("khugepaged", dict(pages_to_scan=512, scan_sleep_ms=0.02)),
+         ("migration", dict(link_gbit_s=100.0, downtime_limit_ms=0.0))]
 
 
 def test_hosts_cover_every_host_scenario():

@@ -15,7 +15,9 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from . import data, host, ptheavy  # noqa: F401  (register the generators and host scenarios)
+from . import host_timed  # noqa: F401  (the calibrated host scenarios)
 from .base import GENERATORS, HOST_SCENARIOS, Entry, Knob, Workload, WorkloadError
+from .clock import with_seconds
 from .importers import FORMATS, import_trace
 from .linux import PROFILE_KNOB_NAMES, PROFILE_KNOBS, make_profile
 
@@ -53,7 +55,20 @@ def _import(path: str, knobs: dict) -> Workload:
     return wl
 
 
+ACCESS_NS_KNOB = Knob("access_ns", 0.0, "guest time one access stands for, ns (0: the "
+                     "generator's own, workloads/clock.py)", lo=0.0, hi=1e9)
+
+
 def make(name: str, seed: int = 0, **knobs) -> Workload:
+    ns = ACCESS_NS_KNOB.coerce(knobs.pop("access_ns", 0.0), name)
+    wl = _make(name, seed, **knobs)
+    if ns:
+        wl.meta["access_ns"] = ns
+        wl.meta["access_ns_basis"] = "set by the knob access_ns"
+    return wl
+
+
+def _make(name: str, seed: int = 0, **knobs) -> Workload:
     if name.startswith("import:"):
         return _import(name.split(":", 1)[1], knobs)
     if name.startswith("trace:"):                  # a converted trace directory (issue 13)
@@ -84,9 +99,10 @@ def compatible(generator: str, host_name: str | None) -> bool:
 
 
 def build(name: str, seed: int = 0, host_name: str | None = None,
-          host_knobs: dict | None = None, **knobs) -> Workload:
+          host_knobs: dict | None = None, seconds: float | None = None, **knobs) -> Workload:
     """Generator `name` under host scenario `host_name` (None: none), with the profile knobs
-    the host scenario requires."""
+    the host scenario requires; `seconds`: sized to that much guest time first
+    (workloads/clock.py), so that the host's events cover the whole window."""
     if host_name is not None:
         host_entry(host_name)
         if not compatible(name, host_name):
@@ -94,6 +110,8 @@ def build(name: str, seed: int = 0, host_name: str | None = None,
                                 f"its page tables)")
         knobs = {**knobs, **HOST_PROFILE.get(host_name, {})}
     wl = make(name, seed, **knobs)
+    if seconds is not None:
+        wl = with_seconds(wl, seconds)
     if host_name is not None:
         wl = apply_host(wl, host_name, **(host_knobs or {}))
     return wl

@@ -1,0 +1,150 @@
+"""The modelled clock and the calibrated host scenarios (issue 9): each schedule derived by
+hand from its rate and the window, then checked against what the scenario produces; runs
+of them against the reference engine."""
+import numpy as np
+import pytest
+
+from model.engine import run_trace
+from model.reference_trace import run_reference_trace
+from model.scenario import Guest, Machine, Mapping, Memslot, Scenario, Vmm
+from model.trace import Trace
+from workloads import registry
+from workloads.base import Workload, WorkloadError
+from workloads.clock import access_time, guest_seconds, with_seconds
+
+GIB_PAGES = (1 << 30) // 4096
+
+
+def guest(ram_pages: int, n: int, access_ns: float, stores=None, backing="anon",
+          pt_pages: int = 16) -> Workload:
+    """A warm guest: a page-table slot and one RAM slot of `ram_pages`, the first 64 pages
+    mapped at VA 0x1000_0000; `n` reads of those pages, or stores where `stores` says."""
+    slots = (Memslot("pt", 0x4000_0000, pt_pages), Memslot("ram", 0x1_0000_0000, ram_pages,
+                                                           backing=backing))
+    scn = Scenario("g", Machine(), Guest(tcr_ha=True, tcr_hd=True, pt_slot="pt"), slots,
+                   Vmm(), (Mapping(0x1000_0000, 0x1_0000_0000, 64),), ())
+    page = np.arange(n) % 64 if stores is None else stores[1]
+    va = (0x1000_0000 + page * 4096).astype(np.uint64)
+    kind = np.zeros(n, np.uint8) if stores is None else stores[0].astype(np.uint8)
+    return Workload("g", scn, Trace(np.zeros(n, np.uint16), va, kind),
+                    {"generator": "memstress", "access_ns": access_ns})
+
+
+def steps(w, op):
+    return [(p, st) for p, _i, st in w.trace.events if st.op == op]
+
+
+def test_numa_64mb_every_half_second_over_two_seconds_on_1gib():
+    # 2 s at 0.1 ms per access = 20,000 accesses; scans at t = 0, 0.5, 1.0, 1.5 s (t = 2.0 is
+    # the window's end): positions 0, 5000, 10000, 15000; 64 MB = 16,384 pages each, in
+    # address order: the 16 page-table pages first, then RAM from page 0
+    w = registry.apply_host(guest(GIB_PAGES, 20_000, 1e5), "numa", scan_size_mb=64,
+                            scan_period_s=0.5)
+    ev = steps(w, "numa_hint")
+    by_pos = {}
+    for p, st in ev:
+        by_pos.setdefault(p, []).append(st)
+    assert sorted(by_pos) == [0, 5000, 10000, 15000]
+    for k, pos in enumerate(sorted(by_pos)):
+        sts = by_pos[pos]
+        assert sum(len(st.pages) for st in sts) == 16384
+        ram = [st for st in sts if st.slot == "ram"][0]
+        first = 16384 * k - 16 if k else 0
+        assert ram.pages[0] == first and ram.pages[-1] == 16384 * (k + 1) - 16 - 1
+    assert [st.slot for st in by_pos[0]] == ["pt", "ram"] and len(by_pos[0][0].pages) == 16
+
+
+def test_numa_scan_wraps_around_the_guest():
+    # 100 pages of guest (16 + 84); 1 MB = 256 pages per scan is more than the guest: every
+    # scan covers all 100 pages once
+    w = registry.apply_host(guest(84, 1000, 1e6), "numa", scan_size_mb=1, scan_period_s=0.25)
+    ev = steps(w, "numa_hint")
+    assert sorted({p for p, _ in ev}) == [0, 250, 500, 750]
+    assert all(len(st.pages) == (16 if st.slot == "pt" else 84) for _, st in ev)
+
+
+def test_ksm_100_pages_every_20ms_over_100ms():
+    # wake-ups at 0, 20, 40, 60, 80 ms over a 0.1 s window (1 us per access: 100,000
+    # accesses); merge_percent = 100: every scanned page merges, 500 pages in address order
+    w = registry.apply_host(guest(4096, 100_000, 1e3), "ksm", merge_percent=100.0)
+    ev = steps(w, "ksm_merge")
+    assert sorted({p for p, _ in ev}) == [0, 20_000, 40_000, 60_000, 80_000]
+    pages = np.concatenate([st.pages + (0 if st.slot == "pt" else 16) for _, st in ev])
+    assert np.array_equal(pages, np.arange(500))
+    none = registry.apply_host(guest(4096, 100_000, 1e3), "ksm", merge_percent=0.0)
+    assert steps(none, "ksm_merge") == []
+
+
+def test_khugepaged_4096_pages_every_10s_over_25s():
+    # 25 s at 1 ms per access: 25,000 accesses; wake-ups at 0, 10, 20 s; each scans 4096
+    # pages of the THP-backed slot = 8 ranges of 512 pages, continuing where it stopped
+    w = registry.apply_host(guest(8 * 4096, 25_000, 1e6, backing="anon_thp"), "khugepaged")
+    ev = steps(w, "thp_collapse")
+    assert sorted({p for p, _ in ev}) == [0, 10_000, 20_000]
+    firsts = [int(st.pages[0]) for _, st in ev]
+    assert firsts == list(range(0, 24 * 512, 512))
+    assert all(len(st.pages) == 512 and st.slot == "ram" for _, st in ev)
+    # a guest without THP backing: nothing to collapse
+    assert steps(registry.apply_host(guest(4096, 25_000, 1e6), "khugepaged"),
+                 "thp_collapse") == []
+
+
+def test_migration_iterations_follow_the_dirty_set():
+    # 1,000 pages of guest (16 + 984) at 4.096 MB/s: the first pass takes 1 s = 1,000
+    # accesses of 1 ms.  The guest stores to 250 distinct pages in [0, 1000): iteration 2
+    # sends them, 250 * 4096 B / 4.096 MB/s = 0.25 s -> harvest at 1250; it stores to 100
+    # pages in [1000, 1250): 0.1 s -> harvest at 1350; nothing in [1250, 1350): done.
+    n = 3000
+    kind = np.zeros(n, np.uint8)
+    page = np.zeros(n, np.int64)
+    kind[:250], page[:250] = 1, np.arange(250)
+    kind[1000:1100], page[1000:1100] = 1, np.arange(300, 400)
+    w = registry.apply_host(guest(984, n, 1e6, stores=(kind, page)), "migration",
+                            bandwidth_mb_s=4.096, downtime_limit_ms=0.0)
+    assert [p for p, st in steps(w, "enable_dirty_log")] == [0, 0]
+    assert sorted({p for p, _ in steps(w, "harvest")}) == [1000, 1250, 1350]
+    assert w.meta["host"][-1]["iterations_in_window"] == 3
+    # the same at 10 Gbit/s = 1250 MB/s: the first pass (4.096 MB) takes 3.3 ms -> 3
+    fast = registry.apply_host(guest(984, n, 1e6, stores=(kind, page)), "migration",
+                               link_gbit_s=10.0)
+    assert sorted({p for p, _ in steps(fast, "harvest")}) == [3]
+
+
+def test_seconds_sizes_the_trace_in_guest_time():
+    w = guest(64, 1000, 250.0)
+    assert guest_seconds(w) == pytest.approx(250e-6)
+    longer = with_seconds(w, 0.001)                       # 1 ms / 250 ns = 4000 accesses
+    assert len(longer.trace) == 4000
+    assert np.array_equal(longer.trace.va[1000:2000], w.trace.va)
+    assert len(with_seconds(w, 1e-4).trace) == 400
+    with pytest.raises(WorkloadError):
+        with_seconds(w, 0.0)
+    assert access_time(w).ns == 250.0
+    built = registry.build("zipf", 1, seconds=0.001, demand=False)
+    assert len(built.trace) == 4000                        # zipf: 250 ns per access
+    assert registry.build("zipf", 1, seconds=0.001, demand=False,
+                          access_ns=500.0).meta["access_ns"] == 500.0
+
+
+@pytest.mark.parametrize("host,knobs", [
+    ("numa", dict(scan_size_mb=1, scan_period_s=0.0005)),
+    ("ksm", dict(sleep_ms=0.2, merge_percent=30.0)),
+    ("khugepaged", dict(pages_to_scan=1024, scan_sleep_ms=0.5)),
+    ("migration", dict(link_gbit_s=100.0, downtime_limit_ms=0.0)),
+])
+def test_timed_hosts_engine_equals_reference(host, knobs):
+    """High event density (a wake-up every few hundred accesses): both engines agree on
+    every metric, host_unmapped_pages included."""
+    w = registry.build("zipf", 3, keys=4096, operations=1500, demand=False,
+                       mapping="anon", host_name=None)
+    from dataclasses import replace
+    w.scenario = replace(w.scenario, memslots=tuple(
+        replace(s, backing="anon_thp") if s.pages >= 512 else s for s in w.scenario.memslots))
+    w.meta["access_ns"] = 1000.0
+    w = registry.apply_host(w, host, **knobs)
+    assert len(w.trace.events) >= 4
+    ref = {p: r.metrics() for p, r in run_reference_trace(w.scenario, w.trace).items()}
+    fast = {p: r.metrics() for p, r in run_trace(w.scenario, w.trace).items()}
+    assert fast == ref
+    if host != "migration":
+        assert ref["fix"]["host_unmapped_pages"] > 0

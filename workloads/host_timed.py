@@ -1,0 +1,211 @@
+"""Calibrated host scenarios: host behaviour in seconds, MB and MB/s, placed on the modelled
+clock (workloads/clock.py; issue 9).
+
+Each scenario turns published kernel and QEMU defaults into events at guest times t; an event
+at time t applies before access round(t / access_ns).  The schedule's rounding: an event
+lands on the access nearest its time, so a count over a window [0, S) is exact for event
+times t < S (t = S lands after the last access and is not scheduled).  Every event uses the
+host-operation interface (model/host_ops.py): one op per memslot per wake-up, on the set of
+pages it covers, so both engines apply it in bulk.
+
+Scans walk guest memory in guest-physical address order, memslot after memslot, wrapping
+around, from where the previous scan stopped (the kernel keeps a per-mm scan position:
+mm->numa_scan_offset, ksm_scan.address, khugepaged_scan.address).  The host cannot tell guest
+page-table pages from data: every memslot is scanned.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from model.scenario import Step
+
+from .base import Knob, Workload, WorkloadError, host_scenario, seed_knob
+from .clock import access_time
+from .host import with_events
+
+MB = 1 << 20
+PAGE = 4096
+
+
+def _times(wl: Workload, first_s: float, period_s: float) -> list[tuple[int, float]]:
+    """(position, time) of the wake-ups at first_s + k * period_s inside the window."""
+    ns = access_time(wl).ns
+    n = len(wl.trace)
+    window = n * ns * 1e-9
+    out = []
+    k = 0
+    while True:
+        t = first_s + k * period_s
+        if t >= window or k > 1_000_000:
+            break
+        out.append((min(n, round(t * 1e9 / ns)), t))
+        k += 1
+    return out
+
+
+class Scanner:
+    """A scan position over the guest's memslots (address order, wrapping)."""
+
+    def __init__(self, wl: Workload, slots=None):
+        self.slots = sorted(slots or wl.scenario.memslots, key=lambda s: s.ipa)
+        self.total = sum(s.pages for s in self.slots)
+        self.pos = 0
+
+    def next(self, pages: int) -> list[tuple[str, np.ndarray]]:
+        """The next `pages` pages, as (slot name, ascending page indices) per memslot."""
+        pages = min(pages, self.total)
+        g = (self.pos + np.arange(pages, dtype=np.int64)) % self.total
+        self.pos = int((self.pos + pages) % self.total) if self.total else 0
+        out, start = [], 0
+        for s in self.slots:
+            sel = g[(g >= start) & (g < start + s.pages)] - start
+            if len(sel):
+                out.append((s.name, np.sort(sel)))
+            start += s.pages
+        return out
+
+
+def _check(owner: str, **vals) -> None:
+    for k, v in vals.items():
+        if not v > 0:
+            raise WorkloadError(f"{owner}: {k} must be > 0 (got {v})")
+
+
+FIRST = Knob("first_s", 0.0, "guest time of the first wake-up in the window, s (the window "
+             "starts at one by default)", lo=0.0)
+
+
+@host_scenario("numa",
+               "automatic NUMA balancing (task_numa_work): every scan period the next "
+               "scan_size_mb of guest memory gets PROT_NONE hinting PTEs; the MMU notifier "
+               "unmaps stage 2 (kvm_unmap_gfn_range) and the next access refaults",
+               [Knob("scan_size_mb", 256, "MB per scan (kernel.numa_balancing_scan_size_mb = "
+                     "256, kernel/sched/fair.c)", lo=1),
+                Knob("scan_period_s", 1.0, "s between scans (numa_balancing_scan_period_min_ms "
+                     "= 1000; adapts up to 60000)", lo=1e-6),
+                FIRST])
+def numa(wl: Workload, *, scan_size_mb, scan_period_s, first_s):
+    _check("numa", scan_size_mb=scan_size_mb, scan_period_s=scan_period_s)
+    sc = Scanner(wl)
+    ev = []
+    for pos, _t in _times(wl, first_s, scan_period_s):
+        for slot, pages in sc.next(scan_size_mb * MB // PAGE):
+            ev.append((pos, Step("numa_hint", slot=slot, pages=pages)))
+    return with_events(wl, ev, "numa", dict(scan_size_mb=scan_size_mb,
+                                            scan_period_s=scan_period_s, first_s=first_s))
+
+
+@host_scenario("ksm",
+               "KSM merging (ksmd, scan_get_next_rmap_item/try_to_merge_one_page): every "
+               "sleep_ms the next pages_to_scan pages are scanned; the duplicates among them "
+               "are merged: read-only on the host, stage 2 unmapped, a write takes a CoW",
+               [Knob("pages_to_scan", 100, "pages per wake-up (/sys/kernel/mm/ksm/"
+                     "pages_to_scan = 100, mm/ksm.c)", lo=1),
+                Knob("sleep_ms", 20.0, "ms between wake-ups (ksm_thread_sleep_millisecs = 20)",
+                     lo=1e-3),
+                Knob("merge_percent", 10.0, "share of scanned pages that have a duplicate, % "
+                     "(ASSUMPTION: zero and duplicate pages of a VM; range 1-50)", lo=0.0,
+                     hi=100.0),
+                FIRST, seed_knob("seed of which scanned pages are duplicates")])
+def ksm(wl: Workload, *, pages_to_scan, sleep_ms, merge_percent, first_s, seed):
+    _check("ksm", pages_to_scan=pages_to_scan, sleep_ms=sleep_ms)
+    sc = Scanner(wl, [s for s in wl.scenario.memslots if s.backing in ("anon", "anon_thp")])
+    rng = np.random.default_rng(seed)
+    ev = []
+    for pos, _t in _times(wl, first_s, sleep_ms / 1000):
+        for slot, pages in sc.next(pages_to_scan):
+            merged = pages[rng.random(len(pages)) < merge_percent / 100]
+            if len(merged):
+                ev.append((pos, Step("ksm_merge", slot=slot, pages=merged)))
+    return with_events(wl, ev, "ksm", dict(pages_to_scan=pages_to_scan, sleep_ms=sleep_ms,
+                                           merge_percent=merge_percent, first_s=first_s,
+                                           seed=seed))
+
+
+@host_scenario("khugepaged",
+               "THP collapse (khugepaged_do_scan -> collapse_huge_page): every scan_sleep_ms "
+               "the next pages_to_scan pages are scanned and each 2 MiB range of a THP-backed "
+               "memslot is collapsed into a huge page (stage 2 unmapped; the next fault may "
+               "map a block)",
+               [Knob("pages_to_scan", 4096, "pages per wake-up (/sys/kernel/mm/"
+                     "transparent_hugepage/khugepaged/pages_to_scan = 4096, mm/khugepaged.c)",
+                     lo=512),
+                Knob("scan_sleep_ms", 10000.0, "ms between wake-ups (khugepaged_scan_sleep_"
+                     "millisecs = 10000)", lo=1e-3),
+                FIRST])
+def khugepaged(wl: Workload, *, pages_to_scan, scan_sleep_ms, first_s):
+    _check("khugepaged", pages_to_scan=pages_to_scan, scan_sleep_ms=scan_sleep_ms)
+    thp = [s for s in wl.scenario.memslots if s.backing == "anon_thp" and s.pages >= 512]
+    ev = []
+    if thp:
+        sc = Scanner(wl, thp)
+        for pos, _t in _times(wl, first_s, scan_sleep_ms / 1000):
+            for slot, pages in sc.next(pages_to_scan // 512 * 512):
+                for r in np.unique(pages // 512):
+                    rng = np.arange(r * 512, r * 512 + 512, dtype=np.int64)
+                    if rng[-1] < wl.scenario.slot(slot).pages:
+                        ev.append((pos, Step("thp_collapse", slot=slot, pages=rng)))
+    return with_events(wl, ev, "khugepaged", dict(pages_to_scan=pages_to_scan,
+                                                  scan_sleep_ms=scan_sleep_ms,
+                                                  first_s=first_s))
+
+
+def _written_pages(wl: Workload, a: int, b: int) -> int:
+    """Distinct 4 KiB pages the guest's own stores wrote in accesses [a, b)."""
+    from model.trace import STORE_MASK
+    tr = wl.trace
+    if b <= a:
+        return 0
+    st = STORE_MASK[np.asarray(tr.kind[a:b])]
+    return int(len(np.unique(np.asarray(tr.va[a:b])[st] >> np.uint64(12))))
+
+
+@host_scenario("migration",
+               "pre-copy live migration in time (QEMU migration_thread, ram_save_iterate): "
+               "dirty logging on every memslot, the first iteration sends all guest memory "
+               "at the link's bandwidth, each later one the pages dirtied during the previous "
+               "one; one dirty-log sync (harvest) per iteration; stops when the rest fits the "
+               "downtime limit",
+               [Knob("bandwidth_mb_s", 134.2, "migration bandwidth, MB/s (QEMU max-bandwidth "
+                     "default 128 MiB/s = 134.2 MB/s, migration/options.c)", lo=1e-3),
+                Knob("link_gbit_s", 0.0, "if > 0, the bandwidth is this link's speed instead, "
+                     "Gbit/s (10, 25, 100)", lo=0.0),
+                Knob("downtime_limit_ms", 300.0, "switch-over when the rest takes less, ms "
+                     "(QEMU downtime-limit default 300)", lo=0.0),
+                Knob("start_s", 0.0, "guest time at which migration starts, s", lo=0.0),
+                Knob("manual_protect", True, "KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 with "
+                     "KVM_DIRTY_LOG_INITIALLY_SET (QEMU uses it when the kernel has it)"),
+                Knob("eager_split", False, "KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE")])
+def migration(wl: Workload, *, bandwidth_mb_s, link_gbit_s, downtime_limit_ms, start_s,
+              manual_protect, eager_split):
+    """Decision: iteration lengths come from the guest's own stores (the true dirty set,
+    the same for every policy), so every policy sees the same host schedule; what a policy
+    adds (false dirty pages) is charged by the cost model as re-sent pages."""
+    bw = link_gbit_s * 1000 / 8 if link_gbit_s > 0 else bandwidth_mb_s      # MB/s
+    ns = access_time(wl).ns
+    n = len(wl.trace)
+    slots = wl.scenario.memslots
+    total_mb = sum(s.pages for s in slots) * PAGE / 1e6
+    p0 = min(n, round(start_s * 1e9 / ns))
+    ev = [(p0, Step("enable_dirty_log", slot=s.name, initially_set=manual_protect,
+                    eager_split=eager_split)) for s in slots]
+    t, a, send_mb, iterations = start_s, p0, total_mb, 0
+    while iterations < 10_000:
+        t += send_mb / bw
+        b = round(t * 1e9 / ns)
+        if b >= n:
+            break
+        ev += [(b, Step("harvest", slot=s.name)) for s in slots]
+        iterations += 1
+        send_mb = _written_pages(wl, a, b) * PAGE / 1e6
+        a = b
+        if send_mb / bw * 1000 <= downtime_limit_ms:
+            break                               # the rest goes during the downtime
+    knobs = dict(bandwidth_mb_s=bandwidth_mb_s, link_gbit_s=link_gbit_s,
+                 downtime_limit_ms=downtime_limit_ms, start_s=start_s,
+                 manual_protect=manual_protect, eager_split=eager_split,
+                 iterations_in_window=iterations)
+    from dataclasses import replace
+    from .host import _scn
+    return with_events(wl, ev, "migration", knobs, _scn(wl, [replace(s) for s in slots],
+                                                         "migration"))
