@@ -124,3 +124,21 @@ def test_cli(capsys):
     assert capsys.readouterr().out == cal.markdown_table()
     assert cal.main([]) == 0 and "s2_wp_fault_altra_us" in capsys.readouterr().out
     assert cal.main(["--bogus"]) == 2
+
+
+@pytest.mark.parametrize("doc", ["calibration.md", "cost-model.md"])
+def test_docs_state_the_cost_defaults_and_their_rows(doc):
+    # each knob row of the hand-written tables (after the generated one):
+    # | `knob` | ... `row` ... | default | ...
+    text = (ROOT / "docs" / doc).read_text(encoding="utf-8").split(END)[-1]
+    cm, seen = CostModel(), set()
+    for ln in text.splitlines():
+        m = re.match(r"\| `(\w+)` \|(.*)", ln)
+        if not m or m.group(1) not in PARAMS:
+            continue
+        knob, cells = m.group(1), [c.strip() for c in m.group(2).split("|")]
+        seen.add(knob)
+        assert f"`{cal.COST_DEFAULTS[knob]}`" in cells, (doc, knob)
+        numbers = [float(x) for c in cells for x in re.findall(r"^([\d.]+)", c)]
+        assert getattr(cm, knob) in numbers, (doc, knob, numbers)
+    assert seen == set(PARAMS)
