@@ -1,40 +1,42 @@
 """The cost model: what each counted event costs the host, in microseconds.
 
-Every constant is a parameter; its default names a source or says it is an assumption.  The
-report shows each constant's sensitivity (x0.1 and x10) and the break-even point, so no
-conclusion rests on one guess.
+Every constant is a parameter whose default is read from the calibration table
+(bench/calibration.py, docs/calibration.md): there it names its primary source or is labelled
+an assumption, with a sensitivity range (lo, hi).  The report shows each constant's
+sensitivity and the break-even point, so no conclusion rests on one guess.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
+from .calibration import COST_DEFAULTS, constant, value
+
 
 @dataclass(frozen=True)
 class CostModel:
-    # A stage-2 fault handled in the host kernel: exception entry to EL2, the world switch,
-    # kvm_handle_guest_abort()/user_mem_abort() and the return.  ASSUMPTION: 3 us, the order
-    # of a VHE stage-2 fault on a current Arm server with the host page present (an HVC round
-    # trip is ~1 us on such cores; the fault path adds GUP and the stage-2 map/relax).
-    exit_us: float = 3.0
-    # A userfaultfd round trip with a local handler (event read, UFFDIO_COPY/CONTINUE/
-    # WRITEPROTECT of one 4 KiB page, wake-up).  ASSUMPTION: 20 us (two context switches, a
-    # 4 KiB copy, the ioctl; userfaultfd selftest-scale numbers).
-    uffd_local_us: float = 20.0
-    # The same with the page fetched over the network (post-copy).  ASSUMPTION: 100 us (one
-    # request/response RTT on a datacentre network plus the local round trip).
-    uffd_postcopy_us: float = 100.0
+    # A stage-2 fault handled in the host kernel (kvm_handle_guest_abort/user_mem_abort and
+    # the world switch): the measured dirty-logging write-protect fault on Ampere Altra,
+    # 1.77 us (row s2_wp_fault_altra_us; range 0.85-8.6 us).
+    exit_us: float = value(COST_DEFAULTS["exit_us"])
+    # A userfaultfd round trip with a local handler; in the built-in host scenarios only
+    # uffd-wp (snapshot) uses it.  ASSUMPTION: no uffd-wp figure is published; taken equal to
+    # the measured MINOR + UFFDIO_CONTINUE round trip, 6.7 us (row uffd_wp_round_trip_us).
+    uffd_local_us: float = value(COST_DEFAULTS["uffd_local_us"])
+    # A post-copy remote fault: 250 us, the midpoint of the 233-268 us averages published for
+    # QEMU post-copy (row postcopy_fault_avg_us; range up to 10.68 ms, vanilla post-copy).
+    uffd_postcopy_us: float = value(COST_DEFAULTS["uffd_postcopy_us"])
     # Re-sending one falsely dirty 4 KiB page in a pre-copy round: 4096 B over the migration
-    # link.  Derived: 4096 * 8 / 10 Gbit/s = 3.3 us at the DEFAULT 10 Gbit/s (ASSUMPTION),
-    # plus per-page overhead 1 us (ASSUMPTION).
-    link_gbit_s: float = 10.0
-    resend_overhead_us: float = 1.0
+    # link plus a per-page overhead.  ASSUMPTIONS: a 10 Gbit/s link (libvirt leaves the
+    # bandwidth unlimited; QEMU alone caps it at 128 MiB/s, the range's lo) and 1 us per page
+    # (rows migration_link_gbit_s, migration_page_overhead_us): 4.3 us per page.
+    link_gbit_s: float = value(COST_DEFAULTS["link_gbit_s"])
+    resend_overhead_us: float = value(COST_DEFAULTS["resend_overhead_us"])
     # Copying one 4 KiB page in a uffd-wp snapshot handler before unprotecting it.
-    # ASSUMPTION: 1 us (memcpy at ~4 GB/s).
-    snapshot_copy_us: float = 1.0
+    # ASSUMPTION: 1 us (memcpy at ~4 GB/s; row snapshot_page_copy_us).
+    snapshot_copy_us: float = value(COST_DEFAULTS["snapshot_copy_us"])
     # Guest time one traced memory access stands for (the work around it included), to put
-    # a saving in proportion to the run.  ASSUMPTION: 10 ns (a few instructions per memory
-    # access at ~3 GHz, plus cache misses; traces record only the accesses).
-    guest_access_ns: float = 10.0
+    # a saving in proportion to the run.  ASSUMPTION: 10 ns (row guest_access_ns).
+    guest_access_ns: float = value(COST_DEFAULTS["guest_access_ns"])
 
     @property
     def resend_us(self) -> float:
@@ -51,6 +53,12 @@ class CostModel:
 
 
 PARAMS = tuple(f.name for f in fields(CostModel))
+
+
+def param_range(name: str) -> tuple[float, float]:
+    """The sensitivity range (lo, hi) of a CostModel knob, from the calibration table."""
+    c = constant(COST_DEFAULTS[name])
+    return c.lo, c.hi
 
 
 def overhead_us(m: dict, host: str, cm: CostModel) -> float:

@@ -21,6 +21,12 @@ def ptwbench(*args, cwd=None):
                           text=True, cwd=cwd or ROOT, timeout=600)
 
 
+# The verdict's arithmetic is checked by hand with these round constants (not the calibrated
+# defaults, which tests/test_calibration.py checks against the table).
+HAND_CM = CostModel(exit_us=3.0, uffd_local_us=20.0, uffd_postcopy_us=100.0, link_gbit_s=10.0,
+                    resend_overhead_us=1.0, snapshot_copy_us=1.0, guest_access_ns=10.0)
+
+
 def _row(policy, **m):
     r = {c: 0 for c in COLUMNS}
     r.update(workload="w", host="precopy", variant="default", seed=1, policy=policy)
@@ -30,7 +36,7 @@ def _row(policy, **m):
 
 # ---- the verdict's arithmetic, by hand --------------------------------------------------
 def test_verdict_net_and_break_even_by_hand():
-    cm = CostModel()    # exit 3 us, uffd 20 us, resend 4096*8/10e3 + 1 = 4.2768 us
+    cm = HAND_CM    # exit 3 us, uffd 20 us, resend 4096*8/10e3 + 1 = 4.2768 us
     df = pd.DataFrame([
         _row("fix", s2_faults=20, double_faults=10),
         _row("ha-promote", s2_faults=10, dirty_false_positive=1),
@@ -51,7 +57,7 @@ def test_verdict_net_and_break_even_by_hand():
 
 
 def test_verdict_matters_threshold_and_broken_guest():
-    cm = CostModel()
+    cm = HAND_CM
     ok = pd.DataFrame([_row("fix", s2_faults=100), _row("ha-promote", s2_faults=90)])
     v = verdict_table(ok, cm).iloc[0]
     assert v["net_us"] == pytest.approx(30.0) and v["matters"]       # 30/300 = 10 % >= 1 %
@@ -121,7 +127,7 @@ def test_beer_outputs(beer_dir):
     for f in ("false_dirty.png", "exits_vs_cost.png", "sensitivity.png"):
         assert mpimg.imread(d / f).ndim == 3                         # plots open
     meta = json.loads((d / "meta.json").read_text())
-    assert meta["environment"]["git_revision"] and meta["cost_model"]["exit_us"] == 3.0
+    assert meta["environment"]["git_revision"] and meta["cost_model"]["exit_us"] == CostModel().exit_us
     df = pd.read_csv(d / "metrics.csv")
     assert list(df.columns) == list(COLUMNS)
     assert set(df["policy"]) == {"fix", "legacy", "ha-promote", "oracle"}
