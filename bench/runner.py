@@ -46,7 +46,7 @@ METRIC_COLUMNS = (
     "pt_pages", "data_pages",
     # the modelled clock (workloads/clock.py): guest time, the host time this policy adds
     # (bench/cost.py), and per-second rates over guest time
-    "guest_seconds", "host_seconds", "s2_faults_per_s", "double_faults_per_s",
+    "guest_gib", "guest_seconds", "host_seconds", "s2_faults_per_s", "double_faults_per_s",
     "uffd_events_per_s", "dirty_false_positive_per_s", "host_unmapped_pages_per_s",
 )
 RATE_METRICS = ("s2_faults", "double_faults", "uffd_events", "dirty_false_positive",
@@ -117,12 +117,15 @@ def run_workload(w: Workload, *, host: str = "none", variant: str = "default", s
               "build_seconds": round(float(w.meta.get("build_seconds", 0.0)), 6),
               "import_seconds": round(import_s, 6)}
     clock = access_time(w)
+    # the VM's memory: every memslot (what the host scans and migrates)
+    guest_gib = round(sum(s.pages for s in scn.memslots) * 4096 / (1 << 30), 6)
     gs = len(w.trace) * clock.ns * 1e-9
     cm = CostModel()
     for p, r in results.items():
         m = r.metrics(oracle)
         m.setdefault("uffd_extra", 0)
-        m.update(pt_pages=pt_pages, data_pages=data_pages, guest_seconds=round(gs, 9),
+        m.update(pt_pages=pt_pages, data_pages=data_pages, guest_gib=guest_gib,
+                 guest_seconds=round(gs, 9),
                  host_seconds=round(overhead_us(m, host, cm) * 1e-6, 9))
         for k in RATE_METRICS:
             m[f"{k}_per_s"] = round(m[k] / gs, 3) if gs else 0.0

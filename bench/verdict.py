@@ -32,6 +32,26 @@ def case_name(r) -> str:
     return f"{r['workload']}/{r['host']}/{r['variant']}"
 
 
+def _break_even(fix: dict, host: str, cm: CostModel) -> dict:
+    """p measured (fix's S1PTW translation faults followed by a second fault), the break-even
+    p* and the envelope: the rate of page-table pages unmapped and walked at which the
+    saving would matter (bench/breakeven.py)."""
+    from .breakeven import case_envelope, measured_p
+    gs = fix.get("guest_seconds") or 0.0
+    if "s2_s1ptw_translation" not in fix:   # a hand-made row without the fault classes
+        return {"p_measured": None, "p_break_even": None, "envelope": None,
+                "envelope_unit": ""}
+    p = measured_p(fix)
+    try:
+        env = case_envelope(fix, host, cm, gs) if gs > 0 else None
+    except ValueError:                  # a host the break-even does not know
+        env = None
+    rate, unit = env.as_tuple() if env is not None else (None, "")
+    return {"p_measured": p, "p_break_even": env.p_star if env is not None else None,
+            "envelope": rate if rate is None or rate != float("inf") else None,
+            "envelope_unit": unit}
+
+
 def verdict_table(df: pd.DataFrame, cm: CostModel, matters_share: float = MATTERS_SHARE
                   ) -> pd.DataFrame:
     rows = []
@@ -71,6 +91,9 @@ def verdict_table(df: pd.DataFrame, cm: CostModel, matters_share: float = MATTER
             "breaks_guest": bool(hap["guest_aborts"] > 0 or fix["guest_aborts"] > 0
                                  or hap["vcpu_run_failures"] > fix["vcpu_run_failures"]),
             "matters": False,
+            # the clock and the measured break-even (bench/breakeven.py)
+            "guest_gib": fix.get("guest_gib"), "guest_seconds": fix.get("guest_seconds"),
+            **_break_even(fix, host, cm),
         })
         r = rows[-1]
         # ... and it must come from avoided exits: at least 1 % of fix's stage-2 faults
@@ -87,8 +110,14 @@ COMPARED = ("ha-promote (call an S1PTW stage-2 translation fault a write when th
             "must write)")
 
 
-def answer(v: pd.DataFrame) -> str:
-    """The one-line answer (for a single case: that case's answer)."""
+def answer(v: pd.DataFrame, scope: str = "") -> str:
+    """The one-line answer (for a single case: that case's answer); `scope` names the
+    section of the cases ("realistic", "stress")."""
+    if scope:
+        a = answer(v)
+        head = "a workload where ha-promote's saving over fix matters: "
+        return a.replace(head, f"{head}[{scope}] ", 1) if len(v) != 1 else \
+            f"[{scope}] {a}"
     if v.empty:
         return "a workload where ha-promote's saving over fix matters: no (nothing was run)"
     if len(v) == 1:

@@ -9,8 +9,8 @@ add host time from the cost model (bench/cost.py), reported separately per polic
 
 `--seconds S` (`with_seconds`) sizes a run in guest time: the workload's access stream is
 repeated (a service keeps serving the same mix) or cut to S / access_ns accesses.  Repeats
-carry accesses only: the generator's own guest-kernel events (page faults, table stores)
-happened in the first pass, as a warm process's would have.
+carry the accesses and the periodic guest-kernel work (aging passes) only: the generator's
+page faults and table stores happened in the first pass, as a warm process's would have.
 """
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ import numpy as np
 from model.trace import Trace
 
 from .base import Workload, WorkloadError
+
+
+PERIODIC_OPS = ("guest_age",)
 
 
 @dataclass(frozen=True)
@@ -93,9 +96,15 @@ def with_seconds(w: Workload, seconds: float) -> Workload:
         events = [e for e in tr.events if e[0] <= n]
         cols = [np.asarray(c[:n]) for c in (tr.vcpu, tr.va, tr.kind)]
         soa = None if tr.step_of_access is None else np.asarray(tr.step_of_access[:n])
-    else:                                       # the access stream again, accesses only
+    else:                                       # the access stream again
         cols = [np.resize(np.asarray(c), n) for c in (tr.vcpu, tr.va, tr.kind)]
         events = [e for e in tr.events if e[0] < len(tr)]
+        # periodic guest-kernel work goes on in every repeat (aging passes: MGLRU/DAMON
+        # keep scanning); page faults and table stores do not (the process is warm)
+        periodic = [e for e in events if e[2].op in PERIODIC_OPS]
+        for k in range(1, -(-n // len(tr))):
+            events += [(p + k * len(tr), i, st) for p, i, st in periodic
+                       if p + k * len(tr) < n]
         soa = None if tr.step_of_access is None else np.resize(tr.step_of_access, n)
     meta = dict(w.meta, seconds=seconds, accesses_for_seconds=n)
     return Workload(w.name, w.scenario, Trace(*cols, events, soa), meta)

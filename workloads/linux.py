@@ -124,6 +124,7 @@ class LinuxProfile:
     layout: str = "split"
     backing: str = "anon"
     hw_update: str = "on-change"
+    ram_mb: int = 0
 
     @property
     def cpu_info(self) -> Cpu:
@@ -162,6 +163,9 @@ PROFILE_KNOBS = (
          ("anon", "anon_thp", "hugetlb", "shmem")),
     Knob("hw_update", "on-change", "hardware descriptor updates: on-change (architectural) "
          "or always", ("on-change", "always")),
+    Knob("ram_mb", 0, "the VM's memory, MB: the RAM memslot is at least this large (pages "
+         "the workload never maps included: host scans and migration cover them); 0: just "
+         "what the workload uses", lo=0, hi=1 << 20),
 )
 PROFILE_KNOB_NAMES = frozenset(k.name for k in PROFILE_KNOBS)
 
@@ -695,18 +699,19 @@ class LinuxGuest:
         p, geo = self.p, self.geo
         gp = geo.granule // HOST_PAGE
 
-        def pages(alloc: Alloc) -> int:
+        def pages(alloc: Alloc, at_least: int = 0) -> int:
             n = max(1, alloc.next) * gp
-            return -(-n // BLOCK_PAGES) * BLOCK_PAGES
+            return -(-max(n, at_least) // BLOCK_PAGES) * BLOCK_PAGES
+        ram = p.ram_mb * (1 << 20) // HOST_PAGE     # the VM's memory, if larger
         ha, hd, haft = self.ha, self.hd, self.haft
         machine = Machine(granule=geo.granule, va_bits=p.va_bits, hafdbs=p.cpu_info.hafdbs,
                           haft=p.cpu_info.haft, hw_update=p.hw_update)
         if p.layout == "split":
             slots = (Memslot("pt", PT_IPA, pages(self.pt), backing=p.backing),
-                     Memslot("ram", DATA_IPA, pages(self.data), backing=p.backing))
+                     Memslot("ram", DATA_IPA, pages(self.data, ram), backing=p.backing))
             pt_slot = "pt"
         else:
-            slots = (Memslot("ram", PT_IPA, pages(self.pt), backing=p.backing),)
+            slots = (Memslot("ram", PT_IPA, pages(self.pt, ram), backing=p.backing),)
             pt_slot = "ram"
         guest = Guest(tcr_ha=ha, tcr_hd=hd, tcr2_haft=haft, pt_slot=pt_slot)
         scn = Scenario(name=self.name, machine=machine, guest=guest, memslots=slots,
