@@ -47,7 +47,8 @@ MAX_SCALAR_RUN = 256
 SCALAR_INTERVAL = 8
 UFFD_MODE_NAMES = {1: "missing", 2: "minor", 3: "wp"}
 # events that touch only the host side (stage 2, host pages, dirty log): Group.host_event
-HOST_EVENT_OPS = frozenset(HOST_OPS) | {"punch_hole", "enable_dirty_log", "harvest"}
+HOST_EVENT_OPS = frozenset(HOST_OPS) | {"punch_hole", "enable_dirty_log", "harvest",
+                                         "warm_stage2"}
 
 
 class Flags:

@@ -21,7 +21,7 @@ import numpy as np
 
 from .arch import (DESC_AF, DESC_AP2, DESC_SIZE, DESC_TABLE, DESC_VALID, HOST_PAGE,
                    make_leaf_desc)
-from .host import BLOCK_2M, S2_RO, S2_UNMAPPED, Host
+from .host import BLOCK_2M, S2_RO, S2_RW, S2_UNMAPPED, Host
 from .host_ops import (HOST_KSM, HOST_MISSING, HOST_OPS, HOST_RW, HOST_SWAPPED, HOST_WP,
                        HOST_ZERO)
 from .policies import POLICIES
@@ -831,6 +831,31 @@ class ArrayHost(Host):
         self._unmap_idx(g)
         self.flush_tlbs()
 
+    def warm_stage2(self, slot: Memslot, pages: np.ndarray) -> None:
+        """Host.warm_stage2 on arrays: the same mappings, blocks where every page of a 2 MiB
+        range inside the slot is present and writable (Host.map_translation)."""
+        sl = self._sl(slot)
+        g = np.asarray(pages, dtype=np.int64) + sl.start
+        h, s2 = self.host.a, self.s2.a
+        g = g[(h[g] != H_MISSING) & (h[g] != H_SWAPPED) & (s2[g] == S2_UNMAPPED)]
+        logging = self.logging_active(slot)
+        if slot.backing in ("anon_thp", "hugetlb") and not logging and len(g):
+            ipa = slot.ipa + (g - sl.start) * HOST_PAGE
+            base = ipa & ~np.int64(BLOCK_2M - 1)
+            inside = (base >= slot.ipa) & (base + BLOCK_2M <= slot.end)
+            first = sl.start + (base - slot.ipa) // HOST_PAGE
+            ok = np.zeros(len(g), dtype=bool)
+            for b in np.unique(first[inside]).tolist():
+                if (h[b:b + BLOCK_PAGES] == H_RW).all():
+                    ok |= first == b
+            perm = S2_RO if slot.readonly else S2_RW
+            for b in np.unique(first[ok]).tolist():
+                s2[b:b + BLOCK_PAGES] = perm
+                self.s2_block.a[b:b + BLOCK_PAGES] = slot.ipa + (b - sl.start) * HOST_PAGE
+            g = g[~ok]
+        writable = (h[g] == H_RW) & (not logging) & (not slot.readonly)
+        s2[g] = np.where(writable, S2_RW, S2_RO)
+
     def write_protect(self, pages, split: bool) -> None:
         pages = list(pages) if not isinstance(pages, (range, np.ndarray)) else pages
         g = self._gidx(pages)
@@ -871,12 +896,20 @@ class ArrayHost(Host):
         self._wp_idx(np.arange(sl.start, sl.stop), split=eager_split)
         self.flush_tlbs()
 
-    def harvest(self, slot: Memslot) -> tuple[list[int], list[int]]:
+    def harvest(self, slot: Memslot, pages=None) -> tuple[list[int], list[int]]:
         sl = self._sl(slot)
-        marked = np.flatnonzero(self.dirty_all[sl])
-        written = np.flatnonzero(self.written_all[sl])
-        self.dirty_all[sl] = False
-        self.written_all[sl] = False
+        if pages is None:
+            marked = np.flatnonzero(self.dirty_all[sl])
+            written = np.flatnonzero(self.written_all[sl])
+            self.dirty_all[sl] = False
+            self.written_all[sl] = False
+        else:                                     # KVM_CLEAR_DIRTY_LOG of a range
+            pages = np.asarray(pages, dtype=np.int64)
+            g = pages + sl.start
+            marked = pages[self.dirty_all[g]]
+            written = pages[self.written_all[g]]
+            self.dirty_all[g] = False
+            self.written_all[g] = False
         self._wp_idx(marked + sl.start, split=self.eager_split[slot.name],
                      blocks=slot.backing in ("anon_thp", "hugetlb"))
         self.flush_tlbs()

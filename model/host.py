@@ -353,6 +353,21 @@ class Host:
         self.unmap(ipas)
         self.flush_tlbs()
 
+    def warm_stage2(self, slot: Memslot, pages: np.ndarray) -> None:
+        """The window starts in a VM that has run: stage 2 maps the pages (indices) the guest
+        touched before, as the faults that first touched them did (user_mem_abort ->
+        map_translation, writable as for a read fault on that host page; blocks where
+        transparent_hugepage_adjust would make one).  Missing and swapped pages stay
+        unmapped.  A modelling device (the window's start), not a KVM operation."""
+        logging = self.logging_active(slot)
+        for i in np.asarray(pages).tolist():
+            p = slot.ipa + i * HOST_PAGE
+            h = self.host[p]
+            if h in (HOST_MISSING, HOST_SWAPPED) or p in self.s2:
+                continue
+            writable = h == HOST_RW and not logging and not slot.readonly
+            self.map_translation(slot, p, writable, logging)
+
     def zap(self, slot: Memslot, first: int, count: int) -> None:
         self.host_op("zap", slot, np.arange(first, first + count))
 
@@ -379,13 +394,23 @@ class Host:
         self.write_protect(self.slot_pages(slot), split=eager_split)  # kvm_mmu_wp_memory_region
         self.flush_tlbs()
 
-    def harvest(self, slot: Memslot) -> tuple[list[int], list[int]]:
+    def harvest(self, slot: Memslot, pages=None) -> tuple[list[int], list[int]]:
         """GET_DIRTY_LOG (+ CLEAR_DIRTY_LOG): returns and clears the bits, write-protects those
-        pages (kvm_arch_mmu_enable_log_dirty_pt_masked), flushes TLBs."""
-        marked = sorted(self.dirty[slot.name])
-        written = sorted(self.written[slot.name])
-        self.dirty[slot.name] = self.pageset(slot)
-        self.written[slot.name] = self.pageset(slot)
+        pages (kvm_arch_mmu_enable_log_dirty_pt_masked), flushes TLBs.  `pages` (page
+        indices): KVM_CLEAR_DIRTY_LOG of that range only (kvm_clear_dirty_log_protect; QEMU
+        clears one clear-bitmap chunk just before sending it: migration_clear_memory_region_
+        dirty_bitmap); None: the whole slot."""
+        if pages is None:
+            marked = sorted(self.dirty[slot.name])
+            written = sorted(self.written[slot.name])
+            self.dirty[slot.name] = self.pageset(slot)
+            self.written[slot.name] = self.pageset(slot)
+        else:
+            rng = set(np.asarray(pages).tolist())
+            marked = sorted(self.dirty[slot.name] & rng)
+            written = sorted(self.written[slot.name] & rng)
+            self.dirty[slot.name] -= rng
+            self.written[slot.name] -= rng
         self.write_protect((slot.ipa + i * HOST_PAGE for i in marked),
                            split=self.eager_split[slot.name])
         self.flush_tlbs()

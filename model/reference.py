@@ -579,8 +579,13 @@ class Vm:
             host.host_op(op, slot, step_pages(st, slot.pages))
         elif op == "enable_dirty_log":
             host.enable_dirty_log(self.scn.slot(st.slot), st.initially_set, st.eager_split)
+        elif op == "warm_stage2":
+            slot = self.scn.slot(st.slot)
+            host.warm_stage2(slot, step_pages(st, slot.pages))
         elif op == "harvest":
-            marked, written = host.harvest(self.scn.slot(st.slot))
+            slot = self.scn.slot(st.slot)
+            rng = step_pages(st, slot.pages) if st.pages is not None else None
+            marked, written = host.harvest(slot, rng)
             self.r.harvests.append(Harvest(i, st.slot, marked, written))
         elif op in GUEST_OPS:
             getattr(self, GUEST_OPS[op])(st)

@@ -42,7 +42,7 @@ FOCUS = {
     # event per one to two accesses: every op, blocks included
     "host_bulk": dict(ops=("access",) * 6 + ("zap", "swap_out", "uffd_wp", "numa_hint",
                                              "ksm_merge", "thp_collapse") + ("guest_age",) * 2
-                      + ("enable_dirty_log", "harvest", "punch_hole")),
+                      + ("enable_dirty_log", "harvest", "punch_hole", "warm_stage2")),
 }
 PAGE_SET_OPS = ("numa_hint", "ksm_merge", "thp_collapse")
 
@@ -154,7 +154,19 @@ def scenarios(draw, max_steps: int = 40, focus: str | None = None,
             steps.append(Step(op, slot=s.name, initially_set=draw(st.booleans()),
                               eager_split=draw(st.booleans())))
         elif op == "harvest" and logging[s.name]:
-            steps.append(Step("harvest", slot=s.name))
+            if focus == "host_bulk" and draw(st.booleans()):
+                # KVM_CLEAR_DIRTY_LOG of one range (a QEMU clear-bitmap chunk)
+                first = draw(st.integers(0, s.pages - 1))
+                count = draw(st.integers(1, s.pages - first))
+                steps.append(Step("harvest", slot=s.name,
+                                  pages=np.arange(first, first + count, dtype=np.int64)))
+            else:
+                steps.append(Step("harvest", slot=s.name))
+        elif op == "warm_stage2":
+            # the window starts in a VM that has run: stage 2 maps a page set
+            pages = np.array(sorted(draw(st.sets(st.integers(0, s.pages - 1), min_size=1,
+                                                 max_size=s.pages))), dtype=np.int64)
+            steps.append(Step("warm_stage2", slot=s.name, pages=pages))
         elif op == "flush_tlb":
             steps.append(Step("flush_tlb"))
     vmm = Vmm("write_backing" if focus == "clear_af_ro"

@@ -100,14 +100,44 @@ def test_migration_iterations_follow_the_dirty_set():
     kind[:250], page[:250] = 1, np.arange(250)
     kind[1000:1100], page[1000:1100] = 1, np.arange(300, 400)
     w = registry.apply_host(guest(984, n, 1e6, stores=(kind, page)), "migration",
-                            bandwidth_mb_s=4.096, downtime_limit_ms=0.0)
+                            bandwidth_mb_s=4.096, downtime_limit_ms=0.0, clear_chunk_mb=0)
     assert [p for p, st in steps(w, "enable_dirty_log")] == [0, 0]
     assert sorted({p for p, _ in steps(w, "harvest")}) == [1000, 1250, 1350]
+    assert all(st.pages is None for _, st in steps(w, "harvest"))      # whole slots
     assert w.meta["host"][-1]["iterations_in_window"] == 3
     # the same at 10 Gbit/s = 1250 MB/s: the first pass (4.096 MB) takes 3.3 ms -> 3
     fast = registry.apply_host(guest(984, n, 1e6, stores=(kind, page)), "migration",
-                               link_gbit_s=10.0)
+                               link_gbit_s=10.0, clear_chunk_mb=0)
     assert sorted({p for p, _ in steps(fast, "harvest")}) == [3]
+
+
+def test_migration_clears_one_chunk_before_sending_it():
+    # The same guest and stores, KVM_CLEAR_DIRTY_LOG in 1 MiB (256-page) chunks: slot pt
+    # (16 pages) is one chunk, slot ram (984) four: [0,256) [256,512) [512,768) [768,984),
+    # starting at 0, 16, 272, 528, 784 of the 1,000 pages.  Iteration 1 sends everything in
+    # address order over 1,000 accesses, so each chunk is cleared at its offset: 0, 16, 272,
+    # 528, 784.  Iteration 2 (1000 + 250) and 3 (1250 + 100) clear at the same shares of
+    # their length: 1000, 1004, 1068, 1132, 1196 and 1250, 1251.6, 1277.2, 1302.8, 1328.4
+    # rounded to the nearest access.
+    n = 3000
+    kind = np.zeros(n, np.uint8)
+    page = np.zeros(n, np.int64)
+    kind[:250], page[:250] = 1, np.arange(250)
+    kind[1000:1100], page[1000:1100] = 1, np.arange(300, 400)
+    w = registry.apply_host(guest(984, n, 1e6, stores=(kind, page)), "migration",
+                            bandwidth_mb_s=4.096, downtime_limit_ms=0.0, clear_chunk_mb=1)
+    got = [(p, st.slot, int(st.pages[0]), int(st.pages[-1]) + 1)
+           for p, st in steps(w, "harvest")]
+    chunks = [("pt", 0, 16), ("ram", 0, 256), ("ram", 256, 512), ("ram", 512, 768),
+              ("ram", 768, 984)]
+    want = [(p, *c) for ps in ([0, 16, 272, 528, 784], [1000, 1004, 1068, 1132, 1196],
+                               [1250, 1252, 1277, 1303, 1328]) for p, c in zip(ps, chunks)]
+    assert got == want
+    assert w.meta["host"][-1]["iterations_in_window"] == 3
+    ref = {p: r.metrics() for p, r in run_reference_trace(w.scenario, w.trace).items()}
+    assert {p: r.metrics() for p, r in run_trace(w.scenario, w.trace).items()} == ref
+    # the chunks of the three iterations plus the final would-be harvest of both slots
+    assert ref["fix"]["dirty_rounds"] == 15 + 2
 
 
 def test_seconds_sizes_the_trace_in_guest_time():
@@ -148,3 +178,24 @@ def test_timed_hosts_engine_equals_reference(host, knobs):
     assert fast == ref
     if host != "migration":
         assert ref["fix"]["host_unmapped_pages"] > 0
+
+
+def test_warm_stage2_window_starts_with_the_working_set_mapped():
+    """warm_stage2: the window starts in a VM that has run, so touching the working set
+    takes no stage-2 fault; a cold one faults once per data page and per table page walked
+    (4 table levels of one 2 MiB region here); under dirty logging from the start a warm
+    VM's first store to each page is one permission fault."""
+    def run(warm, host=None):
+        w = registry.build("memstress", 1, demand=False, warm_stage2=warm, vcpus=1,
+                           bytes_per_vcpu=64 * 4096, iterations=2, write_percent=0)
+        if host:
+            w = registry.apply_host(w, host, bandwidth_mb_s=1e-3)
+        ref = run_reference_trace(w.scenario, w.trace)
+        assert {p: r.metrics() for p, r in run_trace(w.scenario, w.trace).items()} == \
+            {p: r.metrics() for p, r in ref.items()}
+        return ref["fix"].metrics()
+    cold, warm = run(False), run(True)
+    assert warm["s2_faults"] == 0
+    assert cold["s2_faults"] == 64 + 4 and cold["s2_s1ptw_translation"] == 4
+    logged = run(True, "migration")                 # reads only: RO stage 2 is enough
+    assert logged["s2_faults"] == 0

@@ -58,7 +58,9 @@ def with_events(wl: Workload, events: list[tuple[int, Step]], name: str, knobs: 
     the same position."""
     tr = wl.trace
     merged = [(p, 0, k, (p, p, st)) for k, (p, st) in enumerate(events)]
-    merged += [(e[0], 1, k, e) for k, e in enumerate(tr.events)]
+    # the window's start (warm_stage2, workloads/linux.py) comes before any host event
+    merged += [(e[0], -1 if e[2].op == "warm_stage2" else 1, k, e)
+               for k, e in enumerate(tr.events)]
     merged.sort(key=lambda m: m[:3])
     # type(tr): a trace streamed from disk (model.trace_stream) stays on disk
     trace = type(tr)(tr.vcpu, tr.va, tr.kind, [m[3] for m in merged], tr.step_of_access)

@@ -150,6 +150,21 @@ def khugepaged(wl: Workload, *, pages_to_scan, scan_sleep_ms, first_s):
                                                   first_s=first_s))
 
 
+def _clear_chunks(slots, chunk_mb: int) -> list[tuple[str, int, int, float]]:
+    """(slot, first page, end page, share of guest memory before it) of each clear chunk,
+    memslots in address order (QEMU's clear_bmap is per RAMBlock)."""
+    if chunk_mb <= 0:
+        return []
+    per = max(1, chunk_mb * MB // PAGE)
+    total = sum(s.pages for s in slots)
+    out, before = [], 0
+    for s in sorted(slots, key=lambda s: s.ipa):
+        for lo in range(0, s.pages, per):
+            out.append((s.name, lo, min(s.pages, lo + per), before / total))
+            before += min(s.pages, lo + per) - lo
+    return out
+
+
 def _written_pages(wl: Workload, a: int, b: int) -> int:
     """Distinct 4 KiB pages the guest's own stores wrote in accesses [a, b)."""
     from model.trace import STORE_MASK
@@ -177,27 +192,49 @@ def _written_pages(wl: Workload, a: int, b: int) -> int:
                      "KVM_DIRTY_LOG_INITIALLY_SET (QEMU uses it when the kernel has it; off "
                      "by default here: its first harvest reports every page, which the "
                      "metrics would count as false positives of every policy alike)"),
-                Knob("eager_split", False, "KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE")])
+                Knob("eager_split", False, "KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE"),
+                Knob("clear_chunk_mb", 1024, "KVM_CLEAR_DIRTY_LOG chunk, MiB: each iteration "
+                     "clears (re-protects) one chunk just before sending it (QEMU "
+                     "clear-bitmap-shift default 18: 2^18 pages = 1 GiB, migration_clear_"
+                     "memory_region_dirty_bitmap); 0: one GET_DIRTY_LOG that re-protects "
+                     "everything at each iteration's end (no manual protect)", lo=0)])
 def migration(wl: Workload, *, bandwidth_mb_s, link_gbit_s, downtime_limit_ms, start_s,
-              manual_protect, eager_split):
+              manual_protect, eager_split, clear_chunk_mb):
     """Decision: iteration lengths come from the guest's own stores (the true dirty set,
     the same for every policy), so every policy sees the same host schedule; what a policy
-    adds (false dirty pages) is charged by the cost model as re-sent pages."""
+    adds (false dirty pages) is charged by the cost model as re-sent pages.
+
+    Chunked clears: the sender walks memory in address order, so in the first iteration
+    chunk c is cleared when the pages before it have been sent (exact); in later
+    iterations at the same fraction of the iteration (ASSUMPTION: the dirty pages are spread
+    evenly over the chunks).  The sync at an iteration's start (GET_DIRTY_LOG with manual
+    protect) changes no state, so it is not an event."""
+    if clear_chunk_mb < 0:
+        raise WorkloadError(f"migration: clear_chunk_mb must be >= 0 (got {clear_chunk_mb})")
     bw = link_gbit_s * 1000 / 8 if link_gbit_s > 0 else bandwidth_mb_s      # MB/s
     ns = access_time(wl).ns
     n = len(wl.trace)
     slots = wl.scenario.memslots
     total_mb = sum(s.pages for s in slots) * PAGE / 1e6
+    chunks = _clear_chunks(slots, clear_chunk_mb)
     p0 = min(n, round(start_s * 1e9 / ns))
     ev = [(p0, Step("enable_dirty_log", slot=s.name, initially_set=manual_protect,
                     eager_split=eager_split)) for s in slots]
     t, a, send_mb, iterations = start_s, p0, total_mb, 0
     while iterations < 10_000:
-        t += send_mb / bw
+        dur = send_mb / bw
+        for slot, lo, hi, frac in chunks:
+            pc = round((t + dur * frac) * 1e9 / ns)
+            if pc >= n:
+                break
+            ev.append((pc, Step("harvest", slot=slot,
+                                pages=np.arange(lo, hi, dtype=np.int64))))
+        t += dur
         b = round(t * 1e9 / ns)
         if b >= n:
             break
-        ev += [(b, Step("harvest", slot=s.name)) for s in slots]
+        if not chunks:
+            ev += [(b, Step("harvest", slot=s.name)) for s in slots]
         iterations += 1
         send_mb = _written_pages(wl, a, b) * PAGE / 1e6
         a = b
@@ -206,7 +243,7 @@ def migration(wl: Workload, *, bandwidth_mb_s, link_gbit_s, downtime_limit_ms, s
     knobs = dict(bandwidth_mb_s=bandwidth_mb_s, link_gbit_s=link_gbit_s,
                  downtime_limit_ms=downtime_limit_ms, start_s=start_s,
                  manual_protect=manual_protect, eager_split=eager_split,
-                 iterations_in_window=iterations)
+                 clear_chunk_mb=clear_chunk_mb, iterations_in_window=iterations)
     from dataclasses import replace
     from .host import _scn
     return with_events(wl, ev, "migration", knobs, _scn(wl, [replace(s) for s in slots],

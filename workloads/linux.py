@@ -125,6 +125,7 @@ class LinuxProfile:
     backing: str = "anon"
     hw_update: str = "on-change"
     ram_mb: int = 0
+    warm_stage2: bool = False
 
     @property
     def cpu_info(self) -> Cpu:
@@ -166,6 +167,9 @@ PROFILE_KNOBS = (
     Knob("ram_mb", 0, "the VM's memory, MB: the RAM memslot is at least this large (pages "
          "the workload never maps included: host scans and migration cover them); 0: just "
          "what the workload uses", lo=0, hi=1 << 20),
+    Knob("warm_stage2", False, "the window starts in a VM that has run: stage 2 already "
+         "maps the tables and the pages mapped at start (with demand = false), as the faults "
+         "that first touched them did; false: stage 2 starts empty (a VM just booted)"),
 )
 PROFILE_KNOB_NAMES = frozenset(k.name for k in PROFILE_KNOBS)
 
@@ -719,7 +723,27 @@ class LinuxGuest:
                        source=f"<workload {self.name}>")
         if mappings:
             self._check_layout(scn)
+        if p.warm_stage2:
+            self.events[:0] = [(0, 0, st) for st in self._warm_steps(scn, mappings)]
         return self._assemble(scn)
+
+    def _warm_steps(self, scn: Scenario, mappings: list[Mapping]) -> list[Step]:
+        """warm_stage2 steps (model.host.Host.warm_stage2): the tables built at start and the
+        data pages of the mappings present at start, per memslot."""
+        gr = self.geo.granule
+        gp = gr // HOST_PAGE
+        tables = [self.root] + list(getattr(self, "_init_tables", {}).values())
+        ipas = [np.asarray(tables, dtype=np.int64)]
+        ipas += [m.ipa + np.arange(m.pages, dtype=np.int64) * gr for m in mappings]
+        gran = np.unique(np.concatenate(ipas))
+        host = (gran[:, None] + np.arange(gp, dtype=np.int64) * HOST_PAGE).ravel()
+        steps = []
+        for s in scn.memslots:
+            sel = host[(host >= s.ipa) & (host < s.end)]
+            if len(sel):
+                steps.append(Step("warm_stage2", slot=s.name,
+                                  pages=np.unique((sel - s.ipa) // HOST_PAGE)))
+        return steps
 
     def _assemble(self, scn: Scenario) -> Workload:
         total = sum(len(o[1]) for o in self.out)
