@@ -26,7 +26,8 @@ def _fmt(v) -> str:
 
 # a knob's unit is in its name (issue 9); knobs without one count things (pages, accesses)
 UNITS = {"_s": "s", "_ms": "ms", "_ns": "ns", "_us": "us", "_mb": "MB", "_mb_s": "MB/s",
-         "_gbit_s": "Gbit/s", "_percent": "%", "_bytes": "B"}
+         "_gbit_s": "Gbit/s", "_percent": "%", "_bytes": "B", "_accesses": "accesses",
+         "_pages": "pages", "_frac": "fraction of the trace"}
 
 
 def knob_unit(name: str) -> str:
@@ -50,8 +51,8 @@ def registry_json() -> dict:
     from workloads.registry import GENERATORS, HOST_SCENARIOS, IMPORT_KNOBS, PROFILE_KNOBS
 
     def knobs(ks):
-        return [{"name": k.name, "default": k.default, "unit": knob_unit(k.name),
-                 "help": k.help, "choices": list(k.choices)} for k in ks]
+        return [{"name": k.name, "default": k.default, "unit": k.unit or knob_unit(k.name),
+                 "source": k.source, "help": k.help, "choices": list(k.choices)} for k in ks]
     return {
         "generators": [{"name": e.name, "group": e.group, "stands_for": e.stands_for,
                         "knobs": knobs(e.knobs)} for e in GENERATORS.values()],

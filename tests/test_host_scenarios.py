@@ -24,7 +24,7 @@ def test_every_issue_host_scenario_is_registered():
 @pytest.mark.parametrize("manual", [False, True])
 def test_precopy_schedule_and_rounds(manual):
     wl = make("memstress", 1, **SMALL)
-    mig = apply_host(wl, "precopy", rounds=3, start=0.25, manual_protect=manual)
+    mig = apply_host(wl, "precopy", rounds=3, start_frac=0.25, manual_protect=manual)
     n = len(wl.trace)
     slots = [s.name for s in wl.scenario.memslots]
     on = events(mig, "enable_dirty_log")
@@ -51,7 +51,7 @@ def test_precopy_thp_block_split_exposes_page_tables_without_eager_split(eager_s
     # to a read-only block unmaps the rest of it, page-table pages included, so the walker
     # takes S1PTW translation faults, which legacy/ha-promote (HA set) call writes
     # (docs/semantics.md §3.3).  Eagerly split blocks stay mapped read-only: no such faults.
-    wl = build("memstress", 1, "precopy", host_knobs=dict(backing="anon_thp", start=0.5,
+    wl = build("memstress", 1, "precopy", host_knobs=dict(backing="anon_thp", start_frac=0.5,
                                                           rounds=2, eager_split=eager_split),
                demand=False, layout="shared", bytes_per_vcpu=1 << 20)
     m = {p: r.metrics() for p, r in run_reference_trace(wl.scenario, wl.trace).items()}
@@ -100,7 +100,7 @@ def test_snapshot_wp_faults_are_exactly_the_written_pages(name, knobs):
 @pytest.mark.parametrize("mode", ["swap", "zap", "ksm"])
 def test_pressure_schedule(mode):
     wl = make("memstress", 3, **SMALL)
-    hp = apply_host(wl, "pressure", mode=mode, period=50, fraction=0.1, run=4)
+    hp = apply_host(wl, "pressure", mode=mode, period_accesses=50, fraction=0.1, run_pages=4)
     ops = [e for e in hp.trace.events if not e[2].op.startswith("guest")]
     op = "swap_out" if mode == "swap" else "zap"
     assert {e[2].op for e in ops} == {op}
@@ -146,7 +146,7 @@ def test_firmware_refuses_guest_page_table_stores():
 
 def test_host_scenarios_compose():
     wl = make("memstress", 1, **SMALL)
-    both = apply_host(apply_host(wl, "pressure", period=40), "precopy", rounds=2)
+    both = apply_host(apply_host(wl, "pressure", period_accesses=40), "precopy", rounds=2)
     assert both.name == "memstress+pressure+precopy"
     assert [h["scenario"] for h in both.meta["host"]] == ["pressure", "precopy"]
     pos = [e[0] for e in both.trace.events]

@@ -322,7 +322,7 @@ GRID = '[[grid]]\nworkloads = ["sparse"]\n'
     (GRID + "[grid.knobs.memstress]\niterations = 1\n", "grid[0].knobs.memstress"),
     ('[[grid]]\nhosts = ["precopy"]\n[grid.host_knobs.precopy]\nrounds = 1.5\n',
      "grid[0].host_knobs.precopy.rounds"),
-    ('[[grid]]\nhosts = ["precopy"]\n[grid.host_knobs.snapshot]\nstart = 0.5\n',
+    ('[[grid]]\nhosts = ["precopy"]\n[grid.host_knobs.snapshot]\nstart_frac = 0.5\n',
      "grid[0].host_knobs.snapshot"),
     ('[[grid]]\nworkloads = ["fork"]\nhosts = ["firmware"]\n', "grid"),
     ('[[grid]]\nworkloads = ["micro:nope"]\nhosts = ["scenario"]\n', "grid[0].workloads"),

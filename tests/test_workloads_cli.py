@@ -34,6 +34,26 @@ def test_workloads_json_has_defaults(capsys):
     assert {h["name"] for h in data["host_scenarios"]} == set(HOST_SCENARIOS)
 
 
+def test_host_knobs_carry_units_and_sources(capsys):
+    """Issue 9: every numeric host knob has its unit (in its name, or a count of pages or
+    accesses) and a source (kernel, QEMU, or an ASSUMPTION label); the calibrated ones name
+    a kernel or QEMU default unless marked ASSUMPTION."""
+    assert main(["workloads", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    for h in data["host_scenarios"]:
+        for k in h["knobs"]:
+            if isinstance(k["default"], bool) or k["choices"] or k["name"] == "seed":
+                continue
+            where = (h["name"], k["name"])
+            assert k["unit"] or k["name"] in ("rounds", "fraction"), where
+            assert k["source"], where
+            if h["name"] in ("numa", "ksm", "khugepaged", "migration"):
+                assert (k["source"].startswith(("Linux", "QEMU", "ASSUMPTION"))), where
+    units = {k["name"]: k["unit"] for h in data["host_scenarios"] for k in h["knobs"]}
+    assert units["scan_period_s"] == "s" and units["bandwidth_mb_s"] == "MB/s"
+    assert units["period_accesses"] == "accesses" and units["pages_to_scan"] == "pages"
+
+
 def test_every_generator_runs_with_its_defaults_quickly():
     # the defaults are sized for the reference engine: ~10^4 accesses each
     for name in GENERATORS:

@@ -46,14 +46,14 @@ def test_generator(name):
     assert_same(make(name, 1, **SMALL[name]))
 
 
-HOSTS = [("precopy", dict(rounds=3, start=0.2)),
+HOSTS = [("precopy", dict(rounds=3, start_frac=0.2)),
          ("precopy", dict(rounds=2, manual_protect=True, eager_split=True,
                           backing="anon_thp")),
          ("postcopy", dict(mode="missing")),
          ("postcopy", dict(mode="minor", resolve="slot")),
-         ("snapshot", dict(start=0.3)),
-         ("pressure", dict(mode="swap", period=150, fraction=0.2)),
-         ("pressure", dict(mode="ksm", period=200)),
+         ("snapshot", dict(start_frac=0.3)),
+         ("pressure", dict(mode="swap", period_accesses=150, fraction=0.2)),
+         ("pressure", dict(mode="ksm", period_accesses=200)),
          ("firmware", dict(tcr_ha=True)),
          # calibrated (workloads/host_timed.py), periods shrunk to a wake-up every few
          # hundred accesses
@@ -86,7 +86,7 @@ def test_host_scenario(gen, host, knobs):
 def test_profiles(prof):
     for gen in ("fork", "zipf"):
         wl = make(gen, 3, **SMALL[gen], **prof)
-        assert_same(apply_host(wl, "precopy", rounds=2, start=0.3))
+        assert_same(apply_host(wl, "precopy", rounds=2, start_frac=0.3))
 
 
 @pytest.mark.parametrize("path", sorted(Path("workloads/scenarios").glob("*.toml")),

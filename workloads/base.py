@@ -26,6 +26,8 @@ class Knob:
     choices: tuple = ()
     lo: Any = None                   # inclusive range, checked with the type
     hi: Any = None
+    unit: str = ""                   # when the name's suffix does not say it (_s, _mb, ...)
+    source: str = ""                 # where the default comes from (kernel, QEMU, ASSUMPTION)
 
     @property
     def type(self) -> type:

@@ -10,8 +10,8 @@ before the guest kernel's.  Step numbers of host events are their positions.
 
 Decisions where docs/semantics.md is silent:
 
-* precopy: logging starts at `start` (a fraction of the trace) on every memslot; rounds are
-  evenly spaced over the rest of the trace unless `interval` says otherwise; the final
+* precopy: logging starts at `start_frac` (a fraction of the trace) on every memslot; rounds
+  are evenly spaced over the rest of the trace unless `interval_accesses` says otherwise; the final
   would-be harvest of PolicyResult covers what remains.  manual_protect = KVM_CAP_MANUAL_
   DIRTY_LOG_PROTECT2 with KVM_DIRTY_LOG_INITIALLY_SET (harvest = GET + CLEAR).
 * postcopy: the trace is what runs after the switch-over, so every slot starts missing (a
@@ -19,11 +19,12 @@ Decisions where docs/semantics.md is silent:
   undoing the guest's own page-table stores).  minor needs shmem or hugetlb backing: anon
   backings become shmem (QEMU's memory-backend-memfd, shared).  Background page pushing by the
   migration thread is not modelled: every page arrives through a fault.
-* snapshot: uffd-wp (UFFDIO_WRITEPROTECT over all RAM, QEMU background-snapshot) at `start`;
+* snapshot: uffd-wp (UFFDIO_WRITEPROTECT over all RAM, QEMU background-snapshot) at
+  `start_frac`;
   each WP fault unprotects one page (or the slot with resolve = slot).
-* pressure: every `period` accesses, runs of `run` random pages covering `fraction` of each
-  target slot are swapped out (kswapd reclaim: stage 2 unmapped, content kept) or zapped
-  (MMU-notifier invalidation: NUMA balancing, THP split/migration).  ksm: single pages of
+* pressure: every `period_accesses` accesses, runs of `run_pages` random pages covering
+  `fraction` of each target slot are swapped out (kswapd reclaim: stage 2 unmapped, content
+  kept) or zapped (MMU-notifier invalidation: NUMA balancing, THP split/migration).  ksm: single pages of
   the data slot are zapped (a KSM merge unmaps them); the merged page's host-side
   read-only state is not modelled (no such host op), so a later write maps it writable
   again without a CoW.
@@ -43,12 +44,16 @@ from model.scenario import INTERNAL_OPS, Step
 
 from .base import Knob, Workload, WorkloadError, host_scenario, seed_knob
 
-START = Knob("start", 0.0, "where the host operation starts, as a fraction of the trace")
+# the stress scenarios below place host events by trace position, not time: their numeric
+# knobs have no real-host counterpart (the calibrated ones are in workloads/host_timed.py)
+STRESS = "ASSUMPTION: stress schedule in trace positions ('what it takes'), not a host rate"
+START = Knob("start_frac", 0.0, "where the host operation starts, as a fraction of the "
+             "trace (a stress knob: trace position, not time)", lo=0.0, hi=1.0, source=STRESS)
 
 
 def _pos(wl: Workload, frac: float, owner: str) -> int:
     if not 0 <= frac <= 1:
-        raise WorkloadError(f"{owner}: start {frac} is not in [0, 1]")
+        raise WorkloadError(f"{owner}: start_frac {frac} is not in [0, 1]")
     return int(frac * len(wl.trace))
 
 
@@ -79,18 +84,21 @@ def _scn(wl: Workload, slots, name: str, **guest):
                "pre-copy live migration (QEMU/libvirt migrate, dirty_log_perf_test): dirty "
                "logging on every memslot, then a harvest (GET/CLEAR_DIRTY_LOG) per round",
                [START,
-                Knob("rounds", 4, "harvests (migration rounds)"),
-                Knob("interval", 0, "accesses between harvests (0: spread evenly)"),
+                Knob("rounds", 4, "harvests (migration rounds)", source=STRESS),
+                Knob("interval_accesses", 0, "accesses between harvests (0: spread evenly)",
+                     source=STRESS),
                 Knob("manual_protect", False, "KVM_DIRTY_LOG_INITIALLY_SET: every bit set, "
                      "write-protection deferred to the first CLEAR"),
                 Knob("eager_split", False, "KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE: split blocks "
                      "when logging starts"),
                 Knob("backing", "", "override the memslots' backing (''; anon, anon_thp, "
                      "hugetlb, shmem)", ("", "anon", "anon_thp", "hugetlb", "shmem"))])
-def precopy(wl: Workload, *, start, rounds, interval, manual_protect, eager_split, backing):
+def precopy(wl: Workload, *, start_frac, rounds, interval_accesses, manual_protect,
+            eager_split, backing):
+    start, interval = start_frac, interval_accesses
     name = "precopy"
     if rounds < 0 or interval < 0:
-        raise WorkloadError(f"{name}: rounds and interval must be >= 0")
+        raise WorkloadError(f"{name}: rounds and interval_accesses must be >= 0")
     n = len(wl.trace)
     p0 = _pos(wl, start, name)
     step = interval or max(1, (n - p0) // (rounds + 1))
@@ -102,7 +110,8 @@ def precopy(wl: Workload, *, start, rounds, interval, manual_protect, eager_spli
         if p > n:
             break
         ev += [(p, Step("harvest", slot=s.name)) for s in slots]
-    knobs = dict(start=start, rounds=rounds, interval=step, manual_protect=manual_protect,
+    knobs = dict(start_frac=start, rounds=rounds, interval_accesses=step,
+                 manual_protect=manual_protect,
                  eager_split=eager_split, backing=backing)
     return with_events(wl, ev, name, knobs, _scn(wl, slots, name))
 
@@ -133,11 +142,11 @@ def postcopy(wl: Workload, *, mode, resolve):
                [START,
                 Knob("resolve", "page", "what one WP resolution unprotects: page or slot",
                      ("page", "slot"))])
-def snapshot(wl: Workload, *, start, resolve):
-    p0 = _pos(wl, start, "snapshot")
+def snapshot(wl: Workload, *, start_frac, resolve):
+    p0 = _pos(wl, start_frac, "snapshot")
     slots = [replace(s, uffd="wp", uffd_resolve=resolve) for s in wl.scenario.memslots]
     ev = [(p0, Step("uffd_wp", slot=s.name, first=0, count=s.pages)) for s in slots]
-    return with_events(wl, ev, "snapshot", dict(start=start, resolve=resolve),
+    return with_events(wl, ev, "snapshot", dict(start_frac=start_frac, resolve=resolve),
                        _scn(wl, slots, "snapshot"))
 
 
@@ -146,16 +155,19 @@ def snapshot(wl: Workload, *, start, resolve):
                "balancing, THP splits) or KSM merges of a fraction of guest pages",
                [Knob("mode", "swap", "swap (swap_out), zap, or ksm (zap single data pages)",
                      ("swap", "zap", "ksm")),
-                Knob("period", 1024, "accesses between reclaim passes"),
-                Knob("fraction", 0.05, "fraction of each target slot's pages per pass"),
-                Knob("run", 8, "contiguous pages per reclaimed run (ksm: 1)"),
+                Knob("period_accesses", 1024, "accesses between reclaim passes", source=STRESS),
+                Knob("fraction", 0.05, "fraction of each target slot's pages per pass",
+                     source=STRESS),
+                Knob("run_pages", 8, "contiguous pages per reclaimed run (ksm: 1)", source=STRESS),
                 Knob("target", "all", "slots: all, data (not the page-table slot) or pt",
                      ("all", "data", "pt")),
                 seed_knob("seed of the page choice")])
-def pressure(wl: Workload, *, mode, period, fraction, run, target, seed):
+def pressure(wl: Workload, *, mode, period_accesses, fraction, run_pages, target, seed):
     name = "pressure"
+    period, run = period_accesses, run_pages
     if period < 1 or run < 1 or not 0 < fraction <= 1:
-        raise WorkloadError(f"{name}: period and run must be >= 1, fraction in (0, 1]")
+        raise WorkloadError(f"{name}: period_accesses and run_pages must be >= 1, fraction in "
+                            f"(0, 1]")
     scn = wl.scenario
     pt = scn.guest.pt_slot
     if mode == "ksm":
@@ -173,8 +185,8 @@ def pressure(wl: Workload, *, mode, period, fraction, run, target, seed):
             k = max(1, math.ceil(fraction * s.pages / r))
             for first in rng.integers(0, s.pages - r + 1, k).tolist():
                 ev.append((p, Step(op, slot=s.name, first=first, count=r)))
-    knobs = dict(mode=mode, period=period, fraction=fraction, run=run, target=target,
-                 seed=seed)
+    knobs = dict(mode=mode, period_accesses=period, fraction=fraction, run_pages=run,
+                 target=target, seed=seed)
     return with_events(wl, ev, name, knobs)
 
 

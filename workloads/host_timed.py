@@ -72,7 +72,8 @@ def _check(owner: str, **vals) -> None:
 
 
 FIRST = Knob("first_s", 0.0, "guest time of the first wake-up in the window, s (the window "
-             "starts at one by default)", lo=0.0)
+             "starts at one by default)", lo=0.0,
+             source="ASSUMPTION: the window starts at a wake-up; a sensitivity knob")
 
 
 @host_scenario("numa",
@@ -80,9 +81,12 @@ FIRST = Knob("first_s", 0.0, "guest time of the first wake-up in the window, s (
                "scan_size_mb of guest memory gets PROT_NONE hinting PTEs; the MMU notifier "
                "unmaps stage 2 (kvm_unmap_gfn_range) and the next access refaults",
                [Knob("scan_size_mb", 256, "MB per scan (kernel.numa_balancing_scan_size_mb = "
-                     "256, kernel/sched/fair.c)", lo=1),
+                     "256, kernel/sched/fair.c)", lo=1,
+                     source="Linux kernel/sched/fair.c: sysctl_numa_balancing_scan_size = 256"),
                 Knob("scan_period_s", 1.0, "s between scans (numa_balancing_scan_period_min_ms "
-                     "= 1000; adapts up to 60000)", lo=1e-6),
+                     "= 1000; adapts up to 60000)", lo=1e-6,
+                     source="Linux kernel/sched/fair.c: sysctl_numa_balancing_scan_period_min = "
+                            "1000 ms"),
                 FIRST])
 def numa(wl: Workload, *, scan_size_mb, scan_period_s, first_s):
     _check("numa", scan_size_mb=scan_size_mb, scan_period_s=scan_period_s)
@@ -100,12 +104,15 @@ def numa(wl: Workload, *, scan_size_mb, scan_period_s, first_s):
                "sleep_ms the next pages_to_scan pages are scanned; the duplicates among them "
                "are merged: read-only on the host, stage 2 unmapped, a write takes a CoW",
                [Knob("pages_to_scan", 100, "pages per wake-up (/sys/kernel/mm/ksm/"
-                     "pages_to_scan = 100, mm/ksm.c)", lo=1),
+                     "pages_to_scan = 100, mm/ksm.c)", lo=1,
+                     unit="pages", source="Linux mm/ksm.c: ksm_thread_pages_to_scan = 100"),
                 Knob("sleep_ms", 20.0, "ms between wake-ups (ksm_thread_sleep_millisecs = 20)",
-                     lo=1e-3),
+                     lo=1e-3,
+                     source="Linux mm/ksm.c: ksm_thread_sleep_millisecs = 20"),
                 Knob("merge_percent", 10.0, "share of scanned pages that have a duplicate, % "
                      "(ASSUMPTION: zero and duplicate pages of a VM; range 1-50)", lo=0.0,
-                     hi=100.0),
+                     hi=100.0,
+                     source="ASSUMPTION: duplicate/zero pages of a VM, range 1-50 %"),
                 FIRST, seed_knob("seed of which scanned pages are duplicates")])
 def ksm(wl: Workload, *, pages_to_scan, sleep_ms, merge_percent, first_s, seed):
     _check("ksm", pages_to_scan=pages_to_scan, sleep_ms=sleep_ms)
@@ -129,9 +136,12 @@ def ksm(wl: Workload, *, pages_to_scan, sleep_ms, merge_percent, first_s, seed):
                "map a block)",
                [Knob("pages_to_scan", 4096, "pages per wake-up (/sys/kernel/mm/"
                      "transparent_hugepage/khugepaged/pages_to_scan = 4096, mm/khugepaged.c)",
-                     lo=512),
+                     lo=512,
+                     unit="pages", source="Linux mm/khugepaged.c: khugepaged_pages_to_scan = "
+                            "HPAGE_PMD_NR * 8"),
                 Knob("scan_sleep_ms", 10000.0, "ms between wake-ups (khugepaged_scan_sleep_"
-                     "millisecs = 10000)", lo=1e-3),
+                     "millisecs = 10000)", lo=1e-3,
+                     source="Linux mm/khugepaged.c: khugepaged_scan_sleep_millisecs = 10000"),
                 FIRST])
 def khugepaged(wl: Workload, *, pages_to_scan, scan_sleep_ms, first_s):
     _check("khugepaged", pages_to_scan=pages_to_scan, scan_sleep_ms=scan_sleep_ms)
@@ -182,22 +192,30 @@ def _written_pages(wl: Workload, a: int, b: int) -> int:
                "one; one dirty-log sync (harvest) per iteration; stops when the rest fits the "
                "downtime limit",
                [Knob("bandwidth_mb_s", 134.2, "migration bandwidth, MB/s (QEMU max-bandwidth "
-                     "default 128 MiB/s = 134.2 MB/s, migration/options.c)", lo=1e-3),
+                     "default 128 MiB/s = 134.2 MB/s, migration/options.c)", lo=1e-3,
+                     source="QEMU migration/options.c: MAX_THROTTLE = 128 MiB/s"),
                 Knob("link_gbit_s", 0.0, "if > 0, the bandwidth is this link's speed instead, "
-                     "Gbit/s (10, 25, 100)", lo=0.0),
+                     "Gbit/s (10, 25, 100)", lo=0.0,
+                     source="ASSUMPTION: 10/25/100 Gbit/s datacentre links"),
                 Knob("downtime_limit_ms", 300.0, "switch-over when the rest takes less, ms "
-                     "(QEMU downtime-limit default 300)", lo=0.0),
-                Knob("start_s", 0.0, "guest time at which migration starts, s", lo=0.0),
+                     "(QEMU downtime-limit default 300)", lo=0.0,
+                     source="QEMU migration/options.c: DEFAULT_MIGRATE_SET_DOWNTIME = 300 ms"),
+                Knob("start_s", 0.0, "guest time at which migration starts, s", lo=0.0,
+                     source="ASSUMPTION: migration starts at the window's start"),
                 Knob("manual_protect", False, "KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 with "
                      "KVM_DIRTY_LOG_INITIALLY_SET (QEMU uses it when the kernel has it; off "
                      "by default here: its first harvest reports every page, which the "
-                     "metrics would count as false positives of every policy alike)"),
-                Knob("eager_split", False, "KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE"),
+                     "metrics would count as false positives of every policy alike)",
+                     source="Linux KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 (QEMU "
+                            "kvm_dirty_log_manual_caps)"),
+                Knob("eager_split", False, "KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE",
+                     source="Linux arm64 KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE (default 0: off)"),
                 Knob("clear_chunk_mb", 1024, "KVM_CLEAR_DIRTY_LOG chunk, MiB: each iteration "
                      "clears (re-protects) one chunk just before sending it (QEMU "
                      "clear-bitmap-shift default 18: 2^18 pages = 1 GiB, migration_clear_"
                      "memory_region_dirty_bitmap); 0: one GET_DIRTY_LOG that re-protects "
-                     "everything at each iteration's end (no manual protect)", lo=0)])
+                     "everything at each iteration's end (no manual protect)", lo=0,
+                     source="QEMU include/exec/ramblock.h: CLEAR_BITMAP_SHIFT_DEFAULT = 18")])
 def migration(wl: Workload, *, bandwidth_mb_s, link_gbit_s, downtime_limit_ms, start_s,
               manual_protect, eager_split, clear_chunk_mb):
     """Decision: iteration lengths come from the guest's own stores (the true dirty set,
