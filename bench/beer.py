@@ -153,6 +153,7 @@ def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
     v.insert(1, "section", v["workload"].map(section).fillna("stress"))
     v = pd.concat([v[v["section"] == s] for s in SECTIONS], ignore_index=True)
     sens = sensitivity(df, cm)
+    real_sens = realistic_sensitivity(df, v, cm)
     stamp = stamp or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     files = {
         "metrics.csv": csv_text(rows, COLUMNS),
@@ -162,8 +163,9 @@ def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
                                 "environment": environment(), "runs": metas,
                                 "seconds": time.perf_counter() - t0}),
     }
-    files["report.md"] = markdown(df, v, sens, cm) + x86_report.markdown(dfx)
-    files["verdict.txt"] = text(df, v, sens, cm) + x86_report.verdict_line(dfx) + "\n"
+    files["report.md"] = markdown(df, v, sens, cm, real_sens) + x86_report.markdown(dfx)
+    files["verdict.txt"] = (text(df, v, sens, cm, real_sens) + x86_report.verdict_line(dfx)
+                            + "\n")
     files["false_dirty.png"] = report.plot_false_dirty(df.assign(case=df.apply(
         lambda r: f"{r['workload']}", axis=1))[df["variant"] == "default"], "default")
     files["exits_vs_cost.png"] = report.plot_exits_vs_cost(v)
@@ -182,7 +184,34 @@ PLOTS = [("false_dirty.png", "False-positive dirty pages per policy"),
          ("sensitivity.png", "Sensitivity of the best net saving to each cost constant")]
 
 
-def markdown(df, v, sens, cm) -> str:
+def realistic_sensitivity(df: pd.DataFrame, v: pd.DataFrame, cm: CostModel) -> pd.DataFrame:
+    """The realistic answer at each cost constant's calibrated lo and hi (bench/calibration.py;
+    the others at their defaults): cases that matter, the lowest break-even p, the best net
+    saving.  Empty without realistic cases."""
+    from .breakeven import sensitivity_table
+    names = set(v.loc[v["section"] == "realistic", "workload"]) if "section" in v else set()
+    d = df[df["workload"].isin(names)]
+    if not len(d):
+        return pd.DataFrame()
+
+    def metric(m: CostModel) -> dict:
+        r = verdict_table(d, m)
+        return {"matter": int(r["matters"].sum()),
+                "p_star_min": float(r["p_break_even"].min()),
+                "best_net_us": float(r["net_us"].max())}
+    return sensitivity_table(metric, cm)
+
+
+def flips(real_sens: pd.DataFrame) -> list[str]:
+    """The constants whose calibrated range changes the realistic answer."""
+    if not len(real_sens):
+        return []
+    base = real_sens["matter"] > 0
+    return [str(r["constant"]) for (_i, r), b in zip(real_sens.iterrows(), base)
+            if (r["matter_lo"] > 0) != b or (r["matter_hi"] > 0) != b]
+
+
+def markdown(df, v, sens, cm, real_sens=None) -> str:
     real = v[v["section"] == "realistic"] if "section" in v else v.iloc[:0]
     stress = v[v["section"] != "realistic"] if "section" in v else v
     out = ["# The beer verdict", "", f"Compared: {COMPARED}.", ""]
@@ -195,8 +224,22 @@ def markdown(df, v, sens, cm) -> str:
                 "write); p_break_even: t_false / (t_exit + t_false); envelope: the rate of "
                 "page-table pages unmapped and then walked (envelope_unit) at which "
                 "ha-promote's saving would matter (bench/breakeven.py).", "",
-                report.md_table(real[REAL_COLS]), "",
-                "## What it takes: the stress cases", "",
+                report.md_table(real[REAL_COLS]), ""]
+        if real_sens is not None and len(real_sens):
+            f = flips(real_sens)
+            out += ["### Sensitivity of the realistic answer", "",
+                    "Each cost constant at the low and high end of its calibrated range "
+                    "(docs/calibration.md), the others at their defaults: realistic cases "
+                    "that matter, the lowest break-even p over them, and the best net "
+                    "saving (us). "
+                    + (f"The answer changes within the range of: {', '.join(f)}." if f
+                       else "No constant's range changes the answer."), "",
+                    report.md_table(real_sens[["constant", "unit", "confidence", "lo",
+                                               "value", "hi", "matter_lo", "matter",
+                                               "matter_hi", "p_star_min_lo", "p_star_min",
+                                               "p_star_min_hi", "best_net_us_lo",
+                                               "best_net_us_hi"]]), ""]
+        out += ["## What it takes: the stress cases", "",
                 "Small guests with host events scheduled per accesses and rates no host "
                 "has: they show what it would take, not what happens.", ""]
     out += [f"**{answer(stress, 'stress' if len(real) else '')}**", "",
@@ -219,7 +262,8 @@ def markdown(df, v, sens, cm) -> str:
     out += ["## Cost model", "", report.md_table(pd.DataFrame(
         [{"param": k, "value": val} for k, val in cm.as_dict().items()])), "",
             "Sources and assumptions: bench/cost.py and docs/cost-model.md.", "",
-            "## Sensitivity (each constant x0.1 and x10)", "", report.md_table(sens), ""]
+            "## Sensitivity of the stress cases (each constant x0.1 and x10)", "",
+            report.md_table(sens), ""]
     out += ["## Plots", ""] + [f"![{title}]({f})\n" for f, title in PLOTS]
     out += ["## All metrics", "", "See metrics.csv (one row per policy and run) and "
             "timings.csv (engine throughput).", ""]
@@ -228,7 +272,7 @@ def markdown(df, v, sens, cm) -> str:
 
 TOP_CASES = 4
 TEXT_LEGEND = {
-    "case": "a calibrated case: workload+host scenarios@label",
+    "case": "a calibrated case: label:host scenarios (report.md names its workload)",
     "gib": "the VM's memory (GiB)",
     "sec": "guest time simulated (s)",
     "p": "measured share of unmapped page-table pages whose first walk wrote (fix's "
@@ -251,18 +295,25 @@ REAL_COLS = ["case", "guest_gib", "guest_seconds", "p_measured", "p_break_even",
 
 
 def _fmt_p(x) -> str:
-    return "—" if x is None or pd.isna(x) else f"{x:.2f}"
+    return "—" if x is None or pd.isna(x) else f"{x:.2g}"
 
 
 def realistic_text(real: pd.DataFrame) -> pd.DataFrame:
     """The realistic cases as verdict.txt shows them (TEXT_LEGEND names the columns)."""
     return pd.DataFrame([{
-        "case": str(r["workload"]), "gib": f"{r['guest_gib']:.1f}",
+        "case": _real_case(r), "gib": f"{r['guest_gib']:.1f}",
         "sec": f"{r['guest_seconds']:.2g}", "p": _fmt_p(r["p_measured"]),
         "p_star": _fmt_p(r["p_break_even"]),
         "envelope": ("never" if r["envelope_unit"] == "never" else
                      "—" if pd.isna(r["envelope"]) else f"{r['envelope']:.3g}"),
         "matters": "yes" if r["matters"] else "no"} for _i, r in real.iterrows()])
+
+
+def _real_case(r) -> str:
+    """label:host (the workload's name is generator+hosts@label)."""
+    w = str(r["workload"])
+    label = w.rsplit("@", 1)[1] if "@" in w else w.split("+", 1)[0]
+    return f"{label}:{r['host']}"
 
 
 def _short_case(r) -> str:
@@ -271,7 +322,7 @@ def _short_case(r) -> str:
     return f"{w} / {r['variant']}"
 
 
-def text(df, v, sens, cm) -> str:
+def text(df, v, sens, cm, real_sens=None) -> str:
     """verdict.txt: a <= 60-line summary for a mailing-list reply (<= 72 columns); the
     realistic (calibrated) cases first, then what it takes (the stress cases)."""
     real = v[v["section"] == "realistic"] if "section" in v else v.iloc[:0]
@@ -292,6 +343,12 @@ def text(df, v, sens, cm) -> str:
     head = [report.wrap(answer(real, "realistic")), "",
             "Realistic cases (calibrated host behaviour, warm guests):",
             report.text_table(realistic_text(real)), ""] if len(real) else []
+    if len(real) and real_sens is not None and len(real_sens):
+        f = flips(real_sens)
+        head += [report.wrap("Sensitivity: " + (
+            f"the realistic answer changes within the calibrated range of {', '.join(f)}"
+            if f else "no cost constant's calibrated range changes the realistic answer")
+            + " (report.md)."), ""]
     body = [report.wrap(answer(stress, "stress" if len(real) else "")), "",
             report.wrap(f"Compared: {COMPARED}."), "",
             "What it takes (stress cases), per hardware variant:",

@@ -199,3 +199,16 @@ def test_warm_stage2_window_starts_with_the_working_set_mapped():
     assert cold["s2_faults"] == 64 + 4 and cold["s2_s1ptw_translation"] == 4
     logged = run(True, "migration")                 # reads only: RO stage 2 is enough
     assert logged["s2_faults"] == 0
+
+
+def test_aging_period_in_guest_time():
+    # sparse: 100 ns per access, so 0.5 ms between aging passes is every 5,000 accesses;
+    # 20,000 accesses -> passes at 5,000, 10,000 and 15,000 (none at the end)
+    w = registry.make("sparse", 1, regions=64, accesses=20_000, age_period_ms=0.5)
+    assert w.meta["profile"]["age_period"] == 5000
+    assert len(steps(w, "guest_age")) > 0
+    assert w.meta["aging_passes"] == 3
+    # the same period at 500 ns per access (knob access_ns): every 1,000 accesses
+    z = registry.make("zipf", 1, keys=1024, operations=5000, age_period_ms=0.5,
+                      access_ns=500.0)
+    assert z.meta["profile"]["age_period"] == 1000

@@ -126,6 +126,7 @@ class LinuxProfile:
     hw_update: str = "on-change"
     ram_mb: int = 0
     warm_stage2: bool = False
+    age_period_ms: float = 0.0
 
     @property
     def cpu_info(self) -> Cpu:
@@ -154,6 +155,10 @@ PROFILE_KNOBS = (
     Knob("fault_around_bytes", 65536, "fault-around window of file/shmem read faults "
          "(/sys/kernel/mm/.../fault_around_bytes; 0 or one page: off)"),
     Knob("age_period", 0, "accesses between MGLRU-like aging passes (0: no aging)"),
+    Knob("age_period_ms", 0.0, "guest time between aging passes, ms, on the modelled clock "
+         "(workloads/clock.py; sets age_period; DAMON samples every 5 ms, mm/damon/core.c; "
+         "MGLRU ages only under reclaim, mm/vmscan.c lru_gen_age_node); 0: age_period says",
+         lo=0.0, source="Linux mm/damon/core.c damon_new_ctx: sample_interval = 5 ms"),
     Knob("age_fraction", 0.25, "fraction of each address space's PTEs one aging pass covers"),
     Knob("age_nonleaf", True, "aging also clears table AF when HAFT is active"),
     Knob("writeback_period", 0, "accesses between writebacks of dirty file pages, which "

@@ -17,7 +17,7 @@ from dataclasses import asdict
 from . import data, host, ptheavy  # noqa: F401  (register the generators and host scenarios)
 from . import host_timed  # noqa: F401  (the calibrated host scenarios)
 from .base import GENERATORS, HOST_SCENARIOS, Entry, Knob, Workload, WorkloadError
-from .clock import with_seconds
+from .clock import ACCESS_TIME, with_seconds
 from .importers import FORMATS, import_trace
 from .linux import PROFILE_KNOB_NAMES, PROFILE_KNOBS, make_profile
 
@@ -61,6 +61,15 @@ ACCESS_NS_KNOB = Knob("access_ns", 0.0, "guest time one access stands for, ns (0
 
 def make(name: str, seed: int = 0, **knobs) -> Workload:
     ns = ACCESS_NS_KNOB.coerce(knobs.pop("access_ns", 0.0), name)
+    if knobs.get("age_period_ms"):
+        # aging in guest time: the period in accesses on this workload's clock
+        ms = next(k for k in PROFILE_KNOBS if k.name == "age_period_ms").coerce(
+            knobs["age_period_ms"], name)
+        per_ns = ns or (ACCESS_TIME[name].ns if name in ACCESS_TIME else 0.0)
+        if not per_ns:
+            raise WorkloadError(f"{name}: age_period_ms needs a time per access (knob "
+                                f"access_ns)")
+        knobs["age_period"] = max(1, round(ms * 1e6 / per_ns))
     wl = _make(name, seed, **knobs)
     if ns:
         wl.meta["access_ns"] = ns
