@@ -161,6 +161,9 @@ def test_seconds_sizes_the_trace_in_guest_time():
     ("ksm", dict(sleep_ms=0.2, merge_percent=30.0)),
     ("khugepaged", dict(pages_to_scan=1024, scan_sleep_ms=0.5)),
     ("migration", dict(link_gbit_s=100.0, downtime_limit_ms=0.0)),
+    ("migration", dict(link_gbit_s=100.0, downtime_limit_ms=0.0, clear_chunk_mb=1)),
+    ("reclaim", dict(reclaim_mb_s=1000.0, batch_period_ms=0.2)),
+    ("far_memory", dict(cold_age_s=0.0005, scan_period_s=0.0003)),
 ])
 def test_timed_hosts_engine_equals_reference(host, knobs):
     """High event density (a wake-up every few hundred accesses): both engines agree on
@@ -212,3 +215,49 @@ def test_aging_period_in_guest_time():
     z = registry.make("zipf", 1, keys=1024, operations=5000, age_period_ms=0.5,
                       access_ns=500.0)
     assert z.meta["profile"]["age_period"] == 1000
+
+
+def swapped(w):
+    return [(p, st.slot, st.pages.tolist()) for p, st in steps(w, "swap_out")]
+
+
+def test_reclaim_takes_the_coldest_pages_first():
+    # 16 table-slot pages (root, L1, L2, one leaf table: pages 0-3 in use) and 64 RAM pages,
+    # all mapped and warm; the guest reads RAM pages 0-31 round robin, 1 ms per access.
+    # 1/16 MiB/s in batches of 1 s = 16 pages a batch, at 0, 1, 2, 3 s (positions 0, 1000,
+    # 2000, 3000).  Coldest first: never-touched pages (table-slot pages 4-15), then the
+    # warm set untouched in the window by address (RAM 0-3 at 0 s; 32-47; 48-63), then by
+    # last access (position p reads RAM p % 32: at 2968-2983 pages 24-31 then 0-7).  The tables are walked by every access:
+    # never the coldest.
+    n = 4000
+    w = guest(64, n, 1e6, stores=(np.zeros(n, np.uint8), np.arange(n) % 32))
+    r = registry.apply_host(w, "reclaim", reclaim_mb_s=1 / 16, batch_period_ms=1000.0,
+                            sustained=False)
+    assert swapped(r) == [(0, "pt", list(range(4, 16))), (0, "ram", [0, 1, 2, 3]),
+                          (1000, "ram", list(range(32, 48))),
+                          (2000, "ram", list(range(48, 64))),
+                          (3000, "ram", list(range(8)) + list(range(24, 32)))]
+    ref = {p: x.metrics() for p, x in run_reference_trace(r.scenario, r.trace).items()}
+    assert {p: x.metrics() for p, x in run_trace(r.scenario, r.trace).items()} == ref
+    # this guest's stage 2 starts empty: the first walk faults on the 4 tables, and never
+    # again (tables are never reclaimed while in use); of the reclaimed pages only those
+    # read in the window were mapped at stage 2: the 16 of the last batch
+    assert ref["fix"]["s2_s1ptw_translation"] == 4
+    assert ref["fix"]["host_unmapped_pages"] == 16
+    # sustained pressure: the never-touched pages went before the window (at 0, unmapped
+    # anyway), so the first batch already takes the warm set: RAM 0-15 by address
+    s = registry.apply_host(w, "reclaim", reclaim_mb_s=1 / 16, batch_period_ms=1000.0)
+    assert swapped(s)[:3] == [(0, "pt", list(range(4, 16))), (0, "ram", list(range(16))),
+                              (1000, "ram", list(range(32, 48)))]
+
+
+def test_far_memory_swaps_pages_idle_for_the_cold_age():
+    # cold age 0.5 s, a scan every 1 s at 0, 1, 2 s: at 0 s only never-touched pages
+    # (table-slot pages 4-15) are idle that long; at 1 s also the warm set's RAM 32-63 that
+    # the window never touched (idle since its start); at 2 s nothing new.
+    n = 3000
+    w = guest(64, n, 1e6, stores=(np.zeros(n, np.uint8), np.arange(n) % 32))
+    f = registry.apply_host(w, "far_memory", cold_age_s=0.5, scan_period_s=1.0)
+    assert swapped(f) == [(0, "pt", list(range(4, 16))), (1000, "ram", list(range(32, 64)))]
+    ref = {p: x.metrics() for p, x in run_reference_trace(f.scenario, f.trace).items()}
+    assert {p: x.metrics() for p, x in run_trace(f.scenario, f.trace).items()} == ref

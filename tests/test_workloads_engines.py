@@ -60,7 +60,9 @@ HOSTS = [("precopy", dict(rounds=3, start_frac=0.2)),
          ("numa", dict(scan_size_mb=1, scan_period_s=2e-5)),
          ("ksm", dict(sleep_ms=0.02, merge_percent=40.0)),
          ("khugepaged", dict(pages_to_scan=512, scan_sleep_ms=0.02)),
-         ("migration", dict(link_gbit_s=100.0, downtime_limit_ms=0.0))]
+         ("migration", dict(link_gbit_s=100.0, downtime_limit_ms=0.0)),
+         ("reclaim", dict(reclaim_mb_s=10.0, batch_period_ms=0.01)),
+         ("far_memory", dict(cold_age_s=2e-5, scan_period_s=2e-5))]
 
 
 def test_hosts_cover_every_host_scenario():

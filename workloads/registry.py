@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from . import data, host, ptheavy  # noqa: F401  (register the generators and host scenarios)
-from . import host_timed  # noqa: F401  (the calibrated host scenarios)
+from . import host_reclaim, host_timed  # noqa: F401  (the calibrated host scenarios)
 from .base import GENERATORS, HOST_SCENARIOS, Entry, Knob, Workload, WorkloadError
 from .clock import ACCESS_TIME, with_seconds
 from .importers import FORMATS, import_trace
