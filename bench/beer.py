@@ -87,14 +87,60 @@ def load_spec(text: str, source: str) -> dict:
         for v in c.get("variants", ["default"]):
             check_variant(v, f"{at}.variants")
         for w, knobs in c.get("knobs", {}).items():
-            if w not in reg.GENERATORS or not isinstance(knobs, dict):
+            if not isinstance(knobs, dict) or (w not in reg.GENERATORS and w not in ws):
                 raise SpecError(f"{at}.knobs.{w}: not a table of a known workload")
-            check_knobs(w, knobs, f"{at}.knobs.{w}")
+            if w in reg.GENERATORS:
+                check_knobs(w, knobs, f"{at}.knobs.{w}")
+            else:                     # a recorded program: the linux profile's knobs only
+                check_profile_knobs(w, knobs, f"{at}.knobs.{w}")
         for h, knobs in c.get("host_knobs", {}).items():
             check_host(h, f"{at}.host_knobs")
             check_host_knobs(h, knobs if isinstance(knobs, dict) else {None: 0},
                              f"{at}.host_knobs.{h}")
     return spec
+
+
+def check_profile_knobs(workload: str, knobs: dict, at: str) -> None:
+    from workloads import registry as reg
+    from workloads.base import WorkloadError
+    bad = sorted(set(knobs) - reg.PROFILE_KNOB_NAMES)
+    if bad:
+        raise SpecError(f"{at}.{bad[0]}: not a knob of the linux profile (a recorded "
+                        f"program takes only those)")
+    try:
+        reg.make_profile(knobs, workload)
+    except WorkloadError as e:
+        raise SpecError(f"{at}: {e}") from None
+
+
+REAL_PREFIXES = ("catalogue:", "compact:", "trace:", "import:")
+
+
+def workload_kind(spec_name: str) -> str:
+    """real: a recorded program (the catalogue, a trace); synthetic: a generator."""
+    return "real" if str(spec_name).startswith(REAL_PREFIXES) else "synthetic"
+
+
+def real_vs_synthetic(df: pd.DataFrame, v: pd.DataFrame, kinds: dict) -> pd.DataFrame:
+    """The realistic cases side by side, real programs and generators apart: what each
+    touches and how it faults (fix, default machine), so a reader can see whether the
+    generators behave like real programs."""
+    names = set(v.loc[v["section"] == "realistic", "workload"]) if "section" in v else set()
+    d = df[df["workload"].isin(names) & (df["policy"] == "fix")
+           & (df["variant"] == "default")]
+    if not len(d):
+        return pd.DataFrame()
+    p = v.drop_duplicates("workload").set_index("workload")["p_measured"]
+    secs = d["guest_seconds"].where(d["guest_seconds"] > 0)
+    out = pd.DataFrame({
+        "kind": d["workload"].map(kinds).fillna("synthetic"), "workload": d["workload"],
+        "data_mib": d["data_pages"] * 4096 / 2**20,
+        "pt_share": d["pt_pages"] / (d["pt_pages"] + d["data_pages"]).where(lambda x: x > 0),
+        "accesses_per_s": d["accesses"] / secs,
+        "s2_faults_per_s": d["s2_faults"] / secs,
+        "s1ptw_faults_per_s": d["s2_s1ptw_translation"] / secs,
+        "p_measured": d["workload"].map(p)})
+    return out.sort_values(["kind", "workload"], kind="stable").reset_index(drop=True)
 
 
 def cases(spec: dict):
@@ -132,7 +178,7 @@ def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
     built = {}
     # tqdm: disable=None shows the bar only on a terminal
     bar = tqdm(jobs, desc="beer", unit="run", disable=None if progress is None else not progress)
-    section = {}
+    section, kinds = {}, {}
     for kind, w, knobs, host, hk, v, label, sec, seconds in bar:
         key = (kind, str(w), json.dumps(knobs, sort_keys=True), host,
                json.dumps(hk, sort_keys=True), label, seconds)
@@ -143,6 +189,7 @@ def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
                 wl.name = f"{wl.name}@{label}"
             built[key] = wl
         section[built[key].name] = sec
+        kinds[built[key].name] = workload_kind(w) if kind == "gen" else "synthetic"
         run = run_workload(built[key], host=host, variant=v, seed=seed, engine=engine)
         rows += run.rows
         timings += run.timings
@@ -151,9 +198,11 @@ def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
     dfx, df = df, x86_report.arm64_rows(df)   # x86 comparison machines: their own section
     v = verdict_table(df, cm)
     v.insert(1, "section", v["workload"].map(section).fillna("stress"))
+    v.insert(2, "workload_kind", v["workload"].map(kinds).fillna("synthetic"))
     v = pd.concat([v[v["section"] == s] for s in SECTIONS], ignore_index=True)
     sens = sensitivity(df, cm)
     real_sens = realistic_sensitivity(df, v, cm)
+    rvs = real_vs_synthetic(df, v, kinds)
     stamp = stamp or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     files = {
         "metrics.csv": csv_text(rows, COLUMNS),
@@ -163,7 +212,8 @@ def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
                                 "environment": environment(), "runs": metas,
                                 "seconds": time.perf_counter() - t0}),
     }
-    files["report.md"] = markdown(df, v, sens, cm, real_sens) + x86_report.markdown(dfx)
+    files["report.md"] = (markdown(df, v, sens, cm, real_sens, rvs)
+                          + x86_report.markdown(dfx))
     files["verdict.txt"] = (text(df, v, sens, cm, real_sens) + x86_report.verdict_line(dfx)
                             + "\n")
     files["false_dirty.png"] = report.plot_false_dirty(df.assign(case=df.apply(
@@ -211,7 +261,7 @@ def flips(real_sens: pd.DataFrame) -> list[str]:
             if (r["matter_lo"] > 0) != b or (r["matter_hi"] > 0) != b]
 
 
-def markdown(df, v, sens, cm, real_sens=None) -> str:
+def markdown(df, v, sens, cm, real_sens=None, rvs=None) -> str:
     real = v[v["section"] == "realistic"] if "section" in v else v.iloc[:0]
     stress = v[v["section"] != "realistic"] if "section" in v else v
     out = ["# The beer verdict", "", f"Compared: {COMPARED}.", ""]
@@ -225,6 +275,15 @@ def markdown(df, v, sens, cm, real_sens=None) -> str:
                 "page-table pages unmapped and then walked (envelope_unit) at which "
                 "ha-promote's saving would matter (bench/breakeven.py).", "",
                 report.md_table(real[REAL_COLS]), ""]
+        if rvs is not None and len(rvs):
+            n_real = int((rvs["kind"] == "real").sum())
+            out += ["### Real programs beside the generators", "",
+                    (f"{n_real} recorded program(s) (kind real) and the synthetic "
+                     "generators, fix on the default machine: memory the workload touches, "
+                     "the share of it in page tables, and fault rates per second of guest "
+                     "time." if n_real else "No recorded program among the realistic "
+                     "cases: only synthetic generators."), "",
+                    report.md_table(rvs), ""]
         if real_sens is not None and len(real_sens):
             f = flips(real_sens)
             out += ["### Sensitivity of the realistic answer", "",
@@ -273,6 +332,7 @@ def markdown(df, v, sens, cm, real_sens=None) -> str:
 TOP_CASES = 4
 TEXT_LEGEND = {
     "case": "a calibrated case: label:host scenarios (report.md names its workload)",
+    "src": "real: a recorded program (the catalogue); gen: a synthetic generator",
     "gib": "the VM's memory (GiB)",
     "sec": "guest time simulated (s)",
     "p": "measured share of unmapped page-table pages whose first walk wrote (fix's "
@@ -289,8 +349,8 @@ TEXT_LEGEND = {
     "net_us": "net saving (us), negative when ha-promote costs more",
     "matters": "whether the case passes the bar (report.md)",
 }
-REAL_LEGEND = ("case", "gib", "sec", "p", "p_star", "envelope")
-REAL_COLS = ["case", "guest_gib", "guest_seconds", "p_measured", "p_break_even", "envelope",
+REAL_LEGEND = ("case", "src", "gib", "sec", "p", "p_star", "envelope")
+REAL_COLS = ["case", "workload_kind", "guest_gib", "guest_seconds", "p_measured", "p_break_even", "envelope",
              "envelope_unit", "exits_saved", "false_dirty_extra", "net_us", "matters"]
 
 
@@ -301,7 +361,8 @@ def _fmt_p(x) -> str:
 def realistic_text(real: pd.DataFrame) -> pd.DataFrame:
     """The realistic cases as verdict.txt shows them (TEXT_LEGEND names the columns)."""
     return pd.DataFrame([{
-        "case": _real_case(r), "gib": f"{r['guest_gib']:.1f}",
+        "case": _real_case(r),
+        "src": "real" if r.get("workload_kind") == "real" else "gen", "gib": f"{r['guest_gib']:.1f}",
         "sec": f"{r['guest_seconds']:.2g}", "p": _fmt_p(r["p_measured"]),
         "p_star": _fmt_p(r["p_break_even"]),
         "envelope": ("never" if r["envelope_unit"] == "never" else
