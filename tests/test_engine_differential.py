@@ -21,6 +21,12 @@ settings.register_profile("thorough", max_examples=10_000, deadline=None,
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+def examples(ci: int) -> int:
+    """A focused test's example count: its own in CI, the profile's (10,000) when thorough."""
+    return ci if os.environ.get("HYPOTHESIS_PROFILE", "ci") == "ci" else \
+        settings.get_profile(os.environ["HYPOTHESIS_PROFILE"]).max_examples
+
+
 def facts(results):
     """Everything a run reports: docs/scenario-format.md's JSON, the §5 metrics (walks, descriptor
     reads, dirty and uffd counts), and each uffd event's `written` flag."""
@@ -58,13 +64,13 @@ def tiny_windows(monkeypatch):
     monkeypatch.setattr(engine, "MAX_WINDOW", 2)
 
 
-@settings(max_examples=100)
+@settings(max_examples=examples(100))
 @given(scenarios())
 def test_engine_equals_reference_with_tiny_windows(tiny_windows, scn):
     assert_same(scn)
 
 
-@settings(max_examples=100)
+@settings(max_examples=examples(100))
 @given(scenarios(focus="blocks_swap"))
 def test_engine_equals_reference_swap_out_of_blocks(scn):
     """THP / hugetlb data slots with swap_out at high density (issue 11's swap_out rule)."""
@@ -73,7 +79,7 @@ def test_engine_equals_reference_swap_out_of_blocks(scn):
     assert_same(scn)
 
 
-@settings(max_examples=100)
+@settings(max_examples=examples(100))
 @given(scenarios(focus="clear_af_ro"))
 def test_engine_equals_reference_clear_af_on_read_only_tables(scn):
     """clear_af on a read-only page-table slot, MMIO stores written back by the VMM."""
@@ -81,7 +87,7 @@ def test_engine_equals_reference_clear_af_on_read_only_tables(scn):
     assert_same(scn)
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(scenarios(focus="host_bulk", max_steps=60))
 def test_engine_equals_reference_host_ops_in_bulk(scn):
     """Issue 10: host operations on page sets (every op of model/host_ops.py) and aging
@@ -100,7 +106,7 @@ def test_engine_equals_reference_host_ops_in_bulk(scn):
     event(f"aging passes in bulk: {'some' if any(done) else 'none'}")
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(scenarios(isas=X86_ISAS))
 def test_engine_equals_reference_x86(scn):
     # x86 comparison machines (docs/x86.md): the engine runs them through the reference
