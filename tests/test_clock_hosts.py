@@ -89,25 +89,26 @@ def test_khugepaged_4096_pages_every_10s_over_25s():
                  "thp_collapse") == []
 
 
+def migrating_guest() -> Workload:
+    """1,000 pages (16 + 984), 3,000 accesses of 1 ms; stores to 250 distinct pages in
+    [0, 1000) and to 100 in [1000, 1100)."""
+    return guest(984, n, 1e6, stores=(kind, page))
+
+
 def test_migration_iterations_follow_the_dirty_set():
     # 1,000 pages of guest (16 + 984) at 4.096 MB/s: the first pass takes 1 s = 1,000
     # accesses of 1 ms.  The guest stores to 250 distinct pages in [0, 1000): iteration 2
     # sends them, 250 * 4096 B / 4.096 MB/s = 0.25 s -> harvest at 1250; it stores to 100
     # pages in [1000, 1250): 0.1 s -> harvest at 1350; nothing in [1250, 1350): done.
-    n = 3000
-    kind = np.zeros(n, np.uint8)
-    page = np.zeros(n, np.int64)
-    kind[:250], page[:250] = 1, np.arange(250)
-    kind[1000:1100], page[1000:1100] = 1, np.arange(300, 400)
-    w = registry.apply_host(guest(984, n, 1e6, stores=(kind, page)), "migration",
+    w = registry.apply_host(migrating_guest(), "migration",
                             bandwidth_mb_s=4.096, downtime_limit_ms=0.0, clear_chunk_mb=0)
     assert [p for p, st in steps(w, "enable_dirty_log")] == [0, 0]
     assert sorted({p for p, _ in steps(w, "harvest")}) == [1000, 1250, 1350]
     assert all(st.pages is None for _, st in steps(w, "harvest"))      # whole slots
     assert w.meta["host"][-1]["iterations_in_window"] == 3
     # the same at 10 Gbit/s = 1250 MB/s: the first pass (4.096 MB) takes 3.3 ms -> 3
-    fast = registry.apply_host(guest(984, n, 1e6, stores=(kind, page)), "migration",
-                               link_gbit_s=10.0, clear_chunk_mb=0)
+    fast = registry.apply_host(migrating_guest(), "migration", link_gbit_s=10.0,
+                               clear_chunk_mb=0)
     assert sorted({p for p, _ in steps(fast, "harvest")}) == [3]
 
 
@@ -124,7 +125,7 @@ def test_migration_clears_one_chunk_before_sending_it():
     page = np.zeros(n, np.int64)
     kind[:250], page[:250] = 1, np.arange(250)
     kind[1000:1100], page[1000:1100] = 1, np.arange(300, 400)
-    w = registry.apply_host(guest(984, n, 1e6, stores=(kind, page)), "migration",
+    w = registry.apply_host(migrating_guest(), "migration",
                             bandwidth_mb_s=4.096, downtime_limit_ms=0.0, clear_chunk_mb=1)
     got = [(p, st.slot, int(st.pages[0]), int(st.pages[-1]) + 1)
            for p, st in steps(w, "harvest")]
