@@ -92,6 +92,11 @@ def test_khugepaged_4096_pages_every_10s_over_25s():
 def migrating_guest() -> Workload:
     """1,000 pages (16 + 984), 3,000 accesses of 1 ms; stores to 250 distinct pages in
     [0, 1000) and to 100 in [1000, 1100)."""
+    n = 3000
+    kind = np.zeros(n, np.uint8)
+    page = np.zeros(n, np.int64)
+    kind[:250], page[:250] = 1, np.arange(250)
+    kind[1000:1100], page[1000:1100] = 1, np.arange(300, 400)
     return guest(984, n, 1e6, stores=(kind, page))
 
 
