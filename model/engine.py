@@ -12,8 +12,9 @@ model.reference.Vm/model.host.Host on the same state, once per policy, so fault 
 the executable spec; policies whose shared state then differs stop sharing it.
 
 Layout: engine_state.py holds the state (Base: per run; Shared: per group; ArrayHost/FastVm:
-per policy) and the trace preparation; engine_chunk.py the vectorised chunk (walk cache, tier
-1 codes, tier 2 TLB history and needs, per-page faults); this module the driver (intervals,
+per policy) and the trace preparation; engine_walk.py the stage-1 walker; engine_chunk.py the
+vectorised chunk (walk cache, tier 1 codes, tier 2 TLB history and needs, per-page faults);
+engine_guest.py guest-kernel work in bulk; this module the driver (intervals,
 chunks, reference code for events and fallbacks, group splits).  Nothing is stored per access
 beyond the trace itself when the trace's VA span allows a page-id table (the usual case).
 

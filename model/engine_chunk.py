@@ -35,6 +35,7 @@ from functools import lru_cache
 import numpy as np
 
 from .arch import DESC_AF, DESC_AP2, DESC_DBM, DESC_PXN, DESC_TABLE
+from .engine_walk import VaWalks, walk_vas
 from .engine_state import (CLS_A, CLS_S, CLS_X, H_KSM, H_MISSING, H_RW, H_SWAPPED, H_WP, H_ZERO,
                            MUTABLE_BITS, PA_HARD, PA_PT, PA_RO, PA_RSLOT, PA_UFFD_SHIFT, PAGE_MASK, U64)
 from .host import S2_RO, S2_RW, S2_UNMAPPED
@@ -69,8 +70,10 @@ class WalkCache:
         L = geo.levels
         self.L = L
         total = base.idx.total
-        (self.nlev, self.pg, self.doff, self.tab_off, found, self.level, leaf,
-         leaf_off, self.dp) = self._walk(sh, va)
+        w = self._walk(sh, va)
+        self.nlev, self.pg, self.doff, self.tab_off = w.nlev, w.pg, w.doff, w.tab_off
+        self.level, self.dp = w.level, w.dp
+        found, leaf, leaf_off = w.found, w.leaf, w.leaf_off
         self.leafm = leaf & ~U64(MUTABLE_BITS)
         self.leaf_pg = np.where(found, self.pg[np.maximum(self.nlev.astype(np.int64) - 1, 0),
                                                np.arange(n)], total).astype(np.int32)
@@ -130,54 +133,9 @@ class WalkCache:
             ((self.sfx[v] & F_FOUND) == 0) | (sh.tleaf[tk] != self.leafm[v])
             | (sh.tlvl[tk] != self.level[v]))
 
-    def _walk(self, sh, va: np.ndarray):
+    def _walk(self, sh, va: np.ndarray) -> VaWalks:
         base = self.base
-        geo, idx = base.geo, base.idx
-        n = len(va)
-        L = self.L
-        total = idx.total
-        nptd = base.nptd
-        table = np.full(n, self.root, dtype=np.int64)
-        alive = (va >> geo.va_bits) == 0      # outside the TTBR0 range: no walk (Vm.s1_walk)
-        nlev = np.zeros(n, dtype=np.int8)
-        pg = np.full((L, n), total, dtype=np.int32)
-        doff = np.full((L, n), -1, dtype=np.int64)
-        tab_off = np.full((max(L - 1, 1), n), -1, dtype=np.int64)
-        found = np.zeros(n, dtype=bool)
-        level = np.full(n, -1, dtype=np.int8)
-        leaf = np.zeros(n, dtype=U64)
-        leaf_off = np.zeros(n, dtype=np.int64)
-        oa_mask = np.int64(geo.oa_mask)
-        for l, lev in enumerate(range(geo.start_level, 4)):
-            shift = geo.level_shift(lev)
-            addr = table + ((va >> shift) & ((1 << geo.index_bits(lev)) - 1)) * 8
-            nlev += alive
-            pg[l] = np.where(alive, idx.index_v(addr & PAGE_MASK), total)
-            off = (addr - base.pt_base) >> 3
-            inpt = alive & (off >= 0) & (off < nptd)
-            doff[l] = np.where(inpt, off, -1)
-            desc = np.where(inpt, sh.read_v(off), U64(0))
-            valid = (desc & U64(1)).astype(bool)
-            bit1 = (desc & U64(DESC_TABLE)).astype(bool)
-            if lev < 3:
-                is_tab = alive & valid & bit1
-                is_leaf = alive & valid & ~bit1 & (geo.block_size(lev) is not None)
-                if l < L - 1:
-                    tab_off[l] = np.where(is_tab, off, -1)
-            else:
-                is_tab = np.zeros(n, dtype=bool)
-                is_leaf = alive & valid & bit1
-            found |= is_leaf
-            level[is_leaf] = lev
-            leaf[is_leaf] = desc[is_leaf]
-            leaf_off[is_leaf] = off[is_leaf]
-            table = np.where(is_tab, desc.astype(np.int64) & oa_mask, table)
-            alive = is_tab
-        lsh = np.array([geo.level_shift(lv) for lv in range(4)], dtype=np.int64)
-        size = np.left_shift(np.int64(1), lsh[np.maximum(level, 0)])
-        oa = (leaf.astype(np.int64) & oa_mask & ~(size - 1)) | (va & (size - 1))
-        dp = np.where(found, idx.index_v(oa & PAGE_MASK), total).astype(np.int32)
-        return nlev, pg, doff, tab_off, found, level, leaf, leaf_off, dp
+        return walk_vas(base.geo, base.idx, base.pt_base, base.nptd, sh.read_v, self.root, va)
 
     # ---- after reference code changed page-table memory -----------------------------------
     def _indexes(self):
@@ -208,7 +166,9 @@ class WalkCache:
         if not len(A):
             return True
         va = base.prep.vpages[A].astype(np.int64)
-        nlev, pg, doff, tab_off, found, level, leaf, leaf_off, dp = self._walk(sh, va)
+        w = self._walk(sh, va)
+        nlev, pg, doff, tab_off, found = w.nlev, w.pg, w.doff, w.tab_off, w.found
+        level, leaf, leaf_off, dp = w.level, w.leaf, w.leaf_off, w.dp
         lidx, tidx, tlev = self._indexes()
         # ids of new leaves and table descriptors; an aliasing descriptor: rebuild
         new_l, new_t = [], []

@@ -17,6 +17,7 @@ from .host_ops import HOST_OPS, step_pages
 from .policies import DEFAULT_ORDER, POLICIES
 from .results import Harvest, PolicyResult
 from .scenario import Scenario, Step
+from .semantics import s1_descriptor
 from .stage1 import build_tables
 from .x86 import is_x86, one_machine, walk_access_is_write
 
@@ -130,15 +131,12 @@ class Vm:
             if desc is None:
                 return None, (level, addr)
             path.append((level, addr, desc))
-            if not is_valid(desc):
-                raise Stage1Fault("translation")        # invalid descriptor
-            if is_table(desc, level):
+            table_desc, leaf = s1_descriptor(desc, level, geo)
+            if table_desc:
                 table = desc_oa(desc, geo)
                 continue
-            if level == 3 and not desc & DESC_TABLE:
-                raise Stage1Fault("translation")        # reserved encoding at level 3
-            if level < 3 and geo.block_size(level) is None:
-                raise Stage1Fault("translation")        # block not allowed at this level
+            if not leaf:      # invalid, reserved encoding at level 3, or a block not allowed
+                raise Stage1Fault("translation")
             return Walk(path, desc, level, addr), None
         raise AssertionError("unreachable")
 
