@@ -28,7 +28,7 @@ import numpy as np
 
 from .engine_chunk import Scratch, WalkCache, chunk
 from .engine_guest import bulk_age
-from .engine_state import Base, FastVm, Shared
+from .engine_state import UFFD_CODES, UFFD_NONE, Base, FastVm, Shared
 from .host import S2_UNMAPPED
 from .host_ops import HOST_OPS
 from .policies import DEFAULT_ORDER
@@ -46,7 +46,7 @@ MAX_SCALAR_RUN = 256
 # intervals (between events) this short go through the reference code alone: a chunk's fixed
 # cost (~0.5 ms) is ~10 accesses of the reference code (~50 us each)
 SCALAR_INTERVAL = 8
-UFFD_MODE_NAMES = {1: "missing", 2: "minor", 3: "wp"}
+UFFD_MODE_NAMES = {code: name for name, code in UFFD_CODES.items() if code != UFFD_NONE}
 # events that touch only the host side (stage 2, host pages, dirty log): Group.host_event
 HOST_EVENT_OPS = frozenset(HOST_OPS) | {"punch_hole", "enable_dirty_log", "harvest"}
 

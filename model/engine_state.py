@@ -38,7 +38,9 @@ H_MISSING, H_RW, H_ZERO, H_WP, H_SWAPPED, H_KSM = (HOST_MISSING, HOST_RW, HOST_Z
                                                    HOST_SWAPPED, HOST_KSM)
 BLOCK_PAGES = BLOCK_2M // HOST_PAGE
 MUTABLE_BITS = DESC_AF | DESC_AP2      # bits hardware updates change; not the walk's shape
-UFFD_CODES = {"none": 0, "missing": 1, "minor": 2, "wp": 3}
+# userfaultfd mode of a slot, as a code (Base.pattr's top bits, engine events)
+UFFD_NONE, UFFD_MISSING, UFFD_MINOR, UFFD_WP = 0, 1, 2, 3
+UFFD_CODES = {"none": UFFD_NONE, "missing": UFFD_MISSING, "minor": UFFD_MINOR, "wp": UFFD_WP}
 # page attributes, packed per page index (Base.pattr): a fault there leaves the vectorised
 # path (outside every slot, read-only slot), read-only slot, uffd resolves the
 # whole slot, page-table slot, and the slot's uffd mode code in the top bits
@@ -182,12 +184,10 @@ class TracePrep:
     PAIR_TABLE_MAX = 1 << 26          # (vCPU, page) pairs numbered through a table up to this
 
     def __init__(self, scn: Scenario, trace: Trace):
-        geo = scn.machine.geometry
         n = len(trace)
         self.n = n
         self.trace = trace
         self.n_vcpu = int(trace.vcpu.max()) + 1 if n else 1
-        ch = self.CHUNK
         self.table = None                 # VA page (- lo) -> page id
         self.pair_rank = None             # vcpu * nsub + page id -> sub-key (several vCPUs)
         self._ci = None                   # stored ci (no table)
@@ -198,88 +198,113 @@ class TracePrep:
         self.lo = lo
         if (n and hi - lo + 1 <= max(self.TABLE_SPAN, 2 * n)
                 and hi - lo + 1 <= self.TABLE_SPAN_MAX):
-            # dense: number the pages in order of first appearance through a table over the
-            # span (int16 while the ids fit: half the cache footprint)
-            table = np.full(hi - lo + 1, -1, dtype=np.int16)
-            found = []
-            nxt = 0
-            for a in range(0, n, ch):
-                v = self._vpn(a, a + ch)
-                new = np.take(table, v) < 0
-                if new.any():
-                    nv = np.unique(np.compress(new, v))
-                    if nxt + len(nv) > 32000 and table.dtype == np.int16:
-                        table = table.astype(np.int32)
-                    table[nv] = np.arange(nxt, nxt + len(nv))
-                    nxt += len(nv)
-                    found.append(nv)
-            self.table = table
-            vpages = (np.concatenate(found).astype(U64) + U64(lo)) << U64(12)
-            skey = None
+            vpages, skey = self._table_pages(lo, hi), None
         elif n:
-            parts = [np.unique(self._vpn(a, a + ch)) for a in range(0, n, ch)]
-            uniq = np.unique(np.concatenate(parts))
-            skey = np.zeros(n, dtype=np.int32)
-            for a in range(0, n, ch):
-                skey[a:a + ch] = np.searchsorted(uniq, self._vpn(a, a + ch))
-            vpages = (uniq.astype(U64) + U64(lo)) << U64(12)
+            vpages, skey = self._sorted_pages()
         else:
-            vpages = np.zeros(0, dtype=U64)
-            skey = np.zeros(0, dtype=np.int32)
+            vpages, skey = np.zeros(0, dtype=U64), np.zeros(0, dtype=np.int32)
         self.vpages = vpages
-        nsub = len(vpages)
-        self.nsub = nsub
+        self.nsub = len(vpages)
+        skey = self._sub_keys(skey)
+        self.nskeys = len(self.sk_vp)
+        if skey is not None:
+            self._store_ci(skey)
+        self._tlb_keys(scn.machine.geometry)
 
-        def vp_ids(a):
-            if skey is not None:
-                return skey[a:a + ch].astype(np.int64)
-            return np.take(self.table, self._vpn(a, a + ch)).astype(np.int64)
+    def _table_pages(self, lo: int, hi: int) -> np.ndarray:
+        """Number the trace's 4 KiB VA pages in order of first appearance through a table
+        over the span (int16 while the ids fit: half the cache footprint); their VAs."""
+        n, ch = self.n, self.CHUNK
+        table = np.full(hi - lo + 1, -1, dtype=np.int16)
+        found = []
+        nxt = 0
+        for a in range(0, n, ch):
+            v = self._vpn(a, a + ch)
+            new = np.take(table, v) < 0
+            if new.any():
+                nv = np.unique(np.compress(new, v))
+                if nxt + len(nv) > 32000 and table.dtype == np.int16:
+                    table = table.astype(np.int32)
+                table[nv] = np.arange(nxt, nxt + len(nv))
+                nxt += len(nv)
+                found.append(nv)
+        self.table = table
+        return (np.concatenate(found).astype(U64) + U64(lo)) << U64(12)
+
+    def _sorted_pages(self) -> tuple[np.ndarray, np.ndarray]:
+        """The trace's 4 KiB VA pages sorted (a span too wide for a table), and each
+        access's page id (stored)."""
+        n, ch = self.n, self.CHUNK
+        parts = [np.unique(self._vpn(a, a + ch)) for a in range(0, n, ch)]
+        uniq = np.unique(np.concatenate(parts))
+        skey = np.zeros(n, dtype=np.int32)
+        for a in range(0, n, ch):
+            skey[a:a + ch] = np.searchsorted(uniq, self._vpn(a, a + ch))
+        return (uniq.astype(U64) + U64(self.lo)) << U64(12), skey
+
+    def _vp_ids(self, a: int, skey) -> np.ndarray:
+        """Page ids of accesses [a, a + CHUNK)."""
+        if skey is not None:
+            return skey[a:a + self.CHUNK].astype(np.int64)
+        return np.take(self.table, self._vpn(a, a + self.CHUNK)).astype(np.int64)
+
+    def _sub_keys(self, skey):
+        """The sub-keys: (vCPU, page) pairs (`sk_vp`, `sk_vcpu`); with several vCPUs, each
+        access's sub-key through `pair_rank` (table) or stored in skey.  Returns skey (None:
+        computed on demand)."""
+        n, ch, nsub = self.n, self.CHUNK, self.nsub
+        trace = self.trace
         if self.n_vcpu == 1 or n == 0:
             self.sk_vp = np.arange(nsub, dtype=np.int32)
             self.sk_vcpu = np.zeros(nsub, dtype=np.int32)
-        else:
-            nv = self.n_vcpu
-            if nv * nsub <= self.PAIR_TABLE_MAX:
-                present = np.zeros(nv * nsub, dtype=bool)
-                for a in range(0, n, ch):
-                    present[trace.vcpu[a:a + ch].astype(np.int64) * nsub + vp_ids(a)] = True
-                rank = np.cumsum(present, dtype=np.int32)
-                rank -= 1
-                codes = np.flatnonzero(present)
-                del present
-                if skey is None:
-                    self.pair_rank = rank
-                else:
-                    for a in range(0, n, ch):
-                        skey[a:a + ch] = rank[trace.vcpu[a:a + ch].astype(np.int64) * nsub
-                                              + vp_ids(a)]
-                    del rank
-            else:
-                parts = [np.unique(trace.vcpu[a:a + ch].astype(np.int64) * nsub + vp_ids(a))
-                         for a in range(0, n, ch)]
-                codes = np.unique(np.concatenate(parts))
-                if skey is None:
-                    skey = np.zeros(n, dtype=np.int32)
-                    for a in range(0, n, ch):
-                        skey[a:a + ch] = np.take(self.table, self._vpn(a, a + ch))
-                for a in range(0, n, ch):
-                    skey[a:a + ch] = np.searchsorted(
-                        codes, trace.vcpu[a:a + ch].astype(np.int64) * nsub + skey[a:a + ch])
-                self.table = None
-            self.sk_vp = (codes % nsub).astype(np.int32)
-            self.sk_vcpu = (codes // nsub).astype(np.int32)
-        self.nskeys = len(self.sk_vp)
-        if skey is not None:                  # stored ci
-            if 4 * self.nskeys >= (1 << 31):
-                skey = skey.astype(np.int64)
+            return skey
+        nv = self.n_vcpu
+        if nv * nsub <= self.PAIR_TABLE_MAX:
+            present = np.zeros(nv * nsub, dtype=bool)
             for a in range(0, n, ch):
-                sk = skey[a:a + ch]
-                sk <<= 2
-                sk += CLASS_OF_KIND[trace.kind[a:a + ch]]
-            self._ci = skey
-        # granule pages (the TLB's unit) and TLB keys
+                pair = trace.vcpu[a:a + ch].astype(np.int64) * nsub + self._vp_ids(a, skey)
+                present[pair] = True
+            rank = np.cumsum(present, dtype=np.int32)
+            rank -= 1
+            codes = np.flatnonzero(present)
+            del present
+            if skey is None:
+                self.pair_rank = rank
+            else:
+                for a in range(0, n, ch):
+                    skey[a:a + ch] = rank[trace.vcpu[a:a + ch].astype(np.int64) * nsub
+                                          + self._vp_ids(a, skey)]
+                del rank
+        else:
+            parts = [np.unique(trace.vcpu[a:a + ch].astype(np.int64) * nsub
+                               + self._vp_ids(a, skey)) for a in range(0, n, ch)]
+            codes = np.unique(np.concatenate(parts))
+            if skey is None:
+                skey = np.zeros(n, dtype=np.int32)
+                for a in range(0, n, ch):
+                    skey[a:a + ch] = np.take(self.table, self._vpn(a, a + ch))
+            for a in range(0, n, ch):
+                skey[a:a + ch] = np.searchsorted(
+                    codes, trace.vcpu[a:a + ch].astype(np.int64) * nsub + skey[a:a + ch])
+            self.table = None
+        self.sk_vp = (codes % nsub).astype(np.int32)
+        self.sk_vcpu = (codes // nsub).astype(np.int32)
+        return skey
+
+    def _store_ci(self, skey: np.ndarray) -> None:
+        """Store 4 * sub-key + class per access (in skey's memory)."""
+        if 4 * self.nskeys >= (1 << 31):
+            skey = skey.astype(np.int64)
+        for a in range(0, self.n, self.CHUNK):
+            sk = skey[a:a + self.CHUNK]
+            sk <<= 2
+            sk += CLASS_OF_KIND[self.trace.kind[a:a + self.CHUNK]]
+        self._ci = skey
+
+    def _tlb_keys(self, geo) -> None:
+        """Granule pages (the TLB's unit) and TLB keys."""
         gsh = U64(geo.granule_shift)
-        gp = (vpages >> gsh) << gsh
+        gp = (self.vpages >> gsh) << gsh
         self.gpages, self.vp_gid = np.unique(gp, return_inverse=True)
         self.vp_gid = self.vp_gid.astype(np.int32).reshape(-1)
         ngp = max(1, len(self.gpages))

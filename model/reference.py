@@ -10,14 +10,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .arch import (DESC_AF, DESC_AP2, DESC_DBM, DESC_PXN, DESC_SIZE, DESC_TABLE, DESC_VALID,
+from .arch import (DESC_AF, DESC_AP2, DESC_DBM, DESC_PXN, DESC_SIZE, DESC_VALID,
                    HOST_PAGE, desc_oa, is_table, is_valid, make_table_desc)
 from .host import S2_RO, S2_UNMAPPED, Abort, Host, Outcome
 from .host_ops import HOST_OPS, step_pages
 from .policies import DEFAULT_ORDER, POLICIES
 from .results import Harvest, PolicyResult
 from .scenario import Scenario, Step
-from .semantics import s1_descriptor
+from .semantics import (S1_FAULT_NAMES, apply_leaf_update, hw_updates_apply, leaf_bits,
+                        leaf_hw_update, s1_descriptor, s1_leaf_fault, table_hw_update)
 from .stage1 import build_tables
 from .x86 import is_x86, one_machine, walk_access_is_write
 
@@ -141,32 +142,28 @@ class Vm:
         raise AssertionError("unreachable")
 
     def s1_check(self, walk: Walk, kind: str) -> None:
-        """AArch64.S1CheckPermissions with the AF check first (AF faults outrank permission
-        faults, I_DSHLJ)."""
-        leaf = walk.leaf
-        if not leaf & DESC_AF and not self.ha:
-            raise Stage1Fault("access flag")
-        if kind == "exec" and leaf & DESC_PXN:
-            raise Stage1Fault("permission")
-        if kind in STORES and leaf & DESC_AP2 and not (leaf & DESC_DBM and self.hd):
-            raise Stage1Fault("permission")             # R_PQJJR needs DBM and HD
+        """AArch64.S1CheckPermissions of the leaf (model.semantics.s1_leaf_fault: the AF
+        check first, I_DSHLJ)."""
+        af, ap2, dbm, pxn = leaf_bits(walk.leaf)
+        fault = s1_leaf_fault(af, ap2, dbm, pxn, kind == "exec", kind in STORES, self.ha,
+                              self.hd)
+        if fault:
+            raise Stage1Fault(S1_FAULT_NAMES[fault])
 
     def s1_updates(self, walk: Walk, kind: str) -> list[tuple[int, int]]:
         """Hardware updates of a completed walk, tables top-down then the leaf, as
         (descriptor IPA, new value): AArch64.S1Translate `if new_desc != descriptor`
-        (R_LFTXR), or every walk with hw_update = "always"."""
-        if not self.ha or (kind == "at" and not self.scn.machine.at_sets_af):
-            return []                                   # AT: IMPLEMENTATION DEFINED (R_XQSMX)
-        ups = []
-        if self.haft:                                   # FEAT_HAFT: table AF (R_CGKWB)
-            for level, addr, desc in walk.path[:-1]:
-                if not desc & DESC_AF:
-                    ups.append((addr, desc | DESC_AF))
-        new = walk.leaf | DESC_AF
-        if kind in STORES and self.hd and new & DESC_DBM and new & DESC_AP2:
-            new &= ~DESC_AP2                            # dirty state: clear AP[2] (R_PQJJR)
-        if new != walk.leaf or self.scn.machine.hw_update == "always":
-            ups.append((walk.leaf_addr, new))
+        (R_LFTXR), or every walk with hw_update = "always" (model.semantics: hw_updates_apply,
+        table_hw_update, leaf_hw_update)."""
+        m = self.scn.machine
+        if not hw_updates_apply(self.ha, kind == "at", bool(m.at_sets_af)):
+            return []
+        ups = [(addr, desc | DESC_AF) for _level, addr, desc in walk.path[:-1]
+               if table_hw_update(bool(desc & DESC_AF), self.haft)]
+        af, ap2, dbm, _pxn = leaf_bits(walk.leaf)
+        set_af, clear_ap2 = leaf_hw_update(af, ap2, dbm, kind in STORES, self.hd)
+        if set_af or clear_ap2 or m.hw_update == "always":
+            ups.append((walk.leaf_addr, apply_leaf_update(walk.leaf, set_af, clear_ap2)))
         return ups
 
     # ---- stage 2 ---------------------------------------------------------------------

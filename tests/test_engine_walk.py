@@ -4,7 +4,6 @@ the shared leaf rules (model.semantics) against hand-computed cases."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
