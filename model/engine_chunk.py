@@ -41,7 +41,7 @@ from .engine_state import (CLS_A, CLS_S, CLS_X, H_KSM, H_MISSING, H_RW, H_SWAPPE
                            MUTABLE_BITS, PA_HARD, PA_PT, PA_RO, PA_RSLOT, PA_UFFD_SHIFT, U64,
                            UFFD_MINOR, UFFD_MISSING, UFFD_WP)
 from .host import S2_RO, S2_RW, S2_UNMAPPED
-from .policies import VECTOR_POLICIES
+from .policies import VECTOR_POLICIES, needs_lookahead
 from .semantics import (S1_NONE, hw_updates_apply, leaf_hw_update, s1_leaf_fault,
                         table_hw_update)
 from .trace import CAS
@@ -848,7 +848,8 @@ def _faults(g, wc, a: Accesses, tlb: TlbHistory, hw: HwNeeds, needs: Needs, rq: 
     sts = [np.take(vm.host.s2.a, P) for vm in g.vms]
     tf = None
     if any(bool((st == S2_UNMAPPED).any()) for st in sts):
-        tf = _translation_inputs(a, tlb, hw, pn, kindI)
+        tf = _translation_inputs(a, tlb, hw, pn, kindI,
+                                 any(needs_lookahead(vm.r.policy) for vm in g.vms))
     outcomes = []
     cut = rq
     reps = []                                   # (inputs, outcome) computed so far
@@ -937,12 +938,14 @@ class TranslationInputs:
 
 
 def _translation_inputs(a: Accesses, tlb: TlbHistory, hw: HwNeeds, pn: PageNeeds,
-                        kindI: np.ndarray) -> TranslationInputs:
+                        kindI: np.ndarray, lookahead: bool) -> TranslationInputs:
     path1, q1 = pn.path1, pn.q1
-    return TranslationInputs(
-        s1ptw=path1, instruction=a.isX[q1],
-        wnr=~path1 & a.isS[q1] & (kindI[q1] != CAS),
-        walk_writes_page=path1 & _writes_page(a, tlb, hw, q1, pn.P, False))
+    if lookahead:
+        wwp = path1 & _writes_page(a, tlb, hw, q1, pn.P, False)
+    else:
+        wwp = np.zeros(len(q1), dtype=bool)         # no policy of the group reads it
+    return TranslationInputs(s1ptw=path1, instruction=a.isX[q1],
+                             wnr=~path1 & a.isS[q1] & (kindI[q1] != CAS), walk_writes_page=wwp)
 
 
 def _is_write(g, vm, tf: TranslationInputs) -> np.ndarray:

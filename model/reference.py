@@ -14,7 +14,7 @@ from .arch import (DESC_AF, DESC_AP2, DESC_DBM, DESC_PXN, DESC_SIZE, DESC_VALID,
                    HOST_PAGE, desc_oa, is_table, is_valid, make_table_desc)
 from .host import S2_RO, S2_UNMAPPED, Abort, Host, Outcome
 from .host_ops import HOST_OPS, step_pages
-from .policies import DEFAULT_ORDER, POLICIES
+from .policies import DEFAULT_ORDER, POLICIES, needs_lookahead
 from .results import Harvest, PolicyResult
 from .scenario import Scenario, Step
 from .semantics import (S1_FAULT_NAMES, apply_leaf_update, hw_updates_apply, leaf_bits,
@@ -297,7 +297,7 @@ class Vm:
         else:
             r.s2_faults["s1ptw_translation"] += 1
             translated.add(page)
-        writes = (not permission and self.r.policy == "oracle"
+        writes = (not permission and needs_lookahead(self.r.policy)
                   and self.oracle_walk_writes(va, kind, page))
         # x86-ept-ad: the EPT violation reports a write for every walk access (model/x86.py)
         return self.host.handle_abort(
