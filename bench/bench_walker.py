@@ -18,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.engine_state import SlotIndex, fast_tables
+from model.engine_state import SlotIndex
+from model.stage1 import build_tables
 from model.engine_walk import walk_vas
 from model.scenario import Guest, Machine, Mapping, Memslot, Scenario
 from model.semantics import leaf_bits, leaf_hw_update, s1_leaf_fault
@@ -38,7 +39,7 @@ class Tables:
                        Guest(True, True, False, "pt"),
                        (Memslot("pt", PT_IPA, PT_PAGES), Memslot("data", OA_BASE, data_pages)),
                        mappings=tuple(mappings))
-        gt = fast_tables(scn)
+        gt = build_tables(scn)
         self.geo, self.root, self.n_tables = gt.geometry, gt.root, gt.tables_used
         addr = np.array(sorted(gt.descriptors), dtype=np.int64)
         self.offs = (addr - PT_IPA) >> 3

@@ -37,13 +37,13 @@ import numpy as np
 
 from .arch import DESC_AF, DESC_AP2, DESC_DBM, DESC_PXN
 from .engine_walk import VaWalks, walk_vas
-from .engine_state import (CLS_A, CLS_S, CLS_X, H_KSM, H_MISSING, H_RW, H_SWAPPED, H_WP, H_ZERO,
-                           MUTABLE_BITS, PA_HARD, PA_PT, PA_RO, PA_RSLOT, PA_UFFD_SHIFT, U64,
-                           UFFD_MINOR, UFFD_MISSING, UFFD_WP)
-from .host import S2_RO, S2_RW, S2_UNMAPPED
+from .engine_state import (CLS_A, CLS_S, CLS_X, H_MISSING, H_RW, MUTABLE_BITS, PA_HARD, PA_PT,
+                           PA_RO, PA_RSLOT, PA_UFFD_SHIFT, U64, UFFD_MINOR, UFFD_MISSING,
+                           UFFD_WP)
+from .host_ops import gup_transition
 from .policies import VECTOR_POLICIES, needs_lookahead
-from .semantics import (S1_NONE, hw_updates_apply, leaf_hw_update, s1_leaf_fault,
-                        table_hw_update)
+from .semantics import (S1_NONE, S2_OK, S2_RO, S2_RW, S2_UNMAPPED, hw_updates_apply,
+                        leaf_hw_update, s1_leaf_fault, s2_check, table_hw_update)
 from .trace import CAS
 
 BIG = np.int32(1 << 30)
@@ -412,7 +412,7 @@ def _codes(g, wc, lut, ciU: np.ndarray) -> np.ndarray:
     g.s1T[ciU] = np.take(s1lut, x)
     # the data access's need unmet by some policy at chunk start (store: not read-write;
     # load, fetch: unmapped)
-    g.dunT[ciU] = np.where(cls == CLS_S, mn != S2_RW, mn == S2_UNMAPPED)
+    g.dunT[ciU] = s2_check(mn, cls == CLS_S) != S2_OK
     if g.any_stopped:
         codeU[g.stopped[np.take(prep.sk_vcpu, skU)]] = K_SETTLED
     return codeU
@@ -679,7 +679,7 @@ def _unmet_needs(g, wc, a: Accesses, tlb: TlbHistory, hw: HwNeeds) -> list[Needs
             return
         pp = np.take(pages, idx)
         mnp = np.take(s2min, pp)
-        keep = mnp != S2_RW if write else mnp == S2_UNMAPPED
+        keep = s2_check(mnp, write) != S2_OK
         if keep.any():
             nk = int(np.count_nonzero(keep))
             out.append(Needs(np.compress(keep, idx), np.full(nk, order),
@@ -988,10 +988,11 @@ def _resolve(vm, pn: PageNeeds, at: PageAttrs, st: np.ndarray, h: np.ndarray,
         if risky1.any():
             cut = min(cut, int(pn.q1[risky1].min()))
     F2 = (st1 == S2_RO) & pn.hasW
-    ev2w = F2 & (h1 == H_WP)
-    # Host.gup on a write: zero page, KSM page, uffd-wp page -> writable (CoW, uffd WP)
-    h2 = np.where(F2 & ((h1 == H_ZERO) | (h1 == H_KSM) | (h1 == H_WP)), H_RW,
-                  h1).astype(np.int8)
+    # Host.gup on a write (host_ops.gup_transition): zero page, KSM page, uffd-wp page ->
+    # writable (CoW, uffd WP event); a missing page is left to the reference code
+    new2, _, ev_wp2 = gup_transition(h1, True, False)
+    ev2w = F2 & ev_wp2
+    h2 = np.where(F2, new2, h1).astype(np.int8)
     risky2 = F2 & (hard | (ev2w & at.rslot) | (h1 == H_MISSING))
     if risky2.any():
         cut = min(cut, int(pn.qW[risky2].min()))
@@ -1000,17 +1001,14 @@ def _resolve(vm, pn: PageNeeds, at: PageAttrs, st: np.ndarray, h: np.ndarray,
 
 def _translation_fault(at: PageAttrs, st, h, w1, la):
     """Host.handle_abort of a translation fault (write flag w1) on each unmapped page:
-    Host.gup — missing: uffd event / new page / zero page; swapped: swapped in (do_swap_page:
-    writable, no uffd); zero, KSM, uffd-wp: writable on a write (CoW; uffd WP event) — then
-    Host.map_translation, read-write when writable (a write, or a present writable page
-    outside logging)."""
+    Host.gup (host_ops.gup_transition), then Host.map_translation, read-write when writable
+    (a write, or a present writable page outside logging)."""
     F1 = st == S2_UNMAPPED
-    miss = h == H_MISSING
-    ev1m = F1 & miss & ((at.uf == UFFD_MISSING) | (at.uf == UFFD_MINOR))
-    ev1w = F1 & (h == H_WP) & w1
-    cow = (h == H_ZERO) | (h == H_KSM) | (h == H_WP)
-    h1 = np.where(F1 & miss, np.where(ev1m | w1, H_RW, H_ZERO),
-                  np.where(F1 & ((h == H_SWAPPED) | (w1 & cow)), H_RW, h)).astype(np.int8)
+    uffd_missing = (at.uf == UFFD_MISSING) | (at.uf == UFFD_MINOR)
+    new, ev_missing, ev_wp = gup_transition(h, w1, uffd_missing)
+    ev1m = F1 & ev_missing
+    ev1w = F1 & ev_wp
+    h1 = np.where(F1, new, h).astype(np.int8)
     writable1 = w1 | ((h1 == H_RW) & ~la & ~at.ro)
     st1 = np.where(F1, np.where(writable1, S2_RW, S2_RO), st).astype(np.int8)
     return F1, ev1m, ev1w, h1, writable1, st1

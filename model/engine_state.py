@@ -19,8 +19,7 @@ import copy
 
 import numpy as np
 
-from .arch import (DESC_AF, DESC_AP2, DESC_SIZE, DESC_TABLE, DESC_VALID, HOST_PAGE,
-                   make_leaf_desc)
+from .arch import DESC_AF, DESC_AP2, DESC_SIZE, HOST_PAGE
 from .host import BLOCK_2M, S2_RO, S2_UNMAPPED, Host
 from .host_ops import (HOST_KSM, HOST_MISSING, HOST_OPS, HOST_RW, HOST_SWAPPED, HOST_WP,
                        HOST_ZERO)
@@ -28,7 +27,7 @@ from .policies import POLICIES
 from .reference import TlbEntry, Vm
 from .results import PolicyResult
 from .scenario import Memslot, Scenario
-from .stage1 import GuestTables, build_tables
+from .stage1 import build_tables
 from .trace import KINDS, Trace
 
 PAGE_MASK = ~(HOST_PAGE - 1)
@@ -361,69 +360,6 @@ class TracePrep:
         return out
 
 
-# ---- the initial tables ------------------------------------------------------------------------
-def fast_tables(scn: Scenario) -> GuestTables:
-    """model.stage1.build_tables, vectorised (same layout, same result); any scenario the
-    builder would reject is left to build_tables (which raises)."""
-    geo = scn.machine.geometry
-    g = geo.granule
-    pt = scn.slot(scn.guest.pt_slot)
-    capacity = (pt.pages * 4096) // g
-    if capacity < 1 or not scn.mappings or any(m.pages < 1 for m in scn.mappings):
-        return build_tables(scn)
-    cnt = np.array([m.pages for m in scn.mappings], dtype=np.int64)
-    rep = np.repeat(np.arange(len(cnt)), cnt)
-    first = np.cumsum(cnt) - cnt
-    step = (np.arange(len(rep), dtype=np.int64) - first[rep]) * g
-    va = np.array([m.va for m in scn.mappings], dtype=np.int64)[rep] + step
-    ipa = np.array([m.ipa for m in scn.mappings], dtype=np.int64)[rep] + step
-    if len(np.unique(va)) != len(va):
-        return build_tables(scn)                          # overlapping mappings: an error
-    flags = np.array([make_leaf_desc(0, geo, 3, af=m.af, writable=m.writable, dirty=m.dirty,
-                                     executable=m.executable) for m in scn.mappings],
-                     dtype=np.uint64)[rep]
-    levels = list(range(geo.start_level, 3))
-
-    def index_v(v, lev):
-        _l, shift, mask = geo.walk_steps[lev - geo.start_level]
-        return (v >> shift) & mask
-    # every (level, VA prefix) needs a table for the next level, allocated at its first page
-    # in insertion order, top-down within a page
-    keys, firsts, lv_of = [], [], []
-    inv_of = []
-    for k, lev in enumerate(levels):
-        pre = va >> geo.level_shift(lev)
-        u, idx, inv = np.unique(pre, return_index=True, return_inverse=True)
-        keys.append(u)
-        firsts.append(idx)
-        lv_of.append(np.full(len(u), k))
-        inv_of.append(inv.reshape(-1))
-    allf = np.concatenate(firsts)
-    alll = np.concatenate(lv_of)
-    order = np.lexsort((alll, allf))                     # by first page, then level
-    if 1 + len(order) > capacity:
-        return build_tables(scn)                          # out of page-table slot: an error
-    rank = np.empty(len(order), dtype=np.int64)
-    rank[order] = np.arange(len(order))
-    addr_of = pt.ipa + (1 + rank) * g                     # table address per (level, prefix)
-    offs = np.cumsum([0] + [len(u) for u in keys])
-    descriptors: dict[int, int] = {}
-    parent = np.full(len(va), pt.ipa, dtype=np.int64)     # table holding this level's entry
-    for k, lev in enumerate(levels):
-        tab = addr_of[offs[k]:offs[k + 1]]
-        daddr = parent + index_v(va, lev) * DESC_SIZE
-        child = tab[inv_of[k]]
-        dval = (child & geo.oa_mask) | DESC_VALID | DESC_TABLE | DESC_AF
-        u, i = np.unique(daddr, return_index=True)
-        descriptors.update(zip(u.tolist(), dval[i].tolist()))
-        parent = child
-    laddr = parent + index_v(va, 3) * DESC_SIZE
-    lval = (ipa.astype(np.uint64) & np.uint64(geo.oa_mask)) | flags
-    descriptors.update(zip(laddr.tolist(), lval.tolist()))
-    return GuestTables(geo, pt.ipa, descriptors, 1 + len(order),
-                       dict(zip(va.tolist(), laddr.tolist())))
-
-
 # ---- per-run data shared by every policy ------------------------------------------------------
 class Base:
     """Everything of a run that no policy changes: scenario, trace, geometry, the initial
@@ -432,7 +368,7 @@ class Base:
     def __init__(self, scn: Scenario, trace: Trace):
         self.scn, self.trace = scn, trace
         self.geo = scn.machine.geometry
-        self.tables = fast_tables(scn)
+        self.tables = build_tables(scn)
         self._initial = None
         self.idx = idx = SlotIndex(scn.memslots)
         pt = scn.slot(scn.guest.pt_slot)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .arch import Geometry
-from .semantics import s1_descriptor
+from .semantics import output_address, s1_descriptor
 
 U64 = np.uint64
 PAGE_MASK = ~(4096 - 1)
@@ -75,6 +75,6 @@ def walk_vas(geo: Geometry, idx, pt_base: int, nptd: int, read_v, root: int,
         alive = is_tab
     lsh = np.array([geo.level_shift(lv) for lv in range(4)], dtype=np.int64)
     size = np.left_shift(np.int64(1), lsh[np.maximum(level, 0)])
-    oa = (leaf.astype(np.int64) & oa_mask & ~(size - 1)) | (va & (size - 1))
+    oa = output_address(leaf.astype(np.int64), size, va, oa_mask)
     dp = np.where(found, idx.index_v(oa & PAGE_MASK), total).astype(np.int32)
     return VaWalks(nlev, pg, doff, tab_off, found, level, leaf, leaf_off, dp)

@@ -12,17 +12,16 @@ from enum import Enum
 import numpy as np
 
 from .arch import HOST_PAGE
-from .host_ops import (HOST_KSM, HOST_MISSING, HOST_OPS, HOST_RW, HOST_SWAPPED, HOST_WP,
-                       HOST_ZERO)
+from .host_ops import HOST_MISSING, HOST_OPS, HOST_RW, HOST_WP, gup_transition
 from .policies import FaultInfo, Policy
 from .results import PolicyResult, UffdEvent
 from .scenario import Memslot, Scenario
+from .semantics import S2_RO, S2_RW, S2_UNMAPPED  # noqa: F401 (re-exported)
 from .x86 import PmlBuffers, hardware_write, is_x86, pml_logs
 
 BLOCK_2M = 2 << 20              # stage-2 block for THP/hugetlb-backed slots (4K host pages)
 
-# stage-2 state of a 4 KiB IPA page
-S2_UNMAPPED, S2_RO, S2_RW = 0, 1, 2
+# stage-2 state of a 4 KiB IPA page: codes of model/semantics.py
 
 # host page state (the VMM's view of the slot's backing): codes of model/host_ops.py
 
@@ -246,31 +245,24 @@ class Host:
         return Outcome.RESTART
 
     def gup(self, slot: Memslot, page: int, write: bool) -> None:
-        """__gfn_to_pfn_memslot(): resolve the host page, raising userfaultfd events."""
+        """__gfn_to_pfn_memslot(): resolve the host page (host_ops.gup_transition), raising
+        userfaultfd events."""
         state = self.host[page]
-        if state == HOST_MISSING:
-            if slot.uffd in ("missing", "minor"):
-                # handle_userfault(): MISSING (anon) or MINOR (shmem/hugetlb) event
-                self.uffd_event(slot, page, slot.uffd, write)
-                self.uffd_resolve_missing(slot, page)
-            elif write:
-                self.host[page] = HOST_RW     # do_anonymous_page(): a new zeroed page
-                self.zero_page(page)
-            else:
-                self.host[page] = HOST_ZERO   # read fault maps the shared zero page
-                self.zero_page(page)
-        elif state == HOST_SWAPPED:
-            # do_swap_page(): swap-in, no userfaultfd involved; the page comes back with its
-            # content, exclusive and writable (docs/scenario-format.md `swap_out`)
-            self.host[page] = HOST_RW
-        elif state in (HOST_ZERO, HOST_KSM) and write:
-            self.host[page] = HOST_RW         # CoW of the zero page / KSM page (do_wp_page)
-        elif state == HOST_WP and write:
+        new, ev_missing, ev_wp = gup_transition(state, write, slot.uffd in ("missing", "minor"))
+        if ev_missing:
+            # handle_userfault(): MISSING (anon) or MINOR (shmem/hugetlb) event
+            self.uffd_event(slot, page, slot.uffd, write)
+            self.uffd_resolve_missing(slot, page)
+        elif ev_wp:
             self.uffd_event(slot, page, "wp", True)   # handle_userfault(VM_UFFD_WP)
             pages = self.slot_pages(slot) if slot.uffd_resolve == "slot" else (page,)
             for p in pages:                   # UFFDIO_WRITEPROTECT(mode=0)
                 if self.host[p] == HOST_WP:
                     self.host[p] = HOST_RW
+        elif new != state:
+            self.host[page] = int(new)
+            if state == HOST_MISSING:         # a new zeroed page, or the shared zero page
+                self.zero_page(page)
 
     def uffd_event(self, slot: Memslot, page: int, mode: str, write: bool) -> None:
         self.r.uffd_events.append(UffdEvent(self.step, slot.name, self.page_index(slot, page),

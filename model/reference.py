@@ -12,13 +12,14 @@ import numpy as np
 
 from .arch import (DESC_AF, DESC_AP2, DESC_DBM, DESC_PXN, DESC_SIZE, DESC_VALID,
                    HOST_PAGE, desc_oa, is_table, is_valid, make_table_desc)
-from .host import S2_RO, S2_UNMAPPED, Abort, Host, Outcome
+from .host import S2_UNMAPPED, Abort, Host, Outcome
 from .host_ops import HOST_OPS, step_pages
 from .policies import DEFAULT_ORDER, POLICIES, needs_lookahead
 from .results import Harvest, PolicyResult
 from .scenario import Scenario, Step
-from .semantics import (S1_FAULT_NAMES, apply_leaf_update, hw_updates_apply, leaf_bits,
-                        leaf_hw_update, s1_descriptor, s1_leaf_fault, table_hw_update)
+from .semantics import (S1_FAULT_NAMES, S2_OK, S2_PERMISSION, apply_leaf_update,
+                        hw_updates_apply, leaf_bits, leaf_hw_update, output_address,
+                        s1_descriptor, s1_leaf_fault, s2_check, table_hw_update)
 from .stage1 import build_tables
 from .x86 import is_x86, one_machine, walk_access_is_write
 
@@ -169,12 +170,8 @@ class Vm:
     # ---- stage 2 ---------------------------------------------------------------------
     def s2_fault(self, page: int, write: bool) -> bool | None:
         """None: access allowed; False: translation fault; True: permission fault."""
-        st = self.host.s2.get(page, S2_UNMAPPED)
-        if st == S2_UNMAPPED:
-            return False
-        if write and st == S2_RO:
-            return True
-        return None
+        f = s2_check(self.host.s2.get(page, S2_UNMAPPED), write)
+        return None if f == S2_OK else f == S2_PERMISSION
 
     def oracle_walk_writes(self, va: int, kind: str, page: int) -> bool:
         """Oracle lookahead: run this access's walk on the tables as they will read once the
@@ -267,8 +264,7 @@ class Vm:
         if kind == "at":
             return None                                 # AT: the walk only
         # Stage 2 of the data access (AArch64.S2Translate of the output address)
-        size = 1 << geo.level_shift(level)
-        oa = desc_oa(leaf, geo) & ~(size - 1) | (va & (size - 1))
+        oa = output_address(leaf, 1 << geo.level_shift(level), va, geo.oa_mask)
         page = oa & ~(HOST_PAGE - 1)
         f = self.s2_fault(page, store)
         if f is not None:

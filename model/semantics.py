@@ -7,11 +7,17 @@ twins.  Only `&`, `|`, `^` and comparisons are used, so a Python bool stays a bo
 bool array stays one (`x ^ True` is "not x" for both; `~` is not, on a Python bool).
 
 Sources: Arm ARM DDI0487 (AArch64.S1Walk, AArch64.S1CheckPermissions, AArch64.S1Translate's
-hardware-update step); QEMU target/arm/ptw.c `get_phys_addr_lpae`.
+hardware-update step, AArch64.S2Translate's permission check); QEMU target/arm/ptw.c
+`get_phys_addr_lpae`.
 """
 from __future__ import annotations
 
 from .arch import DESC_AF, DESC_AP2, DESC_DBM, DESC_PXN, DESC_TABLE, DESC_VALID, Geometry
+
+# stage-2 state of a 4 KiB IPA page (model.host's page tables hold these codes)
+S2_UNMAPPED, S2_RO, S2_RW = 0, 1, 2
+# stage-2 check of one access (s2_check)
+S2_OK, S2_TRANSLATION, S2_PERMISSION = 0, 1, 2
 
 # stage-1 fault codes of a completed walk's leaf check (S1_FAULT_NAMES: Stage1Fault's text)
 S1_NONE, S1_ACCESS_FLAG, S1_PERMISSION = 0, 1, 2
@@ -81,3 +87,15 @@ def apply_leaf_update(leaf, set_af, clear_ap2):
     if clear_ap2:
         leaf &= ~DESC_AP2
     return leaf
+
+
+def output_address(leaf, size, va, oa_mask):
+    """The leaf's output address for `va`: the descriptor's OA bits above the page or block
+    size (`size` bytes), the VA's bits below it (AArch64.S1Translate, the walk's result)."""
+    return (leaf & oa_mask & ~(size - 1)) | (va & (size - 1))
+
+
+def s2_check(state, write):
+    """AArch64.S2Translate's check of one access to a page in stage-2 state `state` (S2_*):
+    S2_OK, S2_TRANSLATION (unmapped) or S2_PERMISSION (a write to a read-only page)."""
+    return (state == S2_UNMAPPED) * S2_TRANSLATION + ((state == S2_RO) & write) * S2_PERMISSION

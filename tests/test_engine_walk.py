@@ -218,7 +218,7 @@ def draw_vas(data, geo, mappings, n):
     return vas
 
 
-# ---- differential test ----------------------------------------------------------------------------
+# ---- differential test --------------------------------------------------------------------
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_engine_walk_matches_reference(data):
