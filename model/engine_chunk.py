@@ -37,10 +37,10 @@ import numpy as np
 
 from .arch import DESC_AF, DESC_AP2, DESC_DBM, DESC_PXN
 from .engine_walk import VaWalks, walk_vas
-from .engine_state import (CLS_A, CLS_S, CLS_X, H_MISSING, H_RW, MUTABLE_BITS, PA_HARD, PA_PT,
+from .engine_state import (CLS_A, CLS_S, CLS_X, H_MISSING, MUTABLE_BITS, PA_HARD, PA_PT,
                            PA_RO, PA_RSLOT, PA_UFFD_SHIFT, U64, UFFD_MINOR, UFFD_MISSING,
                            UFFD_WP)
-from .host_ops import gup_transition
+from .host_ops import gup_transition, maps_writable
 from .policies import VECTOR_POLICIES, needs_lookahead
 from .semantics import (S1_NONE, S2_OK, S2_RO, S2_RW, S2_UNMAPPED, hw_updates_apply,
                         leaf_hw_update, s1_leaf_fault, s2_check, table_hw_update)
@@ -1009,7 +1009,7 @@ def _translation_fault(at: PageAttrs, st, h, w1, la):
     ev1m = F1 & ev_missing
     ev1w = F1 & ev_wp
     h1 = np.where(F1, new, h).astype(np.int8)
-    writable1 = w1 | ((h1 == H_RW) & ~la & ~at.ro)
+    writable1 = maps_writable(w1, h1, la, at.ro)
     st1 = np.where(F1, np.where(writable1, S2_RW, S2_RO), st).astype(np.int8)
     return F1, ev1m, ev1w, h1, writable1, st1
 

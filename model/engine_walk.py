@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .arch import Geometry
-from .semantics import output_address, s1_descriptor
+from .semantics import desc_address, output_address, s1_descriptor
 
 U64 = np.uint64
 PAGE_MASK = ~(4096 - 1)
@@ -55,7 +55,7 @@ def walk_vas(geo: Geometry, idx, pt_base: int, nptd: int, read_v, root: int,
     leaf_off = np.zeros(n, dtype=np.int64)
     oa_mask = np.int64(geo.oa_mask)
     for l, (lev, shift, mask) in enumerate(geo.walk_steps):
-        addr = table + ((va >> shift) & mask) * 8
+        addr = desc_address(table, va, shift, mask)
         nlev += alive
         pg[l] = np.where(alive, idx.index_v(addr & PAGE_MASK), total)
         off = (addr - pt_base) >> 3

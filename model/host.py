@@ -12,7 +12,8 @@ from enum import Enum
 import numpy as np
 
 from .arch import HOST_PAGE
-from .host_ops import HOST_MISSING, HOST_OPS, HOST_RW, HOST_WP, gup_transition
+from .host_ops import (HOST_MISSING, HOST_OPS, HOST_RW, HOST_WP, gup_transition,
+                       maps_writable)
 from .policies import FaultInfo, Policy
 from .results import PolicyResult, UffdEvent
 from .scenario import Memslot, Scenario
@@ -233,9 +234,7 @@ class Host:
             return Outcome.STOP
         logging = self.logging_active(slot)
         self.gup(slot, page, write)
-        # writable: a write fault, or hva_to_pfn_fast() with FOLL_WRITE succeeding on a
-        # present writable host PTE, unless logging (then only write faults map RW).
-        writable = write or (self.host[page] == HOST_RW and not logging and not slot.readonly)
+        writable = maps_writable(write, self.host[page], logging, slot.readonly)
         if not a.permission:
             self.map_translation(slot, page, writable, logging)
         else:

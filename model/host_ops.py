@@ -108,6 +108,14 @@ def gup_transition(h, write, uffd_missing):
     return np.where(to_rw, HOST_RW, np.where(miss, HOST_ZERO, h)), ev_missing, ev_wp
 
 
+def maps_writable(write, h, logging, readonly):
+    """Does the fault map the page read-write at stage 2 (ints/bools or arrays)?  A write
+    fault, or hva_to_pfn_fast() with FOLL_WRITE succeeding on a present writable host page
+    (`h`: the state after gup_transition) — unless the slot is logging (then only write
+    faults map read-write, and they mark the page dirty) or read-only (user_mem_abort)."""
+    return write | ((h == HOST_RW) & (logging ^ True) & (readonly ^ True))
+
+
 def step_pages(st, slot_pages: int) -> np.ndarray:
     """The page indices (in the slot, int64, ascending, unique) a host-op step covers."""
     if st.pages is not None:

@@ -17,7 +17,7 @@ from .host_ops import HOST_OPS, step_pages
 from .policies import DEFAULT_ORDER, POLICIES, needs_lookahead
 from .results import Harvest, PolicyResult
 from .scenario import Scenario, Step
-from .semantics import (S1_FAULT_NAMES, S2_OK, S2_PERMISSION, apply_leaf_update,
+from .semantics import (S1_FAULT_NAMES, S2_OK, S2_PERMISSION, apply_leaf_update, desc_address,
                         hw_updates_apply, leaf_bits, leaf_hw_update, output_address,
                         s1_descriptor, s1_leaf_fault, s2_check, table_hw_update)
 from .stage1 import build_tables
@@ -128,7 +128,7 @@ class Vm:
         table = self.tables.root
         path = []
         for level, shift, mask in geo.walk_steps:
-            addr = table + ((va >> shift) & mask) * DESC_SIZE
+            addr = desc_address(table, va, shift, mask)
             desc = read_desc(addr)
             if desc is None:
                 return None, (level, addr)

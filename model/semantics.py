@@ -12,7 +12,8 @@ hardware-update step, AArch64.S2Translate's permission check); QEMU target/arm/p
 """
 from __future__ import annotations
 
-from .arch import DESC_AF, DESC_AP2, DESC_DBM, DESC_PXN, DESC_TABLE, DESC_VALID, Geometry
+from .arch import (DESC_AF, DESC_AP2, DESC_DBM, DESC_PXN, DESC_SIZE, DESC_TABLE, DESC_VALID,
+                   Geometry)
 
 # stage-2 state of a 4 KiB IPA page (model.host's page tables hold these codes)
 S2_UNMAPPED, S2_RO, S2_RW = 0, 1, 2
@@ -27,6 +28,13 @@ S1_FAULT_NAMES = {S1_ACCESS_FLAG: "access flag", S1_PERMISSION: "permission"}
 def _bit(desc, bit: int):
     """Is `bit` set in `desc` (an int, or a uint64 array)?"""
     return (desc & bit) != 0
+
+
+def desc_address(table, va, shift: int, mask: int):
+    """IPA of the descriptor a walk reads at one level: the table's address plus the VA's
+    index bits for that level (`shift`, `mask`: Geometry.walk_steps) times 8 bytes
+    (AArch64.S1Walk's descaddr)."""
+    return table + ((va >> shift) & mask) * DESC_SIZE
 
 
 def s1_descriptor(desc, level: int, geo: Geometry):
