@@ -26,7 +26,9 @@ Tiers per chunk [i, j):
    the chunk can do anything: the others hit and find their needs met), every (AT, stage-1
    faults, odd walks: every occurrence goes to tier 2);
 2. the accesses that matter get the exact TLB history (which walk), their needs, and the
-   per-page fault resolution for every policy.
+   per-page fault resolution for every policy: a pipeline of typed stages (_tier2), each
+   naming the reference function it vectorises; the rules themselves are model/semantics.py's,
+   model/host_ops.py's and model/policies.py's, shared with the reference.
 """
 from __future__ import annotations
 
