@@ -647,11 +647,9 @@ class ArrayHost(Host):
     the same rules."""
 
     def __init__(self, base: Base, policy, result: PolicyResult, vm: "FastVm"):
-        # Host.__init__ without the per-page loops (same attributes, same start state)
-        scn = base.scn
-        self.scn = scn
-        self.policy = policy
-        self.r = result
+        # Host.__init__ with arrays: the state every host has (Host._init_host), then the
+        # page-indexed state as slices of arrays
+        self._init_host(base.scn, policy, result)
         self.base = base
         self.vm = vm
         self.content: dict = {}                 # unused: content lives in Shared
@@ -663,21 +661,13 @@ class ArrayHost(Host):
         T = idx.total + 1
         self.dirty_all = np.zeros(T, dtype=bool)
         self.written_all = np.zeros(T, dtype=bool)
-        self.logging: dict[str, bool] = {}
-        self.eager_split: dict[str, bool] = {}
         self.dirty: dict[str, BitSet] = {}
         self.written: dict[str, BitSet] = {}
-        self.tlb_flushes = 0
-        for s in scn.memslots:
-            st = idx.start_of[s.name]
-            self.logging[s.name] = s.log_dirty
-            self.eager_split[s.name] = False
-            self.dirty[s.name] = BitSet(self.dirty_all[st:st + s.pages])
-            self.written[s.name] = BitSet(self.written_all[st:st + s.pages])
-            self.host.a[st:st + s.pages] = H_RW if s.populated else H_MISSING
-        self.step = 0
-        self.step_written: set[int] = set()
-        self.init_x86()
+        for s in base.scn.memslots:
+            sl = self._sl(s)
+            self.dirty[s.name] = BitSet(self.dirty_all[sl])
+            self.written[s.name] = BitSet(self.written_all[sl])
+            self.host.a[sl] = H_RW if s.populated else H_MISSING
 
     @property
     def initial(self):
@@ -889,24 +879,12 @@ class FastVm(Vm):
     """model.reference.Vm on the engine's state (own host, the group's Shared)."""
 
     def __init__(self, base: Base, policy: str, shared: Shared):
-        # Vm.__init__ with the run's tables built once (same attributes)
-        scn = base.scn
-        self.scn = scn
-        self.geo = base.geo
+        # Vm's own state (Vm._init_vm) with the run's tables built once; the TLB lives in
+        # Shared (self.tlb stays unused), the host is array-backed
         self.base = base
-        self.tables = copy.copy(base.tables)     # `root` changes with guest_switch
         self.shared = shared
-        self.r = PolicyResult(policy)
-        self.host = ArrayHost(base, POLICIES[policy], self.r, self)
-        self.tcr_ha = scn.guest.tcr_ha
-        self.tcr_hd = scn.guest.tcr_hd
-        self.tcr2_haft = scn.guest.tcr2_haft
-        self.tlb: dict = {}                      # unused: the TLB lives in Shared
-        self.stopped: set[int] = set()
-        self._flushes_seen = 0
-        self.as_roots: dict[int, int] = {0: self.tables.root}
-        self.cur_as = 0
-        self.runtime_tables: set[int] = set()
+        self._init_vm(base.scn, copy.copy(base.tables), policy)   # `root` changes with
+        self.host = ArrayHost(base, POLICIES[policy], self.r, self)  # guest_switch
 
     def vcpu_tlb(self, vcpu: int):
         return TlbView(self, vcpu)

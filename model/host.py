@@ -54,35 +54,38 @@ class Host:
 
     def __init__(self, scn: Scenario, initial_content: dict[int, dict[int, int]],
                  policy: Policy, result: PolicyResult):
-        self.scn = scn
-        self.policy = policy
-        self.r = result
+        self._init_host(scn, policy, result)
         self.initial = initial_content          # page IPA -> {descriptor IPA: value}
-        # Page-indexed state; an engine may replace these with array-backed mappings that
-        # offer the same dict interface (get, [], []=, pop, in).
+        # Page-indexed state; an engine replaces these with array-backed mappings that offer
+        # the same dict interface (get, [], []=, pop, in): engine_state.ArrayHost.
         self.content: dict[int, dict[int, int]] = {}
         self.host: dict[int, str] = {}
         self.s2: dict[int, int] = {}
         self.s2_block: dict[int, int] = {}      # page IPA -> base of the block mapping it
-        self._init_state()
-        self.init_x86()
-        self.logging: dict[str, bool] = {}
-        self.eager_split: dict[str, bool] = {}
         self.dirty: dict[str, set[int]] = {}
         self.written: dict[str, set[int]] = {}
-        self.tlb_flushes = 0
         for s in scn.memslots:
-            self.logging[s.name] = s.log_dirty
-            self.eager_split[s.name] = False
             self.dirty[s.name] = self.pageset(s)
             self.written[s.name] = self.pageset(s)
             for p in self.slot_pages(s):
-                # docs/scenario-format.md "Start": populated slots are present and writable; else missing.
                 self.host[p] = HOST_RW if s.populated else HOST_MISSING
                 if s.populated:
                     self.restore_page(p)
+
+    def _init_host(self, scn: Scenario, policy: Policy, result: PolicyResult) -> None:
+        """KVM's state at scenario start that does not depend on how pages are stored
+        (every engine's host): the policy, no dirty logging but the slots' log_dirty, no
+        eager split, the step counters, the x86 machines' state.  docs/scenario-format.md
+        "Start": populated slots are present and writable, the others missing."""
+        self.scn = scn
+        self.policy = policy
+        self.r = result
+        self.logging: dict[str, bool] = {s.name: s.log_dirty for s in scn.memslots}
+        self.eager_split: dict[str, bool] = {s.name: False for s in scn.memslots}
+        self.tlb_flushes = 0
         self.step = 0
         self.step_written: set[int] = set()     # pages written during the current step
+        self.init_x86()
 
     # ---- helpers --------------------------------------------------------------------
     @staticmethod
@@ -95,9 +98,6 @@ class Host:
     def logging_active(self, s: Memslot) -> bool:
         # memslot_is_logging(): a dirty bitmap and not KVM_MEM_READONLY (kvm/mmu.c)
         return self.logging[s.name] and not s.readonly
-
-    def _init_state(self) -> None:
-        """Hook for engines with other state containers."""
 
     def init_x86(self) -> None:
         """The x86 comparison machines' state (model/x86.py; docs/x86.md)."""

@@ -64,15 +64,20 @@ class Vm:
     """One VM under one policy: vCPU TLBs, TCR state, the walker, and the host."""
 
     def __init__(self, scn: Scenario, policy: str):
-        self.scn = scn
-        self.geo = scn.machine.geometry
         tables = build_tables(scn)
-        self.tables = tables
+        self._init_vm(scn, tables, policy)
         initial: dict[int, dict[int, int]] = {}
         for addr, v in tables.descriptors.items():
             initial.setdefault(addr & ~(HOST_PAGE - 1), {})[addr] = v
-        self.r = PolicyResult(policy)
         self.host = self._make_host(scn, initial, POLICIES[policy], self.r)
+
+    def _init_vm(self, scn: Scenario, tables, policy: str) -> None:
+        """The VM's own state at scenario start (every engine's Vm): tables, result, TCR
+        controls, TLBs, address spaces.  The host comes after (its kind is the engine's)."""
+        self.scn = scn
+        self.geo = scn.machine.geometry
+        self.tables = tables
+        self.r = PolicyResult(policy)
         self.tcr_ha = scn.guest.tcr_ha
         self.tcr_hd = scn.guest.tcr_hd
         self.tcr2_haft = scn.guest.tcr2_haft
