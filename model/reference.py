@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .arch import (DESC_AF, DESC_AP2, DESC_DBM, DESC_PXN, DESC_SIZE, DESC_VALID,
+from .arch import (DESC_AF, DESC_AP2, DESC_DBM, DESC_SIZE, DESC_VALID,
                    HOST_PAGE, desc_oa, is_table, is_valid, make_table_desc)
 from .host import S2_UNMAPPED, Abort, Host, Outcome
 from .host_ops import HOST_OPS, step_pages
@@ -218,70 +218,87 @@ class Vm:
         raise SimulationError(f"access to {va:#x} did not complete in {MAX_RESTARTS} tries")
 
     def _attempt(self, vcpu: int, va: int, kind: str, translated: set[int]) -> Outcome | None:
-        r, host, geo = self.r, self.host, self.geo
-        store = kind in STORES
+        """One try of an access (AArch64.TranslateAddress, then the data access): a TLB hit,
+        or a walk with its checks and hardware updates (_walk); then stage 2 of the data
+        access (_data_access).  None when the access ends without a stage-2 fault."""
         tlb = self.vcpu_tlb(vcpu)
-        va_page = va & ~(geo.granule - 1)
+        va_page = va & ~(self.geo.granule - 1)
         entry = tlb.get(va_page)
-        hit = (entry is not None and kind != "at"
-               and (not store or not entry.leaf & DESC_AP2))
-        if hit:
+        if (entry is not None and kind != "at"
+                and (kind not in STORES or not entry.leaf & DESC_AP2)):
+            # a hit: the cached leaf's permissions still apply (PXN on a fetch)
+            if s1_leaf_fault(*leaf_bits(entry.leaf), kind == "exec", kind in STORES, self.ha,
+                             self.hd):
+                self.r.stage1_faults += 1
+                return None
             leaf, level = entry.leaf, entry.level
-            if kind == "exec" and leaf & DESC_PXN:
-                r.stage1_faults += 1
-                return None
         else:
-            r.walks += 1
-            fault: list = []
-            # x86-ept-ad: the walk's descriptor accesses are writes at stage 2 (model/x86.py)
-            walk_write = walk_access_is_write(self.scn.machine)
-
-            def read(addr):
-                page = addr & ~(HOST_PAGE - 1)
-                f = self.s2_fault(page, walk_write)
-                if f is not None:
-                    fault.append(f)
-                    return None
-                r.descriptor_reads += 1
-                if walk_write and host.pml_on:
-                    host.pml_write(page)                # EPT dirty flag set, PML entry
-                return host.read_desc(addr)
-            try:
-                walk, faulted = self.s1_walk(va, read)
-                if walk is not None:
-                    self.s1_check(walk, kind)
-            except Stage1Fault:
-                r.stage1_faults += 1
-                return None
-            if walk is None:                            # S1PTW stage-2 fault
-                _level, addr = faulted
-                page = addr & ~(HOST_PAGE - 1)
-                return self.s1ptw_fault(page, fault[-1], va, kind, translated)
-            for addr, new in self.s1_updates(walk, kind):
-                page = addr & ~(HOST_PAGE - 1)
-                f = self.s2_fault(page, True)           # the update needs stage-2 write
-                if f is not None:
-                    return self.s1ptw_fault(page, f, va, kind, translated)
-                host.guest_write(page, addr, new)       # AArch64.MemSwapTableDesc
-                if addr == walk.leaf_addr:
-                    walk.leaf = new
+            walk = self._walk(va, kind, translated)
+            if not isinstance(walk, Walk):
+                return walk                             # the walk faulted
             leaf, level = walk.leaf, walk.level
         if kind == "at":
             return None                                 # AT: the walk only
-        # Stage 2 of the data access (AArch64.S2Translate of the output address)
+        return self._data_access(tlb, va_page, va, kind, leaf, level)
+
+    def _walk(self, va: int, kind: str, translated: set[int]) -> Walk | Outcome | None:
+        """A walk (s1_walk, its descriptor reads checked at stage 2), the leaf's checks
+        (s1_check) and the hardware updates (s1_updates, each a stage-2 write): the completed
+        Walk, or how a fault ended the attempt (None: a stage-1 fault)."""
+        r, host = self.r, self.host
+        r.walks += 1
+        fault: list = []
+        # x86-ept-ad: the walk's descriptor accesses are writes at stage 2 (model/x86.py)
+        walk_write = walk_access_is_write(self.scn.machine)
+
+        def read(addr):
+            page = addr & ~(HOST_PAGE - 1)
+            f = self.s2_fault(page, walk_write)
+            if f is not None:
+                fault.append(f)
+                return None
+            r.descriptor_reads += 1
+            if walk_write and host.pml_on:
+                host.pml_write(page)                    # EPT dirty flag set, PML entry
+            return host.read_desc(addr)
+        try:
+            walk, faulted = self.s1_walk(va, read)
+            if walk is not None:
+                self.s1_check(walk, kind)
+        except Stage1Fault:
+            r.stage1_faults += 1
+            return None
+        if walk is None:                                # S1PTW stage-2 fault
+            _level, addr = faulted
+            return self.s1ptw_fault(addr & ~(HOST_PAGE - 1), fault[-1], va, kind, translated)
+        for addr, new in self.s1_updates(walk, kind):
+            page = addr & ~(HOST_PAGE - 1)
+            f = self.s2_fault(page, True)               # the update needs stage-2 write
+            if f is not None:
+                return self.s1ptw_fault(page, f, va, kind, translated)
+            host.guest_write(page, addr, new)           # AArch64.MemSwapTableDesc
+            if addr == walk.leaf_addr:
+                walk.leaf = new
+        return walk
+
+    def _data_access(self, tlb, va_page: int, va: int, kind: str, leaf: int,
+                     level: int) -> Outcome | None:
+        """Stage 2 of the data access (AArch64.S2Translate of the output address): a fault
+        goes to KVM; else a store writes the page and the TLB caches the leaf."""
+        geo, host = self.geo, self.host
+        store = kind in STORES
         oa = output_address(leaf, 1 << geo.level_shift(level), va, geo.oa_mask)
         page = oa & ~(HOST_PAGE - 1)
         f = self.s2_fault(page, store)
         if f is not None:
             cls = "data_permission" if f else "data_translation"
-            r.s2_faults[cls] += 1
+            self.r.s2_faults[cls] += 1
             # WnR: stores 1; CAS reports 0 on a translation fault (a read would fault too)
             wnr = store and not (kind == "cas" and not f)
-            out = host.handle_abort(
+            return host.handle_abort(
                 Abort(ipa=oa, s1ptw=False, permission=f, instruction=kind == "exec",
                       wnr=wnr, isv=kind in ISV_KINDS, store=store),
                 walk_writes_page=False, ha=self.ha)
-            return out
         if store:
             host.guest_write(page)
         tlb[va_page] = TlbEntry(leaf, level)
