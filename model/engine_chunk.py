@@ -989,12 +989,7 @@ def _resolve(vm, pn: PageNeeds, at: PageAttrs, st: np.ndarray, h: np.ndarray,
         risky1 = F1 & (hard | ((ev1m | ev1w) & at.rslot) | ((h == H_MISSING) & at.ispt))
         if risky1.any():
             cut = min(cut, int(pn.q1[risky1].min()))
-    F2 = (st1 == S2_RO) & pn.hasW
-    # Host.gup on a write (host_ops.gup_transition): zero page, KSM page, uffd-wp page ->
-    # writable (CoW, uffd WP event); a missing page is left to the reference code
-    new2, _, ev_wp2 = gup_transition(h1, True, False)
-    ev2w = F2 & ev_wp2
-    h2 = np.where(F2, new2, h1).astype(np.int8)
+    F2, ev2w, h2 = _permission_fault(st1, h1, pn.hasW)
     risky2 = F2 & (hard | (ev2w & at.rslot) | (h1 == H_MISSING))
     if risky2.any():
         cut = min(cut, int(pn.qW[risky2].min()))
@@ -1014,6 +1009,17 @@ def _translation_fault(at: PageAttrs, st, h, w1, la):
     writable1 = maps_writable(w1, h1, la, at.ro)
     st1 = np.where(F1, np.where(writable1, S2_RW, S2_RO), st).astype(np.int8)
     return F1, ev1m, ev1w, h1, writable1, st1
+
+
+def _permission_fault(st1, h1, has_write):
+    """Host.handle_abort of a permission fault (a write) on each read-only page with a write
+    need: (fault, uffd WP event, host state after).  Host.gup on a write
+    (host_ops.gup_transition): zero page, KSM page, uffd-wp page -> writable (CoW, uffd WP
+    event); then Host.relax_permission maps it read-write.  A missing page is left to the
+    reference code (_resolve's cut)."""
+    F2 = (st1 == S2_RO) & has_write
+    new2, _, ev_wp2 = gup_transition(h1, True, False)
+    return F2, F2 & ev_wp2, np.where(F2, new2, h1).astype(np.int8)
 
 
 @dataclass
