@@ -1,6 +1,7 @@
 """Stages of the engine's pipeline (model/engine_chunk.py) against the reference functions
 they vectorise, on every input combination: the fault-resolution stages against
-model.host.Host.handle_abort on one page of a 4K anonymous slot."""
+model.host.Host.handle_abort on one page of a 4K anonymous slot; tier 1's stage-1 fault flag
+against model.reference.Vm.s1_check.  (The walk stage: tests/test_engine_walk.py.)"""
 from __future__ import annotations
 
 import itertools
@@ -8,11 +9,14 @@ import itertools
 import numpy as np
 import pytest
 
-from model.engine_chunk import PageAttrs, _permission_fault, _translation_fault
-from model.engine_state import UFFD_CODES
+from model.arch import DESC_AF, DESC_AP2, DESC_DBM, DESC_PXN, DESC_TABLE, DESC_VALID
+from model.engine_chunk import (F_DBM, F_FOUND, F_PXN, PageAttrs, _code_lut, _pack,
+                                _permission_fault, _translation_fault)
+from model.engine_state import CLS_A, CLS_L, CLS_S, CLS_X, UFFD_CODES
 from model.host import S2_RO, S2_RW, S2_UNMAPPED, Abort, Host, Outcome
 from model.host_ops import HOST_MISSING, HOST_STATE_NAMES
 from model.policies import fix
+from model.reference import Stage1Fault, Vm, Walk
 from model.results import PolicyResult
 from model.scenario import Guest, Machine, Memslot, Scenario
 
@@ -80,3 +84,30 @@ def test_permission_fault_stage_is_handle_abort(uffd):
         assert (int(h2[0]), S2_RW) == (want_h, want_st), ctx
         assert logging == want_dirty, ctx                            # a write fault: dirty
         assert events(uffd, False, ev2w[0], True) == want_ev, ctx
+
+
+CLASS_KIND = {CLS_L: "read64", CLS_S: "write64", CLS_X: "exec", CLS_A: "at"}
+
+
+@pytest.mark.parametrize("tcr", [(False, False), (True, False), (True, True)],
+                         ids=["no-ha", "ha", "ha-hd"])
+def test_tier1_stage1_fault_flag_is_s1_check(tcr):
+    """Tier 1's packed table (_code_lut, through _pack) flags a stage-1 fault exactly when
+    Vm.s1_check raises on the leaf (or the walk finds none), for every leaf bit combination
+    and access class."""
+    scn = Scenario("stage", Machine(), Guest(*tcr, False, "pt"),
+                   (Memslot("pt", 0x4000_0000, 8),))
+    vm = Vm(scn, "fix")
+    _, s1lut = _code_lut(vm.ha, vm.hd)
+    for found, dbm, pxn, af, ap2, cls in itertools.product(*[(False, True)] * 5, CLASS_KIND):
+        sfx = np.array([found * F_FOUND | dbm * F_DBM | pxn * F_PXN], np.uint8)
+        lb = np.array([af * 1 | ap2 * 2], np.uint8)
+        x = _pack(sfx, lb, np.zeros(1, np.int8), np.zeros(1, np.int8), np.array([cls]), None)
+        leaf = (DESC_VALID | DESC_TABLE | (DESC_DBM if dbm else 0) | (DESC_PXN if pxn else 0)
+                | (DESC_AF if af else 0) | (DESC_AP2 if ap2 else 0))
+        try:
+            vm.s1_check(Walk([], leaf, 3, 0), CLASS_KIND[cls])
+            want = not found
+        except Stage1Fault:
+            want = True
+        assert bool(s1lut[x[0]]) == want, (tcr, found, dbm, pxn, af, ap2, CLASS_KIND[cls])
