@@ -161,47 +161,14 @@ class WalkCache:
         """The tables' shape changed at these descriptor offsets: walk again the VA pages
         whose walk read one.  False when a full rebuild is needed."""
         self.version = sh.version
-        if not len(offs):
+        A = self._affected(offs)
+        if A is None:
             return True
-        base = self.base
-        if self._mark is None:
-            self._mark = np.zeros(base.nptd + 1, dtype=bool)
-        mark = self._mark
-        mark[offs] = True
-        hit = np.take(mark, self.doff).any(axis=0)       # doff -1 reads the last cell
-        mark[offs] = False
-        A = np.flatnonzero(hit)
-        if not len(A):
-            return True
-        va = base.prep.vpages[A].astype(np.int64)
-        w = self._walk(sh, va)
-        nlev, pg, doff, tab_off, found = w.nlev, w.pg, w.doff, w.tab_off, w.found
-        level, leaf, leaf_off, dp = w.level, w.leaf, w.leaf_off, w.dp
-        lidx, tidx, tlev = self._indexes()
-        # ids of new leaves and table descriptors; an aliasing descriptor: rebuild
-        new_l, new_t = [], []
-        lid = np.zeros(len(A), dtype=np.int32)
-        for k, (o, fd) in enumerate(zip(leaf_off.tolist(), found.tolist())):
-            if not fd:
-                o = -1
-            elif o in tlev:
-                return False
-            i = lidx.get(o)
-            if i is None:
-                i = lidx[o] = len(self.leaf_off_u) + len(new_l)
-                new_l.append(o)
-            lid[k] = i
-        tid = np.zeros(tab_off.shape, dtype=np.int32)
-        for l in range(tab_off.shape[0]):
-            for k, o in enumerate(tab_off[l].tolist()):
-                if o >= 0 and (o in lidx or tlev.get(o, l) != l):
-                    return False
-                i = tidx.get(o)
-                if i is None:
-                    i = tidx[o] = len(self.tab_off_u) + len(new_t)
-                    new_t.append(o)
-                    tlev[o] = l
-                tid[l, k] = i
+        w = self._walk(sh, self.base.prep.vpages[A].astype(np.int64))
+        ids = self._ids(w)
+        if ids is None:
+            return False
+        lid, tid, new_l, new_t = ids
         if new_l:
             nl = np.array(new_l, dtype=np.int64)
             self.leaf_off_u = np.concatenate([self.leaf_off_u, nl])
@@ -210,19 +177,66 @@ class WalkCache:
             nt = np.array(new_t, dtype=np.int64)
             self.tab_off_u = np.concatenate([self.tab_off_u, nt])
             self.tabaf = np.concatenate([self.tabaf, (sh.read_v(nt) & AF64) != 0])
-        self.nlev[A], self.pg[:, A], self.doff[:, A] = nlev, pg, doff
-        self.tab_off[:, A], self.tab_id[:, A] = tab_off, tid
-        self.level[A], self.dp[A], self.leaf_id[A] = level, dp, lid
-        self.leafm[A] = leaf & ~U64(MUTABLE_BITS)
-        self.leaf_pg[A] = np.where(found, pg[np.maximum(nlev.astype(np.int64) - 1, 0),
-                                             np.arange(len(A))], base.idx.total)
-        self.sfx[A] = self._sfx(found, leaf, dp)
-        rd = np.arange(self.L)[:, None] < nlev[None, :]
-        self.path_pages = np.union1d(self.path_pages, pg[rd])
+        self._store(sh, A, w, lid, tid)
+        return True
+
+    def _affected(self, offs: np.ndarray) -> np.ndarray | None:
+        """The VA pages whose walk read a descriptor at one of `offs` (None: none)."""
+        if not len(offs):
+            return None
+        if self._mark is None:
+            self._mark = np.zeros(self.base.nptd + 1, dtype=bool)
+        mark = self._mark
+        mark[offs] = True
+        hit = np.take(mark, self.doff).any(axis=0)       # doff -1 reads the last cell
+        mark[offs] = False
+        A = np.flatnonzero(hit)
+        return A if len(A) else None
+
+    def _ids(self, w: VaWalks):
+        """Ids of the walks' leaves and table descriptors, new ones numbered after the known
+        ones: (leaf ids, table ids, new leaf offsets, new table offsets); None when a
+        descriptor aliases (a table at two levels, or a table and a leaf: rebuild)."""
+        lidx, tidx, tlev = self._indexes()
+        new_l, new_t = [], []
+        lid = np.zeros(len(w.found), dtype=np.int32)
+        for k, (o, fd) in enumerate(zip(w.leaf_off.tolist(), w.found.tolist())):
+            if not fd:
+                o = -1
+            elif o in tlev:
+                return None
+            i = lidx.get(o)
+            if i is None:
+                i = lidx[o] = len(self.leaf_off_u) + len(new_l)
+                new_l.append(o)
+            lid[k] = i
+        tid = np.zeros(w.tab_off.shape, dtype=np.int32)
+        for l in range(w.tab_off.shape[0]):
+            for k, o in enumerate(w.tab_off[l].tolist()):
+                if o >= 0 and (o in lidx or tlev.get(o, l) != l):
+                    return None
+                i = tidx.get(o)
+                if i is None:
+                    i = tidx[o] = len(self.tab_off_u) + len(new_t)
+                    new_t.append(o)
+                    tlev[o] = l
+                tid[l, k] = i
+        return lid, tid, new_l, new_t
+
+    def _store(self, sh, A: np.ndarray, w: VaWalks, lid: np.ndarray, tid: np.ndarray) -> None:
+        """Store the new walks of VA pages A and what follows from them."""
+        self.nlev[A], self.pg[:, A], self.doff[:, A] = w.nlev, w.pg, w.doff
+        self.tab_off[:, A], self.tab_id[:, A] = w.tab_off, tid
+        self.level[A], self.dp[A], self.leaf_id[A] = w.level, w.dp, lid
+        self.leafm[A] = w.leaf & ~U64(MUTABLE_BITS)
+        self.leaf_pg[A] = np.where(w.found, w.pg[np.maximum(w.nlev.astype(np.int64) - 1, 0),
+                                                 np.arange(len(A))], self.base.idx.total)
+        self.sfx[A] = self._sfx(w.found, w.leaf, w.dp)
+        rd = np.arange(self.L)[:, None] < w.nlev[None, :]
+        self.path_pages = np.union1d(self.path_pages, w.pg[rd])
         vmark = np.zeros(len(self.nlev), dtype=bool)
         vmark[A] = True
         self._stale(sh, np.flatnonzero(vmark[self.tkey_vp]))
-        return True
 
     @staticmethod
     def _lbits(sh, offs: np.ndarray) -> np.ndarray:
