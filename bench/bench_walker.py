@@ -1,11 +1,13 @@
-"""Walker throughput (model.walker): walk_leaf and walk_batch on 10^6 and 10^7 VAs, 4K
-granule, 48-bit VA (4 levels).
+"""Throughput of the engine's stage-1 walker (model.engine_walk.walk_vas, the walk the numpy
+engine's walk cache runs) on 10^6 and 10^7 VAs, 4K granule, 48-bit VA (4 levels), alone and
+followed by the shared leaf rules (model.semantics: permission check and hardware-update
+needs, on every walk's leaf).
 
 * sparse (page-table heavy): one page per 2 MiB over 64 GiB of VA (32768 leaf tables, each
   with one valid entry at a random index); every access lands in one of them at random, so
   each touches its own leaf table (cache misses on the leaf level).
 * sparse0: the same with every page at the start of its 2 MiB (leaf index 0 everywhere: the
-  worst case for cache-set aliasing, see model.walker ROW_PAD).
+  worst case for cache-set aliasing).
 * dense (data heavy): 384 MiB mapped contiguously; random VAs inside (192 leaf tables).
 
 Run: .venv/bin/python -m pytest bench/bench_walker.py --benchmark-enable -q
@@ -16,13 +18,40 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.arch import Geometry
-from model.walker import FlatTables, LeafBatch, leaf_descs, walk_batch, walk_leaf
+from model.engine_state import SlotIndex
+from model.stage1 import build_tables
+from model.engine_walk import walk_vas
+from model.scenario import Guest, Machine, Mapping, Memslot, Scenario
+from model.semantics import leaf_bits, leaf_hw_update, s1_leaf_fault
 
-GEO = Geometry(4096, 48)
 N_BIG = 10_000_000
 SIZES = (1_000_000, N_BIG)
 OA_BASE = 0x1_0000_0000
+PT_IPA = 0x4000_0000
+PT_PAGES = 40_000                                      # > 32768 leaf tables + the rest
+
+
+class Tables:
+    """Built tables and what walk_vas needs to read them."""
+
+    def __init__(self, mappings, data_pages: int):
+        scn = Scenario("bench-walker", Machine(4096, 48, 2, False, "on-change", False),
+                       Guest(True, True, False, "pt"),
+                       (Memslot("pt", PT_IPA, PT_PAGES), Memslot("data", OA_BASE, data_pages)),
+                       mappings=tuple(mappings))
+        gt = build_tables(scn)
+        self.geo, self.root, self.n_tables = gt.geometry, gt.root, gt.tables_used
+        addr = np.array(sorted(gt.descriptors), dtype=np.int64)
+        self.offs = (addr - PT_IPA) >> 3
+        self.vals = np.array([gt.descriptors[a] for a in addr.tolist()], dtype=np.uint64)
+        self.idx = SlotIndex(scn.memslots)
+
+    def read_v(self, o: np.ndarray) -> np.ndarray:
+        i = np.minimum(np.searchsorted(self.offs, o), len(self.offs) - 1)
+        return np.where(self.offs[i] == o, self.vals[i], np.uint64(0))
+
+    def walk(self, va: np.ndarray):
+        return walk_vas(self.geo, self.idx, PT_IPA, PT_PAGES * 512, self.read_v, self.root, va)
 
 
 def _sparse(rng, aligned=False):
@@ -31,21 +60,19 @@ def _sparse(rng, aligned=False):
     pages = va_base + np.arange(n_pages, dtype=np.int64) * (2 << 20)
     if not aligned:
         pages += rng.integers(0, 512, n_pages) * 4096
-    ft = FlatTables.from_leaves(GEO, 0x4000_0000, pages,
-                                leaf_descs(GEO, OA_BASE + np.arange(n_pages) * 4096))
+    t = Tables([Mapping(int(p), OA_BASE + k * 4096, 1) for k, p in enumerate(pages.tolist())],
+               n_pages)
     pick = rng.integers(0, n_pages, N_BIG)
-    va = (pages[pick] + rng.integers(0, 4096, N_BIG)).astype(np.uint64)
-    oa = OA_BASE + pick * 4096 + (va.astype(np.int64) & 4095)
-    return ft, va, oa
+    va = pages[pick] + rng.integers(0, 4096, N_BIG)
+    return t, va, pick                                 # output page: data slot index `pick`
 
 
 def _dense(rng):
     n_pages = (384 << 20) // 4096                      # 98304 pages, 192 leaf tables
     va_base = 0x7f00_0000_0000
-    ft = FlatTables.dense(GEO, va_base, n_pages, OA_BASE)
+    t = Tables([Mapping(va_base, OA_BASE, n_pages)], n_pages)
     off = rng.integers(0, n_pages * 4096, N_BIG)
-    va = (va_base + off).astype(np.uint64)
-    return ft, va, OA_BASE + off
+    return t, va_base + off, off >> 12
 
 
 SHAPES = {"sparse": _sparse, "sparse0": lambda rng: _sparse(rng, aligned=True),
@@ -55,47 +82,44 @@ SHAPES = {"sparse": _sparse, "sparse0": lambda rng: _sparse(rng, aligned=True),
 @pytest.fixture(scope="module", params=list(SHAPES))
 def shape(request):
     rng = np.random.default_rng(2023)
-    ft, va, oa = SHAPES[request.param](rng)
-    return request.param, ft, va, oa
+    t, va, page = SHAPES[request.param](rng)
+    # the data slot comes after the page-table slot in the slot index
+    return request.param, t, va, page + t.idx.start_of["data"]
 
 
-def _run(benchmark, fn, ft, va, rounds):
-    result = benchmark.pedantic(fn, args=(ft, va), rounds=rounds, iterations=1,
-                                warmup_rounds=1)
+def _run(benchmark, fn, t, va, rounds):
+    result = benchmark.pedantic(fn, args=(va,), rounds=rounds, iterations=1, warmup_rounds=1)
     stats = getattr(benchmark, "stats", None)
     if stats is not None:
-        med = stats.stats.median
-        benchmark.extra_info["walks_per_s"] = len(va) / med
+        benchmark.extra_info["walks_per_s"] = len(va) / stats.stats.median
         benchmark.extra_info["min_walks_per_s"] = len(va) / stats.stats.min
     benchmark.extra_info["n"] = len(va)
-    benchmark.extra_info["tables"] = ft.n_tables
+    benchmark.extra_info["tables"] = t.n_tables
     return result
 
 
 @pytest.mark.parametrize("n", SIZES)
-def test_walk_leaf(benchmark, shape, n):
-    name, ft, va, oa = shape
-    benchmark.group = f"walk_leaf {name}"
-    lb = _run(benchmark, walk_leaf, ft, va[:n], rounds=10 if n < N_BIG else 5)
-    np.testing.assert_array_equal(lb.oa, oa[:n])
+def test_walk(benchmark, shape, n):
+    name, t, va, page = shape
+    benchmark.group = f"walk_vas {name}"
+    w = _run(benchmark, t.walk, t, va[:n], rounds=5 if n < N_BIG else 3)
+    np.testing.assert_array_equal(w.dp, page[:n])
+    assert (w.level == 3).all()
 
 
 @pytest.mark.parametrize("n", SIZES)
-def test_walk_leaf_reuse(benchmark, shape, n):
-    """walk_leaf into preallocated outputs (out=): what an engine walking batch after batch
-    pays; fresh 10^7-element outputs cost their page faults (kernel zeroing) each call."""
-    name, ft, va, oa = shape
-    benchmark.group = f"walk_leaf(out=) {name}"
-    buf = LeafBatch(np.empty(n, np.int64), np.empty(n, np.int64), ft.row)
-    lb = _run(benchmark, lambda ft, va: walk_leaf(ft, va, out=buf), ft, va[:n],
-              rounds=10 if n < N_BIG else 5)
-    np.testing.assert_array_equal(lb.oa, oa[:n])
+def test_walk_and_leaf_rules(benchmark, shape, n):
+    """The walk, then the permission check and the hardware-update needs of a store through
+    every leaf (what the engine derives per walk)."""
+    name, t, va, page = shape
+    benchmark.group = f"walk_vas + leaf rules {name}"
 
-
-@pytest.mark.parametrize("n", SIZES)
-def test_walk_batch(benchmark, shape, n):
-    name, ft, va, oa = shape
-    benchmark.group = f"walk_batch {name}"
-    wb = _run(benchmark, walk_batch, ft, va[:n], rounds=5 if n < N_BIG else 3)
-    np.testing.assert_array_equal(wb.oa, oa[:n])
-    assert (wb.leaf_level == 3).all()
+    def run(va):
+        w = t.walk(va)
+        af, ap2, dbm, pxn = leaf_bits(w.leaf)
+        fault = s1_leaf_fault(af, ap2, dbm, pxn, False, True, True, True)
+        return w, fault, leaf_hw_update(af, ap2, dbm, True, True)
+    w, fault, (set_af, clear_ap2) = _run(benchmark, run, t, va[:n],
+                                          rounds=5 if n < N_BIG else 3)
+    np.testing.assert_array_equal(w.dp, page[:n])
+    assert not fault.any() and not set_af.any() and not clear_ap2.any()   # dirty writable

@@ -12,8 +12,9 @@ model.reference.Vm/model.host.Host on the same state, once per policy, so fault 
 the executable spec; policies whose shared state then differs stop sharing it.
 
 Layout: engine_state.py holds the state (Base: per run; Shared: per group; ArrayHost/FastVm:
-per policy) and the trace preparation; engine_chunk.py the vectorised chunk (walk cache, tier
-1 codes, tier 2 TLB history and needs, per-page faults); this module the driver (intervals,
+per policy) and the trace preparation; engine_walk.py the stage-1 walker; engine_chunk.py the
+vectorised chunk (walk cache, tier 1 codes, tier 2 TLB history and needs, per-page faults);
+engine_guest.py guest-kernel work in bulk; this module the driver (intervals,
 chunks, reference code for events and fallbacks, group splits).  Nothing is stored per access
 beyond the trace itself when the trace's VA span allows a page-id table (the usual case).
 
@@ -27,7 +28,7 @@ import numpy as np
 
 from .engine_chunk import Scratch, WalkCache, chunk
 from .engine_guest import bulk_age
-from .engine_state import Base, FastVm, Shared
+from .engine_state import UFFD_CODES, UFFD_NONE, Base, FastVm, Shared
 from .host import S2_UNMAPPED
 from .host_ops import HOST_OPS
 from .policies import DEFAULT_ORDER
@@ -45,7 +46,7 @@ MAX_SCALAR_RUN = 256
 # intervals (between events) this short go through the reference code alone: a chunk's fixed
 # cost (~0.5 ms) is ~10 accesses of the reference code (~50 us each)
 SCALAR_INTERVAL = 8
-UFFD_MODE_NAMES = {1: "missing", 2: "minor", 3: "wp"}
+UFFD_MODE_NAMES = {code: name for name, code in UFFD_CODES.items() if code != UFFD_NONE}
 # events that touch only the host side (stage 2, host pages, dirty log): Group.host_event
 HOST_EVENT_OPS = frozenset(HOST_OPS) | {"punch_hole", "enable_dirty_log", "harvest",
                                          "warm_stage2"}

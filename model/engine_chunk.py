@@ -26,22 +26,31 @@ Tiers per chunk [i, j):
    the chunk can do anything: the others hit and find their needs met), every (AT, stage-1
    faults, odd walks: every occurrence goes to tier 2);
 2. the accesses that matter get the exact TLB history (which walk), their needs, and the
-   per-page fault resolution for every policy.
+   per-page fault resolution for every policy: a pipeline of typed stages (_tier2), each
+   naming the reference function it vectorises; the rules themselves are model/semantics.py's,
+   model/host_ops.py's and model/policies.py's, shared with the reference.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
-from .arch import DESC_AF, DESC_AP2, DESC_DBM, DESC_PXN, DESC_TABLE
-from .engine_state import (CLS_A, CLS_S, CLS_X, H_KSM, H_MISSING, H_RW, H_SWAPPED, H_WP, H_ZERO,
-                           MUTABLE_BITS, PA_HARD, PA_PT, PA_RO, PA_RSLOT, PA_UFFD_SHIFT, PAGE_MASK, U64)
-from .host import S2_RO, S2_RW, S2_UNMAPPED
-from .policies import VECTOR_POLICIES
+from .arch import DESC_AF, DESC_AP2, DESC_DBM, DESC_PXN
+from .engine_walk import VaWalks, walk_vas
+from .engine_state import (CLS_A, CLS_S, CLS_X, H_MISSING, MUTABLE_BITS, PA_HARD, PA_PT,
+                           PA_RO, PA_RSLOT, PA_UFFD_SHIFT, U64, UFFD_MINOR, UFFD_MISSING,
+                           UFFD_WP)
+from .host_ops import gup_transition, maps_writable
+from .policies import VECTOR_POLICIES, needs_lookahead
+from .semantics import (S1_NONE, S2_OK, S2_RO, S2_RW, S2_UNMAPPED, hw_updates_apply,
+                        leaf_hw_update, s1_leaf_fault, s2_check, table_hw_update)
 from .trace import CAS
 
 BIG = np.int32(1 << 30)
+NO_SEQ = np.int64(1) << 62                # no need (Needs order keys are smaller)
+# kinds of stage-2 need: a descriptor read of a walk, a hardware update, the data access
 T_PATH, T_UPD, T_DATA = 0, 1, 2
 ORD = 16                                  # needs per access < ORD (<= 4 + 3 + 1 + 1)
 AF64, AP2_64, DBM64, PXN64 = U64(DESC_AF), U64(DESC_AP2), U64(DESC_DBM), U64(DESC_PXN)
@@ -69,8 +78,10 @@ class WalkCache:
         L = geo.levels
         self.L = L
         total = base.idx.total
-        (self.nlev, self.pg, self.doff, self.tab_off, found, self.level, leaf,
-         leaf_off, self.dp) = self._walk(sh, va)
+        w = self._walk(sh, va)
+        self.nlev, self.pg, self.doff, self.tab_off = w.nlev, w.pg, w.doff, w.tab_off
+        self.level, self.dp = w.level, w.dp
+        found, leaf, leaf_off = w.found, w.leaf, w.leaf_off
         self.leafm = leaf & ~U64(MUTABLE_BITS)
         self.leaf_pg = np.where(found, self.pg[np.maximum(self.nlev.astype(np.int64) - 1, 0),
                                                np.arange(n)], total).astype(np.int32)
@@ -130,54 +141,9 @@ class WalkCache:
             ((self.sfx[v] & F_FOUND) == 0) | (sh.tleaf[tk] != self.leafm[v])
             | (sh.tlvl[tk] != self.level[v]))
 
-    def _walk(self, sh, va: np.ndarray):
+    def _walk(self, sh, va: np.ndarray) -> VaWalks:
         base = self.base
-        geo, idx = base.geo, base.idx
-        n = len(va)
-        L = self.L
-        total = idx.total
-        nptd = base.nptd
-        table = np.full(n, self.root, dtype=np.int64)
-        alive = (va >> geo.va_bits) == 0      # outside the TTBR0 range: no walk (Vm.s1_walk)
-        nlev = np.zeros(n, dtype=np.int8)
-        pg = np.full((L, n), total, dtype=np.int32)
-        doff = np.full((L, n), -1, dtype=np.int64)
-        tab_off = np.full((max(L - 1, 1), n), -1, dtype=np.int64)
-        found = np.zeros(n, dtype=bool)
-        level = np.full(n, -1, dtype=np.int8)
-        leaf = np.zeros(n, dtype=U64)
-        leaf_off = np.zeros(n, dtype=np.int64)
-        oa_mask = np.int64(geo.oa_mask)
-        for l, lev in enumerate(range(geo.start_level, 4)):
-            shift = geo.level_shift(lev)
-            addr = table + ((va >> shift) & ((1 << geo.index_bits(lev)) - 1)) * 8
-            nlev += alive
-            pg[l] = np.where(alive, idx.index_v(addr & PAGE_MASK), total)
-            off = (addr - base.pt_base) >> 3
-            inpt = alive & (off >= 0) & (off < nptd)
-            doff[l] = np.where(inpt, off, -1)
-            desc = np.where(inpt, sh.read_v(off), U64(0))
-            valid = (desc & U64(1)).astype(bool)
-            bit1 = (desc & U64(DESC_TABLE)).astype(bool)
-            if lev < 3:
-                is_tab = alive & valid & bit1
-                is_leaf = alive & valid & ~bit1 & (geo.block_size(lev) is not None)
-                if l < L - 1:
-                    tab_off[l] = np.where(is_tab, off, -1)
-            else:
-                is_tab = np.zeros(n, dtype=bool)
-                is_leaf = alive & valid & bit1
-            found |= is_leaf
-            level[is_leaf] = lev
-            leaf[is_leaf] = desc[is_leaf]
-            leaf_off[is_leaf] = off[is_leaf]
-            table = np.where(is_tab, desc.astype(np.int64) & oa_mask, table)
-            alive = is_tab
-        lsh = np.array([geo.level_shift(lv) for lv in range(4)], dtype=np.int64)
-        size = np.left_shift(np.int64(1), lsh[np.maximum(level, 0)])
-        oa = (leaf.astype(np.int64) & oa_mask & ~(size - 1)) | (va & (size - 1))
-        dp = np.where(found, idx.index_v(oa & PAGE_MASK), total).astype(np.int32)
-        return nlev, pg, doff, tab_off, found, level, leaf, leaf_off, dp
+        return walk_vas(base.geo, base.idx, base.pt_base, base.nptd, sh.read_v, self.root, va)
 
     # ---- after reference code changed page-table memory -----------------------------------
     def _indexes(self):
@@ -195,45 +161,14 @@ class WalkCache:
         """The tables' shape changed at these descriptor offsets: walk again the VA pages
         whose walk read one.  False when a full rebuild is needed."""
         self.version = sh.version
-        if not len(offs):
+        A = self._affected(offs)
+        if A is None:
             return True
-        base = self.base
-        if self._mark is None:
-            self._mark = np.zeros(base.nptd + 1, dtype=bool)
-        mark = self._mark
-        mark[offs] = True
-        hit = np.take(mark, self.doff).any(axis=0)       # doff -1 reads the last cell
-        mark[offs] = False
-        A = np.flatnonzero(hit)
-        if not len(A):
-            return True
-        va = base.prep.vpages[A].astype(np.int64)
-        nlev, pg, doff, tab_off, found, level, leaf, leaf_off, dp = self._walk(sh, va)
-        lidx, tidx, tlev = self._indexes()
-        # ids of new leaves and table descriptors; an aliasing descriptor: rebuild
-        new_l, new_t = [], []
-        lid = np.zeros(len(A), dtype=np.int32)
-        for k, (o, fd) in enumerate(zip(leaf_off.tolist(), found.tolist())):
-            if not fd:
-                o = -1
-            elif o in tlev:
-                return False
-            i = lidx.get(o)
-            if i is None:
-                i = lidx[o] = len(self.leaf_off_u) + len(new_l)
-                new_l.append(o)
-            lid[k] = i
-        tid = np.zeros(tab_off.shape, dtype=np.int32)
-        for l in range(tab_off.shape[0]):
-            for k, o in enumerate(tab_off[l].tolist()):
-                if o >= 0 and (o in lidx or tlev.get(o, l) != l):
-                    return False
-                i = tidx.get(o)
-                if i is None:
-                    i = tidx[o] = len(self.tab_off_u) + len(new_t)
-                    new_t.append(o)
-                    tlev[o] = l
-                tid[l, k] = i
+        w = self._walk(sh, self.base.prep.vpages[A].astype(np.int64))
+        ids = self._ids(w)
+        if ids is None:
+            return False
+        lid, tid, new_l, new_t = ids
         if new_l:
             nl = np.array(new_l, dtype=np.int64)
             self.leaf_off_u = np.concatenate([self.leaf_off_u, nl])
@@ -242,19 +177,66 @@ class WalkCache:
             nt = np.array(new_t, dtype=np.int64)
             self.tab_off_u = np.concatenate([self.tab_off_u, nt])
             self.tabaf = np.concatenate([self.tabaf, (sh.read_v(nt) & AF64) != 0])
-        self.nlev[A], self.pg[:, A], self.doff[:, A] = nlev, pg, doff
-        self.tab_off[:, A], self.tab_id[:, A] = tab_off, tid
-        self.level[A], self.dp[A], self.leaf_id[A] = level, dp, lid
-        self.leafm[A] = leaf & ~U64(MUTABLE_BITS)
-        self.leaf_pg[A] = np.where(found, pg[np.maximum(nlev.astype(np.int64) - 1, 0),
-                                             np.arange(len(A))], base.idx.total)
-        self.sfx[A] = self._sfx(found, leaf, dp)
-        rd = np.arange(self.L)[:, None] < nlev[None, :]
-        self.path_pages = np.union1d(self.path_pages, pg[rd])
+        self._store(sh, A, w, lid, tid)
+        return True
+
+    def _affected(self, offs: np.ndarray) -> np.ndarray | None:
+        """The VA pages whose walk read a descriptor at one of `offs` (None: none)."""
+        if not len(offs):
+            return None
+        if self._mark is None:
+            self._mark = np.zeros(self.base.nptd + 1, dtype=bool)
+        mark = self._mark
+        mark[offs] = True
+        hit = np.take(mark, self.doff).any(axis=0)       # doff -1 reads the last cell
+        mark[offs] = False
+        A = np.flatnonzero(hit)
+        return A if len(A) else None
+
+    def _ids(self, w: VaWalks):
+        """Ids of the walks' leaves and table descriptors, new ones numbered after the known
+        ones: (leaf ids, table ids, new leaf offsets, new table offsets); None when a
+        descriptor aliases (a table at two levels, or a table and a leaf: rebuild)."""
+        lidx, tidx, tlev = self._indexes()
+        new_l, new_t = [], []
+        lid = np.zeros(len(w.found), dtype=np.int32)
+        for k, (o, fd) in enumerate(zip(w.leaf_off.tolist(), w.found.tolist())):
+            if not fd:
+                o = -1
+            elif o in tlev:
+                return None
+            i = lidx.get(o)
+            if i is None:
+                i = lidx[o] = len(self.leaf_off_u) + len(new_l)
+                new_l.append(o)
+            lid[k] = i
+        tid = np.zeros(w.tab_off.shape, dtype=np.int32)
+        for l in range(w.tab_off.shape[0]):
+            for k, o in enumerate(w.tab_off[l].tolist()):
+                if o >= 0 and (o in lidx or tlev.get(o, l) != l):
+                    return None
+                i = tidx.get(o)
+                if i is None:
+                    i = tidx[o] = len(self.tab_off_u) + len(new_t)
+                    new_t.append(o)
+                    tlev[o] = l
+                tid[l, k] = i
+        return lid, tid, new_l, new_t
+
+    def _store(self, sh, A: np.ndarray, w: VaWalks, lid: np.ndarray, tid: np.ndarray) -> None:
+        """Store the new walks of VA pages A and what follows from them."""
+        self.nlev[A], self.pg[:, A], self.doff[:, A] = w.nlev, w.pg, w.doff
+        self.tab_off[:, A], self.tab_id[:, A] = w.tab_off, tid
+        self.level[A], self.dp[A], self.leaf_id[A] = w.level, w.dp, lid
+        self.leafm[A] = w.leaf & ~U64(MUTABLE_BITS)
+        self.leaf_pg[A] = np.where(w.found, w.pg[np.maximum(w.nlev.astype(np.int64) - 1, 0),
+                                                 np.arange(len(A))], self.base.idx.total)
+        self.sfx[A] = self._sfx(w.found, w.leaf, w.dp)
+        rd = np.arange(self.L)[:, None] < w.nlev[None, :]
+        self.path_pages = np.union1d(self.path_pages, w.pg[rd])
         vmark = np.zeros(len(self.nlev), dtype=bool)
         vmark[A] = True
         self._stale(sh, np.flatnonzero(vmark[self.tkey_vp]))
-        return True
 
     @staticmethod
     def _lbits(sh, offs: np.ndarray) -> np.ndarray:
@@ -282,7 +264,8 @@ class WalkCache:
 def _code_lut(ha: bool, hd: bool) -> tuple[np.ndarray, np.ndarray]:
     """Tier-1 code and stage-1-fault flag for every combination of the packed inputs:
     bits 0-4 sfx, 5 AF, 6 AP[2], 7-8 TLB state, 9-10 min stage-2 state, 11-12 class, 13 stale.
-    (Vm.s1_check for the fault flag; Vm._attempt's hit rule for "settled".)"""
+    (model.semantics.s1_leaf_fault, as Vm.s1_check, for the fault flag; Vm._attempt's hit
+    rule for "settled".)"""
     x = np.arange(1 << 14)
     found = (x & F_FOUND) != 0
     dbm = (x & F_DBM) != 0
@@ -296,9 +279,7 @@ def _code_lut(ha: bool, hd: bool) -> tuple[np.ndarray, np.ndarray]:
     cls = (x >> 11) & 3
     stale = (x >> 13) & 1 == 1
     isS, isX, isA = cls == CLS_S, cls == CLS_X, cls == CLS_A
-    s1f = ~found | (isX & pxn) | (isS & ap2 & ~(dbm & hd))
-    if not ha:
-        s1f |= ~af
+    s1f = ~found | (s1_leaf_fault(af, ap2, dbm, pxn, isX, isS, ha, hd) != S1_NONE)
     settled = np.where(isS, (st == 2) & (mn == S2_RW), (st >= 1) & (mn >= S2_RO) & ~(isX & pxn))
     settled &= ~isA & ~stale & ~out
     code = np.where(settled, K_SETTLED, np.where(s1f | isA | stale | weird, K_EVERY, K_FIRST))
@@ -348,22 +329,41 @@ class Scratch:
 SUB = 1 << 16                            # tier-1 block (cache-sized)
 
 
+# ---- the chunk: tier 1, tier 2, the accesses that need nothing ---------------------------------
+@dataclass
+class Tier1:
+    """Tier 1 of a chunk (module doc): per block of SUB accesses, the positions (in the
+    chunk) of the first occurrences of each (sub-key, class) index, their indices and codes;
+    the positions and indices of the accesses tier 2 takes (None: none)."""
+    firsts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    I: np.ndarray | None
+    ciI: np.ndarray | None
+
+
 def chunk(g, i: int, j: int) -> int:
     """Run accesses [i, j) of one interval for group g as far as the vectorised path goes;
-    returns the position of the first access it leaves to the reference code, or j."""
-    base, prep, f = g.base, g.base.prep, g.flags
-    tr = base.trace
+    returns the position of the first access it leaves to the reference code, or j.
+    Stages: tier 1 (_tier1), tier 2 (_tier2), then the accesses that needed nothing
+    (_count_settled)."""
     wc = g.walkcache()
     C = j - i
-    lut, _ = _code_lut(f.ha, f.hd)
-    # ---- tier 1: first occurrence in [i, j) of each (sub-key, class), and its code ------------
-    # stamps fo_base + C - p (p: position in the chunk) are larger than any earlier chunk's, and
-    # the first occurrence has the largest: after the blocks up to p are stamped, an access is
-    # the first of its (sub-key, class) iff it holds the stamp
+    t1 = _tier1(g, wc, i, C)
+    cut = C if t1.I is None else _tier2(g, wc, i, C, t1.I, t1.ciI)
+    _count_settled(g, wc, i, C, cut, t1)
+    return i + cut
+
+
+def _tier1(g, wc, i: int, C: int) -> Tier1:
+    """First occurrence in [i, i + C) of each (sub-key, class), and its code (_codes).
+    Stamps fo_base + C - p (p: position in the chunk) are larger than any earlier chunk's,
+    and the first occurrence has the largest: after the blocks up to p are stamped, an
+    access is the first of its (sub-key, class) iff it holds the stamp."""
+    prep = g.base.prep
+    lut, _ = _code_lut(g.flags.ha, g.flags.hd)
     r0 = len(g.rev) - C
     fb = np.int32(g.fo_base)
     g.fo_base += C + 1
-    Is, CIs, Us, codes_ = [], [], [], []
+    firsts, Is, CIs = [], [], []
     for b0 in range(0, C, SUB):
         b1 = min(C, b0 + SUB)
         ci = prep.ci(i + b0, i + b1)
@@ -375,26 +375,28 @@ def chunk(g, i: int, j: int) -> int:
             ciU = np.take(ci, U)
             codeU = _codes(g, wc, lut, ciU)
             g.codeT[ciU] = codeU
-            Us.append(U + b0)
-            codes_.append((ciU, codeU))
+            firsts.append((U + b0, ciU, codeU))
         inter = np.add(np.take(g.codeT, ci), isf, dtype=np.int8) > 1
         I = np.flatnonzero(inter)
         if len(I):
             Is.append(I + b0)
             CIs.append(np.take(ci, I))
-    cut = C
-    if Is:
-        if len(Is) > 1:
-            I, ciI = np.concatenate(Is), np.concatenate(CIs)
-        else:
-            I, ciI = Is[0], CIs[0]
-        cut = _tier2(g, wc, i, C, I, ciI)
-    # ---- the settled and repeated accesses before the cut --------------------------------------
+    if not Is:
+        return Tier1(firsts, None, None)
+    if len(Is) == 1:
+        return Tier1(firsts, Is[0], CIs[0])
+    return Tier1(firsts, np.concatenate(Is), np.concatenate(CIs))
+
+
+def _count_settled(g, wc, i: int, C: int, cut: int, t1: Tier1) -> None:
+    """The accesses before the cut: each counts (Vm.access), and a settled store writes its
+    data page (Host.guest_write); the others' effects are tier 2's."""
+    prep = g.base.prep
     n_acc = cut
     if g.any_stopped:
-        n_acc = int(np.count_nonzero(~g.stopped[tr.vcpu[i:i + cut]]))
+        n_acc = int(np.count_nonzero(~g.stopped[g.base.trace.vcpu[i:i + cut]]))
     wps = []
-    for U, (ciU, codeU) in zip(Us, codes_):
+    for U, ciU, codeU in t1.firsts:
         sel = (codeU == K_SETTLED) & ((ciU & 3) == CLS_S)
         if cut < C:
             sel &= U < cut
@@ -407,7 +409,6 @@ def chunk(g, i: int, j: int) -> int:
         vm.r.accesses += n_acc
         if wpages is not None:
             vm.host.written_all[wpages] = True
-    return i + cut
 
 
 def _codes(g, wc, lut, ciU: np.ndarray) -> np.ndarray:
@@ -427,213 +428,351 @@ def _codes(g, wc, lut, ciU: np.ndarray) -> np.ndarray:
     g.s1T[ciU] = np.take(s1lut, x)
     # the data access's need unmet by some policy at chunk start (store: not read-write;
     # load, fetch: unmapped)
-    g.dunT[ciU] = np.where(cls == CLS_S, mn != S2_RW, mn == S2_UNMAPPED)
+    g.dunT[ciU] = s2_check(mn, cls == CLS_S) != S2_OK
     if g.any_stopped:
         codeU[g.stopped[np.take(prep.sk_vcpu, skU)]] = K_SETTLED
     return codeU
 
 
+# ---- tier 2: the pipeline ------------------------------------------------------------------------
+@dataclass
+class Accesses:
+    """Tier 2's accesses, numbered q = 0 .. m-1 in trace order, with what the state at chunk
+    start says about each (the inputs of Vm._attempt)."""
+    m: int
+    q: np.ndarray             # int32 arange(m)
+    vp: np.ndarray            # VA page id (WalkCache row)
+    tk: np.ndarray            # TLB key
+    lid: np.ndarray           # leaf id (WalkCache.lbits)
+    isS: np.ndarray           # store
+    isX: np.ndarray           # instruction fetch
+    isA: np.ndarray           # AT
+    s0: np.ndarray            # TLB state at chunk start (0 invalid, 1 clean, 2 dirty)
+    sfx: np.ndarray           # static walk facts (F_*)
+    ap20: np.ndarray          # leaf AP[2] at chunk start
+    s1fc: np.ndarray          # a walk now takes a stage-1 fault (Vm.s1_check)
+    any_s1: bool
+    any_A: bool
+    any_ap2: bool
+    dp: np.ndarray            # data page index
+    leaf_pg: np.ndarray       # page index of the page holding the leaf
+    dun: np.ndarray           # its data need is unmet by some policy at chunk start
+
+    @property
+    def simple(self) -> bool:
+        """Every access would complete a walk."""
+        return not self.any_s1 and not self.any_A
+
+
+@dataclass
+class TlbHistory:
+    """Which accesses walk, and the TLB states they leave (Vm._attempt's hit rule)."""
+    ff: np.ndarray            # per access: the first access of its TLB key that fills it
+    D: np.ndarray             # ... from which on the key's entry is dirty (BIG: never, -1:
+                              # dirty from the start)
+    s00: np.ndarray           # the key's entry is invalid at chunk start
+    td: np.ndarray | None     # per leaf with AP[2]: the first store through it (else -1)
+    walk: np.ndarray          # the access walks
+    s1fault: np.ndarray | None   # the access takes a stage-1 fault (None: none does)
+    complete: np.ndarray | None  # its walk completes (None: every one)
+    data: np.ndarray | None      # it reaches its data access (None: every one)
+
+
+@dataclass
+class HaftNeed:
+    """FEAT_HAFT: the accesses that set the AF of the table descriptor at one walk level."""
+    level: int                # row of the walk (0: the start level)
+    need: np.ndarray          # bool per access
+    page: np.ndarray          # page index of the page holding the descriptor
+    tab: np.ndarray           # table-descriptor id (WalkCache.tabaf)
+
+
+@dataclass
+class HwNeeds:
+    """Hardware updates (Vm.s1_updates): which accesses write which descriptors."""
+    need_af: np.ndarray | None    # sets its leaf's AF (first walk through an old leaf)
+    need_dbm: np.ndarray | None   # clears its leaf's AP[2] (first store through it, DBM)
+    need_leaf: np.ndarray         # writes its leaf (either, or hw_update = always)
+    any_leaf: bool
+    haft: list[HaftNeed]
+
+
+@dataclass
+class Needs:
+    """Stage-2 needs not met by every policy at chunk start (one row per need)."""
+    q: np.ndarray             # the access
+    order: np.ndarray         # its place within the access (NEED_ORDER)
+    page: np.ndarray          # page index
+    write: np.ndarray         # a write need (hardware update, store)
+    type: np.ndarray          # T_PATH (descriptor read), T_UPD (hardware update), T_DATA
+
+    @staticmethod
+    def concat(parts: list["Needs"]) -> "Needs":
+        if len(parts) == 1:
+            return parts[0]
+        return Needs(*(np.concatenate([getattr(p, k) for p in parts])
+                       for k in ("q", "order", "page", "write", "type")))
+
+
 def _tier2(g, wc, i: int, C: int, I: np.ndarray, ciI: np.ndarray) -> int:
-    base, prep, sh, f, sc = g.base, g.base.prep, g.shared, g.flags, g.scratch
-    tr = base.trace
-    m = len(I)
-    q = np.arange(m, dtype=np.int32)
+    """Vm._attempt for the accesses tier 1 left (positions I in the chunk, indices ciI), as
+    a pipeline: inputs (_accesses) -> TLB history (_tlb_history) -> hardware-update needs
+    (_hw_needs) -> unmet stage-2 needs (_unmet_needs) -> the first access the vectorised
+    path must not take (_first_odd) -> per-page fault resolution for every policy (_faults)
+    -> apply the shared effects (_apply_shared), then each policy's (_apply_faults).
+    Returns the cut (chunk position of the first access left to the reference code, or C)."""
+    a = _accesses(g, wc, ciI)
+    tlb = _tlb_history(g, wc, a)
+    hw = _hw_needs(g, wc, a, tlb)
+    needs = _unmet_needs(g, wc, a, tlb, hw)
+    rq = _first_odd(wc, a, tlb)
+    plan = None
+    if needs:
+        gpos = i + I
+        plan = _faults(g, wc, a, tlb, hw, Needs.concat(needs), rq,
+                       g.base.trace.kind[gpos], gpos)
+        rq = plan.cut
+    _apply_shared(g, wc, a, tlb, hw, rq)
+    if plan is not None:
+        _apply_faults(g, plan)
+    return int(I[rq]) if rq < a.m else C
+
+
+def _accesses(g, wc, ciI: np.ndarray) -> Accesses:
+    """Gather tier 2's inputs from the walk cache, the TLB and tier 1's tables."""
+    prep, sh = g.base.prep, g.shared
+    m = len(ciI)
     sk = ciI >> 2
     cls = (ciI & 3).astype(np.int8)
     vp = np.take(prep.sk_vp, sk)
     tk = np.take(prep.sk_tkey, sk)
-    isS = cls == CLS_S
-    s0 = np.take(sh.tst, tk)
-    sfx = np.take(wc.sfx, vp)
     lid = np.take(wc.leaf_id, vp)
-    lb = np.take(wc.lbits, lid)
-    s1fc = np.take(g.s1T, ciI)
-    any_s1 = bool(s1fc.any())
     isA = cls == CLS_A
-    any_A = bool(isA.any())
-    ap20 = (lb & 2) != 0
-    any_ap2 = bool(ap20.any())
-    simple = not any_s1 and not any_A           # every access would complete a walk
-    # ---- the TLB: which accesses walk (Vm._attempt's hit rule) --------------------------------
-    sc_tk = sc.get("tk", prep.ntkeys)
-    sc_leaf = sc.get("leaf", wc.nleaves)
-    ff = first_by(sc_tk, tk, q, None if simple else ~isA & ~s1fc)
+    ap20 = (np.take(wc.lbits, lid) & 2) != 0
+    s1fc = np.take(g.s1T, ciI)
+    return Accesses(m=m, q=np.arange(m, dtype=np.int32), vp=vp, tk=tk, lid=lid,
+                    isS=cls == CLS_S, isX=cls == CLS_X, isA=isA, s0=np.take(sh.tst, tk),
+                    sfx=np.take(wc.sfx, vp), ap20=ap20, s1fc=s1fc, any_s1=bool(s1fc.any()),
+                    any_A=bool(isA.any()), any_ap2=bool(ap20.any()),
+                    dp=np.take(wc.dp, vp), leaf_pg=np.take(wc.leaf_pg, vp),
+                    dun=np.take(g.dunT, ciI))
+
+
+def _tlb_history(g, wc, a: Accesses) -> TlbHistory:
+    """Vm._attempt's hit rule over the chunk: an access walks unless its TLB key holds an
+    entry (a store: a dirty one); an access whose walk completes (not AT) fills the entry,
+    dirty when its leaf is (a store through a DBM leaf makes it dirty).  Stage-1 faults
+    (Vm.s1_check, precomputed per (sub-key, class) in _code_lut) stop a walk."""
+    sc = g.scratch
+    q, s0, isS, isA = a.q, a.s0, a.isS, a.isA
+    simple = a.simple
+    sc_tk = sc.get("tk", g.base.prep.ntkeys)
+    ff = first_by(sc_tk, a.tk, q, None if simple else ~isA & ~a.s1fc)
     s00 = s0 == 0
     td = None
-    if simple and not any_ap2 and not (s0 == 1).any():
+    if simple and not a.any_ap2 and not (s0 == 1).any():
         # every access completes and every leaf is dirty: an invalid entry is filled dirty by
         # the key's first access (the only one that walks), a dirty one stays
         walk = s00 & (q == ff)
         D = np.where(s00, ff, -1)
     else:
-        stc = isS if not any_s1 else isS & ~s1fc
-        fs = first_by(sc_tk, tk, q, stc)
-        ffc = np.minimum(ff, m - 1)
+        stc = isS if not a.any_s1 else isS & ~a.s1fc
+        fs = first_by(sc_tk, a.tk, q, stc)
+        ffc = np.minimum(ff, a.m - 1)
         ff_dirty = (ff < BIG) & ~np.take(isS, ffc)
-        if any_ap2:
-            td = np.where(ap20, first_by(sc_leaf, lid, q, stc & ap20), -1)
+        if a.any_ap2:
+            sc_leaf = sc.get("leaf", wc.nleaves)
+            td = np.where(a.ap20, first_by(sc_leaf, a.lid, q, stc & a.ap20), -1)
             ff_dirty &= np.take(td, ffc) < ff
         D = np.where(s0 == 2, -1, np.minimum(np.where(s00 & ff_dirty, ff, BIG), fs))
         walk = np.where(isS, q <= D, s00 & (q <= ff))
-        if any_A:
+        if a.any_A:
             walk |= isA
-    isX = cls == CLS_X
-    if any_s1:
-        pxn = (sfx & F_PXN) != 0
-        s1fault = np.where(walk, s1fc, isX & pxn)
+    s1fault = complete = None               # no stage-1 fault (PXN implies one)
+    if a.any_s1:
+        pxn = (a.sfx & F_PXN) != 0
+        s1fault = np.where(walk, a.s1fc, a.isX & pxn)
         complete = ~s1fault
+    if not a.any_A:
+        data = complete
     else:
-        s1fault = None                          # no stage-1 fault (PXN implies one)
-        complete = None
-    # ---- hardware updates (Vm.s1_updates) --------------------------------------------------
-    need_af = need_dbm = None
-    need_leaf = None
-    upd = None
+        data = ~isA if complete is None else complete & ~isA
+    return TlbHistory(ff, D, s00, td, walk, s1fault, complete, data)
+
+
+def _hw_needs(g, wc, a: Accesses, tlb: TlbHistory) -> HwNeeds:
+    """Vm.s1_updates over the chunk: a descriptor is written by the first completed walk
+    that changes it (model.semantics.leaf_hw_update, table_hw_update), every completed walk
+    with hw_update = always; none without HA or, for AT, unless at_sets_af
+    (hw_updates_apply)."""
+    f = g.flags
+    need_af = need_dbm = need_leaf = upd = None
     if f.ha:
-        upd = walk if complete is None else walk & complete
-        if any_A and not f.at_sets_af:
-            upd = upd & ~isA
-        af0 = (lb & 1) != 0
-        if not af0.all():
-            taf = first_by(sc_leaf, lid, q, upd & ~af0)
-            need_af = upd & ~af0 & (q == taf)
-            need_leaf = need_af
-        if f.hd and any_ap2:
-            need_dbm = upd & isS & ap20 & (q == td)
-            need_leaf = need_dbm if need_leaf is None else need_leaf | need_dbm
+        upd = tlb.walk if tlb.complete is None else tlb.walk & tlb.complete
+        if a.any_A and not hw_updates_apply(True, True, f.at_sets_af):
+            upd = upd & ~a.isA
+        need_af, need_dbm = _leaf_needs(g, wc, a, tlb, upd)
+        for n in (need_af, need_dbm):
+            if n is not None:
+                need_leaf = n if need_leaf is None else need_leaf | n
         if f.always:
             need_leaf = upd if need_leaf is None else need_leaf | upd
-    L = wc.L
-    haft = []                                   # (level, need mask, page, tab id)
-    if f.haft and L > 1 and upd is not None and upd.any():
-        cands = []
-        for l in range(L - 1):
-            tid = np.take(wc.tab_id[l], vp)
-            cand = upd & (np.take(wc.tab_off[l], vp) >= 0)
-            cand &= ~np.take(wc.tabaf, tid)
-            if cand.any():
-                cands.append((l, cand, tid))
-        if cands:
-            tids = np.concatenate([np.compress(c, t) for _l, c, t in cands])
-            keys = np.concatenate([np.compress(c, q) * 8 + l for l, c, _t in cands])
-            sc_tab = sc.get("tab", wc.ntabs)
-            np.minimum.at(sc_tab, tids, keys)
-            firstk = np.take(sc_tab, tids)
-            sc_tab[tids] = BIG
-            o = 0
-            for l, cand, tid in cands:
-                idx = np.flatnonzero(cand)
-                need = np.zeros(m, dtype=bool)
-                need[idx[keys[o:o + len(idx)] == firstk[o:o + len(idx)]]] = True
-                o += len(idx)
-                haft.append((l, need, np.take(wc.pg[l], vp), tid))
+    haft = _haft_needs(g, wc, a, upd) if f.haft and wc.L > 1 and upd is not None else []
     if need_leaf is None:
-        need_leaf = np.zeros(m, dtype=bool)
-        any_leaf = False
-    else:
-        any_leaf = bool(need_leaf.any())
-    data = complete if not any_A else (~isA if complete is None else complete & ~isA)
-    dpI = np.take(wc.dp, vp)
-    leaf_pg = np.take(wc.leaf_pg, vp)
-    # ---- needs not met by every policy's stage 2 at chunk start ------------------------------
-    s2min = g.s2min
-    pieces = []                                 # (q, order, page, write, type)
-    wI = np.flatnonzero(walk)
-    vpW = np.take(vp, wI)
-    nlW = np.take(wc.nlev, vpW)
+        return HwNeeds(need_af, need_dbm, np.zeros(a.m, dtype=bool), False, haft)
+    return HwNeeds(need_af, need_dbm, need_leaf, bool(need_leaf.any()), haft)
+
+
+def _leaf_needs(g, wc, a: Accesses, tlb: TlbHistory, upd: np.ndarray):
+    """(sets AF, clears AP[2]) per access (None: no access does): leaf_hw_update on the
+    leaf's bits as the chunk's earlier updates left them (the first update of a leaf is the
+    only one that changes it)."""
+    lb = np.take(wc.lbits, a.lid)
+    af0 = (lb & 1) != 0
+    need_af = need_dbm = None
+    if not af0.all():
+        set_af, _ = leaf_hw_update(af0, a.ap20, False, False, False)
+        taf = first_by(g.scratch.get("leaf", wc.nleaves), a.lid, a.q, upd & set_af)
+        need_af = upd & set_af & (a.q == taf)
+    if g.flags.hd and a.any_ap2:
+        dbm = (a.sfx & F_DBM) != 0
+        _, clear_ap2 = leaf_hw_update(af0, a.ap20, dbm, a.isS, g.flags.hd)
+        need_dbm = upd & clear_ap2 & (a.q == tlb.td)
+    return need_af, need_dbm
+
+
+def _haft_needs(g, wc, a: Accesses, upd: np.ndarray) -> list[HaftNeed]:
+    """FEAT_HAFT (table_hw_update): per walk level, the first completed walk through each
+    table descriptor whose AF is clear sets it; within an access top-down."""
+    m, q, vp = a.m, a.q, a.vp
+    if not upd.any():
+        return []
+    cands = []
+    for l in range(wc.L - 1):
+        tid = np.take(wc.tab_id[l], vp)
+        cand = upd & (np.take(wc.tab_off[l], vp) >= 0)
+        cand &= table_hw_update(np.take(wc.tabaf, tid), True)
+        if cand.any():
+            cands.append((l, cand, tid))
+    if not cands:
+        return []
+    tids = np.concatenate([np.compress(c, t) for _l, c, t in cands])
+    keys = np.concatenate([np.compress(c, q) * 8 + l for l, c, _t in cands])
+    sc_tab = g.scratch.get("tab", wc.ntabs)
+    np.minimum.at(sc_tab, tids, keys)
+    firstk = np.take(sc_tab, tids)
+    sc_tab[tids] = BIG
+    out, o = [], 0
+    for l, cand, tid in cands:
+        idx = np.flatnonzero(cand)
+        need = np.zeros(m, dtype=bool)
+        need[idx[keys[o:o + len(idx)] == firstk[o:o + len(idx)]]] = True
+        o += len(idx)
+        out.append(HaftNeed(l, need, np.take(wc.pg[l], vp), tid))
+    return out
+
+
+def _unmet_needs(g, wc, a: Accesses, tlb: TlbHistory, hw: HwNeeds) -> list[Needs]:
+    """Vm._attempt's stage-2 checks (Vm.s2_fault) whose need some policy's stage 2 does not
+    meet at chunk start: descriptor reads of walks (T_PATH), hardware updates (T_UPD, write),
+    data accesses (T_DATA; write for a store).  Within an access, NEED_ORDER: level l's read
+    is l, its table update L + l, the leaf update 2L, the data access 2L + 1."""
+    s2min, L = g.s2min, wc.L
+    out: list[Needs] = []
+    wI = np.flatnonzero(tlb.walk)
     if len(wI) and not g.paths_mapped(wc):
+        vpW = np.take(a.vp, wI)
         pgW = np.take(wc.pg, vpW, axis=1)
         un = np.take(s2min, pgW) == S2_UNMAPPED
         if un.any():
-            un &= np.arange(L)[:, None] < nlW
+            un &= np.arange(L)[:, None] < np.take(wc.nlev, vpW)
             ll, kk = np.nonzero(un)
-            pieces.append((wI[kk], ll, pgW[ll, kk], np.zeros(len(kk), bool),
-                           np.full(len(kk), T_PATH, np.int8)))
+            out.append(Needs(wI[kk], ll, pgW[ll, kk], np.zeros(len(kk), bool),
+                             np.full(len(kk), T_PATH, np.int8)))
 
-    def add(idx, pages, order, write, typ, unmet=False):
+    def add(idx, pages, order, write, typ):
         if not len(idx):
             return
         pp = np.take(pages, idx)
-        if unmet:                               # known unmet at chunk start
-            nk = len(idx)
-            pieces.append((idx, np.full(nk, order), pp, np.take(write, idx),
-                           np.full(nk, typ, np.int8)))
-            return
         mnp = np.take(s2min, pp)
-        if isinstance(write, np.ndarray):
-            wr = np.take(write, idx)
-            keep = np.where(wr, mnp != S2_RW, mnp == S2_UNMAPPED)
-        else:
-            wr = np.full(len(idx), write)
-            keep = mnp != S2_RW if write else mnp == S2_UNMAPPED
+        keep = s2_check(mnp, write) != S2_OK
         if keep.any():
             nk = int(np.count_nonzero(keep))
-            pieces.append((np.compress(keep, idx), np.full(nk, order), np.compress(keep, pp),
-                           np.compress(keep, wr), np.full(nk, typ, np.int8)))
+            out.append(Needs(np.compress(keep, idx), np.full(nk, order),
+                             np.compress(keep, pp), np.full(nk, write),
+                             np.full(nk, typ, np.int8)))
+    for h in hw.haft:
+        add(np.flatnonzero(h.need), h.page, L + h.level, True, T_UPD)
+    if hw.any_leaf:
+        add(np.flatnonzero(hw.need_leaf), a.leaf_pg, 2 * L, True, T_UPD)
+    # the data needs: unmet at chunk start by tier 1's reckoning (g.dunT)
+    idx = np.flatnonzero(a.dun if tlb.data is None else a.dun & tlb.data)
+    if len(idx):
+        nk = len(idx)
+        out.append(Needs(idx, np.full(nk, 2 * L + 1), np.take(a.dp, idx),
+                         np.take(a.isS, idx), np.full(nk, T_DATA, np.int8)))
+    return out
 
-    for l, need, pgl, _tid in haft:
-        add(np.flatnonzero(need), pgl, L + l, True, T_UPD)
-    if any_leaf:
-        add(np.flatnonzero(need_leaf), leaf_pg, 2 * L, True, T_UPD)
-    dun = np.take(g.dunT, ciI)
-    add(np.flatnonzero(dun if data is None else dun & data), dpI, 2 * L + 1, isS, T_DATA,
-        unmet=True)
-    # accesses the vectorised path must not take: a stale TLB entry, or an odd walk
-    rq = m
-    odd = (s0 > 0) & np.take(wc.stale_cand, tk)
+
+def _first_odd(wc, a: Accesses, tlb: TlbHistory) -> int:
+    """The first access the vectorised path must not take (a TLB entry that does not match
+    the tables, an odd walk: engine_chunk.WalkCache), or m."""
+    odd = (a.s0 > 0) & np.take(wc.stale_cand, a.tk)
     if wc.any_weird:
-        odd |= ((sfx & F_WEIRD) != 0) & walk
-    if odd.any():
-        rq = int(np.argmax(odd))
-    applies = None
-    if pieces:
-        rq, applies = _faults(g, pieces, rq, isS, isX, walk, tr.kind[i + I], data, dpI,
-                              need_leaf, leaf_pg, haft, i + I, vp, wc)
-    # ---- apply [0, rq): shared state ----------------------------------------------------------
-    full = rq == m
+        odd |= ((a.sfx & F_WEIRD) != 0) & tlb.walk
+    return int(np.argmax(odd)) if odd.any() else a.m
+
+
+def _apply_shared(g, wc, a: Accesses, tlb: TlbHistory, hw: HwNeeds, rq: int) -> None:
+    """What accesses [0, rq) do to the state every policy shares: TLB states and fills,
+    the hardware updates' descriptor writes (Host.guest_write), the written pages, walks,
+    descriptor reads and stage-1 faults (their counts before the faults' own walks)."""
+    sh = g.shared
+    full = rq == a.m
+    wI = np.flatnonzero(tlb.walk)
+    ff, D = tlb.ff, tlb.D
     if not full:
-        n_wk = int(np.searchsorted(wI, rq))
-        wI, vpW, nlW = wI[:n_wk], vpW[:n_wk], nlW[:n_wk]
+        wI = wI[:int(np.searchsorted(wI, rq))]
         ff = np.where(ff < rq, ff, BIG)
         D = np.where(D < rq, D, BIG)
-    fin = np.where(D < BIG, 2, np.where(s00 & (ff < BIG), 1, s0)).astype(np.int8)
+    fin = np.where(D < BIG, 2, np.where(tlb.s00 & (ff < BIG), 1, a.s0)).astype(np.int8)
     if full:
-        sh.tst[tk] = fin
+        sh.tst[a.tk] = fin
     else:
-        sh.tst[tk[:rq]] = fin[:rq]
-    # TLB fills: every walk that completes (not AT)
-    if simple:
+        sh.tst[a.tk[:rq]] = fin[:rq]
+    # TLB fills: every walk that completes (not AT); the cached leaf: Shared.sync_tlb
+    if a.simple:
         fI = wI
     else:
-        fl = np.take(walk & (~isA if complete is None else complete & ~isA), wI)
-        fI = np.compress(fl, wI)
-    if len(fI):                                 # cached leaf: Shared.sync_tlb
-        sh.tfill[np.take(tk, fI)] = True
+        done = ~a.isA if tlb.complete is None else tlb.complete & ~a.isA
+        fI = np.compress(np.take(tlb.walk & done, wI), wI)
+    if len(fI):
+        sh.tfill[np.take(a.tk, fI)] = True
 
-    def upto(mask):
-        return mask if full else mask[:rq]
-    ds = isS if data is None else isS & data
-    w_pages = [np.compress(upto(ds), dpI[:rq] if not full else dpI)]
-    if need_af is not None:
-        ls = np.compress(upto(need_af), lid[:rq] if not full else lid)
+    def upto(x):
+        return x if full else x[:rq]
+    ds = a.isS if tlb.data is None else a.isS & tlb.data
+    w_pages = [np.compress(upto(ds), upto(a.dp))]
+    if hw.need_af is not None:
+        ls = np.compress(upto(hw.need_af), upto(a.lid))
         sh.vals[sh.positions(np.take(wc.leaf_off_u, ls))] |= AF64
         wc.lbits[ls] |= np.uint8(1)
-    if need_dbm is not None:
-        ls = np.compress(upto(need_dbm), lid[:rq] if not full else lid)
+    if hw.need_dbm is not None:
+        ls = np.compress(upto(hw.need_dbm), upto(a.lid))
         sh.vals[sh.positions(np.take(wc.leaf_off_u, ls))] &= ~AP2_64
         wc.lbits[ls] &= np.uint8(0xFD)
-    if any_leaf:
-        w_pages.append(np.compress(upto(need_leaf), leaf_pg[:rq] if not full else leaf_pg))
-    for _l, need, pgl, tid in haft:
-        sel = upto(need)
-        ts = np.compress(sel, tid[:rq] if not full else tid)
+    if hw.any_leaf:
+        w_pages.append(np.compress(upto(hw.need_leaf), upto(a.leaf_pg)))
+    for h in hw.haft:
+        sel = upto(h.need)
+        ts = np.compress(sel, upto(h.tab))
         sh.vals[sh.positions(np.take(wc.tab_off_u, ts))] |= AF64
         wc.tabaf[ts] = True
-        w_pages.append(np.compress(sel, pgl[:rq] if not full else pgl))
+        w_pages.append(np.compress(sel, upto(h.page)))
     wp = np.concatenate(w_pages) if len(w_pages) > 1 else w_pages[0]
     n_walk = len(wI)
-    n_reads = int(nlW.sum())
-    n_s1 = 0 if s1fault is None else int(np.count_nonzero(upto(s1fault)))
+    n_reads = int(np.take(wc.nlev, np.take(a.vp, wI)).sum())
+    n_s1 = 0 if tlb.s1fault is None else int(np.count_nonzero(upto(tlb.s1fault)))
     for vm in g.vms:
         r = vm.r
         r.walks += n_walk
@@ -641,36 +780,135 @@ def _tier2(g, wc, i: int, C: int, I: np.ndarray, ciI: np.ndarray) -> int:
         r.stage1_faults += n_s1
         if len(wp):
             vm.host.written_all[wp] = True
-    if applies is not None:
-        applies()
-    return int(I[rq]) if rq < m else C
 
 
-def _faults(g, pieces, rq, isS, isX, walk, kindI, data, dpI, need_leaf, leaf_pg, haft,
-            gpos, vp, wc):
-    """Per page: the first need and the first write need among the unmet ones; per policy,
-    the translation and permission faults they take (module doc).  Returns the cut (the first
-    access whose fault leaves the simple class, or rq) and a function applying the faults
-    before the cut to every policy."""
-    base, f, sc = g.base, g.flags, g.scratch
-    total = base.idx.total
-    if len(pieces) == 1:
-        nq, nord, npg, nW, nty = pieces[0]
-    else:
-        nq, nord, npg, nW, nty = (np.concatenate([p[k] for p in pieces]) for k in range(5))
-    nq = nq.astype(np.int64)
-    npg = npg.astype(np.int64)
-    nW = nW.astype(bool)
-    seq = nq * ORD + nord
-    sc_pg = sc.get("pg", total + 1, dtype=np.int64, fill=np.int64(1) << 62)
+# ---- tier 2: per-page faults ------------------------------------------------------------------
+@dataclass
+class PageNeeds:
+    """The pages with an unmet need (P), each with its first need and first write need: a
+    page's fate in the chunk (module doc).  Per page: q/type of the first need (q1, t1), of
+    the first write need (qW, tW; hasW), their order keys (seq1, seqW: access * ORD +
+    NEED_ORDER), the first need's order (ord1: for a descriptor read, the walk's reads
+    before it)."""
+    P: np.ndarray
+    q1: np.ndarray
+    t1: np.ndarray
+    seq1: np.ndarray
+    ord1: np.ndarray
+    hasW: np.ndarray
+    qW: np.ndarray
+    tW: np.ndarray
+    seqW: np.ndarray
+
+    @property
+    def path1(self) -> np.ndarray:
+        return self.t1 == T_PATH
+
+
+@dataclass
+class PageAttrs:
+    """Slot attributes of the pages (Base.pattr)."""
+    hard0: np.ndarray         # a fault leaves the vectorised path (outside slots, RO slot)
+    bb: np.ndarray            # block-backed slot (THP, hugetlb)
+    ro: np.ndarray            # read-only slot
+    rslot: np.ndarray         # uffd resolves the whole slot
+    ispt: np.ndarray          # the page-table slot
+    uf: np.ndarray            # the slot's uffd mode (UFFD_*)
+    slot_no: np.ndarray
+
+
+@dataclass
+class FaultOutcome:
+    """One policy's faults on the pages (policies with equal inputs share one): the
+    translation fault at the first need (F1; None: no page is unmapped for any policy), its
+    write flag (w1: the policy's answer), uffd MISSING/MINOR and WP events (ev1m, ev1w), host
+    state after it (h1), whether it maps read-write (writable1), stage 2 after it (st1); the
+    permission fault at the first write need (F2), its uffd WP event (ev2w), host state
+    after it (h2); the slot's logging per page (la)."""
+    F1: np.ndarray | None
+    w1: np.ndarray | None
+    ev1m: np.ndarray | None
+    ev1w: np.ndarray | None
+    h1: np.ndarray
+    la: np.ndarray
+    writable1: np.ndarray | None
+    st1: np.ndarray
+    F2: np.ndarray
+    ev2w: np.ndarray
+    h2: np.ndarray
+
+
+@dataclass
+class FaultPlan:
+    """The faults of accesses [0, cut) for every policy, ready to apply (_apply_faults)."""
+    cut: int
+    pn: PageNeeds
+    attrs: PageAttrs
+    outcomes: list            # (FastVm, FaultOutcome)
+    wc: object
+    a: Accesses
+    tlb: TlbHistory
+    hw: HwNeeds
+    gpos: np.ndarray          # trace position of each access
+
+
+def _faults(g, wc, a: Accesses, tlb: TlbHistory, hw: HwNeeds, needs: Needs, rq: int,
+            kindI: np.ndarray, gpos: np.ndarray) -> FaultPlan:
+    """Per page, the first need and the first write need among the unmet ones
+    (_first_needs); per policy, the translation and permission faults they take
+    (_resolve: Host.handle_abort).  The cut is the first access whose fault leaves the
+    simple class (module doc), or rq."""
+    pn = _first_needs(g, needs)
+    P = pn.P
+    attrs = _page_attrs(g.base, P)
+    sts = [np.take(vm.host.s2.a, P) for vm in g.vms]
+    tf = None
+    if any(bool((st == S2_UNMAPPED).any()) for st in sts):
+        tf = _translation_inputs(a, tlb, hw, pn, kindI,
+                                 any(needs_lookahead(vm.r.policy) for vm in g.vms))
+    outcomes = []
+    cut = rq
+    reps = []                                   # (inputs, outcome) computed so far
+    for vm, st in zip(g.vms, sts):
+        h = np.take(vm.host.host.a, P)
+        w1 = None if tf is None else _is_write(g, vm, tf)
+        lkey = vm.flags_logact.tobytes()
+        # a fault in a block-backed slot may map or split a block (Host.map_translation,
+        # relax_permission) unless the slot is logging and the page is not in a block
+        bb = attrs.bb
+        blk = bb & (np.take(vm.host.s2_block.a, P) >= 0) if bb.any() else bb
+        oc = None
+        for (st_, h_, w1_, lkey_, blk_), oc_ in reps:
+            if (lkey_ == lkey and np.array_equal(st_, st) and np.array_equal(h_, h)
+                    and (w1 is None or np.array_equal(w1_, w1)) and np.array_equal(blk_, blk)):
+                oc = oc_
+                break
+        if oc is None:
+            oc, cut = _resolve(vm, pn, attrs, st, h, w1, blk, cut)
+            reps.append(((st, h, w1, lkey, blk), oc))
+        cut = _permission_is_write(g, vm, a, pn, oc, cut)
+        outcomes.append((vm, oc))
+    return FaultPlan(cut, pn, attrs, outcomes, wc, a, tlb, hw, gpos)
+
+
+def _first_needs(g, needs: Needs) -> PageNeeds:
+    """Per page with an unmet need, the first need and the first write need (by access, then
+    NEED_ORDER): an access restarts after each fault (Vm.access), so the page's first need
+    takes its translation fault and its first write need its permission fault."""
+    sc = g.scratch
+    total = g.base.idx.total
+    nq = needs.q.astype(np.int64)
+    npg = needs.page.astype(np.int64)
+    nW = needs.write.astype(bool)
+    seq = nq * ORD + needs.order
+    sc_pg = sc.get("pg", total + 1, dtype=np.int64, fill=NO_SEQ)
     np.minimum.at(sc_pg, npg, seq)
-    tR = np.take(sc_pg, npg)
-    iR = np.flatnonzero(seq == tR)
-    sc_pg[npg] = np.int64(1) << 62
+    iR = np.flatnonzero(seq == np.take(sc_pg, npg))
+    sc_pg[npg] = NO_SEQ
     if nW.any():
         np.minimum.at(sc_pg, npg[nW], seq[nW])
         tW = np.take(sc_pg, npg)
-        sc_pg[npg] = np.int64(1) << 62
+        sc_pg[npg] = NO_SEQ
         iWm = np.flatnonzero(nW & (seq == tW))
     else:
         iWm = np.zeros(0, dtype=np.int64)
@@ -681,148 +919,219 @@ def _faults(g, pieces, rq, isS, isX, walk, kindI, data, dpI, need_leaf, leaf_pg,
     sc_i[npg[iWm]] = -1
     hasW = iW >= 0
     iWc = np.where(hasW, iW, 0)
-    q1, t1 = nq[iR], nty[iR]
-    qW, tWty = nq[iWc], nty[iWc]
-    path1 = t1 == T_PATH
+    return PageNeeds(P=P, q1=nq[iR], t1=needs.type[iR], seq1=seq[iR], ord1=needs.order[iR],
+                     hasW=hasW, qW=nq[iWc], tW=needs.type[iWc], seqW=seq[iWc])
 
-    def writes_page(qq, pages, include_data):
-        """Does access qq write `pages` (a hardware update; a data store if include_data)?"""
-        w = need_leaf[qq] & (leaf_pg[qq] == pages)
-        for _l, need, pgl, _tid in haft:
-            w |= need[qq] & (pgl[qq] == pages)
-        if include_data:
-            ds = isS[qq] if data is None else data[qq] & isS[qq]
-            w |= ds & (dpI[qq] == pages)
-        return w
 
+def _page_attrs(base, P: np.ndarray) -> PageAttrs:
     pa = np.take(base.pattr, P)
-    hard0 = (pa & PA_HARD) != 0
-    bb = np.take(base.block_backing, P)
-    ro = (pa & PA_RO) != 0
-    rslot = (pa & PA_RSLOT) != 0
-    ispt = (pa & PA_PT) != 0
-    uf = pa >> PA_UFFD_SHIFT
-    slot_no = np.take(base.slot_no, P)
-    sts = [np.take(vm.host.s2.a, P) for vm in g.vms]
-    any_f1 = any(bool((st == S2_UNMAPPED).any()) for st in sts)
-    if any_f1:
-        instr1 = isX[q1]
-        wnr1 = ~path1 & isS[q1] & (kindI[q1] != CAS)
-        wwp1 = path1 & writes_page(q1, P, False)
-    outcomes = []
-    cut = rq
-    reps = []                                   # (inputs, outcome) computed so far
-    for vm, st in zip(g.vms, sts):
-        h = np.take(vm.host.host.a, P)
-        if any_f1:
-            w1 = np.broadcast_to(np.asarray(VECTOR_POLICIES[vm.r.policy](
-                path1, False, instr1, wnr1, f.ha, f.vm_protected, wwp1), dtype=bool), P.shape)
-        else:
-            w1 = None
-        lkey = vm.flags_logact.tobytes()
-        # a fault in a block-backed slot may map or split a block (Host.map_translation,
-        # relax_permission) unless the slot is logging and the page is not in a block
-        blk = bb & (np.take(vm.host.s2_block.a, P) >= 0) if bb.any() else bb
-        oc = None
-        for (st_, h_, w1_, lkey_, blk_), oc_ in reps:
-            if (lkey_ == lkey and np.array_equal(st_, st) and np.array_equal(h_, h)
-                    and (w1 is None or np.array_equal(w1_, w1)) and np.array_equal(blk_, blk)):
-                oc = oc_
-                break
-        if oc is None:
-            la = vm.flags_logact[slot_no]
-            hard = hard0 | (bb & (~la | blk))
-            if any_f1:
-                F1 = st == S2_UNMAPPED
-                miss = h == H_MISSING
-                ev1m = F1 & miss & ((uf == 1) | (uf == 2))
-                ev1w = F1 & (h == H_WP) & w1
-                # Host.gup: missing -> uffd/new page/zero page; swapped -> swapped in
-                # (do_swap_page: writable, no uffd); zero/wp -> writable on a write
-                cow = (h == H_ZERO) | (h == H_KSM) | (h == H_WP)
-                h1 = np.where(F1 & miss, np.where(ev1m | w1, H_RW, H_ZERO),
-                              np.where(F1 & ((h == H_SWAPPED) | (w1 & cow)),
-                                       H_RW, h)).astype(np.int8)
-                writable1 = w1 | ((h1 == H_RW) & ~la & ~ro)
-                st1 = np.where(F1, np.where(writable1, S2_RW, S2_RO), st).astype(np.int8)
-                risky1 = F1 & (hard | ((ev1m | ev1w) & rslot) | (miss & ispt))
-                if risky1.any():
-                    cut = min(cut, int(q1[risky1].min()))
-            else:
-                F1 = ev1m = ev1w = writable1 = None
-                h1, st1 = h, st
-            F2 = (st1 == S2_RO) & hasW
-            ev2w = F2 & (h1 == H_WP)
-            h2 = np.where(F2 & ((h1 == H_ZERO) | (h1 == H_KSM) | (h1 == H_WP)), H_RW,
-                          h1).astype(np.int8)
-            risky2 = F2 & (hard | (ev2w & rslot) | (h1 == H_MISSING))
-            if risky2.any():
-                cut = min(cut, int(qW[risky2].min()))
-            oc = (F1, w1, ev1m, ev1w, h1, la, writable1, st1, F2, ev2w, h2)
-            reps.append(((st, h, w1, lkey, blk), oc))
-        outcomes.append((vm, oc))
+    return PageAttrs(hard0=(pa & PA_HARD) != 0, bb=np.take(base.block_backing, P),
+                     ro=(pa & PA_RO) != 0, rslot=(pa & PA_RSLOT) != 0,
+                     ispt=(pa & PA_PT) != 0, uf=pa >> PA_UFFD_SHIFT,
+                     slot_no=np.take(base.slot_no, P))
 
-    def apply():
-        done = {}
-        for vm, oc in outcomes:
-            F1, w1, ev1m, ev1w, h1, la, writable1, st1, F2, ev2w, h2 = oc
-            key = id(oc)
-            if key not in done:
-                A1 = np.zeros(len(P), dtype=bool) if F1 is None else F1 & (q1 < cut)
-                A2 = F2 & (qW < cut)
-                if F1 is None:
-                    F1 = ev1m = ev1w = writable1 = A1
-                upd2 = A2 & (tWty == T_UPD)
-                wk1 = A1 & walk[q1]
-                wk2 = A2 & walk[qW]
-                counts = dict(
-                    s1ptw_translation=int(np.count_nonzero(A1 & path1)),
-                    data_translation=int(np.count_nonzero(A1 & ~path1)),
-                    s1ptw_permission=int(np.count_nonzero(upd2)),
-                    data_permission=int(np.count_nonzero(A2 & ~(tWty == T_UPD))))
-                double = int(np.count_nonzero(upd2 & F1 & path1 & (q1 == qW)))
-                walks = int(np.count_nonzero(wk1)) + int(np.count_nonzero(wk2))
-                reads = (int(nord[iR][A1 & path1].sum())
-                         + int(np.take(wc.nlev, vp[q1[wk1 & ~path1]]).sum())
-                         + int(np.take(wc.nlev, vp[qW[wk2]]).sum()))
-                hA = A1 | A2
-                s2new = np.compress(hA, np.where(A2, S2_RW, st1)).astype(np.int8)
-                hnew = np.compress(hA, np.where(A2, h2, h1))
-                dm = (A1 & writable1 & la) | (A2 & la)
-                evs = []
-                e1 = A1 & (ev1m | ev1w)
-                e2 = A2 & ev2w
-                if e1.any() or e2.any():
-                    wr1 = writes_page(q1, P, True)
-                    wrW = writes_page(qW, P, True)
-                    for k in np.flatnonzero(e1).tolist():
-                        evs.append((int(seq[iR][k]) * 2, int(gpos[q1[k]]), int(P[k]),
-                                    int(uf[k]) if ev1m[k] else 3, bool(w1[k]), bool(wr1[k])))
-                    for k in np.flatnonzero(e2).tolist():
-                        evs.append((int(seq[iWc][k]) * 2 + 1, int(gpos[qW[k]]), int(P[k]), 3,
-                                    True, bool(wrW[k])))
-                    evs.sort()
-                done[key] = (hA, s2new, hnew, dm, counts, double, walks, reads, evs)
-            hA, s2new, hnew, dm, counts, double, walks, reads, evs = done[key]
-            host, r = vm.host, vm.r
-            if hA.any():
-                Ph = np.compress(hA, P)
-                host.s2.a[Ph] = s2new
-                host.host.a[Ph] = hnew
-            if dm.any():
-                host.dirty_all[np.compress(dm, P)] = True
-            c = r.s2_faults
-            for name, v in counts.items():
-                c[name] += v
-            r.double_faults += double
-            r.walks += walks
-            r.descriptor_reads += reads
-            if evs:
-                g.emit_uffd(vm, evs)
-        # the group's minimum stage-2 state
-        mnP = np.take(g.vms[0].host.s2.a, P)
-        for vm in g.vms[1:]:
-            mnP = np.minimum(mnP, np.take(vm.host.s2.a, P))
-        g.s2min[P] = mnP
 
-    return cut, apply
+def _writes_page(a: Accesses, tlb: TlbHistory, hw: HwNeeds, qq: np.ndarray, pages: np.ndarray,
+                 include_data: bool) -> np.ndarray:
+    """Does access qq write `pages` (a hardware update; a data store if include_data)?"""
+    w = hw.need_leaf[qq] & (a.leaf_pg[qq] == pages)
+    for h in hw.haft:
+        w |= h.need[qq] & (h.page[qq] == pages)
+    if include_data:
+        ds = a.isS[qq] if tlb.data is None else tlb.data[qq] & a.isS[qq]
+        w |= ds & (a.dp[qq] == pages)
+    return w
+
+
+@dataclass
+class TranslationInputs:
+    """The FaultInfo fields (model.policies) of each page's first need, as a translation
+    fault (Vm.s1ptw_fault for a descriptor read, Vm._attempt for a data access)."""
+    s1ptw: np.ndarray
+    instruction: np.ndarray
+    wnr: np.ndarray               # data: a store (CAS reports 0 on a translation fault)
+    walk_writes_page: np.ndarray  # the oracle's lookahead (Vm.oracle_walk_writes)
+
+
+def _translation_inputs(a: Accesses, tlb: TlbHistory, hw: HwNeeds, pn: PageNeeds,
+                        kindI: np.ndarray, lookahead: bool) -> TranslationInputs:
+    path1, q1 = pn.path1, pn.q1
+    if lookahead:
+        wwp = path1 & _writes_page(a, tlb, hw, q1, pn.P, False)
+    else:
+        wwp = np.zeros(len(q1), dtype=bool)         # no policy of the group reads it
+    return TranslationInputs(s1ptw=path1, instruction=a.isX[q1],
+                             wnr=~path1 & a.isS[q1] & (kindI[q1] != CAS), walk_writes_page=wwp)
+
+
+def _is_write(g, vm, tf: TranslationInputs) -> np.ndarray:
+    """kvm_is_write_fault() of the translation faults: the policy's vector twin
+    (model.policies.VECTOR_POLICIES)."""
+    f = g.flags
+    return np.broadcast_to(np.asarray(VECTOR_POLICIES[vm.r.policy](
+        tf.s1ptw, False, tf.instruction, tf.wnr, f.ha, f.vm_protected, tf.walk_writes_page),
+        dtype=bool), tf.s1ptw.shape)
+
+
+def _permission_is_write(g, vm, a: Accesses, pn: PageNeeds, oc: FaultOutcome,
+                         cut: int) -> int:
+    """kvm_is_write_fault() of the permission faults (a hardware update: S1PTW, WnR = 1; a
+    store: WnR = 1), asked of the policy: one it does not call a write ends in -EFAULT
+    (user_mem_abort) — the reference code's."""
+    if not oc.F2.any():
+        return cut
+    f = g.flags
+    w2 = VECTOR_POLICIES[vm.r.policy](pn.tW == T_UPD, True, a.isX[pn.qW], True, f.ha,
+                                      f.vm_protected, False)
+    odd = oc.F2 & ~np.asarray(w2, dtype=bool)
+    if odd.any():
+        cut = min(cut, int(pn.qW[odd].min()))
+    return cut
+
+
+def _resolve(vm, pn: PageNeeds, at: PageAttrs, st: np.ndarray, h: np.ndarray,
+             w1: np.ndarray | None, blk: np.ndarray, cut: int) -> tuple[FaultOutcome, int]:
+    """Host.handle_abort for one policy's faults on the pages, vectorised for the simple
+    class; the cut moves to the first access whose fault leaves it (a hard page, a uffd
+    event resolving a whole slot, a page-table page filled by uffd...)."""
+    la = vm.flags_logact[at.slot_no]
+    hard = at.hard0 | (at.bb & (~la | blk))
+    F1 = ev1m = ev1w = writable1 = None
+    h1, st1 = h, st
+    if w1 is not None:
+        F1, ev1m, ev1w, h1, writable1, st1 = _translation_fault(at, st, h, w1, la)
+        risky1 = F1 & (hard | ((ev1m | ev1w) & at.rslot) | ((h == H_MISSING) & at.ispt))
+        if risky1.any():
+            cut = min(cut, int(pn.q1[risky1].min()))
+    F2, ev2w, h2 = _permission_fault(st1, h1, pn.hasW)
+    risky2 = F2 & (hard | (ev2w & at.rslot) | (h1 == H_MISSING))
+    if risky2.any():
+        cut = min(cut, int(pn.qW[risky2].min()))
+    return FaultOutcome(F1, w1, ev1m, ev1w, h1, la, writable1, st1, F2, ev2w, h2), cut
+
+
+def _translation_fault(at: PageAttrs, st, h, w1, la):
+    """Host.handle_abort of a translation fault (write flag w1) on each unmapped page:
+    Host.gup (host_ops.gup_transition), then Host.map_translation, read-write when writable
+    (a write, or a present writable page outside logging)."""
+    F1 = st == S2_UNMAPPED
+    uffd_missing = (at.uf == UFFD_MISSING) | (at.uf == UFFD_MINOR)
+    new, ev_missing, ev_wp = gup_transition(h, w1, uffd_missing)
+    ev1m = F1 & ev_missing
+    ev1w = F1 & ev_wp
+    h1 = np.where(F1, new, h).astype(np.int8)
+    writable1 = maps_writable(w1, h1, la, at.ro)
+    st1 = np.where(F1, np.where(writable1, S2_RW, S2_RO), st).astype(np.int8)
+    return F1, ev1m, ev1w, h1, writable1, st1
+
+
+def _permission_fault(st1, h1, has_write):
+    """Host.handle_abort of a permission fault (a write) on each read-only page with a write
+    need: (fault, uffd WP event, host state after).  Host.gup on a write
+    (host_ops.gup_transition): zero page, KSM page, uffd-wp page -> writable (CoW, uffd WP
+    event); then Host.relax_permission maps it read-write.  A missing page is left to the
+    reference code (_resolve's cut)."""
+    F2 = (st1 == S2_RO) & has_write
+    new2, _, ev_wp2 = gup_transition(h1, True, False)
+    return F2, F2 & ev_wp2, np.where(F2, new2, h1).astype(np.int8)
+
+
+@dataclass
+class FaultEffects:
+    """What one FaultOutcome does before the cut, to apply to each of its policies."""
+    changed: np.ndarray       # pages whose stage 2 and host state change
+    s2new: np.ndarray         # their new stage-2 states
+    hnew: np.ndarray          # their new host states
+    dirty: np.ndarray         # pages marked dirty (mark_page_dirty_in_slot)
+    counts: dict              # stage-2 faults by class
+    double: int
+    walks: int                # the walks the faults' restarts add
+    reads: int                # ... and their descriptor reads
+    uffd: list                # events for Group.emit_uffd
+
+
+def _apply_faults(g, plan: FaultPlan) -> None:
+    """Apply each policy's faults before the cut (policies sharing an outcome share its
+    effects), then the group's minimum stage-2 state of the pages."""
+    done = {}
+    P = plan.pn.P
+    for vm, oc in plan.outcomes:
+        key = id(oc)
+        if key not in done:
+            done[key] = _fault_effects(plan, oc)
+        e = done[key]
+        host, r = vm.host, vm.r
+        if e.changed.any():
+            Ph = np.compress(e.changed, P)
+            host.s2.a[Ph] = e.s2new
+            host.host.a[Ph] = e.hnew
+        if e.dirty.any():
+            host.dirty_all[np.compress(e.dirty, P)] = True
+        c = r.s2_faults
+        for name, v in e.counts.items():
+            c[name] += v
+        r.double_faults += e.double
+        r.walks += e.walks
+        r.descriptor_reads += e.reads
+        if e.uffd:
+            g.emit_uffd(vm, e.uffd)
+    mnP = np.take(g.vms[0].host.s2.a, P)
+    for vm in g.vms[1:]:
+        mnP = np.minimum(mnP, np.take(vm.host.s2.a, P))
+    g.s2min[P] = mnP
+
+
+def _fault_effects(plan: FaultPlan, oc: FaultOutcome) -> FaultEffects:
+    """Counts (Vm._attempt, Vm.s1ptw_fault: a translation then a permission fault of one
+    access on one page is a double fault), the restarts' walks and reads, the new states and
+    dirty marks (Host.handle_abort) of the faults before the cut."""
+    pn, cut, a, wc = plan.pn, plan.cut, plan.a, plan.wc
+    q1, qW, path1 = pn.q1, pn.qW, pn.path1
+    A1 = np.zeros(len(pn.P), dtype=bool) if oc.F1 is None else oc.F1 & (q1 < cut)
+    A2 = oc.F2 & (qW < cut)
+    F1 = A1 if oc.F1 is None else oc.F1
+    writable1 = A1 if oc.F1 is None else oc.writable1
+    upd2 = A2 & (pn.tW == T_UPD)
+    wk1 = A1 & plan.tlb.walk[q1]
+    wk2 = A2 & plan.tlb.walk[qW]
+    counts = dict(
+        s1ptw_translation=int(np.count_nonzero(A1 & path1)),
+        data_translation=int(np.count_nonzero(A1 & ~path1)),
+        s1ptw_permission=int(np.count_nonzero(upd2)),
+        data_permission=int(np.count_nonzero(A2 & ~(pn.tW == T_UPD))))
+    double = int(np.count_nonzero(upd2 & F1 & path1 & (q1 == qW)))
+    walks = int(np.count_nonzero(wk1)) + int(np.count_nonzero(wk2))
+    reads = (int(pn.ord1[A1 & path1].sum())
+             + int(np.take(wc.nlev, a.vp[q1[wk1 & ~path1]]).sum())
+             + int(np.take(wc.nlev, a.vp[qW[wk2]]).sum()))
+    changed = A1 | A2
+    s2new = np.compress(changed, np.where(A2, S2_RW, oc.st1)).astype(np.int8)
+    hnew = np.compress(changed, np.where(A2, oc.h2, oc.h1))
+    dirty = (A1 & writable1 & oc.la) | (A2 & oc.la)
+    return FaultEffects(changed, s2new, hnew, dirty, counts, double, walks, reads,
+                        _uffd_events(plan, oc, A1, A2))
+
+
+def _uffd_events(plan: FaultPlan, oc: FaultOutcome, A1, A2) -> list:
+    """The userfaultfd events of the faults before the cut, in access order: (order key,
+    trace position, page index, mode, write, written by the access)."""
+    if oc.F1 is None:
+        e1 = A1
+    else:
+        e1 = A1 & (oc.ev1m | oc.ev1w)
+    e2 = A2 & oc.ev2w
+    if not (e1.any() or e2.any()):
+        return []
+    pn, a, tlb, hw, gpos = plan.pn, plan.a, plan.tlb, plan.hw, plan.gpos
+    P, uf = pn.P, plan.attrs.uf
+    wr1 = _writes_page(a, tlb, hw, pn.q1, P, True)
+    wrW = _writes_page(a, tlb, hw, pn.qW, P, True)
+    evs = []
+    for k in np.flatnonzero(e1).tolist():
+        evs.append((int(pn.seq1[k]) * 2, int(gpos[pn.q1[k]]), int(P[k]),
+                    int(uf[k]) if oc.ev1m[k] else UFFD_WP, bool(oc.w1[k]), bool(wr1[k])))
+    for k in np.flatnonzero(e2).tolist():
+        evs.append((int(pn.seqW[k]) * 2 + 1, int(gpos[pn.qW[k]]), int(P[k]), UFFD_WP,
+                    True, bool(wrW[k])))
+    evs.sort()
+    return evs

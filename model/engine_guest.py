@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .arch import DESC_SIZE, DESC_TABLE, DESC_VALID
+from .arch import DESC_TABLE, DESC_VALID
 from .engine_state import H_MISSING, PAGE_MASK, U64
 from .reference import aged_desc
+from .semantics import desc_address
 
 
 def _kernel_walk(g, root: int, va: np.ndarray):
@@ -47,7 +48,7 @@ def _kernel_walk(g, root: int, va: np.ndarray):
     d = np.zeros(n, dtype=U64)
     off = np.zeros(n, dtype=np.int64)
     for k, (level, shift, mask) in enumerate(steps):
-        addr = table + ((va >> shift) & mask).astype(np.int64) * DESC_SIZE
+        addr = desc_address(table, va, shift, mask)
         if np.any(alive & ((addr < base.pt_base) | (addr >= base.pt_end))):
             return None
         page[:, k] = addr & PAGE_MASK

@@ -19,16 +19,15 @@ import copy
 
 import numpy as np
 
-from .arch import (DESC_AF, DESC_AP2, DESC_SIZE, DESC_TABLE, DESC_VALID, HOST_PAGE,
-                   make_leaf_desc)
+from .arch import DESC_AF, DESC_AP2, DESC_SIZE, HOST_PAGE
 from .host import BLOCK_2M, S2_RO, S2_RW, S2_UNMAPPED, Host
 from .host_ops import (HOST_KSM, HOST_MISSING, HOST_OPS, HOST_RW, HOST_SWAPPED, HOST_WP,
-                       HOST_ZERO)
+                       HOST_ZERO, maps_writable)
 from .policies import POLICIES
 from .reference import TlbEntry, Vm
 from .results import PolicyResult
 from .scenario import Memslot, Scenario
-from .stage1 import GuestTables, build_tables
+from .stage1 import build_tables
 from .trace import KINDS, Trace
 
 PAGE_MASK = ~(HOST_PAGE - 1)
@@ -38,7 +37,9 @@ H_MISSING, H_RW, H_ZERO, H_WP, H_SWAPPED, H_KSM = (HOST_MISSING, HOST_RW, HOST_Z
                                                    HOST_SWAPPED, HOST_KSM)
 BLOCK_PAGES = BLOCK_2M // HOST_PAGE
 MUTABLE_BITS = DESC_AF | DESC_AP2      # bits hardware updates change; not the walk's shape
-UFFD_CODES = {"none": 0, "missing": 1, "minor": 2, "wp": 3}
+# userfaultfd mode of a slot, as a code (Base.pattr's top bits, engine events)
+UFFD_NONE, UFFD_MISSING, UFFD_MINOR, UFFD_WP = 0, 1, 2, 3
+UFFD_CODES = {"none": UFFD_NONE, "missing": UFFD_MISSING, "minor": UFFD_MINOR, "wp": UFFD_WP}
 # page attributes, packed per page index (Base.pattr): a fault there leaves the vectorised
 # path (outside every slot, read-only slot), read-only slot, uffd resolves the
 # whole slot, page-table slot, and the slot's uffd mode code in the top bits
@@ -182,12 +183,10 @@ class TracePrep:
     PAIR_TABLE_MAX = 1 << 26          # (vCPU, page) pairs numbered through a table up to this
 
     def __init__(self, scn: Scenario, trace: Trace):
-        geo = scn.machine.geometry
         n = len(trace)
         self.n = n
         self.trace = trace
         self.n_vcpu = int(trace.vcpu.max()) + 1 if n else 1
-        ch = self.CHUNK
         self.table = None                 # VA page (- lo) -> page id
         self.pair_rank = None             # vcpu * nsub + page id -> sub-key (several vCPUs)
         self._ci = None                   # stored ci (no table)
@@ -198,88 +197,113 @@ class TracePrep:
         self.lo = lo
         if (n and hi - lo + 1 <= max(self.TABLE_SPAN, 2 * n)
                 and hi - lo + 1 <= self.TABLE_SPAN_MAX):
-            # dense: number the pages in order of first appearance through a table over the
-            # span (int16 while the ids fit: half the cache footprint)
-            table = np.full(hi - lo + 1, -1, dtype=np.int16)
-            found = []
-            nxt = 0
-            for a in range(0, n, ch):
-                v = self._vpn(a, a + ch)
-                new = np.take(table, v) < 0
-                if new.any():
-                    nv = np.unique(np.compress(new, v))
-                    if nxt + len(nv) > 32000 and table.dtype == np.int16:
-                        table = table.astype(np.int32)
-                    table[nv] = np.arange(nxt, nxt + len(nv))
-                    nxt += len(nv)
-                    found.append(nv)
-            self.table = table
-            vpages = (np.concatenate(found).astype(U64) + U64(lo)) << U64(12)
-            skey = None
+            vpages, skey = self._table_pages(lo, hi), None
         elif n:
-            parts = [np.unique(self._vpn(a, a + ch)) for a in range(0, n, ch)]
-            uniq = np.unique(np.concatenate(parts))
-            skey = np.zeros(n, dtype=np.int32)
-            for a in range(0, n, ch):
-                skey[a:a + ch] = np.searchsorted(uniq, self._vpn(a, a + ch))
-            vpages = (uniq.astype(U64) + U64(lo)) << U64(12)
+            vpages, skey = self._sorted_pages()
         else:
-            vpages = np.zeros(0, dtype=U64)
-            skey = np.zeros(0, dtype=np.int32)
+            vpages, skey = np.zeros(0, dtype=U64), np.zeros(0, dtype=np.int32)
         self.vpages = vpages
-        nsub = len(vpages)
-        self.nsub = nsub
+        self.nsub = len(vpages)
+        skey = self._sub_keys(skey)
+        self.nskeys = len(self.sk_vp)
+        if skey is not None:
+            self._store_ci(skey)
+        self._tlb_keys(scn.machine.geometry)
 
-        def vp_ids(a):
-            if skey is not None:
-                return skey[a:a + ch].astype(np.int64)
-            return np.take(self.table, self._vpn(a, a + ch)).astype(np.int64)
+    def _table_pages(self, lo: int, hi: int) -> np.ndarray:
+        """Number the trace's 4 KiB VA pages in order of first appearance through a table
+        over the span (int16 while the ids fit: half the cache footprint); their VAs."""
+        n, ch = self.n, self.CHUNK
+        table = np.full(hi - lo + 1, -1, dtype=np.int16)
+        found = []
+        nxt = 0
+        for a in range(0, n, ch):
+            v = self._vpn(a, a + ch)
+            new = np.take(table, v) < 0
+            if new.any():
+                nv = np.unique(np.compress(new, v))
+                if nxt + len(nv) > 32000 and table.dtype == np.int16:
+                    table = table.astype(np.int32)
+                table[nv] = np.arange(nxt, nxt + len(nv))
+                nxt += len(nv)
+                found.append(nv)
+        self.table = table
+        return (np.concatenate(found).astype(U64) + U64(lo)) << U64(12)
+
+    def _sorted_pages(self) -> tuple[np.ndarray, np.ndarray]:
+        """The trace's 4 KiB VA pages sorted (a span too wide for a table), and each
+        access's page id (stored)."""
+        n, ch = self.n, self.CHUNK
+        parts = [np.unique(self._vpn(a, a + ch)) for a in range(0, n, ch)]
+        uniq = np.unique(np.concatenate(parts))
+        skey = np.zeros(n, dtype=np.int32)
+        for a in range(0, n, ch):
+            skey[a:a + ch] = np.searchsorted(uniq, self._vpn(a, a + ch))
+        return (uniq.astype(U64) + U64(self.lo)) << U64(12), skey
+
+    def _vp_ids(self, a: int, skey) -> np.ndarray:
+        """Page ids of accesses [a, a + CHUNK)."""
+        if skey is not None:
+            return skey[a:a + self.CHUNK].astype(np.int64)
+        return np.take(self.table, self._vpn(a, a + self.CHUNK)).astype(np.int64)
+
+    def _sub_keys(self, skey):
+        """The sub-keys: (vCPU, page) pairs (`sk_vp`, `sk_vcpu`); with several vCPUs, each
+        access's sub-key through `pair_rank` (table) or stored in skey.  Returns skey (None:
+        computed on demand)."""
+        n, ch, nsub = self.n, self.CHUNK, self.nsub
+        trace = self.trace
         if self.n_vcpu == 1 or n == 0:
             self.sk_vp = np.arange(nsub, dtype=np.int32)
             self.sk_vcpu = np.zeros(nsub, dtype=np.int32)
-        else:
-            nv = self.n_vcpu
-            if nv * nsub <= self.PAIR_TABLE_MAX:
-                present = np.zeros(nv * nsub, dtype=bool)
-                for a in range(0, n, ch):
-                    present[trace.vcpu[a:a + ch].astype(np.int64) * nsub + vp_ids(a)] = True
-                rank = np.cumsum(present, dtype=np.int32)
-                rank -= 1
-                codes = np.flatnonzero(present)
-                del present
-                if skey is None:
-                    self.pair_rank = rank
-                else:
-                    for a in range(0, n, ch):
-                        skey[a:a + ch] = rank[trace.vcpu[a:a + ch].astype(np.int64) * nsub
-                                              + vp_ids(a)]
-                    del rank
-            else:
-                parts = [np.unique(trace.vcpu[a:a + ch].astype(np.int64) * nsub + vp_ids(a))
-                         for a in range(0, n, ch)]
-                codes = np.unique(np.concatenate(parts))
-                if skey is None:
-                    skey = np.zeros(n, dtype=np.int32)
-                    for a in range(0, n, ch):
-                        skey[a:a + ch] = np.take(self.table, self._vpn(a, a + ch))
-                for a in range(0, n, ch):
-                    skey[a:a + ch] = np.searchsorted(
-                        codes, trace.vcpu[a:a + ch].astype(np.int64) * nsub + skey[a:a + ch])
-                self.table = None
-            self.sk_vp = (codes % nsub).astype(np.int32)
-            self.sk_vcpu = (codes // nsub).astype(np.int32)
-        self.nskeys = len(self.sk_vp)
-        if skey is not None:                  # stored ci
-            if 4 * self.nskeys >= (1 << 31):
-                skey = skey.astype(np.int64)
+            return skey
+        nv = self.n_vcpu
+        if nv * nsub <= self.PAIR_TABLE_MAX:
+            present = np.zeros(nv * nsub, dtype=bool)
             for a in range(0, n, ch):
-                sk = skey[a:a + ch]
-                sk <<= 2
-                sk += CLASS_OF_KIND[trace.kind[a:a + ch]]
-            self._ci = skey
-        # granule pages (the TLB's unit) and TLB keys
+                pair = trace.vcpu[a:a + ch].astype(np.int64) * nsub + self._vp_ids(a, skey)
+                present[pair] = True
+            rank = np.cumsum(present, dtype=np.int32)
+            rank -= 1
+            codes = np.flatnonzero(present)
+            del present
+            if skey is None:
+                self.pair_rank = rank
+            else:
+                for a in range(0, n, ch):
+                    skey[a:a + ch] = rank[trace.vcpu[a:a + ch].astype(np.int64) * nsub
+                                          + self._vp_ids(a, skey)]
+                del rank
+        else:
+            parts = [np.unique(trace.vcpu[a:a + ch].astype(np.int64) * nsub
+                               + self._vp_ids(a, skey)) for a in range(0, n, ch)]
+            codes = np.unique(np.concatenate(parts))
+            if skey is None:
+                skey = np.zeros(n, dtype=np.int32)
+                for a in range(0, n, ch):
+                    skey[a:a + ch] = np.take(self.table, self._vpn(a, a + ch))
+            for a in range(0, n, ch):
+                skey[a:a + ch] = np.searchsorted(
+                    codes, trace.vcpu[a:a + ch].astype(np.int64) * nsub + skey[a:a + ch])
+            self.table = None
+        self.sk_vp = (codes % nsub).astype(np.int32)
+        self.sk_vcpu = (codes // nsub).astype(np.int32)
+        return skey
+
+    def _store_ci(self, skey: np.ndarray) -> None:
+        """Store 4 * sub-key + class per access (in skey's memory)."""
+        if 4 * self.nskeys >= (1 << 31):
+            skey = skey.astype(np.int64)
+        for a in range(0, self.n, self.CHUNK):
+            sk = skey[a:a + self.CHUNK]
+            sk <<= 2
+            sk += CLASS_OF_KIND[self.trace.kind[a:a + self.CHUNK]]
+        self._ci = skey
+
+    def _tlb_keys(self, geo) -> None:
+        """Granule pages (the TLB's unit) and TLB keys."""
         gsh = U64(geo.granule_shift)
-        gp = (vpages >> gsh) << gsh
+        gp = (self.vpages >> gsh) << gsh
         self.gpages, self.vp_gid = np.unique(gp, return_inverse=True)
         self.vp_gid = self.vp_gid.astype(np.int32).reshape(-1)
         ngp = max(1, len(self.gpages))
@@ -336,69 +360,6 @@ class TracePrep:
         return out
 
 
-# ---- the initial tables ------------------------------------------------------------------------
-def fast_tables(scn: Scenario) -> GuestTables:
-    """model.stage1.build_tables, vectorised (same layout, same result); any scenario the
-    builder would reject is left to build_tables (which raises)."""
-    geo = scn.machine.geometry
-    g = geo.granule
-    pt = scn.slot(scn.guest.pt_slot)
-    capacity = (pt.pages * 4096) // g
-    if capacity < 1 or not scn.mappings or any(m.pages < 1 for m in scn.mappings):
-        return build_tables(scn)
-    cnt = np.array([m.pages for m in scn.mappings], dtype=np.int64)
-    rep = np.repeat(np.arange(len(cnt)), cnt)
-    first = np.cumsum(cnt) - cnt
-    step = (np.arange(len(rep), dtype=np.int64) - first[rep]) * g
-    va = np.array([m.va for m in scn.mappings], dtype=np.int64)[rep] + step
-    ipa = np.array([m.ipa for m in scn.mappings], dtype=np.int64)[rep] + step
-    if len(np.unique(va)) != len(va):
-        return build_tables(scn)                          # overlapping mappings: an error
-    flags = np.array([make_leaf_desc(0, geo, 3, af=m.af, writable=m.writable, dirty=m.dirty,
-                                     executable=m.executable) for m in scn.mappings],
-                     dtype=np.uint64)[rep]
-    levels = list(range(geo.start_level, 3))
-
-    def index_v(v, lev):
-        _l, shift, mask = geo.walk_steps[lev - geo.start_level]
-        return (v >> shift) & mask
-    # every (level, VA prefix) needs a table for the next level, allocated at its first page
-    # in insertion order, top-down within a page
-    keys, firsts, lv_of = [], [], []
-    inv_of = []
-    for k, lev in enumerate(levels):
-        pre = va >> geo.level_shift(lev)
-        u, idx, inv = np.unique(pre, return_index=True, return_inverse=True)
-        keys.append(u)
-        firsts.append(idx)
-        lv_of.append(np.full(len(u), k))
-        inv_of.append(inv.reshape(-1))
-    allf = np.concatenate(firsts)
-    alll = np.concatenate(lv_of)
-    order = np.lexsort((alll, allf))                     # by first page, then level
-    if 1 + len(order) > capacity:
-        return build_tables(scn)                          # out of page-table slot: an error
-    rank = np.empty(len(order), dtype=np.int64)
-    rank[order] = np.arange(len(order))
-    addr_of = pt.ipa + (1 + rank) * g                     # table address per (level, prefix)
-    offs = np.cumsum([0] + [len(u) for u in keys])
-    descriptors: dict[int, int] = {}
-    parent = np.full(len(va), pt.ipa, dtype=np.int64)     # table holding this level's entry
-    for k, lev in enumerate(levels):
-        tab = addr_of[offs[k]:offs[k + 1]]
-        daddr = parent + index_v(va, lev) * DESC_SIZE
-        child = tab[inv_of[k]]
-        dval = (child & geo.oa_mask) | DESC_VALID | DESC_TABLE | DESC_AF
-        u, i = np.unique(daddr, return_index=True)
-        descriptors.update(zip(u.tolist(), dval[i].tolist()))
-        parent = child
-    laddr = parent + index_v(va, 3) * DESC_SIZE
-    lval = (ipa.astype(np.uint64) & np.uint64(geo.oa_mask)) | flags
-    descriptors.update(zip(laddr.tolist(), lval.tolist()))
-    return GuestTables(geo, pt.ipa, descriptors, 1 + len(order),
-                       dict(zip(va.tolist(), laddr.tolist())))
-
-
 # ---- per-run data shared by every policy ------------------------------------------------------
 class Base:
     """Everything of a run that no policy changes: scenario, trace, geometry, the initial
@@ -407,7 +368,7 @@ class Base:
     def __init__(self, scn: Scenario, trace: Trace):
         self.scn, self.trace = scn, trace
         self.geo = scn.machine.geometry
-        self.tables = fast_tables(scn)
+        self.tables = build_tables(scn)
         self._initial = None
         self.idx = idx = SlotIndex(scn.memslots)
         pt = scn.slot(scn.guest.pt_slot)
@@ -686,11 +647,9 @@ class ArrayHost(Host):
     the same rules."""
 
     def __init__(self, base: Base, policy, result: PolicyResult, vm: "FastVm"):
-        # Host.__init__ without the per-page loops (same attributes, same start state)
-        scn = base.scn
-        self.scn = scn
-        self.policy = policy
-        self.r = result
+        # Host.__init__ with arrays: the state every host has (Host._init_host), then the
+        # page-indexed state as slices of arrays
+        self._init_host(base.scn, policy, result)
         self.base = base
         self.vm = vm
         self.content: dict = {}                 # unused: content lives in Shared
@@ -702,21 +661,13 @@ class ArrayHost(Host):
         T = idx.total + 1
         self.dirty_all = np.zeros(T, dtype=bool)
         self.written_all = np.zeros(T, dtype=bool)
-        self.logging: dict[str, bool] = {}
-        self.eager_split: dict[str, bool] = {}
         self.dirty: dict[str, BitSet] = {}
         self.written: dict[str, BitSet] = {}
-        self.tlb_flushes = 0
-        for s in scn.memslots:
-            st = idx.start_of[s.name]
-            self.logging[s.name] = s.log_dirty
-            self.eager_split[s.name] = False
-            self.dirty[s.name] = BitSet(self.dirty_all[st:st + s.pages])
-            self.written[s.name] = BitSet(self.written_all[st:st + s.pages])
-            self.host.a[st:st + s.pages] = H_RW if s.populated else H_MISSING
-        self.step = 0
-        self.step_written: set[int] = set()
-        self.init_x86()
+        for s in base.scn.memslots:
+            sl = self._sl(s)
+            self.dirty[s.name] = BitSet(self.dirty_all[sl])
+            self.written[s.name] = BitSet(self.written_all[sl])
+            self.host.a[sl] = H_RW if s.populated else H_MISSING
 
     @property
     def initial(self):
@@ -853,8 +804,7 @@ class ArrayHost(Host):
                 s2[b:b + BLOCK_PAGES] = perm
                 self.s2_block.a[b:b + BLOCK_PAGES] = slot.ipa + (b - sl.start) * HOST_PAGE
             g = g[~ok]
-        writable = (h[g] == H_RW) & (not logging) & (not slot.readonly)
-        s2[g] = np.where(writable, S2_RW, S2_RO)
+        s2[g] = np.where(maps_writable(False, h[g], logging, slot.readonly), S2_RW, S2_RO)
 
     def write_protect(self, pages, split: bool) -> None:
         pages = list(pages) if not isinstance(pages, (range, np.ndarray)) else pages
@@ -961,24 +911,12 @@ class FastVm(Vm):
     """model.reference.Vm on the engine's state (own host, the group's Shared)."""
 
     def __init__(self, base: Base, policy: str, shared: Shared):
-        # Vm.__init__ with the run's tables built once (same attributes)
-        scn = base.scn
-        self.scn = scn
-        self.geo = base.geo
+        # Vm's own state (Vm._init_vm) with the run's tables built once; the TLB lives in
+        # Shared (self.tlb stays unused), the host is array-backed
         self.base = base
-        self.tables = copy.copy(base.tables)     # `root` changes with guest_switch
         self.shared = shared
-        self.r = PolicyResult(policy)
-        self.host = ArrayHost(base, POLICIES[policy], self.r, self)
-        self.tcr_ha = scn.guest.tcr_ha
-        self.tcr_hd = scn.guest.tcr_hd
-        self.tcr2_haft = scn.guest.tcr2_haft
-        self.tlb: dict = {}                      # unused: the TLB lives in Shared
-        self.stopped: set[int] = set()
-        self._flushes_seen = 0
-        self.as_roots: dict[int, int] = {0: self.tables.root}
-        self.cur_as = 0
-        self.runtime_tables: set[int] = set()
+        self._init_vm(base.scn, copy.copy(base.tables), policy)   # `root` changes with
+        self.host = ArrayHost(base, POLICIES[policy], self.r, self)  # guest_switch
 
     def vcpu_tlb(self, vcpu: int):
         return TlbView(self, vcpu)

@@ -12,17 +12,17 @@ from enum import Enum
 import numpy as np
 
 from .arch import HOST_PAGE
-from .host_ops import (HOST_KSM, HOST_MISSING, HOST_OPS, HOST_RW, HOST_SWAPPED, HOST_WP,
-                       HOST_ZERO)
+from .host_ops import (HOST_MISSING, HOST_OPS, HOST_RW, HOST_SWAPPED, HOST_WP,
+                       gup_transition, maps_writable)
 from .policies import FaultInfo, Policy
 from .results import PolicyResult, UffdEvent
 from .scenario import Memslot, Scenario
+from .semantics import S2_RO, S2_RW, S2_UNMAPPED  # noqa: F401 (re-exported)
 from .x86 import PmlBuffers, hardware_write, is_x86, pml_logs
 
 BLOCK_2M = 2 << 20              # stage-2 block for THP/hugetlb-backed slots (4K host pages)
 
-# stage-2 state of a 4 KiB IPA page
-S2_UNMAPPED, S2_RO, S2_RW = 0, 1, 2
+# stage-2 state of a 4 KiB IPA page: codes of model/semantics.py
 
 # host page state (the VMM's view of the slot's backing): codes of model/host_ops.py
 
@@ -54,35 +54,38 @@ class Host:
 
     def __init__(self, scn: Scenario, initial_content: dict[int, dict[int, int]],
                  policy: Policy, result: PolicyResult):
-        self.scn = scn
-        self.policy = policy
-        self.r = result
+        self._init_host(scn, policy, result)
         self.initial = initial_content          # page IPA -> {descriptor IPA: value}
-        # Page-indexed state; an engine may replace these with array-backed mappings that
-        # offer the same dict interface (get, [], []=, pop, in).
+        # Page-indexed state; an engine replaces these with array-backed mappings that offer
+        # the same dict interface (get, [], []=, pop, in): engine_state.ArrayHost.
         self.content: dict[int, dict[int, int]] = {}
         self.host: dict[int, str] = {}
         self.s2: dict[int, int] = {}
         self.s2_block: dict[int, int] = {}      # page IPA -> base of the block mapping it
-        self._init_state()
-        self.init_x86()
-        self.logging: dict[str, bool] = {}
-        self.eager_split: dict[str, bool] = {}
         self.dirty: dict[str, set[int]] = {}
         self.written: dict[str, set[int]] = {}
-        self.tlb_flushes = 0
         for s in scn.memslots:
-            self.logging[s.name] = s.log_dirty
-            self.eager_split[s.name] = False
             self.dirty[s.name] = self.pageset(s)
             self.written[s.name] = self.pageset(s)
             for p in self.slot_pages(s):
-                # docs/scenario-format.md "Start": populated slots are present and writable; else missing.
                 self.host[p] = HOST_RW if s.populated else HOST_MISSING
                 if s.populated:
                     self.restore_page(p)
+
+    def _init_host(self, scn: Scenario, policy: Policy, result: PolicyResult) -> None:
+        """KVM's state at scenario start that does not depend on how pages are stored
+        (every engine's host): the policy, no dirty logging but the slots' log_dirty, no
+        eager split, the step counters, the x86 machines' state.  docs/scenario-format.md
+        "Start": populated slots are present and writable, the others missing."""
+        self.scn = scn
+        self.policy = policy
+        self.r = result
+        self.logging: dict[str, bool] = {s.name: s.log_dirty for s in scn.memslots}
+        self.eager_split: dict[str, bool] = {s.name: False for s in scn.memslots}
+        self.tlb_flushes = 0
         self.step = 0
         self.step_written: set[int] = set()     # pages written during the current step
+        self.init_x86()
 
     # ---- helpers --------------------------------------------------------------------
     @staticmethod
@@ -95,9 +98,6 @@ class Host:
     def logging_active(self, s: Memslot) -> bool:
         # memslot_is_logging(): a dirty bitmap and not KVM_MEM_READONLY (kvm/mmu.c)
         return self.logging[s.name] and not s.readonly
-
-    def _init_state(self) -> None:
-        """Hook for engines with other state containers."""
 
     def init_x86(self) -> None:
         """The x86 comparison machines' state (model/x86.py; docs/x86.md)."""
@@ -234,9 +234,7 @@ class Host:
             return Outcome.STOP
         logging = self.logging_active(slot)
         self.gup(slot, page, write)
-        # writable: a write fault, or hva_to_pfn_fast() with FOLL_WRITE succeeding on a
-        # present writable host PTE, unless logging (then only write faults map RW).
-        writable = write or (self.host[page] == HOST_RW and not logging and not slot.readonly)
+        writable = maps_writable(write, self.host[page], logging, slot.readonly)
         if not a.permission:
             self.map_translation(slot, page, writable, logging)
         else:
@@ -246,31 +244,24 @@ class Host:
         return Outcome.RESTART
 
     def gup(self, slot: Memslot, page: int, write: bool) -> None:
-        """__gfn_to_pfn_memslot(): resolve the host page, raising userfaultfd events."""
+        """__gfn_to_pfn_memslot(): resolve the host page (host_ops.gup_transition), raising
+        userfaultfd events."""
         state = self.host[page]
-        if state == HOST_MISSING:
-            if slot.uffd in ("missing", "minor"):
-                # handle_userfault(): MISSING (anon) or MINOR (shmem/hugetlb) event
-                self.uffd_event(slot, page, slot.uffd, write)
-                self.uffd_resolve_missing(slot, page)
-            elif write:
-                self.host[page] = HOST_RW     # do_anonymous_page(): a new zeroed page
-                self.zero_page(page)
-            else:
-                self.host[page] = HOST_ZERO   # read fault maps the shared zero page
-                self.zero_page(page)
-        elif state == HOST_SWAPPED:
-            # do_swap_page(): swap-in, no userfaultfd involved; the page comes back with its
-            # content, exclusive and writable (docs/scenario-format.md `swap_out`)
-            self.host[page] = HOST_RW
-        elif state in (HOST_ZERO, HOST_KSM) and write:
-            self.host[page] = HOST_RW         # CoW of the zero page / KSM page (do_wp_page)
-        elif state == HOST_WP and write:
+        new, ev_missing, ev_wp = gup_transition(state, write, slot.uffd in ("missing", "minor"))
+        if ev_missing:
+            # handle_userfault(): MISSING (anon) or MINOR (shmem/hugetlb) event
+            self.uffd_event(slot, page, slot.uffd, write)
+            self.uffd_resolve_missing(slot, page)
+        elif ev_wp:
             self.uffd_event(slot, page, "wp", True)   # handle_userfault(VM_UFFD_WP)
             pages = self.slot_pages(slot) if slot.uffd_resolve == "slot" else (page,)
             for p in pages:                   # UFFDIO_WRITEPROTECT(mode=0)
                 if self.host[p] == HOST_WP:
                     self.host[p] = HOST_RW
+        elif new != state:
+            self.host[page] = int(new)
+            if state == HOST_MISSING:         # a new zeroed page, or the shared zero page
+                self.zero_page(page)
 
     def uffd_event(self, slot: Memslot, page: int, mode: str, write: bool) -> None:
         self.r.uffd_events.append(UffdEvent(self.step, slot.name, self.page_index(slot, page),
@@ -365,7 +356,7 @@ class Host:
             h = self.host[p]
             if h in (HOST_MISSING, HOST_SWAPPED) or p in self.s2:
                 continue
-            writable = h == HOST_RW and not logging and not slot.readonly
+            writable = bool(maps_writable(False, h, logging, slot.readonly))
             self.map_translation(slot, p, writable, logging)
 
     def zap(self, slot: Memslot, first: int, count: int) -> None:

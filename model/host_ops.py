@@ -92,6 +92,30 @@ PUBLIC_HOST_OPS = ("zap", "swap_out", "uffd_wp")
 INTERNAL_HOST_OPS = tuple(op for op in HOST_OPS if op not in PUBLIC_HOST_OPS)
 
 
+def gup_transition(h, write, uffd_missing):
+    """__gfn_to_pfn_memslot() on host state codes (an int, or arrays): (new state, a uffd
+    MISSING/MINOR event, a uffd WP event).  A missing page: with a missing/minor uffd
+    registration, handle_userfault, resolved present and writable (UFFDIO_COPY/CONTINUE);
+    else a new zeroed page on a write (do_anonymous_page), the shared zero page on a read.
+    Swapped: swapped in, writable, no uffd (do_swap_page).  On a write: the zero page and a
+    KSM page are copied (do_wp_page), a uffd-wp page raises a WP event and is unprotected
+    (UFFDIO_WRITEPROTECT mode=0).  The caller applies an event's slot-wide resolution."""
+    miss = h == HOST_MISSING
+    ev_missing = miss & uffd_missing
+    ev_wp = (h == HOST_WP) & write
+    cow = (h == HOST_ZERO) | (h == HOST_KSM) | (h == HOST_WP)
+    to_rw = (miss & (ev_missing | write)) | (h == HOST_SWAPPED) | (cow & write)
+    return np.where(to_rw, HOST_RW, np.where(miss, HOST_ZERO, h)), ev_missing, ev_wp
+
+
+def maps_writable(write, h, logging, readonly):
+    """Does the fault map the page read-write at stage 2 (ints/bools or arrays)?  A write
+    fault, or hva_to_pfn_fast() with FOLL_WRITE succeeding on a present writable host page
+    (`h`: the state after gup_transition) — unless the slot is logging (then only write
+    faults map read-write, and they mark the page dirty) or read-only (user_mem_abort)."""
+    return write | ((h == HOST_RW) & (logging ^ True) & (readonly ^ True))
+
+
 def step_pages(st, slot_pages: int) -> np.ndarray:
     """The page indices (in the slot, int64, ascending, unique) a host-op step covers."""
     if st.pages is not None:

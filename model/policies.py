@@ -1,7 +1,8 @@
 """Is a stage-2 fault a write?  The policies as a table of pure functions (docs/semantics.md §3.1).
 
 Each policy answers `kvm_is_write_fault()` (arch/arm64/include/asm/kvm_emulate.h) for one
-fault.  All engines share this table; adding a policy is adding one function and one row.
+fault.  All engines share this table (POLICY_TABLE); adding a policy is adding one function,
+its vectorised twin, and one row.
 """
 from __future__ import annotations
 
@@ -60,13 +61,6 @@ def oracle(f: FaultInfo) -> bool:
     return _not_s1ptw(f)
 
 
-POLICIES: dict[str, Policy] = {
-    "fix": fix,
-    "legacy": legacy,
-    "ha-promote": ha_promote,
-    "oracle": oracle,
-}
-DEFAULT_ORDER = tuple(POLICIES)
 
 
 # ---- vectorised twins (numpy engine) ----------------------------------------------------------
@@ -95,9 +89,29 @@ def v_oracle(s1ptw, permission, instruction, wnr, ha, vm_protected, walk_writes_
                     _v_not_s1ptw(instruction, wnr))
 
 
-VECTOR_POLICIES = {
-    "fix": v_fix,
-    "legacy": v_legacy,
-    "ha-promote": v_ha_promote,
-    "oracle": v_oracle,
-}
+# ---- the policy table -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PolicyRow:
+    """One policy: its answer for one fault, the vectorised twin, and whether it reads
+    FaultInfo.walk_writes_page (then an engine must run the faulting access's walk ahead on
+    the resolved tables, model.reference.Vm.oracle_walk_writes; the others never need it)."""
+    name: str
+    is_write: Policy
+    vector: Callable
+    lookahead: bool
+
+
+POLICY_TABLE: dict[str, PolicyRow] = {row.name: row for row in (
+    PolicyRow("fix", fix, v_fix, lookahead=False),
+    PolicyRow("legacy", legacy, v_legacy, lookahead=False),
+    PolicyRow("ha-promote", ha_promote, v_ha_promote, lookahead=False),
+    PolicyRow("oracle", oracle, v_oracle, lookahead=True),
+)}
+POLICIES: dict[str, Policy] = {name: row.is_write for name, row in POLICY_TABLE.items()}
+VECTOR_POLICIES = {name: row.vector for name, row in POLICY_TABLE.items()}
+DEFAULT_ORDER = tuple(POLICY_TABLE)
+
+
+def needs_lookahead(policy: str) -> bool:
+    """Does the policy read walk_writes_page (POLICY_TABLE's `lookahead` column)?"""
+    return POLICY_TABLE[policy].lookahead

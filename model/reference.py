@@ -10,13 +10,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .arch import (DESC_AF, DESC_AP2, DESC_DBM, DESC_PXN, DESC_SIZE, DESC_TABLE, DESC_VALID,
+from .arch import (DESC_AF, DESC_AP2, DESC_DBM, DESC_SIZE, DESC_VALID,
                    HOST_PAGE, desc_oa, is_table, is_valid, make_table_desc)
-from .host import S2_RO, S2_UNMAPPED, Abort, Host, Outcome
+from .host import S2_UNMAPPED, Abort, Host, Outcome
 from .host_ops import HOST_OPS, step_pages
-from .policies import DEFAULT_ORDER, POLICIES
+from .policies import DEFAULT_ORDER, POLICIES, needs_lookahead
 from .results import Harvest, PolicyResult
 from .scenario import Scenario, Step
+from .semantics import (S1_FAULT_NAMES, S2_OK, S2_PERMISSION, apply_leaf_update, desc_address,
+                        hw_updates_apply, leaf_bits, leaf_hw_update, output_address,
+                        s1_descriptor, s1_leaf_fault, s2_check, table_hw_update)
 from .stage1 import build_tables
 from .x86 import is_x86, one_machine, walk_access_is_write
 
@@ -61,15 +64,20 @@ class Vm:
     """One VM under one policy: vCPU TLBs, TCR state, the walker, and the host."""
 
     def __init__(self, scn: Scenario, policy: str):
-        self.scn = scn
-        self.geo = scn.machine.geometry
         tables = build_tables(scn)
-        self.tables = tables
+        self._init_vm(scn, tables, policy)
         initial: dict[int, dict[int, int]] = {}
         for addr, v in tables.descriptors.items():
             initial.setdefault(addr & ~(HOST_PAGE - 1), {})[addr] = v
-        self.r = PolicyResult(policy)
         self.host = self._make_host(scn, initial, POLICIES[policy], self.r)
+
+    def _init_vm(self, scn: Scenario, tables, policy: str) -> None:
+        """The VM's own state at scenario start (every engine's Vm): tables, result, TCR
+        controls, TLBs, address spaces.  The host comes after (its kind is the engine's)."""
+        self.scn = scn
+        self.geo = scn.machine.geometry
+        self.tables = tables
+        self.r = PolicyResult(policy)
         self.tcr_ha = scn.guest.tcr_ha
         self.tcr_hd = scn.guest.tcr_hd
         self.tcr2_haft = scn.guest.tcr2_haft
@@ -125,61 +133,50 @@ class Vm:
         table = self.tables.root
         path = []
         for level, shift, mask in geo.walk_steps:
-            addr = table + ((va >> shift) & mask) * DESC_SIZE
+            addr = desc_address(table, va, shift, mask)
             desc = read_desc(addr)
             if desc is None:
                 return None, (level, addr)
             path.append((level, addr, desc))
-            if not is_valid(desc):
-                raise Stage1Fault("translation")        # invalid descriptor
-            if is_table(desc, level):
+            table_desc, leaf = s1_descriptor(desc, level, geo)
+            if table_desc:
                 table = desc_oa(desc, geo)
                 continue
-            if level == 3 and not desc & DESC_TABLE:
-                raise Stage1Fault("translation")        # reserved encoding at level 3
-            if level < 3 and geo.block_size(level) is None:
-                raise Stage1Fault("translation")        # block not allowed at this level
+            if not leaf:      # invalid, reserved encoding at level 3, or a block not allowed
+                raise Stage1Fault("translation")
             return Walk(path, desc, level, addr), None
         raise AssertionError("unreachable")
 
     def s1_check(self, walk: Walk, kind: str) -> None:
-        """AArch64.S1CheckPermissions with the AF check first (AF faults outrank permission
-        faults, I_DSHLJ)."""
-        leaf = walk.leaf
-        if not leaf & DESC_AF and not self.ha:
-            raise Stage1Fault("access flag")
-        if kind == "exec" and leaf & DESC_PXN:
-            raise Stage1Fault("permission")
-        if kind in STORES and leaf & DESC_AP2 and not (leaf & DESC_DBM and self.hd):
-            raise Stage1Fault("permission")             # R_PQJJR needs DBM and HD
+        """AArch64.S1CheckPermissions of the leaf (model.semantics.s1_leaf_fault: the AF
+        check first, I_DSHLJ)."""
+        af, ap2, dbm, pxn = leaf_bits(walk.leaf)
+        fault = s1_leaf_fault(af, ap2, dbm, pxn, kind == "exec", kind in STORES, self.ha,
+                              self.hd)
+        if fault:
+            raise Stage1Fault(S1_FAULT_NAMES[fault])
 
     def s1_updates(self, walk: Walk, kind: str) -> list[tuple[int, int]]:
         """Hardware updates of a completed walk, tables top-down then the leaf, as
         (descriptor IPA, new value): AArch64.S1Translate `if new_desc != descriptor`
-        (R_LFTXR), or every walk with hw_update = "always"."""
-        if not self.ha or (kind == "at" and not self.scn.machine.at_sets_af):
-            return []                                   # AT: IMPLEMENTATION DEFINED (R_XQSMX)
-        ups = []
-        if self.haft:                                   # FEAT_HAFT: table AF (R_CGKWB)
-            for level, addr, desc in walk.path[:-1]:
-                if not desc & DESC_AF:
-                    ups.append((addr, desc | DESC_AF))
-        new = walk.leaf | DESC_AF
-        if kind in STORES and self.hd and new & DESC_DBM and new & DESC_AP2:
-            new &= ~DESC_AP2                            # dirty state: clear AP[2] (R_PQJJR)
-        if new != walk.leaf or self.scn.machine.hw_update == "always":
-            ups.append((walk.leaf_addr, new))
+        (R_LFTXR), or every walk with hw_update = "always" (model.semantics: hw_updates_apply,
+        table_hw_update, leaf_hw_update)."""
+        m = self.scn.machine
+        if not hw_updates_apply(self.ha, kind == "at", bool(m.at_sets_af)):
+            return []
+        ups = [(addr, desc | DESC_AF) for _level, addr, desc in walk.path[:-1]
+               if table_hw_update(bool(desc & DESC_AF), self.haft)]
+        af, ap2, dbm, _pxn = leaf_bits(walk.leaf)
+        set_af, clear_ap2 = leaf_hw_update(af, ap2, dbm, kind in STORES, self.hd)
+        if set_af or clear_ap2 or m.hw_update == "always":
+            ups.append((walk.leaf_addr, apply_leaf_update(walk.leaf, set_af, clear_ap2)))
         return ups
 
     # ---- stage 2 ---------------------------------------------------------------------
     def s2_fault(self, page: int, write: bool) -> bool | None:
         """None: access allowed; False: translation fault; True: permission fault."""
-        st = self.host.s2.get(page, S2_UNMAPPED)
-        if st == S2_UNMAPPED:
-            return False
-        if write and st == S2_RO:
-            return True
-        return None
+        f = s2_check(self.host.s2.get(page, S2_UNMAPPED), write)
+        return None if f == S2_OK else f == S2_PERMISSION
 
     def oracle_walk_writes(self, va: int, kind: str, page: int) -> bool:
         """Oracle lookahead: run this access's walk on the tables as they will read once the
@@ -221,71 +218,87 @@ class Vm:
         raise SimulationError(f"access to {va:#x} did not complete in {MAX_RESTARTS} tries")
 
     def _attempt(self, vcpu: int, va: int, kind: str, translated: set[int]) -> Outcome | None:
-        r, host, geo = self.r, self.host, self.geo
-        store = kind in STORES
+        """One try of an access (AArch64.TranslateAddress, then the data access): a TLB hit,
+        or a walk with its checks and hardware updates (_walk); then stage 2 of the data
+        access (_data_access).  None when the access ends without a stage-2 fault."""
         tlb = self.vcpu_tlb(vcpu)
-        va_page = va & ~(geo.granule - 1)
+        va_page = va & ~(self.geo.granule - 1)
         entry = tlb.get(va_page)
-        hit = (entry is not None and kind != "at"
-               and (not store or not entry.leaf & DESC_AP2))
-        if hit:
+        if (entry is not None and kind != "at"
+                and (kind not in STORES or not entry.leaf & DESC_AP2)):
+            # a hit: the cached leaf's permissions still apply (PXN on a fetch)
+            if s1_leaf_fault(*leaf_bits(entry.leaf), kind == "exec", kind in STORES, self.ha,
+                             self.hd):
+                self.r.stage1_faults += 1
+                return None
             leaf, level = entry.leaf, entry.level
-            if kind == "exec" and leaf & DESC_PXN:
-                r.stage1_faults += 1
-                return None
         else:
-            r.walks += 1
-            fault: list = []
-            # x86-ept-ad: the walk's descriptor accesses are writes at stage 2 (model/x86.py)
-            walk_write = walk_access_is_write(self.scn.machine)
-
-            def read(addr):
-                page = addr & ~(HOST_PAGE - 1)
-                f = self.s2_fault(page, walk_write)
-                if f is not None:
-                    fault.append(f)
-                    return None
-                r.descriptor_reads += 1
-                if walk_write and host.pml_on:
-                    host.pml_write(page)                # EPT dirty flag set, PML entry
-                return host.read_desc(addr)
-            try:
-                walk, faulted = self.s1_walk(va, read)
-                if walk is not None:
-                    self.s1_check(walk, kind)
-            except Stage1Fault:
-                r.stage1_faults += 1
-                return None
-            if walk is None:                            # S1PTW stage-2 fault
-                _level, addr = faulted
-                page = addr & ~(HOST_PAGE - 1)
-                return self.s1ptw_fault(page, fault[-1], va, kind, translated)
-            for addr, new in self.s1_updates(walk, kind):
-                page = addr & ~(HOST_PAGE - 1)
-                f = self.s2_fault(page, True)           # the update needs stage-2 write
-                if f is not None:
-                    return self.s1ptw_fault(page, f, va, kind, translated)
-                host.guest_write(page, addr, new)       # AArch64.MemSwapTableDesc
-                if addr == walk.leaf_addr:
-                    walk.leaf = new
+            walk = self._walk(va, kind, translated)
+            if not isinstance(walk, Walk):
+                return walk                             # the walk faulted
             leaf, level = walk.leaf, walk.level
         if kind == "at":
             return None                                 # AT: the walk only
-        # Stage 2 of the data access (AArch64.S2Translate of the output address)
-        size = 1 << geo.level_shift(level)
-        oa = desc_oa(leaf, geo) & ~(size - 1) | (va & (size - 1))
+        return self._data_access(tlb, va_page, va, kind, leaf, level)
+
+    def _walk(self, va: int, kind: str, translated: set[int]) -> Walk | Outcome | None:
+        """A walk (s1_walk, its descriptor reads checked at stage 2), the leaf's checks
+        (s1_check) and the hardware updates (s1_updates, each a stage-2 write): the completed
+        Walk, or how a fault ended the attempt (None: a stage-1 fault)."""
+        r, host = self.r, self.host
+        r.walks += 1
+        fault: list = []
+        # x86-ept-ad: the walk's descriptor accesses are writes at stage 2 (model/x86.py)
+        walk_write = walk_access_is_write(self.scn.machine)
+
+        def read(addr):
+            page = addr & ~(HOST_PAGE - 1)
+            f = self.s2_fault(page, walk_write)
+            if f is not None:
+                fault.append(f)
+                return None
+            r.descriptor_reads += 1
+            if walk_write and host.pml_on:
+                host.pml_write(page)                    # EPT dirty flag set, PML entry
+            return host.read_desc(addr)
+        try:
+            walk, faulted = self.s1_walk(va, read)
+            if walk is not None:
+                self.s1_check(walk, kind)
+        except Stage1Fault:
+            r.stage1_faults += 1
+            return None
+        if walk is None:                                # S1PTW stage-2 fault
+            _level, addr = faulted
+            return self.s1ptw_fault(addr & ~(HOST_PAGE - 1), fault[-1], va, kind, translated)
+        for addr, new in self.s1_updates(walk, kind):
+            page = addr & ~(HOST_PAGE - 1)
+            f = self.s2_fault(page, True)               # the update needs stage-2 write
+            if f is not None:
+                return self.s1ptw_fault(page, f, va, kind, translated)
+            host.guest_write(page, addr, new)           # AArch64.MemSwapTableDesc
+            if addr == walk.leaf_addr:
+                walk.leaf = new
+        return walk
+
+    def _data_access(self, tlb, va_page: int, va: int, kind: str, leaf: int,
+                     level: int) -> Outcome | None:
+        """Stage 2 of the data access (AArch64.S2Translate of the output address): a fault
+        goes to KVM; else a store writes the page and the TLB caches the leaf."""
+        geo, host = self.geo, self.host
+        store = kind in STORES
+        oa = output_address(leaf, 1 << geo.level_shift(level), va, geo.oa_mask)
         page = oa & ~(HOST_PAGE - 1)
         f = self.s2_fault(page, store)
         if f is not None:
             cls = "data_permission" if f else "data_translation"
-            r.s2_faults[cls] += 1
+            self.r.s2_faults[cls] += 1
             # WnR: stores 1; CAS reports 0 on a translation fault (a read would fault too)
             wnr = store and not (kind == "cas" and not f)
-            out = host.handle_abort(
+            return host.handle_abort(
                 Abort(ipa=oa, s1ptw=False, permission=f, instruction=kind == "exec",
                       wnr=wnr, isv=kind in ISV_KINDS, store=store),
                 walk_writes_page=False, ha=self.ha)
-            return out
         if store:
             host.guest_write(page)
         tlb[va_page] = TlbEntry(leaf, level)
@@ -302,7 +315,7 @@ class Vm:
         else:
             r.s2_faults["s1ptw_translation"] += 1
             translated.add(page)
-        writes = (not permission and self.r.policy == "oracle"
+        writes = (not permission and needs_lookahead(self.r.policy)
                   and self.oracle_walk_writes(va, kind, page))
         # x86-ept-ad: the EPT violation reports a write for every walk access (model/x86.py)
         return self.host.handle_abort(

@@ -370,57 +370,68 @@ def _parse_steps(ctx: _Ctx, value: Any, slots: tuple[Memslot, ...],
             if f != "op" and f not in STEP_FIELDS[op]:
                 raise ctx.error(f"{k}.{f}", f"unknown key for op {op!r}")
         fields: dict[str, Any] = {"op": op}
-
-        if "vcpu" in STEP_FIELDS[op]:
-            vcpu = ctx.get(item, "vcpu", f"{k}.vcpu", "int", 0)
-            if vcpu < 0:
-                raise ctx.error(f"{k}.vcpu", f"{vcpu} is negative")
-            if vcpu >= MAX_VCPUS:      # KVM_MAX_VCPUS (arch/arm64/include/asm/kvm_host.h)
-                raise ctx.error(f"{k}.vcpu", f"{vcpu} is not below {MAX_VCPUS} (KVM_MAX_VCPUS)")
-            fields["vcpu"] = vcpu
-        if "va" in STEP_FIELDS[op]:
-            va = ctx.get(item, "va", f"{k}.va", "int")
-            if not any(m.va <= va < m.va + m.pages * granule for m in mappings):
-                raise ctx.error(f"{k}.va", f"unmapped VA {va:#x} (inside no mapping)")
-            fields["va"] = va
-        if op == "access":
-            fields["kind"] = ctx.choice(item, "kind", f"{k}.kind", ACCESS_KINDS, _MISSING)
-        if op == "set_tcr":
-            for f in ("ha", "hd", "haft"):
-                fields[f] = ctx.get(item, f, f"{k}.{f}", "bool", None)
-            if fields["ha"] is None and fields["hd"] is None and fields["haft"] is None:
-                raise ctx.error(k, "set_tcr needs at least one of ha, hd, haft")
+        _parse_step_access(ctx, item, k, op, mappings, granule, fields)
         if "slot" in STEP_FIELDS[op]:
-            name = ctx.get(item, "slot", f"{k}.slot", "str")
-            if name not in by_name:
-                raise ctx.error(f"{k}.slot", f"unknown slot {name!r}")
-            slot = by_name[name]
-            fields["slot"] = name
-            if "first" in STEP_FIELDS[op]:
-                first = ctx.get(item, "first", f"{k}.first", "int")
-                if not 0 <= first < slot.pages:
-                    raise ctx.error(f"{k}.first", f"{first} is outside slot {name!r} "
-                                                  f"(pages 0..{slot.pages - 1})")
-                count = ctx.get(item, "count", f"{k}.count", "int")
-                if count < 1:
-                    raise ctx.error(f"{k}.count", f"{count} is less than 1")
-                if first + count > slot.pages:
-                    raise ctx.error(f"{k}.count", f"pages {first}..{first + count - 1} run past "
-                                                  f"the end of slot {name!r} ({slot.pages} pages)")
-                fields["first"], fields["count"] = first, count
-            if op == "uffd_wp" and slot.uffd != "wp":
-                raise ctx.error(f"{k}.slot", f"slot {name!r} is registered with uffd = "
-                                             f"{slot.uffd!r}, not 'wp'")
-            if op == "enable_dirty_log":
-                if name in logging:
-                    raise ctx.error(f"{k}.slot", f"dirty logging is already on for slot {name!r}")
-                logging.add(name)
-                fields["initially_set"] = ctx.get(item, "initially_set", f"{k}.initially_set",
-                                                  "bool", False)
-                fields["eager_split"] = ctx.get(item, "eager_split", f"{k}.eager_split",
-                                                "bool", False)
-            if op == "harvest" and name not in logging:
-                raise ctx.error(f"{k}.slot", f"dirty logging is not on for slot {name!r} "
-                                             f"(log_dirty is false and no earlier enable_dirty_log)")
+            _parse_step_slot(ctx, item, k, op, by_name, logging, fields)
         out.append(Step(**fields))
     return tuple(out)
+
+
+def _parse_step_access(ctx: _Ctx, item: dict, k: str, op: str, mappings: tuple[Mapping, ...],
+                       granule: int, fields: dict[str, Any]) -> None:
+    """A step's vCPU, VA and access kind; set_tcr's controls."""
+    if "vcpu" in STEP_FIELDS[op]:
+        vcpu = ctx.get(item, "vcpu", f"{k}.vcpu", "int", 0)
+        if vcpu < 0:
+            raise ctx.error(f"{k}.vcpu", f"{vcpu} is negative")
+        if vcpu >= MAX_VCPUS:      # KVM_MAX_VCPUS (arch/arm64/include/asm/kvm_host.h)
+            raise ctx.error(f"{k}.vcpu", f"{vcpu} is not below {MAX_VCPUS} (KVM_MAX_VCPUS)")
+        fields["vcpu"] = vcpu
+    if "va" in STEP_FIELDS[op]:
+        va = ctx.get(item, "va", f"{k}.va", "int")
+        if not any(m.va <= va < m.va + m.pages * granule for m in mappings):
+            raise ctx.error(f"{k}.va", f"unmapped VA {va:#x} (inside no mapping)")
+        fields["va"] = va
+    if op == "access":
+        fields["kind"] = ctx.choice(item, "kind", f"{k}.kind", ACCESS_KINDS, _MISSING)
+    if op == "set_tcr":
+        for f in ("ha", "hd", "haft"):
+            fields[f] = ctx.get(item, f, f"{k}.{f}", "bool", None)
+        if fields["ha"] is None and fields["hd"] is None and fields["haft"] is None:
+            raise ctx.error(k, "set_tcr needs at least one of ha, hd, haft")
+
+
+def _parse_step_slot(ctx: _Ctx, item: dict, k: str, op: str, by_name: dict[str, Memslot],
+                     logging: set[str], fields: dict[str, Any]) -> None:
+    """A host step's slot, page range and dirty-log knobs; `logging` tracks the slots whose
+    dirty logging is on so far."""
+    name = ctx.get(item, "slot", f"{k}.slot", "str")
+    if name not in by_name:
+        raise ctx.error(f"{k}.slot", f"unknown slot {name!r}")
+    slot = by_name[name]
+    fields["slot"] = name
+    if "first" in STEP_FIELDS[op]:
+        first = ctx.get(item, "first", f"{k}.first", "int")
+        if not 0 <= first < slot.pages:
+            raise ctx.error(f"{k}.first", f"{first} is outside slot {name!r} "
+                                          f"(pages 0..{slot.pages - 1})")
+        count = ctx.get(item, "count", f"{k}.count", "int")
+        if count < 1:
+            raise ctx.error(f"{k}.count", f"{count} is less than 1")
+        if first + count > slot.pages:
+            raise ctx.error(f"{k}.count", f"pages {first}..{first + count - 1} run past "
+                                          f"the end of slot {name!r} ({slot.pages} pages)")
+        fields["first"], fields["count"] = first, count
+    if op == "uffd_wp" and slot.uffd != "wp":
+        raise ctx.error(f"{k}.slot", f"slot {name!r} is registered with uffd = "
+                                     f"{slot.uffd!r}, not 'wp'")
+    if op == "enable_dirty_log":
+        if name in logging:
+            raise ctx.error(f"{k}.slot", f"dirty logging is already on for slot {name!r}")
+        logging.add(name)
+        fields["initially_set"] = ctx.get(item, "initially_set", f"{k}.initially_set",
+                                          "bool", False)
+        fields["eager_split"] = ctx.get(item, "eager_split", f"{k}.eager_split", "bool", False)
+    if op == "harvest" and name not in logging:
+        raise ctx.error(f"{k}.slot", f"dirty logging is not on for slot {name!r} "
+                                     f"(log_dirty is false and no earlier enable_dirty_log)")

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .arch import (DESC_SIZE, Geometry, desc_oa, is_table, is_valid, make_leaf_desc,
-                   make_table_desc)
+import numpy as np
+
+from .arch import DESC_SIZE, Geometry, make_leaf_desc, make_table_desc
 from .scenario import Scenario
 
 
@@ -33,6 +34,10 @@ class GuestTables:
 
 
 def build_tables(scn: Scenario) -> GuestTables:
+    """The layout rule on arrays: every mapped granule in insertion order; every (level, VA
+    prefix) needs a table for the next level, allocated at the first granule that needs it,
+    top-down within a granule.  Raises TableLayoutError for the first granule, in insertion
+    order, that finds the page-table slot full or its VA already mapped."""
     geo = scn.machine.geometry
     g = geo.granule
     pt = scn.slot(scn.guest.pt_slot)
@@ -40,35 +45,70 @@ def build_tables(scn: Scenario) -> GuestTables:
     if capacity < 1:
         raise TableLayoutError("guest.pt_slot", f"slot '{pt.name}' is smaller than one "
                                f"{g // 1024}K granule: no room for the root table")
-    root = pt.ipa
-    mem: dict[int, int] = {}
-    leaf_addr: dict[int, int] = {}
-    used = 1
-    for mi, m in enumerate(scn.mappings):
-        for i in range(m.pages):
-            va = m.va + i * g
-            table = root
-            for level in range(geo.start_level, 3):
-                addr = table + geo.index(va, level) * DESC_SIZE
-                desc = mem.get(addr, 0)
-                if not is_valid(desc):
-                    if used >= capacity:
-                        raise TableLayoutError(
-                            f"mappings[{mi}]",
-                            f"page-table slot '{pt.name}' ({capacity} granules) is too small "
-                            f"for the tables of this mapping")
-                    new = pt.ipa + used * g
-                    used += 1
-                    desc = make_table_desc(new, geo)
-                    mem[addr] = desc
-                elif not is_table(desc, level):   # the builder makes no blocks
-                    raise TableLayoutError(f"mappings[{mi}]", "overlaps an earlier mapping")
-                table = desc_oa(desc, geo)
-            addr = table + geo.index(va, 3) * DESC_SIZE
-            if addr in mem:
-                raise TableLayoutError(f"mappings[{mi}]",
-                                       f"VA {va:#x} overlaps an earlier mapping")
-            mem[addr] = make_leaf_desc(m.ipa + i * g, geo, 3, af=m.af, writable=m.writable,
-                                       dirty=m.dirty, executable=m.executable)
-            leaf_addr[va] = addr
-    return GuestTables(geo, root, mem, used, leaf_addr)
+    cnt = np.array([m.pages for m in scn.mappings], dtype=np.int64)
+    rep = np.repeat(np.arange(len(cnt)), cnt)              # mapping of each granule
+    step = (np.arange(len(rep), dtype=np.int64) - (np.cumsum(cnt) - cnt)[rep]) * g
+    va = np.array([m.va for m in scn.mappings], dtype=np.int64)[rep] + step
+    ipa = np.array([m.ipa for m in scn.mappings], dtype=np.int64)[rep] + step
+    keys, inv_of, order, first_page = _table_keys(geo, va)
+    _check_layout(scn, pt, capacity, va, rep, first_page, len(order))
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    addr_of = pt.ipa + (1 + rank) * g                     # table address per (level, prefix)
+    offs = np.cumsum([0] + [len(u) for u in keys])
+    descriptors: dict[int, int] = {}
+    parent = np.full(len(va), pt.ipa, dtype=np.int64)     # table holding this level's entry
+    for k, lev in enumerate(range(geo.start_level, 3)):
+        child = addr_of[offs[k]:offs[k + 1]][inv_of[k]]
+        daddr = parent + geo.index(va, lev) * DESC_SIZE
+        u, i = np.unique(daddr, return_index=True)
+        dval = make_table_desc(child[i], geo)
+        descriptors.update(zip(u.tolist(), dval.tolist()))
+        parent = child
+    laddr = parent + geo.index(va, 3) * DESC_SIZE
+    flags = np.array([make_leaf_desc(0, geo, 3, af=m.af, writable=m.writable, dirty=m.dirty,
+                                     executable=m.executable) for m in scn.mappings],
+                     dtype=np.uint64)[rep]
+    lval = (ipa.astype(np.uint64) & np.uint64(geo.oa_mask)) | flags
+    descriptors.update(zip(laddr.tolist(), lval.tolist()))
+    return GuestTables(geo, pt.ipa, descriptors, 1 + len(order),
+                       dict(zip(va.tolist(), laddr.tolist())))
+
+
+def _table_keys(geo: Geometry, va: np.ndarray):
+    """The tables the granules need: per level below the leaf level, the distinct VA
+    prefixes (a table each) and each granule's; the allocation order of all of them (by
+    first granule needing it, then level) and the first granule of each in that order."""
+    keys, firsts, lv_of, inv_of = [], [], [], []
+    for k, lev in enumerate(range(geo.start_level, 3)):
+        u, idx, inv = np.unique(va >> geo.level_shift(lev), return_index=True,
+                                return_inverse=True)
+        keys.append(u)
+        firsts.append(idx)
+        lv_of.append(np.full(len(u), k))
+        inv_of.append(inv.reshape(-1))
+    allf = np.concatenate(firsts) if firsts else np.zeros(0, dtype=np.int64)
+    alll = np.concatenate(lv_of) if lv_of else np.zeros(0, dtype=np.int64)
+    order = np.lexsort((alll, allf))                      # by first granule, then level
+    return keys, inv_of, order, allf[order]
+
+
+def _check_layout(scn: Scenario, pt, capacity: int, va: np.ndarray, rep: np.ndarray,
+                  first_page: np.ndarray, n_tables: int) -> None:
+    """The first error the granule-by-granule layout meets: a table that does not fit (the
+    (capacity)-th allocation), or a VA mapped twice, whichever granule comes first."""
+    full_at = int(first_page[capacity - 1]) if 1 + n_tables > capacity else len(va)
+    u, first = np.unique(va, return_index=True)
+    dup_at = len(va)
+    if len(u) != len(va):
+        seen = np.zeros(len(va), dtype=bool)
+        seen[first] = True
+        dup_at = int(np.argmin(seen))
+    if full_at < dup_at:
+        raise TableLayoutError(
+            f"mappings[{int(rep[full_at])}]",
+            f"page-table slot '{pt.name}' ({capacity} granules) is too small "
+            f"for the tables of this mapping")
+    if dup_at < len(va):
+        raise TableLayoutError(f"mappings[{int(rep[dup_at])}]",
+                               f"VA {int(va[dup_at]):#x} overlaps an earlier mapping")

@@ -5,10 +5,11 @@ CI runs the `ci` profile (>= 300 examples in all); `HYPOTHESIS_PROFILE=thorough`
 """
 import os
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 
-from model import engine
+from model import engine, policies
 from model.engine import run_engine
 from model.reference import run_reference
 from model.x86 import X86_ISAS
@@ -112,3 +113,51 @@ def test_engine_equals_reference_x86(scn):
     # x86 comparison machines (docs/x86.md): the engine runs them through the reference
     # code access by access; every row (policy) must still equal the reference's
     assert_same(scn)
+
+
+def _permission_read(f):
+    """A policy unlike any shipped one: a permission fault is never a write (KVM then fails
+    the access with -EFAULT, user_mem_abort); else fix's answer."""
+    return False if f.permission else policies.fix(f)
+
+
+def _v_permission_read(s1ptw, permission, instruction, wnr, ha, vm_protected, wwp):
+    return np.logical_and(np.logical_not(permission),
+                          policies.v_fix(s1ptw, permission, instruction, wnr, ha,
+                                         vm_protected, wwp))
+
+
+@settings(max_examples=100)
+@given(scenarios())
+def test_engine_asks_the_policy_table(monkeypatch, scn):
+    """Every policy decision goes through model/policies.py's table: a policy added there
+    (one row) that answers "read" for permission faults gives the same results in both
+    engines; an engine that took every permission fault as a write would differ."""
+    row = policies.PolicyRow("permission-read", _permission_read, _v_permission_read,
+                             lookahead=False)
+    with monkeypatch.context() as m:
+        m.setitem(policies.POLICY_TABLE, row.name, row)
+        m.setitem(policies.POLICIES, row.name, row.is_write)
+        m.setitem(policies.VECTOR_POLICIES, row.name, row.vector)
+        names = policies.DEFAULT_ORDER + (row.name,)
+        ref = facts(run_reference(scn, names))
+        fast = facts(run_engine(scn, names))
+        m.setattr(engine, "SCALAR_INTERVAL", 0)      # vectorised chunks wherever they can go
+        m.setattr(engine, "MAX_SCALAR_RUN", 0)
+        chunked = facts(run_engine(scn, names))
+    for p in ref:
+        assert fast[p] == ref[p], f"policy {p} differs"
+        assert chunked[p] == ref[p], f"policy {p} differs (vectorised chunks only)"
+    event(f"efaults: {'some' if ref[row.name][1].get('efaults', 0) else 'none'}")
+
+
+def test_lookahead_column_is_what_the_policies_read():
+    """POLICY_TABLE's `lookahead` column: true exactly for the policies whose answer depends
+    on FaultInfo.walk_writes_page (checked on every input combination)."""
+    import itertools
+    fields = ("s1ptw", "permission", "instruction", "wnr", "ha", "vm_protected")
+    for name, row in policies.POLICY_TABLE.items():
+        reads = any(row.is_write(policies.FaultInfo(*c, walk_writes_page=True))
+                    != row.is_write(policies.FaultInfo(*c, walk_writes_page=False))
+                    for c in itertools.product((False, True), repeat=len(fields)))
+        assert row.lookahead == reads, name

@@ -1,16 +1,23 @@
-"""Pieces of the numpy engine's state against what they replace: the vectorised table builder
-against model.stage1.build_tables, the trace preparation's ids."""
+"""Pieces of the engine's state against what they replace: the table builder
+(model.stage1.build_tables, on arrays) against the layout rule one granule at a time
+(tests/layout_rule.py), the trace preparation's ids."""
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bench.shapes import data_heavy, pt_heavy
+from model.arch import DESC_AF, DESC_TABLE, DESC_VALID
 from model.engine import run_engine
-from model.engine_state import CLASS_OF_KIND, TracePrep, fast_tables
+from model.scenario import Mapping
+from model.engine_state import CLASS_OF_KIND, TracePrep
 from model.stage1 import TableLayoutError, build_tables
 from model.trace import trace_from_scenario
+from tests.layout_rule import layout_rule_tables
 from tests.strategies import scenarios
 from tests.test_engine_differential import facts
+from tests.test_engine_walk import geometries, mapping_lists
+from tests.test_engine_walk import scenario as walk_scenario
 
 
 def same_tables(a, b):
@@ -21,27 +28,63 @@ def same_tables(a, b):
 
 @settings(max_examples=300, deadline=None)
 @given(scenarios(max_steps=1))
-def test_fast_tables_equal_build_tables(scn):
-    same_tables(fast_tables(scn), build_tables(scn))
+def test_build_tables_follows_the_layout_rule(scn):
+    same_tables(build_tables(scn), layout_rule_tables(scn))
 
 
 @pytest.mark.parametrize("make", [lambda: data_heavy(10, heap_pages=700),
                                   lambda: pt_heavy(10, regions=300)])
-def test_fast_tables_on_shapes(make):
+def test_build_tables_on_shapes(make):
     scn, _ = make()
-    same_tables(fast_tables(scn), build_tables(scn))
+    same_tables(build_tables(scn), layout_rule_tables(scn))
 
 
-def test_fast_tables_errors_are_build_tables_errors():
+def test_build_tables_errors_are_the_layout_rule_errors():
     scn, _ = pt_heavy(10, regions=300)
     small = scn.__class__(**{**scn.__dict__, "memslots": (
         scn.memslots[0].__class__(**{**scn.memslots[0].__dict__, "pages": 20}),
         scn.memslots[1])})
+    assert_same_errors(small)
+
+
+def assert_same_errors(scn):
     with pytest.raises(TableLayoutError) as a:
-        fast_tables(small)
+        build_tables(scn)
     with pytest.raises(TableLayoutError) as b:
-        build_tables(small)
+        layout_rule_tables(scn)
     assert (a.value.key, str(a.value)) == (b.value.key, str(b.value))
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_build_tables_small_slots_and_overlaps(data):
+    """Random mappings (overlapping ones too) into page-table slots of 1..24 granules: the
+    same tables, or the same error (key and message) as the layout rule."""
+    geo = data.draw(geometries(), label="geo")
+    mappings = data.draw(mapping_lists(geo), label="mappings")
+    scn = walk_scenario(geo.granule, geo.va_bits, mappings,
+                        pt_tables=data.draw(st.integers(1, 24), label="pt_tables"))
+    try:
+        want = layout_rule_tables(scn)
+    except TableLayoutError:
+        assert_same_errors(scn)
+        return
+    same_tables(build_tables(scn), want)
+
+
+def test_build_tables_hand_computed():
+    # 4K/48, VA 0xc0000000: L0 index 0, L1 index 3, L2 index 0, L3 index 0; tables at the
+    # next granules of the slot in order of need; table descriptors with AF (PMD_TABLE_AF)
+    pt = 0x4000_0000
+    t = build_tables(walk_scenario(4096, 48, [Mapping(0xc000_0000, 0x3000_0000, 2)]))
+    table = DESC_VALID | DESC_TABLE | DESC_AF
+    assert t.descriptors == {pt: (pt + 0x1000) | table, pt + 0x1018: (pt + 0x2000) | table,
+                             pt + 0x2000: (pt + 0x3000) | table,
+                             pt + 0x3000: t.descriptors[pt + 0x3000],
+                             pt + 0x3008: t.descriptors[pt + 0x3008]}
+    assert t.tables_used == 4 and t.leaf_addr == {0xc000_0000: pt + 0x3000,
+                                                  0xc000_1000: pt + 0x3008}
+    assert t.descriptors[pt + 0x3008] & 0xffff_ffff_f000 == 0x3000_1000
 
 
 @settings(max_examples=200, deadline=None)
