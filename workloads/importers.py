@@ -14,6 +14,8 @@ Formats
 * NPZ (numpy.savez / savez_compressed): 1-D arrays `vcpu`, `va`, `kind` of equal length,
   integer dtypes, kind as codes (index into model.trace.KINDS).  Read member by member in
   chunks straight from the zip file (np.lib.format), never whole.
+* compact (`.ptwc`, workloads/compact.py): runs of (vcpu, 4 KiB page, kind) with counts,
+  LZMA-compressed; expanded run by run (VA = page << 12).
 
 Every format is read in chunks of at most ~256 KiB of text (or 2^20 records) into numpy arrays,
 so a 10^8-line input is never held as text or Python objects; the parsed trace itself is
@@ -43,7 +45,7 @@ from model.trace import EXEC, KIND_CODE, KINDS, READ64, WRITE64
 from .base import Workload, WorkloadError
 from .linux import LinuxGuest, make_profile
 
-FORMATS = ("lackey", "csv", "npz")
+FORMATS = ("lackey", "csv", "npz", "compact")
 CHUNK_BYTES = 1 << 18
 CHUNK_RECORDS = 1 << 20
 
@@ -58,6 +60,8 @@ def detect_format(path: str) -> str:
         return "csv"
     if low.endswith(".npz"):
         return "npz"
+    if low.endswith(".ptwc"):
+        return "compact"
     return "lackey"
 
 
@@ -305,6 +309,9 @@ def iter_trace(path: str, fmt: str | None = None, va_bits: int = 48):
         raise TraceError(f"{path}: unknown trace format {fmt!r} (one of {', '.join(FORMATS)})")
     if not os.path.isfile(path):
         raise TraceError(f"{path}: no such file")
+    if fmt == "compact":                            # the compact form (workloads/compact.py)
+        from .compact import iter_compact
+        return iter_compact(path, va_bits)
     return {"lackey": iter_lackey, "csv": iter_csv, "npz": iter_npz}[fmt](path, va_bits)
 
 

@@ -274,11 +274,16 @@ def lackey_chunks(blocks, path: str, va_bits: int, count: list):
 
 def convert_file(path: str, out: Path, fmt: str | None = None, limit: int | None = None,
                  **profile_knobs) -> Path:
-    """`ptwbench convert`: a lackey, CSV or NPZ file -> trace directory."""
-    from .importers import CHUNK_BYTES, _blocks, detect_format, iter_trace
+    """`ptwbench convert`: a lackey, CSV, NPZ or compact file -> trace directory, or -> a
+    compact file when `out` ends with .ptwc (workloads/compact.py)."""
+    from .compact import is_compact, read_meta, write_compact
+    from .importers import CHUNK_BYTES, FORMATS, _blocks, detect_format, iter_trace
     fmt = fmt or detect_format(path)
+    if fmt not in FORMATS:
+        raise TraceError(f"{path}: unknown trace format {fmt!r} (one of {', '.join(FORMATS)})")
     va_bits = make_profile(profile_knobs, "convert").va_bits
     count = [0]
+    instrs = lambda: count[0]                       # noqa: E731
     if fmt == "lackey":
         if not os.path.isfile(path):
             raise TraceError(f"{path}: no such file")
@@ -286,5 +291,16 @@ def convert_file(path: str, out: Path, fmt: str | None = None, limit: int | None
     else:
         chunks = iter_trace(path, fmt, va_bits)
     src = dict(source="file", path=str(path), format=fmt, limit=limit)
+    if fmt == "compact":                            # the recording it was made from
+        m = read_meta(path)
+        src.update(compact_source={k: m.get(k) for k in ("source", "command", "path",
+                                                         "recipe") if m.get(k) is not None})
+        if m.get("guest_instrs") and not limit:
+            instrs = lambda: m["guest_instrs"]      # noqa: E731
+    if is_compact(out):
+        if profile_knobs:
+            raise TraceError(f"{out}: the compact form is laid out when run; profile knobs "
+                             f"({', '.join(sorted(profile_knobs))}) apply there")
+        return write_compact(chunks, Path(out), source=src, limit=limit, instrs=instrs)
     return convert(chunks, out, name=Path(out).name, source=src, limit=limit,
-                   instrs=lambda: count[0], **profile_knobs)
+                   instrs=instrs, **profile_knobs)
