@@ -144,8 +144,8 @@ def register(sub) -> None:
     r.add_argument("workload", help="what to run: a generator name (list: ptwbench workloads), "
                    "micro:NAME (a shipped micro-scenario), micro:PATH (your scenario file, "
                    "docs/scenario-format.md), import:PATH (a lackey/CSV/NPZ trace), "
-                   "trace:DIR (a converted trace directory) or compact:FILE (a compact "
-                   "trace, docs/real-programs.md)")
+                   "trace:DIR (a converted trace directory), compact:FILE (a compact "
+                   "trace) or catalogue:NAME (a shipped real program; docs/real-programs.md)")
     r.add_argument("--knob", action="append", metavar="K=V",
                    help="a generator or linux-profile knob (repeatable; ptwbench workloads)")
     r.add_argument("--host", default="none",

@@ -171,10 +171,10 @@ def write_compact(chunks, out: Path, *, source: dict, limit: int | None = None,
             w.close()
         if w.accesses == 0:
             raise TraceError(f"{source.get('path', out.name)}: no accesses")
-        n_instrs = instrs()
+        tpa = time_per_access(instrs(), w.accesses)
         meta = dict(source, format=FORMAT, version=VERSION, accesses=w.accesses, runs=w.runs,
-                    page_shift=PAGE_SHIFT, guest_instrs=int(n_instrs) if n_instrs else None,
-                    time_per_access=time_per_access(n_instrs, w.accesses))
+                    page_shift=PAGE_SHIFT, guest_instrs=tpa.get("guest_instrs"),
+                    time_per_access=tpa)
         part = tmp / "out.ptwc"
         w.write_zip(part, meta)
         os.chmod(part, 0o644)

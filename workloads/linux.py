@@ -568,9 +568,12 @@ class LinuxGuest:
         if faults:
             faults.sort(key=lambda f: f[0])
             idx = np.array([f[0] for f in faults], dtype=np.int64)
-            vc = np.insert(vc, idx, vc[idx])
-            va = np.insert(va, idx, va[idx])
-            kd = np.insert(kd, idx, kd[idx])
+            # the attempt is a copy of its access, just before it: repeat those accesses
+            # (one fault per access: a first write is queued only after a read touch)
+            assert (np.diff(idx) > 0).all(), "two faults on one access"
+            rep = np.ones(n, dtype=np.int64)
+            rep[idx] = 2
+            vc, va, kd = np.repeat(vc, rep), np.repeat(va, rep), np.repeat(kd, rep)
             for k, (i, st) in enumerate(faults):
                 pos = self.pos + i + k + 1
                 self.events.append((pos, pos, st))
