@@ -30,6 +30,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from model.trace import EXEC
 from model.trace_stream import COLUMNS, TraceFileError, open_trace_dir
@@ -103,9 +104,12 @@ class PageSet:
         # a page's first touch is the start of one of its runs: sort the run starts only
         # (a program's accesses come in runs on a page)
         starts = np.flatnonzero(np.concatenate(([True], p[1:] != p[:-1])))
-        u, i = np.unique(p[starts], return_index=True)
-        self.pages.append(u)
-        self.first.append(starts[i].astype(np.int64) + self.pos)
+        # pages in first-touch order (a hash table: pandas.factorize), so each page's first
+        # run start is where its code first exceeds every code before it
+        codes, u = pd.factorize(p[starts], sort=False)
+        new = np.concatenate(([True], codes[1:] > np.maximum.accumulate(codes)[:-1]))
+        self.pages.append(np.asarray(u, dtype=np.uint64))
+        self.first.append(starts[new].astype(np.int64) + self.pos)
         ex = p[kind == EXEC]
         if len(ex):
             ex = ex[np.concatenate(([True], ex[1:] != ex[:-1]))]
