@@ -74,7 +74,21 @@ def names() -> list[str]:
     return sorted(RECIPES)
 
 
+def parse(spec: str) -> tuple[str, dict]:
+    """`NAME` or `NAME,K=V,...` (profile knobs in the name, for specs whose knob tables take
+    generators only: `catalogue:sqlite-tpcc,demand=false,ram_mb=4096`)."""
+    name, *kvs = spec.split(",")
+    knobs = {}
+    for kv in kvs:
+        k, eq, v = kv.partition("=")
+        if not eq or not k.strip() or k.strip() in knobs:
+            raise WorkloadError(f"catalogue:{spec}: {kv!r} is not K=V (or K is given twice)")
+        knobs[k.strip()] = v.strip()
+    return name, knobs
+
+
 def path_of(name: str) -> Path:
+    name = parse(name)[0]
     if name not in RECIPES:
         raise WorkloadError(f"unknown catalogue entry {name!r} (one of {', '.join(names())})")
     p = HERE / f"{name}.ptwc"
@@ -85,10 +99,15 @@ def path_of(name: str) -> Path:
 
 
 def load(name: str, knobs: dict) -> Workload:
-    """`catalogue:NAME` with the `linux` profile's knobs (as compact:FILE)."""
+    """`catalogue:NAME[,K=V...]` with the `linux` profile's knobs (as compact:FILE)."""
     from ..registry import _compact
+    spec = name
+    name, own = parse(spec)
+    both = set(own) & set(knobs)
+    if both:
+        raise WorkloadError(f"catalogue:{spec}: knob {sorted(both)[0]} given twice")
     p = path_of(name)
-    wl = _compact(str(p), knobs, name=f"catalogue:{name}")
+    wl = _compact(str(p), {**own, **knobs}, name=f"catalogue:{spec}")
     r = RECIPES[name]
     wl.meta.update(generator="catalogue", catalogue=name, stands_for=r.stands_for,
                    recipe=index().get(name, {}).get("recipe"))
