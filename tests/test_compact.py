@@ -336,3 +336,20 @@ def test_compact_takes_profile_knobs_only(good, capsys):
     err = one_line_exit2(["run", f"compact:{good}", "--knob", "passes=2", "--no-save"],
                          capsys)
     assert "unknown knob" in err
+
+
+@pytest.mark.skipif(not HAS_VALGRIND, reason="valgrind not installed")
+def test_record_compact_failing_program_leaves_nothing(tmp_path, capsys):
+    err = one_line_exit2(["record", "--out", str(tmp_path / "f.ptwc"), "--", "false"], capsys)
+    assert "failed (exit status 1)" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_record_compact_non_lackey_stream(tmp_path, monkeypatch, capsys):
+    from tests.test_trace_dir import fake_valgrind
+    fake_valgrind(tmp_path, monkeypatch,
+                  "import os, sys\nfd = int(sys.argv[4].split('=')[1])\n"
+                  "os.write(fd, b'hello world\\n')\n")
+    err = one_line_exit2(["record", "--out", str(tmp_path / "t.ptwc"), "--", "true"], capsys)
+    assert "not a lackey line" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["bin"]
