@@ -179,12 +179,18 @@ def test_generated_shape_thp_and_warm(tmp_path):
 
 
 # ---- compact = full on every metric: real programs recorded with valgrind ------------------
+SQL = ("create table t(a integer primary key, b text); "
+       "insert into t(b) select hex(randomblob(64)) from generate_series(1, 2000); "
+       "select count(*), sum(length(b)) from t where a % 7 = 3;")
 PROGRAMS = {
     "ls": ["ls", "-l", "/usr/bin"],
-    "sqlite3": ["sqlite3", ":memory:",
-                "create table t(a integer primary key, b text); "
-                "insert into t(b) select hex(randomblob(64)) from generate_series(1, 2000); "
-                "select count(*), sum(length(b)) from t where a % 7 = 3;"],
+    # the sqlite3 shell, or SQLite through CPython's module where the shell is not installed
+    "sqlite3": (["sqlite3", ":memory:", SQL] if shutil.which("sqlite3") else
+                ["python3", "-S", "-c", "import sqlite3; c = sqlite3.connect(':memory:'); "
+                 "c.execute('create table t(a integer primary key, b text)'); "
+                 "c.executemany('insert into t(b) values (?)', [(str(i) * 20,) for i in "
+                 "range(2000)]); print(c.execute('select count(*) from t where a % 7 = 3')"
+                 ".fetchall())"]),
     "python3": ["python3", "-S", "-c", "import json; d = {str(i): [i] * 8 for i in "
                 "range(3000)}; s = json.dumps(d); print(len(json.loads(s)))"],
 }
