@@ -143,7 +143,9 @@ def register(sub) -> None:
     r = sub.add_parser("run", help="one workload x host scenario x variant, all policies")
     r.add_argument("workload", help="what to run: a generator name (list: ptwbench workloads), "
                    "micro:NAME (a shipped micro-scenario), micro:PATH (your scenario file, "
-                   "docs/scenario-format.md) or import:PATH (a lackey/CSV/NPZ trace)")
+                   "docs/scenario-format.md), import:PATH (a lackey/CSV/NPZ trace), "
+                   "trace:DIR (a converted trace directory), compact:FILE (a compact "
+                   "trace) or catalogue:NAME (a shipped real program; docs/real-programs.md)")
     r.add_argument("--knob", action="append", metavar="K=V",
                    help="a generator or linux-profile knob (repeatable; ptwbench workloads)")
     r.add_argument("--host", default="none",

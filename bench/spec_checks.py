@@ -102,7 +102,8 @@ def check_host(h: str, at: str, extra: tuple[str, ...] = ("none",)) -> str:
 
 def check_workload(w, at: str) -> str:
     """A generator name, `micro:NAME|PATH` (a scenario file), `trace:DIR` (a converted trace
-    directory) or `import:PATH` (a trace file)."""
+    directory), `import:PATH` (a trace file), `compact:FILE` (a compact trace) or `catalogue:NAME` (a
+    shipped real program, workloads/catalogue)."""
     from pathlib import Path
 
     from workloads import registry as reg
@@ -121,7 +122,16 @@ def check_workload(w, at: str) -> str:
     elif w.startswith("import:"):
         if not Path(w.split(":", 1)[1]).is_file():
             raise SpecError(f"{at}: {w!r}: no such trace file")
+    elif w.startswith("catalogue:"):
+        from workloads.catalogue import path_of
+        try:
+            path_of(w.split(":", 1)[1])
+        except WorkloadError as e:
+            raise SpecError(f"{at}: {e}") from None
+    elif w.startswith("compact:"):
+        if not Path(w.split(":", 1)[1]).is_file():
+            raise SpecError(f"{at}: {w!r}: no such compact trace file")
     elif w not in reg.GENERATORS:
         raise SpecError(f"{at}: unknown workload {w!r} (known: {', '.join(reg.GENERATORS)}, "
-                        f"micro:NAME|PATH, trace:DIR, import:PATH)")
+                        f"micro:NAME|PATH, trace:DIR, import:PATH, compact:FILE, catalogue:NAME)")
     return w

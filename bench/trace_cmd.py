@@ -25,11 +25,16 @@ def cmd_convert(args) -> int:
     from workloads.trace_dir import convert_file
     try:
         d = convert_file(args.trace, Path(args.out), args.format, args.limit or None,
-                         **_profile(args))
+                         args.skip, **_profile(args))
     except WorkloadError as e:
         raise RunInputError(str(e)) from None
-    print(f"trace directory: {d}", file=sys.stderr)
+    print(f"{_what(d)}: {d}", file=sys.stderr)
     return 0
+
+
+def _what(out) -> str:
+    from workloads.compact import is_compact
+    return "compact trace" if is_compact(out) else "trace directory"
 
 
 class _Tee:
@@ -63,7 +68,8 @@ def cmd_record(args) -> int:
     from workloads.base import WorkloadError
     from workloads.importers import CHUNK_BYTES, blocks_of
     from workloads.linux import make_profile
-    from workloads.trace_dir import convert, lackey_chunks
+    from workloads.compact import is_compact, write_compact
+    from workloads.trace_dir import LackeyWindow, convert
     prog = args.prog
     if prog and prog[0] == "--":
         prog = prog[1:]
@@ -88,25 +94,36 @@ def cmd_record(args) -> int:
                          start_new_session=True)
     os.close(w)
     name = f"valgrind lackey pipe of {prog[0]}"
-    count = [0]
+    win = LackeyWindow(args.skip, args.limit or None)
     tee = _Tee(args.tee)
     ok = False
     try:
         with os.fdopen(r, "rb", buffering=0) as pipe:
-            chunks = lackey_chunks(tee.wrap(blocks_of(pipe, name, 4 * CHUNK_BYTES)), name,
-                                   va_bits, count)
+            chunks = win.chunks(tee.wrap(blocks_of(pipe, name, 4 * CHUNK_BYTES)), name,
+                                va_bits)
             src = dict(source="record", command=list(prog),
-                       valgrind=" ".join(VALGRIND), limit=args.limit or None)
+                       valgrind=" ".join(VALGRIND), limit=args.limit or None,
+                       skip=args.skip)
 
             def finished():
-                # the program's status, once the pipe is drained (not reached when --limit
-                # cuts the recording: the program is then killed)
+                # the program's status, once the pipe is drained (not when --limit cut the
+                # recording: the program is then killed)
+                if win.cut:                         # no need to run it further
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+                    return
                 rc = p.wait()
                 if rc != 0:
                     raise WorkloadError(f"record: {' '.join(prog)} failed (exit status {rc})")
-                return count[0]
-            convert(_checked(chunks, finished), out, name=out.name, source=src,
-                    limit=args.limit or None, instrs=lambda: count[0], **knobs)
+            if is_compact(out):                     # the compact form (workloads/compact.py)
+                if knobs:
+                    raise WorkloadError(f"{out}: the compact form is laid out when run; "
+                                        f"profile knobs apply there")
+                write_compact(_checked(chunks, finished), out, source=src,
+                              instrs=lambda: win)
+            else:
+                convert(_checked(chunks, finished), out, name=out.name, source=src,
+                        instrs=lambda: win, **knobs)
         ok = True
     except WorkloadError as e:
         raise RunInputError(str(e)) from None
@@ -115,7 +132,7 @@ def cmd_record(args) -> int:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
         tee.done(ok)
-    print(f"trace directory: {out}", file=sys.stderr)
+    print(f"{_what(out)}: {out}", file=sys.stderr)
     return 0
 
 
@@ -126,21 +143,28 @@ def _checked(chunks, finished):
 
 
 def register(sub) -> None:
-    c = sub.add_parser("convert", help="a trace file (lackey, CSV, NPZ) -> trace directory "
-                       "for `run trace:DIR` (streamed)")
-    c.add_argument("trace", metavar="TRACE", help="a trace file: lackey text, CSV or NPZ")
+    c = sub.add_parser("convert", help="a trace file (lackey, CSV, NPZ, compact .ptwc) -> "
+                       "trace directory for `run trace:DIR`, or compact file for "
+                       "`run compact:FILE` (streamed)")
+    c.add_argument("trace", metavar="TRACE", help="a trace file: lackey text, CSV, NPZ or compact (.ptwc)")
     c.add_argument("--out", required=True, metavar="DIR",
-                   help="the trace directory to create (must not exist)")
-    c.add_argument("--format", choices=("lackey", "csv", "npz"), default=None,
+                   help="the trace directory to create (must not exist); a name ending in "
+                   ".ptwc: the compact form instead (docs/real-programs.md)")
+    c.add_argument("--format", choices=("lackey", "csv", "npz", "compact"), default=None,
                    help="the trace's format (default: by extension)")
     c.add_argument("--limit", type=nonneg_int, default=0, help="at most N accesses (0: all)")
+    c.add_argument("--skip", type=nonneg_int, default=0,
+                   help="leave out the first N accesses (lackey text: a program's start-up)")
     c.add_argument("--knob", action="append", metavar="K=V", help="linux profile knob")
     c.set_defaults(func=cmd_convert)
     r = sub.add_parser("record", help="run PROG under valgrind lackey, streamed into a trace "
                        "directory (no text file unless --tee)")
-    r.add_argument("--out", metavar="DIR", help="default: trace-PROG")
+    r.add_argument("--out", metavar="DIR", help="default: trace-PROG; a name ending in .ptwc: "
+                   "the compact form (docs/real-programs.md)")
     r.add_argument("--limit", type=nonneg_int, default=0,
                    help="stop after N accesses (0: all)")
+    r.add_argument("--skip", type=nonneg_int, default=0,
+                   help="leave out the first N accesses (a program's start-up)")
     r.add_argument("--tee", metavar="FILE", help="also keep the lackey text in FILE")
     r.add_argument("--knob", action="append", metavar="K=V", help="linux profile knob")
     r.add_argument("--no-stdin", action="store_true", help="PROG reads /dev/null")

@@ -50,6 +50,9 @@ def registry_json() -> dict:
     from bench.variants import VARIANTS
     from workloads.registry import GENERATORS, HOST_SCENARIOS, IMPORT_KNOBS, PROFILE_KNOBS
 
+    from workloads.catalogue import RECIPES, index
+    idx = index()
+
     def knobs(ks):
         return [{"name": k.name, "default": k.default, "unit": k.unit or knob_unit(k.name),
                  "source": k.source, "help": k.help, "choices": list(k.choices)} for k in ks]
@@ -62,6 +65,11 @@ def registry_json() -> dict:
                             "knobs": knobs(e.knobs)} for e in HOST_SCENARIOS.values()],
         "variants": [{"name": n, "description": d} for n, (d, _f) in VARIANTS.items()],
         "micro_scenarios": [f"micro:{p.stem}" for p in scenario_files()],
+        "compact": {"name": "compact:FILE", "knobs": knobs(PROFILE_KNOBS)},
+        "catalogue": [{"name": f"catalogue:{n}", "stands_for": r.stands_for,
+                       "recording": {k: idx.get(n, {}).get(k) for k in (
+                           "accesses", "ns_per_access", "guest_ms", "bytes")}}
+                      for n, r in RECIPES.items()],
     }
 
 
@@ -86,6 +94,17 @@ def registry_text() -> str:
     section("[import]", "import:PATH", "a trace file (valgrind lackey --trace-mem=yes, CSV "
             "vcpu,va,kind, NPZ), laid out by the linux profile; see workloads/importers.py",
             IMPORT_KNOBS)
+    section("[compact]", "compact:FILE", "a trace in the compact form (.ptwc: `ptwbench "
+            "record/convert --out F.ptwc`), laid out by the linux profile (its knobs apply); "
+            "see docs/real-programs.md", ())
+    from workloads.catalogue import RECIPES, index
+    idx = index()
+    for n, r in RECIPES.items():
+        e = idx.get(n, {})
+        section("[catalogue]", f"catalogue:{n}", f"{r.stands_for}. Recorded: "
+                f"{e.get('accesses', '?')} accesses, {e.get('ns_per_access', '?')} ns an "
+                f"access ({e.get('guest_ms', '?')} ms of guest time); takes the linux "
+                f"profile knobs", ())
     section("[profile]", "linux", "the Linux/arm64 guest (docs/semantics.md §4), knobs shared "
             "by every generator and import", PROFILE_KNOBS)
     section("[micro]", "micro:NAME | micro:PATH", "a micro-scenario file run as a workload "

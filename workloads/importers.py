@@ -14,6 +14,8 @@ Formats
 * NPZ (numpy.savez / savez_compressed): 1-D arrays `vcpu`, `va`, `kind` of equal length,
   integer dtypes, kind as codes (index into model.trace.KINDS).  Read member by member in
   chunks straight from the zip file (np.lib.format), never whole.
+* compact (`.ptwc`, workloads/compact.py): runs of (vcpu, 4 KiB page, kind) with counts,
+  LZMA-compressed; expanded run by run (VA = page << 12).
 
 Every format is read in chunks of at most ~256 KiB of text (or 2^20 records) into numpy arrays,
 so a 10^8-line input is never held as text or Python objects; the parsed trace itself is
@@ -43,7 +45,7 @@ from model.trace import EXEC, KIND_CODE, KINDS, READ64, WRITE64
 from .base import Workload, WorkloadError
 from .linux import LinuxGuest, make_profile
 
-FORMATS = ("lackey", "csv", "npz")
+FORMATS = ("lackey", "csv", "npz", "compact")
 CHUNK_BYTES = 1 << 18
 CHUNK_RECORDS = 1 << 20
 
@@ -58,6 +60,8 @@ def detect_format(path: str) -> str:
         return "csv"
     if low.endswith(".npz"):
         return "npz"
+    if low.endswith(".ptwc"):
+        return "compact"
     return "lackey"
 
 
@@ -108,7 +112,104 @@ _DIGIT[list(b"0123456789")] = True
 _LACKEY_KIND = {ord("I"): EXEC, ord("L"): READ64, ord("S"): WRITE64, ord("M"): READ64}
 
 
+_KIND_LUT = np.zeros(256, dtype=np.uint8)
+for _c, _k in _LACKEY_KIND.items():
+    _KIND_LUT[_c] = _k
+
+
 def _lackey_block(block: bytes, line0: int, path: str, va_bits: int):
+    """One block of whole lackey lines -> (vcpu, va, kind).  The common block (no valgrind
+    line, one comma a line, sizes of one or two digits) takes the fast path; any other block,
+    and every block with an error, the checking path (`_lackey_block_checked`), which gives
+    the same result or names the first bad line."""
+    out = _lackey_fast(block, va_bits)
+    return out if out is not None else _lackey_block_checked(block, line0, path, va_bits)
+
+
+_HEXCOMMANL = b"0123456789abcdefABCDEF,\n"
+_LO4 = np.uint64(0x0F0F0F0F0F0F0F0F)
+_B6 = np.uint64(0x0101010101010101)
+_M16 = np.uint64(0x000F000F000F000F)
+_M32 = np.uint64(0x000000FF000000FF)
+_U = {k: np.uint64(k) for k in (4, 6, 8, 9, 16, 32, 0xFFFF)}
+
+
+def _hex8(x: np.ndarray) -> np.ndarray:
+    """8 ASCII hex digits per uint64 (first digit in the lowest byte) -> their value
+    (SWAR: each byte's nibble, then pairs, quads, the two halves)."""
+    u = _U
+    x = (x & _LO4) + u[9] * ((x >> u[6]) & _B6)           # '0'-'9' -> 0-9, a-f/A-F -> 10-15
+    x = ((x & _M16) << u[4]) | ((x >> u[8]) & _M16)        # 16-bit lanes: two digits
+    x = ((x & _M32) << u[8]) | ((x >> u[16]) & _M32)       # 32-bit lanes: four digits
+    return ((x & u[0xFFFF]) << u[16]) | ((x >> u[32]) & u[0xFFFF])
+
+
+def _lackey_fast(block: bytes, va_bits: int):
+    """The common block, or None.  Checks: one comma a line; deleting the hex digits, commas
+    and newlines leaves exactly 3 characters a line and they are each line's first three, an
+    `I  ` or ` L|S|M ` prefix (so the address and the size hold hex digits only); 1..16
+    address digits, then 1..2 decimal digits."""
+    if not block:
+        return None
+    a = np.frombuffer(block, dtype=np.uint8)
+    ends = np.flatnonzero(a == 10)
+    commas = np.flatnonzero(a == 44)
+    n = len(ends)
+    rest = block.translate(None, _HEXCOMMANL)
+    if n == 0 or len(commas) != n or ends[-1] != len(a) - 1 or len(rest) != 3 * n:
+        return None
+    starts = np.empty_like(ends)
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
+    hexlen = commas - starts - 3
+    sizelen = ends - commas - 1
+    if (hexlen.min() < 1 or hexlen.max() > 16 or sizelen.min() < 1 or sizelen.max() > 2):
+        return None
+    pre = np.frombuffer(rest, dtype=np.uint8).reshape(n, 3)
+    c0, c1, c2 = pre[:, 0], pre[:, 1], pre[:, 2]
+    fetch = c0 == 73                                    # "I  "
+    if not ((np.where(fetch, c1 == 32, (c0 == 32) & ((c1 == 76) | (c1 == 83) | (c1 == 77)))
+             & (c2 == 32)).all()
+            and (a[starts] == c0).all() and (a[starts + 1] == c1).all()
+            and (a[starts + 2] == c2).all()):
+        return None
+    t = np.where(fetch, c0, c1)
+    if ((a[commas + 1] - np.uint8(48)) > 9).any():
+        return None
+    two = np.flatnonzero(sizelen == 2)
+    if len(two) and ((a[commas[two] + 2] - np.uint8(48)) > 9).any():
+        return None
+    # addresses: the 16 bytes before each comma as two uint64 (whatever precedes a short
+    # address decodes to high digits that the masks remove)
+    buf = np.zeros(len(a) + 16, dtype=np.uint8)
+    buf[16:] = a
+    win = np.lib.stride_tricks.as_strided(buf, shape=(len(a) + 1, 16), strides=(1, 1))
+    w = win[commas].view(np.uint64)                    # row r: a[r - 16:r]
+    four = np.uint64(4)
+    va = _hex8(w[:, 1])
+    if hexlen.min() < 8:
+        va &= (np.uint64(1) << four * np.minimum(hexlen, 8).astype(np.uint64)) - np.uint64(1)
+    if hexlen.max() > 8:
+        hi = np.flatnonzero(hexlen > 8)
+        top = _hex8(w[hi, 0])
+        top &= np.where(hexlen[hi] >= 16, np.uint64(0xFFFFFFFF),
+                        (np.uint64(1) << four * (hexlen[hi] - 8).astype(np.uint64))
+                        - np.uint64(1))
+        va[hi] |= top << _U[32]
+    if va_bits < 64 and int(va.max()) >> va_bits:
+        return None
+    kind = _KIND_LUT[t]
+    m = t == 77
+    if m.any():                                         # M: a load, then a store
+        rep = np.where(m, 2, 1)
+        va = np.repeat(va, rep)
+        kind = np.repeat(kind, rep)
+        second = np.cumsum(rep) - 1
+        kind[second[m]] = WRITE64
+    return np.zeros(len(va), dtype=np.uint16), va, kind
+
+
+def _lackey_block_checked(block: bytes, line0: int, path: str, va_bits: int):
     a = np.frombuffer(block, dtype=np.uint8)
     ends = np.flatnonzero(a == 10)                       # every line ends with \n
     starts = np.empty_like(ends)
@@ -305,6 +406,9 @@ def iter_trace(path: str, fmt: str | None = None, va_bits: int = 48):
         raise TraceError(f"{path}: unknown trace format {fmt!r} (one of {', '.join(FORMATS)})")
     if not os.path.isfile(path):
         raise TraceError(f"{path}: no such file")
+    if fmt == "compact":                            # the compact form (workloads/compact.py)
+        from .compact import iter_compact
+        return iter_compact(path, va_bits)
     return {"lackey": iter_lackey, "csv": iter_csv, "npz": iter_npz}[fmt](path, va_bits)
 
 

@@ -552,7 +552,7 @@ class LinuxGuest:
         guest kernel must fix up, and trace it as attempt + event + access."""
         n = len(va)
         sp = self.spaces[self.cur]
-        vp = (va >> np.uint64(self.g)).astype(np.int64)
+        vp = (va >> np.uint64(self.g)).view(np.int64)       # pages < 2^52: no copy
         # pages numbered in first-touch order (a hash table, O(n): pandas.factorize), so the
         # first touches come out sorted
         inv, uniq = pd.factorize(vp, sort=False)
@@ -561,7 +561,7 @@ class LinuxGuest:
         w = STORE_MASK[kd]
         fw = np.full(len(uniq), n, dtype=np.int64)
         wi = np.flatnonzero(w)
-        np.minimum.at(fw, inv[wi], wi)
+        fw[inv[wi[::-1]]] = wi[::-1]                # the last assignment, the first write, wins
         heap = list(zip(first.tolist(), [0] * len(uniq), range(len(uniq))))
         uniq_l, fw_l, w_l = uniq.tolist(), fw.tolist(), w
         faults = []
@@ -577,9 +577,10 @@ class LinuxGuest:
         if faults:
             faults.sort(key=lambda f: f[0])
             idx = np.array([f[0] for f in faults], dtype=np.int64)
-            vc = np.insert(vc, idx, vc[idx])
-            va = np.insert(va, idx, va[idx])
-            kd = np.insert(kd, idx, kd[idx])
+            # the attempt is a copy of its access, just before it: repeat those accesses
+            # (one fault per access: a first write is queued only after a read touch)
+            assert (np.diff(idx) > 0).all(), "two faults on one access"
+            vc, va, kd = (_doubled(c, idx) for c in (vc, va, kd))
             for k, (i, st) in enumerate(faults):
                 pos = self.pos + i + k + 1
                 self.events.append((pos, pos, st))
@@ -806,3 +807,19 @@ class LinuxGuest:
             if table != ipa:
                 raise AssertionError(f"table for {va:#x} at level {level + 1}: generator "
                                      f"{ipa:#x}, build_tables {table:#x}")
+
+
+def _doubled(col: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """`col` with the elements at sorted positions `idx` repeated (each copy just before its
+    original): slices joined when they are few, a repeat count per element otherwise."""
+    if len(idx) * 64 < len(col):
+        cuts = idx.tolist()
+        parts, lo = [], 0
+        for i in cuts:
+            parts.append(col[lo:i + 1])
+            lo = i
+        parts.append(col[lo:])
+        return np.concatenate(parts)
+    rep = np.ones(len(col), dtype=np.int64)
+    rep[idx] = 2
+    return np.repeat(col, rep)

@@ -12,6 +12,7 @@ type and choices.  `ptwbench workloads` prints this registry.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
 
 from . import data, host, ptheavy  # noqa: F401  (register the generators and host scenarios)
@@ -77,9 +78,32 @@ def make(name: str, seed: int = 0, **knobs) -> Workload:
     return wl
 
 
+def _compact(path: str, knobs: dict, name: str | None = None) -> Workload:
+    """`compact:FILE` (workloads/compact.py): laid out now with the `linux` profile's knobs;
+    its clock is the recording's (meta time_per_access)."""
+    from .compact import read_meta
+    own = {k: v for k, v in knobs.items() if k not in PROFILE_KNOB_NAMES}
+    if own:
+        raise WorkloadError(f"compact:{path}: unknown knob(s) {', '.join(sorted(own))} "
+                            f"(profile knobs only: {', '.join(sorted(PROFILE_KNOB_NAMES))})")
+    cmeta = read_meta(path)
+    wl = import_trace(path, "compact", name=name or f"compact:{os.path.basename(path)}",
+                      **knobs)
+    wl.meta.update(generator="compact", profile=asdict(make_profile(knobs, "compact")),
+                   time_per_access=cmeta.get("time_per_access"),
+                   recording={k: cmeta.get(k) for k in ("source", "command", "accesses",
+                                                        "runs", "guest_instrs")})
+    return wl
+
+
 def _make(name: str, seed: int = 0, **knobs) -> Workload:
     if name.startswith("import:"):
         return _import(name.split(":", 1)[1], knobs)
+    if name.startswith("compact:"):                # the compact form (issue 13)
+        return _compact(name.split(":", 1)[1], knobs)
+    if name.startswith("catalogue:"):              # a shipped real program (issue 13)
+        from .catalogue import load as load_entry
+        return load_entry(name.split(":", 1)[1], knobs)
     if name.startswith("trace:"):                  # a converted trace directory (issue 13)
         from .trace_dir import load
         if knobs:

@@ -30,6 +30,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from model.trace import EXEC
 from model.trace_stream import COLUMNS, TraceFileError, open_trace_dir
@@ -100,10 +101,19 @@ class PageSet:
 
     def add(self, va: np.ndarray, kind: np.ndarray) -> None:
         p = va >> self.shift
-        u, i = np.unique(p, return_index=True)
-        self.pages.append(u)
-        self.first.append(i.astype(np.int64) + self.pos)
-        self.exec.append(np.unique(p[kind == EXEC]))
+        # a page's first touch is the start of one of its runs: sort the run starts only
+        # (a program's accesses come in runs on a page)
+        starts = np.flatnonzero(np.concatenate(([True], p[1:] != p[:-1])))
+        # pages in first-touch order (a hash table: pandas.factorize), so each page's first
+        # run start is where its code first exceeds every code before it
+        codes, u = pd.factorize(p[starts], sort=False)
+        new = np.concatenate(([True], codes[1:] > np.maximum.accumulate(codes)[:-1]))
+        self.pages.append(np.asarray(u, dtype=np.uint64))
+        self.first.append(starts[new].astype(np.int64) + self.pos)
+        ex = p[kind == EXEC]
+        if len(ex):
+            ex = ex[np.concatenate(([True], ex[1:] != ex[:-1]))]
+        self.exec.append(np.unique(ex))
         self.pos += len(va)
         if len(self.pages) >= self.merge:
             self._merge()
@@ -169,13 +179,20 @@ def spool(chunks, raw: Path, shift: int, limit: int | None):
     return n, pages
 
 
-def time_per_access(instrs: int | None, accesses: int) -> dict:
+def time_per_access(instrs, accesses: int) -> dict:
+    """`instrs`: a count, (count, where it comes from), or a LackeyWindow."""
+    what = "valgrind guest instrs"
+    if isinstance(instrs, tuple):
+        instrs, what = instrs
+    if isinstance(instrs, LackeyWindow):
+        what = instrs.basis()
+        instrs = instrs.instrs()
     if not instrs or not accesses:
         return {"ns_per_access": None, "basis": "no instruction count (not a recording)"}
     ns = instrs * ASSUMED_CPI / ASSUMED_GHZ / accesses
     return {"ns_per_access": round(ns, 4), "guest_instrs": int(instrs),
             "assumed_cpi": ASSUMED_CPI, "assumed_ghz": ASSUMED_GHZ,
-            "basis": "valgrind guest instrs x ASSUMED_CPI / ASSUMED_GHZ / accesses"}
+            "basis": f"{what} x ASSUMED_CPI / ASSUMED_GHZ / accesses"}
 
 
 def convert(chunks, out: Path, *, name: str, source: dict, limit: int | None = None,
@@ -209,7 +226,8 @@ def convert(chunks, out: Path, *, name: str, source: dict, limit: int | None = N
         np.save(tmp / "attempts.npy", attempts)
         meta = dict(wl.meta, **source, generator="trace", accesses_read=n,
                     profile=asdict(profile), vmas=len(vmas), pages_touched=len(uniq))
-        meta["time_per_access"] = time_per_access(instrs(), n)
+        ins = instrs()
+        meta["time_per_access"] = time_per_access(ins, n)
         with open(tmp / "workload.pkl", "wb") as f:
             pickle.dump({"version": FORMAT_VERSION, "name": name, "scenario": wl.scenario,
                          "events": g.events, "meta": meta}, f, protocol=4)
@@ -260,31 +278,97 @@ def lackey_instrs(block: bytes) -> int:
     return sum(int(m.replace(b",", b"")) for m in _INSTRS.findall(block))
 
 
+class LackeyWindow:
+    """Parsed lackey blocks (importers' vectorised parser), accesses [skip, skip + limit) of
+    them, with the guest instructions of that window for the clock: valgrind's summary
+    (`guest instrs`) when the window is the whole recording, else the window's instruction
+    fetches — lackey writes one `I` line per guest instruction executed (lackey/lk_main.c,
+    trace_instr), so the two agree on a whole recording (tests/test_catalogue.py)."""
+
+    def __init__(self, skip: int = 0, limit: int | None = None):
+        self.skip, self.limit = skip, limit
+        self.summary = 0                 # valgrind's guest instrs lines
+        self.fetches = 0                 # I lines kept
+        self.seen = 0                    # accesses parsed
+        self.kept = 0
+        self.cut = False                 # stopped at the limit (the program may run on)
+
+    def chunks(self, blocks, path: str, va_bits: int):
+        from .importers import _lackey_block
+        for block, line0 in blocks:
+            if b"guest instrs" in block:
+                self.summary += lackey_instrs(block)
+            out = _lackey_block(block, line0, path, va_bits)
+            n = len(out[1])
+            lo = min(n, max(0, self.skip - self.seen))
+            self.seen += n
+            hi = n
+            if self.limit is not None:
+                hi = min(n, lo + self.limit - self.kept)
+            if hi > lo:
+                out = tuple(c[lo:hi] for c in out)
+                self.kept += hi - lo
+                self.fetches += int(np.count_nonzero(out[2] == EXEC))
+                yield out
+            if self.limit is not None and self.kept >= self.limit:
+                self.cut = True
+                return
+
+    def _whole(self) -> bool:
+        return not self.skip and not self.cut and bool(self.summary)
+
+    def instrs(self) -> int:
+        return self.summary if self._whole() else self.fetches
+
+    def basis(self) -> str:
+        return ("valgrind guest instrs" if self._whole() else
+                "lackey instruction fetches of the window kept (one I line per guest "
+                "instruction)")
+
+
 def lackey_chunks(blocks, path: str, va_bits: int, count: list):
-    """Parsed lackey blocks (importers' vectorised parser); adds valgrind's guest
-    instruction counts to count[0] on the way."""
-    from .importers import _lackey_block
-    for block, line0 in blocks:
-        if b"guest instrs" in block:
-            count[0] += lackey_instrs(block)
-        out = _lackey_block(block, line0, path, va_bits)
-        if len(out[1]):
-            yield out
+    """Parsed lackey blocks; adds valgrind's guest instruction counts to count[0]."""
+    w = LackeyWindow()
+    for c in w.chunks(blocks, path, va_bits):
+        count[0] = w.instrs()
+        yield c
+    count[0] = w.instrs()
 
 
 def convert_file(path: str, out: Path, fmt: str | None = None, limit: int | None = None,
-                 **profile_knobs) -> Path:
-    """`ptwbench convert`: a lackey, CSV or NPZ file -> trace directory."""
-    from .importers import CHUNK_BYTES, _blocks, detect_format, iter_trace
+                 skip: int = 0, **profile_knobs) -> Path:
+    """`ptwbench convert`: a lackey, CSV, NPZ or compact file -> trace directory, or -> a
+    compact file when `out` ends with .ptwc (workloads/compact.py).  `skip`: leave out the
+    first accesses (lackey only: a program's start-up)."""
+    from .compact import is_compact, read_meta, write_compact
+    from .importers import CHUNK_BYTES, FORMATS, _blocks, detect_format, iter_trace
     fmt = fmt or detect_format(path)
+    if fmt not in FORMATS:
+        raise TraceError(f"{path}: unknown trace format {fmt!r} (one of {', '.join(FORMATS)})")
+    if skip and fmt != "lackey":
+        raise TraceError(f"{path}: --skip applies to lackey text only")
     va_bits = make_profile(profile_knobs, "convert").va_bits
-    count = [0]
+    instrs = lambda: None                           # noqa: E731
+    src = dict(source="file", path=str(path), format=fmt, limit=limit, skip=skip)
     if fmt == "lackey":
         if not os.path.isfile(path):
             raise TraceError(f"{path}: no such file")
-        chunks = lackey_chunks(_blocks(path, 4 * CHUNK_BYTES), path, va_bits, count)
+        win = LackeyWindow(skip, limit)
+        chunks = win.chunks(_blocks(path, 4 * CHUNK_BYTES), path, va_bits)
+        instrs, limit = (lambda: win), None         # the window applies the limit
     else:
         chunks = iter_trace(path, fmt, va_bits)
-    src = dict(source="file", path=str(path), format=fmt, limit=limit)
+    if fmt == "compact":                            # the recording it was made from
+        m = read_meta(path)
+        src.update(compact_source={k: m.get(k) for k in ("source", "command", "path",
+                                                         "recipe") if m.get(k) is not None})
+        if m.get("guest_instrs") and not limit:
+            instrs = lambda: (m["guest_instrs"],    # noqa: E731
+                              m["time_per_access"]["basis"].split(" x ")[0])
+    if is_compact(out):
+        if profile_knobs:
+            raise TraceError(f"{out}: the compact form is laid out when run; profile knobs "
+                             f"({', '.join(sorted(profile_knobs))}) apply there")
+        return write_compact(chunks, Path(out), source=src, limit=limit, instrs=instrs)
     return convert(chunks, out, name=Path(out).name, source=src, limit=limit,
-                   instrs=lambda: count[0], **profile_knobs)
+                   instrs=instrs, **profile_knobs)
