@@ -8,6 +8,7 @@ variants, all policies; then the verdict (bench.verdict) and the reports.
 from __future__ import annotations
 
 import json
+import os
 import time
 import tomllib
 from datetime import datetime, timezone
@@ -162,8 +163,32 @@ def cases(spec: dict):
                            c.get("section", "stress"), c.get("seconds"))
 
 
+def _ignore_sigint() -> None:
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run_group(args) -> list[tuple]:
+    """The jobs of one workload (built once): (job index, workload name, section, kind,
+    rows, timings, meta) per job.  Runs in a worker process."""
+    items, seed, engine = args
+    kind, w, knobs, host, hk, _v, label, _sec, seconds = items[0][1]
+    wl = (micro_workload(w) if kind == "micro"
+          else build(w, knobs, host, hk, seed, seconds))
+    if label:                                 # tell apart cases of one generator
+        wl.name = f"{wl.name}@{label}"
+    wkind = workload_kind(w) if kind == "gen" else "synthetic"
+    out = []
+    for i, (_k, _w, _kn, host, _hk, v, _l, sec, _s) in items:
+        run = run_workload(wl, host=host, variant=v, seed=seed, engine=engine)
+        out.append((i, wl.name, sec, wkind, run.rows, run.timings, run.meta))
+    return out
+
+
 def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
-             progress: bool | None = None, stamp: str | None = None) -> Path:
+             progress: bool | None = None, stamp: str | None = None,
+             workers: int | None = None) -> Path:
+    """The beer verdict of `spec`; `workers` processes (default: one per core)."""
     from tqdm import tqdm
     cm = cm or CostModel()
     seed = int(spec.get("seed", 0))
@@ -173,27 +198,51 @@ def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
         for p in x86_report.arm64_files(scenario_files()):
             for v in spec.get("micro_variants", ["default"]):
                 jobs.append(("micro", p, None, "scenario", None, v, "", "stress", None))
-    rows, timings, metas = [], [], []
     t0 = time.perf_counter()
-    built = {}
-    # tqdm: disable=None shows the bar only on a terminal
-    bar = tqdm(jobs, desc="beer", unit="run", disable=None if progress is None else not progress)
-    section, kinds = {}, {}
-    for kind, w, knobs, host, hk, v, label, sec, seconds in bar:
+    # jobs that share a workload build it once: one group each, groups spread over the
+    # cores (results gathered in job order: the CSVs do not depend on the worker count)
+    groups: dict[tuple, list] = {}
+    for i, (kind, w, knobs, host, hk, v, label, sec, seconds) in enumerate(jobs):
         key = (kind, str(w), json.dumps(knobs, sort_keys=True), host,
                json.dumps(hk, sort_keys=True), label, seconds)
-        if key not in built:
-            wl = (micro_workload(w) if kind == "micro"
-                  else build(w, knobs, host, hk, seed, seconds))
-            if label:                         # tell apart cases of one generator
-                wl.name = f"{wl.name}@{label}"
-            built[key] = wl
-        section[built[key].name] = sec
-        kinds[built[key].name] = workload_kind(w) if kind == "gen" else "synthetic"
-        run = run_workload(built[key], host=host, variant=v, seed=seed, engine=engine)
-        rows += run.rows
-        timings += run.timings
-        metas.append(run.meta)
+        groups.setdefault(key, []).append((i, jobs[i]))
+    work = [(items, seed, engine) for items in groups.values()]
+    done: dict[int, tuple] = {}
+    n = max(1, min(workers or os.cpu_count() or 1, len(work)))
+    # tqdm: disable=None shows the bar only on a terminal
+    bar = tqdm(total=len(jobs), desc="beer", unit="run",
+               disable=None if progress is None else not progress)
+    if n == 1:
+        for args in work:
+            for r in _run_group(args):
+                done[r[0]] = r
+                bar.update()
+    else:
+        import multiprocessing as mp
+        # the largest groups first, so that the cores finish together; Ctrl-C reaches the
+        # parent only (workers ignore SIGINT), which stops the workers and leaves no output
+        work.sort(key=lambda a: -len(a[0]))
+        pool = mp.get_context("fork").Pool(n, initializer=_ignore_sigint)
+        try:
+            for out in pool.imap_unordered(_run_group, work):
+                for r in out:
+                    done[r[0]] = r
+                    bar.update()
+            pool.close()
+        except BaseException:
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
+    bar.close()
+    rows, timings, metas, section, kinds = [], [], [], {}, {}
+    for i in range(len(jobs)):
+        _i, name, sec, wkind, r_rows, r_timings, r_meta = done[i]
+        section[name] = sec
+        kinds[name] = wkind
+        rows += r_rows
+        timings += r_timings
+        metas.append(r_meta)
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     dfx, df = df, x86_report.arm64_rows(df)   # x86 comparison machines: their own section
     v = verdict_table(df, cm)
@@ -329,25 +378,23 @@ def markdown(df, v, sens, cm, real_sens=None, rvs=None) -> str:
     return "\n".join(out)
 
 
-TOP_CASES = 4
+TOP_CASES = 2
 TEXT_LEGEND = {
-    "case": "a calibrated case: label:host scenarios (report.md names its workload)",
-    "src": "real: a recorded program (the catalogue); gen: a synthetic generator",
-    "gib": "the VM's memory (GiB)",
-    "sec": "guest time simulated (s)",
-    "p": "measured share of unmapped page-table pages whose first walk wrote (fix's "
-         "second faults / its S1PTW translation faults)",
-    "p_star": "break-even share: t_false / (t_exit + t_false)",
-    "envelope": "rate of page-table pages unmapped and walked (pages/s) at which it "
-                "would matter, 'never' when p <= p_star",
-    "cases": "cases run on that variant",
-    "matter": "cases where ha-promote's saving matters",
-    "fix_2nd": "fix's second stage-2 faults, all cases",
-    "best_net_us": "best net saving of ha-promote (us)",
+    "case": "label:host scenarios",
+    "src": "real (a recorded program) or gen (a generator)",
+    "gib": "VM memory, GiB",
+    "sec": "guest seconds simulated",
+    "p": "share of fix's S1PTW translation faults followed by a second fault",
+    "p_star": "break-even p, t_false / (t_exit + t_false)",
+    "envelope": "page-table pages/s unmapped and walked at which it would matter",
+    "cases": "cases on that variant",
+    "matter": "cases that matter",
+    "fix_2nd": "fix's second faults",
+    "best_net_us": "ha-promote's best net saving, us",
     "saved": "exits ha-promote avoids",
-    "fdirty": "extra false-dirty pages ha-promote marks",
-    "net_us": "net saving (us), negative when ha-promote costs more",
-    "matters": "whether the case passes the bar (report.md)",
+    "fdirty": "extra false-dirty pages",
+    "net_us": "net saving, us",
+    "matters": "passes the bar (report.md)",
 }
 REAL_LEGEND = ("case", "src", "gib", "sec", "p", "p_star", "envelope")
 REAL_COLS = ["case", "workload_kind", "guest_gib", "guest_seconds", "p_measured", "p_break_even", "envelope",
@@ -371,9 +418,14 @@ def realistic_text(real: pd.DataFrame) -> pd.DataFrame:
 
 
 def _real_case(r) -> str:
-    """label:host (the workload's name is generator+hosts@label)."""
+    """label:host (the workload's name is generator+hosts@label); a recorded program is
+    named by its catalogue entry (or trace) instead of the label."""
     w = str(r["workload"])
-    label = w.rsplit("@", 1)[1] if "@" in w else w.split("+", 1)[0]
+    head = w.split("+", 1)[0]
+    if workload_kind(head) == "real":
+        label = head.split(":", 1)[1].split(",", 1)[0].rsplit("/", 1)[-1]
+    else:
+        label = w.rsplit("@", 1)[1] if "@" in w else head
     return f"{label}:{r['host']}"
 
 

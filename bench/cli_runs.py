@@ -117,7 +117,7 @@ def cmd_beer(args) -> int:
             spec = load_spec(text, args.spec)
         else:
             spec = load_spec(default_spec_text(), "embedded default")
-        d = run_beer(spec, Path(args.out), stamp=args.stamp)
+        d = run_beer(spec, Path(args.out), stamp=args.stamp, workers=args.workers or None)
     except (SpecError, WorkloadError) as e:
         raise RunInputError(str(e)) from None
     text = (d / "verdict.txt").read_text() if args.format == "text" else (
@@ -179,6 +179,8 @@ def register(sub) -> None:
     b.add_argument("--stamp", help="name the result directory beer-STAMP (default: UTC time)")
     b.add_argument("--format", choices=("md", "text"), default="text",
                    help="what to print: text (72 columns, for a mailing-list reply) or md")
+    b.add_argument("--workers", type=nonneg_int, default=0,
+                   help="worker processes (0: one per core); the results do not depend on it")
     b.set_defaults(func=cmd_beer)
     c = sub.add_parser("compare", help="per-metric deltas between two result directories")
     c.add_argument("a", help="baseline result directory (run, beer or sweep)")

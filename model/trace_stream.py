@@ -121,6 +121,75 @@ class DiskColumn:
         return a.astype(dtype) if dtype is not None else a
 
 
+class TiledColumn:
+    """A column repeated to `n` rows without copying (a workload's access stream served
+    again and again: workloads/clock.py with_seconds): the same array-like interface as
+    DiskColumn; a slice inside one period is a view of the base array."""
+
+    def __init__(self, base: np.ndarray, n: int):
+        self.base = np.ascontiguousarray(base)
+        self.dtype = self.base.dtype
+        self.period = len(self.base)
+        self.n = int(n)
+        if self.period == 0 and self.n:
+            raise ValueError("cannot tile an empty column")
+
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (self.n,)
+
+    @property
+    def nbytes(self) -> int:
+        return self.base.nbytes
+
+    def __getitem__(self, key):
+        L = self.period
+        if isinstance(key, slice):
+            lo, hi, step = key.indices(self.n)
+            if step != 1:
+                raise IndexError("TiledColumn supports step-1 slices only")
+            if hi <= lo:
+                return self.base[:0]
+            a = lo % L
+            if a + (hi - lo) <= L:
+                return self.base[a:a + hi - lo]
+            return self.base[np.arange(lo, hi, dtype=np.int64) % L]
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + (self.n if key < 0 else 0)
+            if not 0 <= i < self.n:
+                raise IndexError(i)
+            return self.base[i % L]
+        idx = np.asarray(key)
+        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= self.n):
+            raise IndexError("index out of range")
+        return self.base[idx % L]
+
+    def min(self):
+        return self.base.min()
+
+    def max(self):
+        return self.base.max()
+
+    def __array__(self, dtype=None, copy=None):     # whole column: only for small traces
+        a = np.resize(self.base, self.n)
+        return a.astype(dtype) if dtype is not None else a
+
+
+class TiledTrace(Trace):
+    """A Trace over TiledColumns (no copy of the repeats)."""
+
+    def __post_init__(self) -> None:
+        n = len(self.va)
+        if len(self.vcpu) != n or len(self.kind) != n:
+            raise ValueError(f"trace columns differ in length: vcpu {len(self.vcpu)}, "
+                             f"va {n}, kind {len(self.kind)}")
+        if self.step_of_access is not None:
+            raise ValueError("a tiled trace has no step_of_access")
+
+
 class StreamedTrace(Trace):
     """A Trace over DiskColumns (no copy into memory)."""
 

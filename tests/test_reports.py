@@ -331,3 +331,14 @@ demand = false
     bad.write_text(spec.read_text().replace("warm_stage2 = true", "regions = 3"))
     p = ptwbench("beer", "--spec", str(bad), "--out", str(tmp_path / "x"))
     assert p.returncode == 2 and "regions" in p.stderr and len(p.stderr.splitlines()) == 1
+
+
+def test_beer_results_do_not_depend_on_the_worker_count(beer_dir, tmp_path):
+    """The fixture ran with one worker per core; one worker gives byte-identical CSVs."""
+    (tmp_path / "spec.toml").write_text(SMALL_SPEC)
+    p = ptwbench("beer", "--spec", str(tmp_path / "spec.toml"), "--out", str(tmp_path),
+                 "--stamp", "one", "--workers", "1")
+    assert p.returncode == 0, p.stderr
+    d, _out = beer_dir
+    for f in ("metrics.csv", "verdict.csv"):
+        assert (tmp_path / "beer-one" / f).read_bytes() == (d / f).read_bytes(), f

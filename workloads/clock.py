@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from model.trace import Trace
+from model.trace_stream import TiledColumn, TiledTrace
 
 from .base import Workload, WorkloadError
 
@@ -81,6 +82,17 @@ def guest_seconds(w: Workload) -> float:
     return len(w.trace) * access_time(w).ns * 1e-9
 
 
+def _repeat_periodic(tr: Trace, n: int) -> list:
+    """The events of `tr`, then its periodic guest-kernel work (aging passes: MGLRU/DAMON
+    keep scanning) in every repeat up to `n` accesses; page faults and table stores happen
+    in the first pass only (the process is warm)."""
+    events = [e for e in tr.events if e[0] < len(tr)]
+    periodic = [e for e in events if e[2].op in PERIODIC_OPS]
+    for k in range(1, -(-n // len(tr))):
+        events += [(p + k * len(tr), i, st) for p, i, st in periodic if p + k * len(tr) < n]
+    return events
+
+
 def with_seconds(w: Workload, seconds: float) -> Workload:
     """`w` sized to `seconds` of guest time (module doc): n = round(seconds / access_ns)."""
     if not (seconds > 0 and math.isfinite(seconds)):
@@ -96,15 +108,16 @@ def with_seconds(w: Workload, seconds: float) -> Workload:
         events = [e for e in tr.events if e[0] <= n]
         cols = [np.asarray(c[:n]) for c in (tr.vcpu, tr.va, tr.kind)]
         soa = None if tr.step_of_access is None else np.asarray(tr.step_of_access[:n])
-    else:                                       # the access stream again
+    elif tr.step_of_access is not None:         # a scenario's steps: small, copied
         cols = [np.resize(np.asarray(c), n) for c in (tr.vcpu, tr.va, tr.kind)]
-        events = [e for e in tr.events if e[0] < len(tr)]
-        # periodic guest-kernel work goes on in every repeat (aging passes: MGLRU/DAMON
-        # keep scanning); page faults and table stores do not (the process is warm)
-        periodic = [e for e in events if e[2].op in PERIODIC_OPS]
-        for k in range(1, -(-n // len(tr))):
-            events += [(p + k * len(tr), i, st) for p, i, st in periodic
-                       if p + k * len(tr) < n]
-        soa = None if tr.step_of_access is None else np.resize(tr.step_of_access, n)
+        events = _repeat_periodic(tr, n)
+        soa = np.resize(tr.step_of_access, n)
+    else:                                       # the access stream again
+        # repeated lazily (model.trace_stream.TiledColumn): no copy of the repeats
+        base = [np.asarray(c[:len(tr)]) for c in (tr.vcpu, tr.va, tr.kind)]
+        cols = [TiledColumn(c, n) for c in base]
+        events = _repeat_periodic(tr, n)
+        meta = dict(w.meta, seconds=seconds, accesses_for_seconds=n)
+        return Workload(w.name, w.scenario, TiledTrace(*cols, events, None), meta)
     meta = dict(w.meta, seconds=seconds, accesses_for_seconds=n)
     return Workload(w.name, w.scenario, Trace(*cols, events, soa), meta)

@@ -60,13 +60,25 @@ ACCESS_NS_KNOB = Knob("access_ns", 0.0, "guest time one access stands for, ns (0
                      "generator's own, workloads/clock.py)", lo=0.0, hi=1e9)
 
 
+def _clock_ns(name: str) -> float:
+    """The time per access of a generator, or of a catalogue entry's recording (0: not
+    known before the workload is built)."""
+    if name in ACCESS_TIME:
+        return ACCESS_TIME[name].ns
+    if name.startswith("catalogue:"):
+        from .catalogue import index, parse
+        entry = index().get(parse(name.split(":", 1)[1])[0], {})
+        return float(entry.get("ns_per_access", 0.0))
+    return 0.0
+
+
 def make(name: str, seed: int = 0, **knobs) -> Workload:
     ns = ACCESS_NS_KNOB.coerce(knobs.pop("access_ns", 0.0), name)
     if knobs.get("age_period_ms"):
         # aging in guest time: the period in accesses on this workload's clock
         ms = next(k for k in PROFILE_KNOBS if k.name == "age_period_ms").coerce(
             knobs["age_period_ms"], name)
-        per_ns = ns or (ACCESS_TIME[name].ns if name in ACCESS_TIME else 0.0)
+        per_ns = ns or _clock_ns(name)
         if not per_ns:
             raise WorkloadError(f"{name}: age_period_ms needs a time per access (knob "
                                 f"access_ns)")

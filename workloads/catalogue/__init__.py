@@ -103,6 +103,9 @@ def load(name: str, knobs: dict) -> Workload:
     from ..registry import _compact
     spec = name
     name, own = parse(spec)
+    if "age_period_ms" in own:
+        raise WorkloadError(f"catalogue:{spec}: give age_period_ms as a knob (a knob table "
+                            f"or --knob), not in the name: it is converted on the clock")
     both = set(own) & set(knobs)
     if both:
         raise WorkloadError(f"catalogue:{spec}: knob {sorted(both)[0]} given twice")
