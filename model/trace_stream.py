@@ -120,6 +120,9 @@ class DiskColumn:
         a = self._read(0, self.n)
         return a.astype(dtype) if dtype is not None else a
 
+    def tolist(self) -> list:                       # the reference engine's per-access loop
+        return np.asarray(self).tolist()
+
 
 class TiledColumn:
     """A column repeated to `n` rows without copying (a workload's access stream served
@@ -176,6 +179,9 @@ class TiledColumn:
     def __array__(self, dtype=None, copy=None):     # whole column: only for small traces
         a = np.resize(self.base, self.n)
         return a.astype(dtype) if dtype is not None else a
+
+    def tolist(self) -> list:                       # the reference engine's per-access loop
+        return np.asarray(self).tolist()
 
 
 class TiledTrace(Trace):

@@ -267,3 +267,31 @@ def test_far_memory_swaps_pages_idle_for_the_cold_age():
     assert swapped(f) == [(0, "pt", list(range(4, 16))), (1000, "ram", list(range(32, 64)))]
     ref = {p: x.metrics() for p, x in run_reference_trace(f.scenario, f.trace).items()}
     assert {p: x.metrics() for p, x in run_trace(f.scenario, f.trace).items()} == ref
+
+
+def test_seconds_repeats_lazily_and_runs_as_a_copied_trace():
+    """--seconds serves the access stream again without copying it (TiledColumn); the
+    engines give the same metrics as on the repeats written out in full (np.resize)."""
+    from model.trace_stream import TiledTrace
+    w = registry.build("zipf", 2, keys=2048, operations=1500, demand=False,
+                       age_period=700, host_name=None)
+    long = with_seconds(w, access_time(w).ns * 1e-9 * 7 * len(w.trace) + 1e-12)
+    assert isinstance(long.trace, TiledTrace) and len(long.trace) == 7 * len(w.trace)
+    assert long.trace.va.nbytes == w.trace.va.nbytes            # one period held
+    tr = long.trace
+    n = len(tr)
+    full = Trace(np.resize(w.trace.vcpu, n), np.resize(w.trace.va, n),
+                 np.resize(w.trace.kind, n), list(tr.events))
+    for lo, hi in ((0, 10), (len(w.trace) - 5, len(w.trace) + 5), (3, n)):
+        assert np.array_equal(tr.va[lo:hi], full.va[lo:hi])
+    idx = np.array([0, n - 1, len(w.trace), 5 * len(w.trace) + 3])
+    assert np.array_equal(tr.kind[idx], full.kind[idx]) and tr.va[n - 1] == full.va[n - 1]
+    timed = registry.apply_host(long, "numa", scan_size_mb=1, scan_period_s=2e-5)
+    ref = {p: r.metrics() for p, r in run_trace(timed.scenario, timed.trace).items()}
+    copied = Trace(full.vcpu, full.va, full.kind, list(timed.trace.events))
+    assert {p: r.metrics() for p, r in run_trace(timed.scenario, copied).items()} == ref
+    small = registry.apply_host(with_seconds(w, access_time(w).ns * 1e-9 * 2 * len(w.trace)),
+                                "ksm", sleep_ms=0.05, merge_percent=50.0)
+    assert ({p: r.metrics() for p, r in run_reference_trace(small.scenario,
+                                                              small.trace).items()}
+            == {p: r.metrics() for p, r in run_trace(small.scenario, small.trace).items()})

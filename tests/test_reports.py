@@ -342,3 +342,28 @@ def test_beer_results_do_not_depend_on_the_worker_count(beer_dir, tmp_path):
     d, _out = beer_dir
     for f in ("metrics.csv", "verdict.csv"):
         assert (tmp_path / "beer-one" / f).read_bytes() == (d / f).read_bytes(), f
+
+
+def test_default_beer_realistic_first_with_real_programs(tmp_path):
+    """The README's main job, offline (the shipped catalogue needs no valgrind): realistic
+    cases first (warm VMs of >= 4 GiB, >= 0.1 s of guest time, the measured and break-even
+    p and the envelope), the catalogue's programs among them marked real, the stress cases
+    after; verdict.txt fits a mailing-list reply."""
+    p = ptwbench("beer", "--out", str(tmp_path), "--stamp", "d")
+    assert p.returncode == 0, p.stderr
+    d = tmp_path / "beer-d"
+    v = pd.read_csv(d / "verdict.csv")
+    real = v[v["section"] == "realistic"]
+    assert len(real) >= 7 and list(v["section"][:len(real)]) == ["realistic"] * len(real)
+    assert (real["guest_gib"] >= 4).all() and (real["guest_seconds"] >= 0.1 - 1e-9).all()
+    assert real["p_measured"].notna().all() and real["p_break_even"].notna().all()
+    assert real["envelope_unit"].notna().all()
+    programs = real[real["workload_kind"] == "real"]["workload"].str.split("+").str[0]
+    assert set(programs) == {"catalogue:sqlite-tpcc", "catalogue:python-json",
+                             "catalogue:gcc-compile"}
+    assert (v[v["section"] == "stress"]["workload_kind"] == "synthetic").all()
+    txt = (d / "verdict.txt").read_text()
+    assert txt.startswith("a workload where ha-promote's saving over fix matters: [realistic]")
+    lines = txt.splitlines()
+    assert len(lines) <= 60 and max(map(len, lines)) <= 72
+    assert "### Real programs beside the generators" in (d / "report.md").read_text()
