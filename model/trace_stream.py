@@ -28,7 +28,44 @@ class TraceFileError(ValueError):
     """A trace directory that cannot be read: one line naming the file."""
 
 
-class DiskColumn:
+class LazyColumn:
+    """A trace column the engine reads by rows without holding it whole: step-1 slices,
+    integer-array and scalar indexing, len, min, max (subclasses: where the rows come
+    from)."""
+    n: int
+    dtype: np.dtype
+
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (self.n,)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            lo, hi, step = key.indices(self.n)
+            if step != 1:
+                raise IndexError(f"{type(self).__name__} supports step-1 slices only")
+            return self._rows(lo, hi) if hi > lo else np.zeros(0, dtype=self.dtype)
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + (self.n if key < 0 else 0)
+            if not 0 <= i < self.n:
+                raise IndexError(i)
+            return self._rows(i, i + 1)[0]
+        idx = np.asarray(key)
+        if idx.size == 0:
+            return np.zeros(idx.shape, dtype=self.dtype)
+        lo, hi = int(idx.min()), int(idx.max()) + 1
+        if lo < 0 or hi > self.n:
+            raise IndexError("index out of range")
+        return self._take(idx, lo, hi)
+
+    def tolist(self) -> list:                       # the reference engine's per-access loop
+        return np.asarray(self).tolist()
+
+
+class DiskColumn(LazyColumn):
     """One trace column in a .npy file, read on demand in blocks."""
 
     def __init__(self, path: Path, dtype, block: int = BLOCK):
@@ -51,13 +88,6 @@ class DiskColumn:
         self._lo, self._buf = 0, np.zeros(0, dtype=self.dtype)
         self._min = self._max = None
 
-    def __len__(self) -> int:
-        return self.n
-
-    @property
-    def shape(self) -> tuple[int]:
-        return (self.n,)
-
     @property
     def nbytes(self) -> int:
         return self.n * self.dtype.itemsize
@@ -73,27 +103,11 @@ class DiskColumn:
         end = min(self.n, max(hi, lo + self.block))
         self._lo, self._buf = lo, self._read(lo, end)
 
-    def __getitem__(self, key):
-        if isinstance(key, slice):
-            lo, hi, step = key.indices(self.n)
-            if step != 1:
-                raise IndexError("DiskColumn supports step-1 slices only")
-            if hi <= lo:
-                return np.zeros(0, dtype=self.dtype)
-            self._cover(lo, hi)
-            return self._buf[lo - self._lo:hi - self._lo]
-        if isinstance(key, (int, np.integer)):
-            i = int(key) + (self.n if key < 0 else 0)
-            if not 0 <= i < self.n:
-                raise IndexError(i)
-            self._cover(i, i + 1)
-            return self._buf[i - self._lo]
-        idx = np.asarray(key)
-        if idx.size == 0:
-            return np.zeros(idx.shape, dtype=self.dtype)
-        lo, hi = int(idx.min()), int(idx.max()) + 1
-        if lo < 0 or hi > self.n:
-            raise IndexError("index out of range")
+    def _rows(self, lo: int, hi: int) -> np.ndarray:
+        self._cover(lo, hi)
+        return self._buf[lo - self._lo:hi - self._lo]
+
+    def _take(self, idx: np.ndarray, lo: int, hi: int) -> np.ndarray:
         self._cover(lo, hi)
         return self._buf[idx - self._lo]
 
@@ -120,14 +134,11 @@ class DiskColumn:
         a = self._read(0, self.n)
         return a.astype(dtype) if dtype is not None else a
 
-    def tolist(self) -> list:                       # the reference engine's per-access loop
-        return np.asarray(self).tolist()
 
-
-class TiledColumn:
+class TiledColumn(LazyColumn):
     """A column repeated to `n` rows without copying (a workload's access stream served
-    again and again: workloads/clock.py with_seconds): the same array-like interface as
-    DiskColumn; a slice inside one period is a view of the base array."""
+    again and again: workloads/clock.py with_seconds); a slice inside one period is a view
+    of the base array."""
 
     def __init__(self, base: np.ndarray, n: int):
         self.base = np.ascontiguousarray(base)
@@ -137,38 +148,18 @@ class TiledColumn:
         if self.period == 0 and self.n:
             raise ValueError("cannot tile an empty column")
 
-    def __len__(self) -> int:
-        return self.n
-
-    @property
-    def shape(self) -> tuple[int]:
-        return (self.n,)
-
     @property
     def nbytes(self) -> int:
         return self.base.nbytes
 
-    def __getitem__(self, key):
-        L = self.period
-        if isinstance(key, slice):
-            lo, hi, step = key.indices(self.n)
-            if step != 1:
-                raise IndexError("TiledColumn supports step-1 slices only")
-            if hi <= lo:
-                return self.base[:0]
-            a = lo % L
-            if a + (hi - lo) <= L:
-                return self.base[a:a + hi - lo]
-            return self.base[np.arange(lo, hi, dtype=np.int64) % L]
-        if isinstance(key, (int, np.integer)):
-            i = int(key) + (self.n if key < 0 else 0)
-            if not 0 <= i < self.n:
-                raise IndexError(i)
-            return self.base[i % L]
-        idx = np.asarray(key)
-        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= self.n):
-            raise IndexError("index out of range")
-        return self.base[idx % L]
+    def _rows(self, lo: int, hi: int) -> np.ndarray:
+        a = lo % self.period
+        if a + (hi - lo) <= self.period:
+            return self.base[a:a + hi - lo]
+        return self.base[np.arange(lo, hi, dtype=np.int64) % self.period]
+
+    def _take(self, idx: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        return self.base[idx % self.period]
 
     def min(self):
         return self.base.min()
@@ -179,9 +170,6 @@ class TiledColumn:
     def __array__(self, dtype=None, copy=None):     # whole column: only for small traces
         a = np.resize(self.base, self.n)
         return a.astype(dtype) if dtype is not None else a
-
-    def tolist(self) -> list:                       # the reference engine's per-access loop
-        return np.asarray(self).tolist()
 
 
 class TiledTrace(Trace):

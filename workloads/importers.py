@@ -117,6 +117,18 @@ for _c, _k in _LACKEY_KIND.items():
     _KIND_LUT[_c] = _k
 
 
+def _expand_modify(va: np.ndarray, kind: np.ndarray, m: np.ndarray):
+    """(vcpu, va, kind) columns of a lackey block: an M line (modify) is a load, then a
+    store to the same address."""
+    if m.any():
+        rep = np.where(m, 2, 1)
+        va = np.repeat(va, rep)
+        kind = np.repeat(kind, rep)
+        second = np.cumsum(rep) - 1
+        kind[second[m]] = WRITE64
+    return np.zeros(len(va), dtype=np.uint16), va, kind
+
+
 def _lackey_block(block: bytes, line0: int, path: str, va_bits: int):
     """One block of whole lackey lines -> (vcpu, va, kind).  The common block (no valgrind
     line, one comma a line, sizes of one or two digits) takes the fast path; any other block,
@@ -198,15 +210,7 @@ def _lackey_fast(block: bytes, va_bits: int):
         va[hi] |= top << _U[32]
     if va_bits < 64 and int(va.max()) >> va_bits:
         return None
-    kind = _KIND_LUT[t]
-    m = t == 77
-    if m.any():                                         # M: a load, then a store
-        rep = np.where(m, 2, 1)
-        va = np.repeat(va, rep)
-        kind = np.repeat(kind, rep)
-        second = np.cumsum(rep) - 1
-        kind[second[m]] = WRITE64
-    return np.zeros(len(va), dtype=np.uint16), va, kind
+    return _expand_modify(va, _KIND_LUT[t], t == 77)
 
 
 def _lackey_block_checked(block: bytes, line0: int, path: str, va_bits: int):
@@ -270,13 +274,7 @@ def _lackey_block_checked(block: bytes, line0: int, path: str, va_bits: int):
     kind = np.zeros(len(t), dtype=np.uint8)
     for ch, code in _LACKEY_KIND.items():
         kind[t == ch] = code
-    if np.any(m):                                        # M: a load, then a store
-        rep = np.where(m, 2, 1)
-        va = np.repeat(va, rep)
-        kind = np.repeat(kind, rep)
-        second = np.cumsum(rep) - 1
-        kind[second[m]] = WRITE64
-    return np.zeros(len(va), dtype=np.uint16), va, kind
+    return _expand_modify(va, kind, m)
 
 
 def iter_lackey(path: str, va_bits: int = 48, chunk_bytes: int = CHUNK_BYTES):
