@@ -39,6 +39,7 @@ from .host_timed import FIRST, MB, PAGE, _times
 # then tables: a table is at least as recent as the pages it maps)
 NEVER, BEFORE, BEFORE_TABLE = -3, -2, -1
 NOT_RECLAIMED = -10
+BLOCK = 1 << 22                 # accesses taken at a time
 
 
 class Recency:
@@ -93,9 +94,14 @@ class Recency:
         self.last[g[g >= 0]] = value
 
     def advance(self, end: int) -> None:
-        """Take the accesses [pos, end) into account."""
+        """Take the accesses [pos, end) into account (in blocks: a long window of a
+        repeated or streamed trace is never held whole)."""
         a, self.pos = self.pos, max(self.pos, end)
-        if end <= a or not len(self.vstart):
+        for lo in range(a, end, BLOCK):
+            self._advance(lo, min(end, lo + BLOCK))
+
+    def _advance(self, a: int, end: int) -> None:
+        if not len(self.vstart):
             return
         va = np.asarray(self.trace.va[a:end]).astype(np.int64)
         vg = va >> self.shift

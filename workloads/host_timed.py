@@ -179,10 +179,12 @@ def _written_pages(wl: Workload, a: int, b: int) -> int:
     """Distinct 4 KiB pages the guest's own stores wrote in accesses [a, b)."""
     from model.trace import STORE_MASK
     tr = wl.trace
-    if b <= a:
-        return 0
-    st = STORE_MASK[np.asarray(tr.kind[a:b])]
-    return int(len(np.unique(np.asarray(tr.va[a:b])[st] >> np.uint64(12))))
+    pages = np.zeros(0, dtype=np.uint64)
+    for lo in range(a, b, 1 << 22):            # in blocks: a long window is never held whole
+        hi = min(b, lo + (1 << 22))
+        st = STORE_MASK[np.asarray(tr.kind[lo:hi])]
+        pages = np.union1d(pages, np.asarray(tr.va[lo:hi])[st] >> np.uint64(12))
+    return int(len(pages))
 
 
 @host_scenario("migration",
