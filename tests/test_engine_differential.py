@@ -97,14 +97,21 @@ def test_engine_equals_reference_host_ops_in_bulk(scn):
     events = [st for st in scn.steps if st.op != "access"]
     event(f"events per access >= 1/2: {len(events) * 2 >= len(scn.steps) - len(events)}")
     event(f"aging passes: {min(2, sum(st.op == 'guest_age' for st in events))}+")
-    done = []
-    orig = engine.bulk_age
+    done, merged = [], []
+    orig, orig_merge = engine.bulk_age, engine.coalesce_host_ops
     engine.bulk_age = lambda g, si, st: done.append(orig(g, si, st)) or done[-1]
+
+    def coalesce(base, evs):
+        out = orig_merge(base, evs)
+        merged.append(len(out) < len(evs))
+        return out
+    engine.coalesce_host_ops = coalesce
     try:
         assert_same(scn)
     finally:
-        engine.bulk_age = orig
+        engine.bulk_age, engine.coalesce_host_ops = orig, orig_merge
     event(f"aging passes in bulk: {'some' if any(done) else 'none'}")
+    event(f"host ops at one position merged: {'some' if any(merged) else 'none'}")
 
 
 @settings(max_examples=examples(300))
