@@ -131,3 +131,14 @@ def test_back_to_back_host_ops_equal_the_reference(bulk, monkeypatch):
         assert fast[p].as_json() == ref[p].as_json(), p
     # the swap_outs of page-table pages made walks fault again: the ops did something
     assert ref["fix"].metrics()["s2_s1ptw_translation"] > 0
+
+
+@pytest.mark.parametrize("sets, union", [
+    ([[0, 1], [5, 9], [10]], [0, 1, 5, 9, 10]),                   # one after the other
+    ([[0, 1000], [2, 1000]], [0, 2, 1000]),                        # few pages, far apart
+    ([[0, 1, 2, 3], [2, 3, 4], []], [0, 1, 2, 3, 4]),              # dense, overlapping
+    ([[], []], []),
+])
+def test_union_of_page_sets(sets, union):
+    got = engine._union([np.array(p, dtype=np.int64) for p in sets])
+    assert got.tolist() == union and got.dtype == np.int64
