@@ -232,14 +232,21 @@ def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
             raise
         try:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)     # a held Ctrl-C lands here
-            for out in pool.imap_unordered(_run_group, work):
+            results = pool.imap_unordered(_run_group, work)
+            while True:
+                # wait in short steps: Ctrl-C may reach another thread (tqdm's monitor), and
+                # Python runs its handler only when the main thread runs
+                try:
+                    out = results.next(timeout=0.2)
+                except mp.TimeoutError:
+                    continue
+                except StopIteration:
+                    break
                 for r in out:
                     done[r[0]] = r
                     bar.update()
             pool.close()
         except BaseException:
-            for w in list(pool._pool):            # stop the workers first: terminate() can
-                w.kill()                          # wait on a queue lock a busy worker holds
             pool.terminate()
             raise
         finally:
