@@ -454,7 +454,9 @@ def run_local(todo: list[dict], workers: int):
                 pending[ex.submit(run_point, p)] = p
         fill()
         while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            # short waits: Ctrl-C may reach another thread, and Python runs its handler
+            # only when the main thread runs (bench/beer.py waits the same way)
+            done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             for f in sorted(done, key=lambda f: pending[f]["index"]):
                 p = pending.pop(f)
                 if isinstance(f.exception(), BrokenProcessPool):
