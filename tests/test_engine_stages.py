@@ -8,6 +8,8 @@ import itertools
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from model.arch import DESC_AF, DESC_AP2, DESC_DBM, DESC_PXN, DESC_TABLE, DESC_VALID
 from model.engine_chunk import (F_DBM, F_FOUND, F_PXN, PageAttrs, _code_lut, _pack,
@@ -15,10 +17,11 @@ from model.engine_chunk import (F_DBM, F_FOUND, F_PXN, PageAttrs, _code_lut, _pa
 from model.engine_state import CLS_A, CLS_L, CLS_S, CLS_X, UFFD_CODES
 from model.host import S2_RO, S2_RW, S2_UNMAPPED, Abort, Host, Outcome
 from model.host_ops import HOST_MISSING, HOST_STATE_NAMES
-from model.policies import fix
+from model.policies import DEFAULT_ORDER, fix
 from model.reference import Stage1Fault, Vm, Walk
 from model.results import PolicyResult
 from model.scenario import Guest, Machine, Memslot, Scenario
+from tests.stage_harness import chunk_cases, ref_updates, ref_needs, run_case
 
 PAGE = 0x8000_0000 + 5 * 4096
 STATES = range(len(HOST_STATE_NAMES))
@@ -111,3 +114,205 @@ def test_tier1_stage1_fault_flag_is_s1_check(tcr):
         except Stage1Fault:
             want = True
         assert bool(s1lut[x[0]]) == want, (tcr, found, dbm, pxn, af, ap2, CLASS_KIND[cls])
+
+
+# ---- tier 2 over a chunk against the reference, access by access (tests/stage_harness.py) ------
+# Each case: tests/strategies.scenarios' prefix (events, accesses, TLB flushes / TLBIs,
+# dirty logging, uffd, host ops), random bit changes of leaves (AF, DBM, AP[2], PXN, valid) and
+# table descriptors (AF: FEAT_HAFT) just before the chunk, then the chunk.  "tier1": tier 2
+# gets tier 1's selection (as the engine runs); "all": every access of the chunk, so the
+# TLB-history stage sees repeated accesses of a key.  Only accesses before the cut (the
+# first one the vectorised path leaves to the reference code) are compared.
+STAGE_SETTINGS = settings(max_examples=60, deadline=None,
+                          suppress_health_check=list(HealthCheck))
+MODES = ("tier1", "all")
+
+
+def _pt_ipa(run, off) -> int:
+    return run.g.base.pt_base + 8 * int(off)
+
+
+def _canon(scn, ipa: int):
+    """A page IPA, or "out" outside every memslot (the engine's sentinel page index)."""
+    return ipa if scn.slot_of(ipa) is not None else "out"
+
+
+def _tier2_accesses(i0, run):
+    """(q, chunk position, policy, reference record) of every tier-2 access before the cut."""
+    rec = run.rec
+    for q in range(rec.cut):
+        pos = i0 + int(rec.I[q])
+        for p, vm in run.refs.items():
+            yield q, pos, p, vm.recs[pos]
+
+
+def engine_tlb_view(rec, q: int) -> tuple[bool, int, bool, bool]:
+    """Access q as _tlb_history sees it: (walks, TLB entry state before it: 0 none, 1 clean,
+    2 dirty, takes a stage-1 fault, reaches its data access).  The entry is dirty from D on
+    (D < q: before q; -1: at chunk start), valid from the key's first fill ff on."""
+    tlb, a = rec.tlb, rec.a
+    D, ff, s0 = int(tlb.D[q]), int(tlb.ff[q]), int(a.s0[q])
+    state = 2 if D < q else 1 if (s0 > 0 or ff < q) else 0
+    s1 = False if tlb.s1fault is None else bool(tlb.s1fault[q])
+    data = True if tlb.data is None else bool(tlb.data[q])
+    return bool(tlb.walk[q]), state, s1, data
+
+
+@STAGE_SETTINGS
+@given(chunk_cases(), st.sampled_from(MODES))
+def test_tlb_history_stage_is_reference_tlb(case, mode):
+    """_tlb_history against Vm._attempt's TLB rule, access by access: the first attempt walks
+    iff the vCPU's TLB holds no entry for the granule page (a store: no dirty one — an entry
+    caches AP[2], and a store through a clean entry walks again, AArch64 TLBs may cache the
+    descriptor as read, R_NXBNN/DBM "the PE ... performs a translation table walk" on a write
+    to a clean entry); AT always walks (AT S1E1R: a walk, never the TLB, here).  The entry
+    state seen (none / clean / dirty), the stage-1 fault (Vm.s1_check, or PXN through a cached
+    entry) and whether the data access is reached (Vm._data_access) agree too.  Tier 1's
+    selection skips only accesses that do nothing but count (a hit that faults nowhere)."""
+    scn, muts = case
+    i0, runs = run_case(scn, muts, DEFAULT_ORDER, mode)
+    for run in runs:
+        rec = run.rec
+        for q, pos, p, r in _tier2_accesses(i0, run):
+            att0 = r.attempts[0]
+            want = (att0.walked, att0.state, r.stage1_faults > 0, r.attempts[-1].data)
+            assert engine_tlb_view(rec, q) == want, (pos, p, r)
+        if mode == "tier1":
+            chosen = set() if rec.I is None else {i0 + int(x) for x in rec.I}
+            for p, vm in run.refs.items():
+                for pos, r in vm.recs.items():
+                    if pos in chosen:
+                        continue
+                    checks = [c for att in r.attempts for c in att.checks]
+                    assert (len(r.attempts), r.attempts[0].walked, r.stage1_faults) == (1, False, 0) \
+                        and all(c[4] is None for c in checks), (pos, p, r)
+
+
+def engine_updates(run, q: int) -> tuple[set, bool, bool]:
+    """Access q's hardware updates as _hw_needs says: (descriptor IPAs it writes — its leaf,
+    FEAT_HAFT table descriptors —, sets its leaf's AF, clears its leaf's AP[2])."""
+    a, hw = run.rec.a, run.rec.hw
+    wc = run.g.shared.walk
+    addrs = set()
+    if hw.need_leaf[q]:
+        addrs.add(_pt_ipa(run, wc.leaf_off_u[a.lid[q]]))
+    for h in hw.haft:
+        if h.need[q]:
+            addrs.add(_pt_ipa(run, wc.tab_off_u[h.tab[q]]))
+    return (addrs, hw.need_af is not None and bool(hw.need_af[q]),
+            hw.need_dbm is not None and bool(hw.need_dbm[q]))
+
+
+@STAGE_SETTINGS
+@given(chunk_cases(), st.sampled_from(MODES))
+def test_hw_needs_stage_is_reference_s1_updates(case, mode):
+    """_hw_needs against Vm.s1_updates, access by access: the descriptors each access's walks
+    write (over its attempts: an update whose stage-2 write faults is made again after the
+    restart).  Rules (model.semantics): with HA, a walk sets the leaf's AF when clear
+    (AArch64.SetAccessFlag... R_LFTXR: written back only `if new_desc != descriptor`); with
+    HA+HD a store through a DBM leaf with AP[2] = 1 clears AP[2] (R_PQJJR); with FEAT_HAFT
+    every table descriptor used with AF = 0 gets AF (R_CGKWB); hw_update = "always" writes
+    the leaf on every completed walk; AT updates only when the CPU's AT sets AF (R_XQSMX)."""
+    scn, muts = case
+    i0, runs = run_case(scn, muts, DEFAULT_ORDER, mode)
+    for run in runs:
+        for q, pos, p, r in _tier2_accesses(i0, run):
+            assert engine_updates(run, q) == ref_updates(r), (pos, p, r)
+
+
+def _needs_by_access(run) -> dict:
+    """_unmet_needs' rows by access: {q: {(type, order, page IPA or "out", write)}}."""
+    out: dict = {}
+    base = run.g.base
+    total = base.idx.total
+    for n in run.rec.needs or []:
+        for q, o, pg, w, t in zip(n.q.tolist(), n.order.tolist(), n.page.tolist(),
+                                  n.write.tolist(), n.type.tolist()):
+            page = base.idx.ipa_of(pg) if pg < total else "out"
+            out.setdefault(q, set()).add((t, o, page, bool(w)))
+    return out
+
+
+@STAGE_SETTINGS
+@given(chunk_cases(), st.sampled_from(MODES))
+def test_unmet_needs_stage_is_reference_s2_checks(case, mode):
+    """_unmet_needs against the stage-2 checks Vm._attempt makes (Vm.s2_fault: each
+    descriptor read of a walk, AArch64.S2Translate of the S1PTW access; each hardware update,
+    a stage-2 write, AArch64.MemSwapTableDesc — a read-only stage 2 faults it: the S1PTW
+    permission fault of dirty logging; the data access, a write for a store) over all of an
+    access's attempts, kept when some policy of the group did not allow it at chunk start;
+    NEED_ORDER is the order the reference makes them in (levels top-down, table updates
+    top-down, the leaf update, the data access)."""
+    scn, muts = case
+    i0, runs = run_case(scn, muts, DEFAULT_ORDER, mode)
+    for run in runs:
+        rows = _needs_by_access(run)
+        for q, pos, p, r in _tier2_accesses(i0, run):
+            want = {(t, o, _canon(scn, pg), w) for t, o, pg, w in ref_needs(run, r)}
+            assert rows.get(q, set()) == want, (pos, p, r)
+
+
+def _shared_state(run, vm) -> tuple:
+    """After the chunk: guest page-table memory (non-zero descriptors by IPA) and every TLB
+    entry (vCPU, granule VA page) -> TlbEntry, on the engine's shared state."""
+    sh = run.g.shared
+    sh.sync_tlb()
+    base = run.g.base
+    mem = {base.pt_base + 8 * int(o): int(v) for o, v in zip(sh.keys, sh.vals) if v}
+    tlb = {}
+    for v in range(base.prep.n_vcpu):
+        view = vm.vcpu_tlb(v)
+        for gp in base.prep.gpages.tolist():
+            e = view.get(gp)
+            if e is not None:
+                tlb[(v, gp)] = e
+    return mem, tlb
+
+
+def _ref_shared_state(ref) -> tuple:
+    mem = {a: v for page in ref.host.content.values() for a, v in page.items() if v}
+    tlb = {}
+    for v in range(3):
+        for gp, e in ref.vcpu_tlb(v).items():
+            tlb[(v, gp)] = e
+    return mem, tlb
+
+
+def _host_state(scn, host) -> dict:
+    """A policy's host side per slot: stage 2, stage-2 blocks, host pages, dirty bitmap,
+    written pages, logging."""
+    out = {}
+    for s in scn.memslots:
+        pages = range(s.ipa, s.end, 4096)
+        out[s.name] = ([host.s2.get(p, S2_UNMAPPED) for p in pages],
+                       [host.s2_block.get(p) for p in pages],
+                       [host.host.get(p) for p in pages],
+                       sorted(host.dirty[s.name]), sorted(host.written[s.name]),
+                       host.logging[s.name])
+    return out
+
+
+def _counts(r) -> tuple:
+    return (r.accesses, r.walks, r.descriptor_reads, r.stage1_faults, dict(r.s2_faults),
+            r.double_faults, r.guest_aborts, r.mmio_exits, r.vcpu_run_failures, r.efaults,
+            [(e.step, e.slot, e.page, e.mode, e.write, e.written) for e in r.uffd_events])
+
+
+@STAGE_SETTINGS
+@given(chunk_cases(), st.sampled_from(MODES))
+def test_apply_stages_leave_the_reference_state(case, mode):
+    """_apply_shared and _apply_faults (with tier 1's _count_settled): after the chunk's
+    vectorised part, the state equals the reference's after the same accesses — page-table
+    memory (the hardware updates' AF / AP[2] writes, AArch64.MemSwapTableDesc), every TLB
+    entry (state and cached leaf), and per policy stage 2, host pages, dirty bitmap
+    (mark_page_dirty_in_slot), written pages, fault / walk / read counts and userfaultfd
+    events (Host.handle_abort)."""
+    scn, muts = case
+    i0, runs = run_case(scn, muts, DEFAULT_ORDER, mode)
+    for run in runs:
+        for vm in run.g.vms:
+            ref = run.refs[vm.r.policy]
+            ctx = (vm.r.policy, run.end)
+            assert _shared_state(run, vm) == _ref_shared_state(ref), ctx
+            assert _host_state(scn, vm.host) == _host_state(scn, ref.host), ctx
+            assert _counts(vm.r) == _counts(ref.r), ctx
