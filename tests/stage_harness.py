@@ -485,3 +485,37 @@ def chunk_cases(draw, max_prefix: int = 16, max_chunk: int = 24):
         clear = sum(bits) & ~new_set
         muts.append(Mut(addr, new_set, clear, draw(st.sampled_from(("", "", "va", "all"))), va))
     return scn, tuple(muts)
+
+
+# ---- one VA, every bit combination (table-driven) ---------------------------------------------
+HW_VA = 0x20_0000                 # 4K granule, 39-bit VAs: three levels (L1, L2, L3)
+HW_PT, HW_DATA = 0x4000_0000, 0x8000_0000
+
+
+def hw_case(af: bool, dbm: bool, ap2: bool, tab_af: bool, ha: bool, hd: bool, haft: bool,
+            always: bool, at_sets_af: bool, pt_s2: str, kinds: tuple[str, ...]):
+    """One mapped page (VA HW_VA -> the data slot's page 0, read-write at stage 2): its leaf
+    given AF / DBM / AP[2], both table descriptors of its walk given AF = tab_af; the machine
+    with FEAT_HAFDBS = 2 (HA and HD as TCR_EL1 asks) and FEAT_HAFT; the page-table slot at
+    stage 2 `pt_s2`: "unmapped", "rw" (warm_stage2), "ro" (warm, then dirty logging enabled:
+    stage2_wp_range); then one access per kind, vCPU 0, 1, ... in turn (a store from another
+    vCPU sees the first access's updates)."""
+    machine = Machine(4096, 39, hafdbs=2, haft=haft,
+                      hw_update="always" if always else "on-change", at_sets_af=at_sets_af)
+    guest = Guest(tcr_ha=ha, tcr_hd=hd, tcr2_haft=haft, pt_slot="pt")
+    slots = (Memslot("pt", HW_PT, 8), Memslot("data", HW_DATA, 4))
+    steps = [Step("warm_stage2", slot="data", pages=np.arange(4, dtype=np.int64))]
+    if pt_s2 != "unmapped":
+        steps.append(Step("warm_stage2", slot="pt", pages=np.arange(8, dtype=np.int64)))
+    if pt_s2 == "ro":
+        steps.append(Step("enable_dirty_log", slot="pt"))
+    steps += [Step("access", vcpu=v, va=HW_VA + 8 * v, kind=k) for v, k in enumerate(kinds)]
+    scn = Scenario("hw", machine, guest, slots, Vmm(), (Mapping(HW_VA, HW_DATA, 1),),
+                   tuple(steps))
+    tables = build_tables(scn)
+    leaf = tables.leaf_addr[HW_VA]
+    bits = ((DESC_AF, af), (DESC_DBM, dbm), (DESC_AP2, ap2))
+    muts = [Mut(leaf, sum(b for b, v in bits if v), sum(b for b, v in bits if not v))]
+    muts += [Mut(a, DESC_AF if tab_af else 0, 0 if tab_af else DESC_AF)
+             for a in sorted(tables.descriptors) if a != leaf]
+    return scn, tuple(muts), leaf, sorted(a for a in tables.descriptors if a != leaf)

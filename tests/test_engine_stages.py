@@ -1,7 +1,12 @@
 """Stages of the engine's pipeline (model/engine_chunk.py) against the reference functions
-they vectorise, on every input combination: the fault-resolution stages against
-model.host.Host.handle_abort on one page of a 4K anonymous slot; tier 1's stage-1 fault flag
-against model.reference.Vm.s1_check.  (The walk stage: tests/test_engine_walk.py.)"""
+they vectorise: the fault-resolution stages against model.host.Host.handle_abort on one page
+of a 4K anonymous slot, on every input combination; tier 1's stage-1 fault flag against
+model.reference.Vm.s1_check; over a chunk, access by access (tests/stage_harness.py), the
+TLB history (_tlb_history) against Vm._attempt's TLB rule, the hardware-update needs
+(_hw_needs) against Vm.s1_updates, the unmet stage-2 needs (_unmet_needs) against the checks
+of Vm.s2_fault, and the state the apply stages (_apply_shared, _apply_faults) leave against
+the reference's — on hypothesis chunks and on every bit combination of one walk, plus
+hand-derived rows.  (The walk stage: tests/test_engine_walk.py.)"""
 from __future__ import annotations
 
 import itertools
@@ -12,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from model.arch import DESC_AF, DESC_AP2, DESC_DBM, DESC_PXN, DESC_TABLE, DESC_VALID
-from model.engine_chunk import (F_DBM, F_FOUND, F_PXN, PageAttrs, _code_lut, _pack,
-                                _permission_fault, _translation_fault)
+from model.engine_chunk import (F_DBM, F_FOUND, F_PXN, T_PATH, T_UPD, PageAttrs, _code_lut,
+                                _pack, _permission_fault, _translation_fault)
 from model.engine_state import CLS_A, CLS_L, CLS_S, CLS_X, UFFD_CODES
 from model.host import S2_RO, S2_RW, S2_UNMAPPED, Abort, Host, Outcome
 from model.host_ops import HOST_MISSING, HOST_STATE_NAMES
@@ -21,7 +26,7 @@ from model.policies import DEFAULT_ORDER, fix
 from model.reference import Stage1Fault, Vm, Walk
 from model.results import PolicyResult
 from model.scenario import Guest, Machine, Memslot, Scenario
-from tests.stage_harness import chunk_cases, ref_updates, ref_needs, run_case
+from tests.stage_harness import HW_DATA, chunk_cases, hw_case, ref_needs, ref_updates, run_case
 
 PAGE = 0x8000_0000 + 5 * 4096
 STATES = range(len(HOST_STATE_NAMES))
@@ -316,3 +321,105 @@ def test_apply_stages_leave_the_reference_state(case, mode):
             assert _shared_state(run, vm) == _ref_shared_state(ref), ctx
             assert _host_state(scn, vm.host) == _host_state(scn, ref.host), ctx
             assert _counts(vm.r) == _counts(ref.r), ctx
+
+
+# ---- _hw_needs / _unmet_needs on every bit combination of one walk (table-driven) ------------
+# (HA, HD, FEAT_HAFT) as effective controls: none, AF only, AF + dirty state, each with HAFT
+TCRS = {"none": (False, False, False), "ha": (True, False, False), "ha-hd": (True, True, False),
+        "ha-haft": (True, False, True), "ha-hd-haft": (True, True, True)}
+HW_KINDS = (("read64", "write64"), ("write64", "read64"), ("at", "write64"), ("exec", "read64"))
+
+
+@pytest.mark.parametrize("tcr", list(TCRS))
+def test_hw_and_unmet_needs_stages_on_every_bit_combination(tcr):
+    """Every leaf (AF, DBM, AP[2]) × table AF (with HAFT) × hw_update on-change / always ×
+    AT sets AF or not × page-table pages unmapped / read-only (dirty logging) / read-write at
+    stage 2 × two accesses (load then store, store then load, AT then store, fetch then
+    load, on two vCPUs): _tlb_history, _hw_needs and _unmet_needs against the reference."""
+    ha, hd, haft = TCRS[tcr]
+    n = 0
+    for af, dbm, ap2, tab_af, always, at_af, pt_s2, kinds in itertools.product(
+            (False, True), (False, True), (False, True), (True, False) if haft else (True,),
+            (False, True), (False, True), ("unmapped", "ro", "rw"), HW_KINDS):
+        if at_af and "at" not in kinds:
+            continue
+        scn, muts, _leaf, _tabs = hw_case(af, dbm, ap2, tab_af, ha, hd, haft, always, at_af,
+                                          pt_s2, kinds)
+        i0, runs = run_case(scn, muts, ("fix",), "all")
+        (run,) = runs
+        rows = _needs_by_access(run)
+        for q, pos, p, r in _tier2_accesses(i0, run):
+            ctx = (af, dbm, ap2, tab_af, always, at_af, pt_s2, kinds, q)
+            att0 = r.attempts[0]
+            assert engine_tlb_view(run.rec, q) == (att0.walked, att0.state, r.stage1_faults > 0,
+                                                   r.attempts[-1].data), ctx
+            assert engine_updates(run, q) == ref_updates(r), ctx
+            want = {(t, o, _canon(scn, pg), w) for t, o, pg, w in ref_needs(run, r)}
+            assert rows.get(q, set()) == want, ctx
+            n += 1
+    assert n > 0
+
+
+# Hand-derived rows (kernel-selftest style): access 0 then access 1 of hw_case, expected
+# (descriptors written: "leaf" / "tables", sets AF, clears AP[2]) and unmet needs as
+# (type, NEED_ORDER, page: "l1" / "l2" / "leaf" page-table page or "data", write); L = 3:
+# reads 0..2, table updates 3..4, leaf update 6, data 7.
+_C = dict(af=True, dbm=True, ap2=False, tab_af=True, ha=True, hd=True, haft=False,
+          always=False, at_sets_af=False, pt_s2="ro")
+HAND_ROWS = [
+    # dirty logging of the page-table slot: a store through a clean writable PTE (DBM, AP[2]
+    # = 1) clears AP[2] (R_PQJJR) — a stage-2 write to a read-only page: the S1PTW
+    # permission fault; the other vCPU's load then finds the leaf dirty: no update (R_LFTXR)
+    ("store-clean-dbm-logging", dict(_C, ap2=True), ("write64", "read64"),
+     [(({"leaf"}, False, True), {(T_UPD, 6, "leaf", True)}),
+      ((set(), False, False), set())]),
+    # without HD, DBM is ignored: the store to AP[2] = 1 is a stage-1 permission fault
+    # (AArch64.S1CheckPermissions), no update, no stage-2 need
+    ("store-clean-no-hd", dict(_C, ap2=True, hd=False), ("write64", "read64"),
+     [((set(), False, False), set()), ((set(), False, False), set())]),
+    # an old PTE (AF = 0) with HA: the first walk sets AF (AArch64 hardware AF update),
+    # a stage-2 write; the second walk finds it young
+    ("load-old-ha-logging", dict(_C, af=False), ("read64", "read64"),
+     [(({"leaf"}, True, False), {(T_UPD, 6, "leaf", True)}),
+      ((set(), False, False), set())]),
+    # hw_update = always: every completed walk writes its leaf back, changed or not — each
+    # is a stage-2 write of a page that was read-only at chunk start
+    ("load-young-always-logging", dict(_C, always=True), ("read64", "read64"),
+     [(({"leaf"}, False, False), {(T_UPD, 6, "leaf", True)}),
+      (({"leaf"}, False, False), {(T_UPD, 6, "leaf", True)})]),
+    ("load-young-on-change-logging", dict(_C), ("read64", "read64"),
+     [((set(), False, False), set()), ((set(), False, False), set())]),
+    # FEAT_HAFT: table descriptors with AF = 0 get AF (R_CGKWB), top-down; page-table pages
+    # unmapped: every descriptor read is a translation-fault need, each update a write need
+    ("load-haft-unmapped", dict(_C, haft=True, tab_af=False, pt_s2="unmapped"),
+     ("read64", "read64"),
+     [(({"l1", "l2"}, False, False),
+       {(T_PATH, 0, "l1", False), (T_PATH, 1, "l2", False), (T_PATH, 2, "leaf", False),
+        (T_UPD, 3, "l1", True), (T_UPD, 4, "l2", True)}),
+      ((set(), False, False),
+       {(T_PATH, 0, "l1", False), (T_PATH, 1, "l2", False), (T_PATH, 2, "leaf", False)})]),
+    # AT: a walk, hardware updates only when the CPU's AT sets AF (R_XQSMX); the store after
+    # it then sets AF itself
+    ("at-old-no-at-af", dict(_C, af=False, pt_s2="rw"), ("at", "write64"),
+     [((set(), False, False), set()), (({"leaf"}, True, False), set())]),
+    ("at-old-at-af", dict(_C, af=False, pt_s2="rw", at_sets_af=True), ("at", "write64"),
+     [(({"leaf"}, True, False), set()), ((set(), False, False), set())]),
+    # no HA: AF = 0 is an Access flag fault, nothing written
+    ("load-old-no-ha", dict(_C, af=False, ha=False, hd=False), ("read64", "read64"),
+     [((set(), False, False), set()), ((set(), False, False), set())]),
+]
+
+
+@pytest.mark.parametrize("name,cfg,kinds,want", HAND_ROWS, ids=[r[0] for r in HAND_ROWS])
+def test_hw_and_unmet_needs_stages_hand_derived(name, cfg, kinds, want):
+    scn, muts, leaf, tabs = hw_case(kinds=kinds, **cfg)
+    names = {leaf: "leaf", tabs[0]: "l1", tabs[1]: "l2"}
+    pages = {a & ~4095: n for a, n in names.items()}
+    pages[HW_DATA] = "data"
+    i0, (run,) = run_case(scn, muts, ("fix",), "all")
+    assert run.rec.cut == len(kinds)
+    rows = _needs_by_access(run)
+    for q, (w_upd, w_needs) in enumerate(want):
+        addrs, set_af, clear_ap2 = engine_updates(run, q)
+        assert ({names[a] for a in addrs}, set_af, clear_ap2) == w_upd, q
+        assert {(t, o, pages[pg], w) for t, o, pg, w in rows.get(q, ())} == w_needs, q
