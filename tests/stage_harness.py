@@ -376,11 +376,14 @@ def _warm_scenarios(draw, max_prefix: int):
 
     def slot(name, ipa, pages):
         backing = draw(st.sampled_from(("anon", "shmem")))
-        uffd = "none" if not rarely(draw) else draw(st.sampled_from(
-            ("missing", "wp") + (("minor",) if backing == "shmem" else ())))
+        uffd = draw(st.sampled_from(("none", "none", "missing", "wp")
+                                    + (("minor",) if backing == "shmem" else ())))
         # an unpopulated page-table slot reads as zeros (no walk completes) unless uffd
         # fills it with the tables (UFFDIO_COPY / CONTINUE of the snapshot)
-        populated = not rarely(draw) if name == "data" or uffd in ("missing", "minor") else True
+        if name == "data":
+            populated = draw(st.booleans())
+        else:
+            populated = not rarely(draw) if uffd in ("missing", "minor") else True
         return Memslot(name, ipa, pages, log_dirty=rarely(draw), backing=backing,
                        populated=populated, uffd=uffd)
     slots = (slot("pt", 0x4000_0000, gp * draw(st.integers(4, 10))),
@@ -461,8 +464,9 @@ def chunk_cases(draw, max_prefix: int = 16, max_chunk: int = 24):
     steps = list(scn.steps)
     vas = sorted({m.va + k * g for m in scn.mappings for k in range(m.pages)})
     pool = [v + draw(st.integers(0, g - 1)) // 8 * 8 for v in vas]
-    if rarely(draw):
-        pool.append(max(vas) + 64 * g if max(vas) + 64 * g < (1 << geo.va_bits) else 0)
+    if rarely(draw):                        # unmapped: an invalid leaf, or a walk that
+        far = (1 << (geo.va_bits - 1)) + g  # ends early at an invalid table descriptor
+        pool += [max(vas) + 64 * g if max(vas) + 64 * g < (1 << geo.va_bits) else 0, far]
     for _ in range(draw(st.integers(1, max_chunk))):
         steps.append(Step("access", vcpu=draw(st.integers(0, 2)), va=draw(st.sampled_from(pool)),
                           kind=draw(st.sampled_from(CHUNK_KINDS))))

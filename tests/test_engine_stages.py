@@ -128,7 +128,7 @@ def test_tier1_stage1_fault_flag_is_s1_check(tcr):
 # gets tier 1's selection (as the engine runs); "all": every access of the chunk, so the
 # TLB-history stage sees repeated accesses of a key.  Only accesses before the cut (the
 # first one the vectorised path leaves to the reference code) are compared.
-STAGE_SETTINGS = settings(max_examples=60, deadline=None,
+STAGE_SETTINGS = settings(max_examples=100, deadline=None,
                           suppress_health_check=list(HealthCheck))
 MODES = ("tier1", "all")
 
@@ -315,12 +315,16 @@ def test_apply_stages_leave_the_reference_state(case, mode):
     scn, muts = case
     i0, runs = run_case(scn, muts, DEFAULT_ORDER, mode)
     for run in runs:
-        for vm in run.g.vms:
-            ref = run.refs[vm.r.policy]
-            ctx = (vm.r.policy, run.end)
-            assert _shared_state(run, vm) == _ref_shared_state(ref), ctx
-            assert _host_state(scn, vm.host) == _host_state(scn, ref.host), ctx
-            assert _counts(vm.r) == _counts(ref.r), ctx
+        assert_applied_state(scn, run)
+
+
+def assert_applied_state(scn, run, ctx=()) -> None:
+    for vm in run.g.vms:
+        ref = run.refs[vm.r.policy]
+        ctx = (*ctx, vm.r.policy, run.end)
+        assert _shared_state(run, vm) == _ref_shared_state(ref), ctx
+        assert _host_state(scn, vm.host) == _host_state(scn, ref.host), ctx
+        assert _counts(vm.r) == _counts(ref.r), ctx
 
 
 # ---- _hw_needs / _unmet_needs on every bit combination of one walk (table-driven) ------------
@@ -335,7 +339,9 @@ def test_hw_and_unmet_needs_stages_on_every_bit_combination(tcr):
     """Every leaf (AF, DBM, AP[2]) × table AF (with HAFT) × hw_update on-change / always ×
     AT sets AF or not × page-table pages unmapped / read-only (dirty logging) / read-write at
     stage 2 × two accesses (load then store, store then load, AT then store, fetch then
-    load, on two vCPUs): _tlb_history, _hw_needs and _unmet_needs against the reference."""
+    load, on two vCPUs): _tlb_history, _hw_needs and _unmet_needs against the reference, and
+    the state the apply stages leave (policy fix: a read-only S1PTW translation, so a later
+    hardware update takes the permission fault — a double fault when the same access)."""
     ha, hd, haft = TCRS[tcr]
     n = 0
     for af, dbm, ap2, tab_af, always, at_af, pt_s2, kinds in itertools.product(
@@ -357,6 +363,7 @@ def test_hw_and_unmet_needs_stages_on_every_bit_combination(tcr):
             want = {(t, o, _canon(scn, pg), w) for t, o, pg, w in ref_needs(run, r)}
             assert rows.get(q, set()) == want, ctx
             n += 1
+        assert_applied_state(scn, run, (af, dbm, ap2, tab_af, always, at_af, pt_s2, kinds))
     assert n > 0
 
 
