@@ -337,8 +337,8 @@ HW_KINDS = (("read64", "write64"), ("write64", "read64"), ("at", "write64"), ("e
 @pytest.mark.parametrize("tcr", list(TCRS))
 def test_hw_and_unmet_needs_stages_on_every_bit_combination(tcr):
     """Every leaf (AF, DBM, AP[2]) × table AF (with HAFT) × hw_update on-change / always ×
-    AT sets AF or not × page-table pages unmapped / read-only (dirty logging) / read-write at
-    stage 2 × two accesses (load then store, store then load, AT then store, fetch then
+    AT sets AF or not × page-table pages unmapped (logging or not) / read-only (dirty logging)
+    / read-write at stage 2 × two accesses (load then store, store then load, AT then store, fetch then
     load, on two vCPUs): _tlb_history, _hw_needs and _unmet_needs against the reference, and
     the state the apply stages leave (policy fix: a read-only S1PTW translation, so a later
     hardware update takes the permission fault — a double fault when the same access)."""
@@ -346,7 +346,8 @@ def test_hw_and_unmet_needs_stages_on_every_bit_combination(tcr):
     n = 0
     for af, dbm, ap2, tab_af, always, at_af, pt_s2, kinds in itertools.product(
             (False, True), (False, True), (False, True), (True, False) if haft else (True,),
-            (False, True), (False, True), ("unmapped", "ro", "rw"), HW_KINDS):
+            (False, True), (False, True), ("unmapped", "unmapped-logging", "ro", "rw"),
+            HW_KINDS):
         if at_af and "at" not in kinds:
             continue
         scn, muts, _leaf, _tabs = hw_case(af, dbm, ap2, tab_af, ha, hd, haft, always, at_af,
