@@ -421,7 +421,8 @@ def _warm_scenarios(draw, max_prefix: int):
         s = draw(st.sampled_from(slots))
         if op == "access":
             steps.append(Step("access", vcpu=draw(st.integers(0, 2)),
-                              va=draw(st.sampled_from(vas)), kind=draw(st.sampled_from(CHUNK_KINDS))))
+                              va=draw(st.sampled_from(vas)),
+                              kind=draw(st.sampled_from(CHUNK_KINDS))))
         elif op == "enable_dirty_log" and not logging[s.name]:
             logging[s.name] = True
             steps.append(Step(op, slot=s.name, initially_set=draw(st.booleans()),

@@ -122,9 +122,10 @@ def test_tier1_stage1_fault_flag_is_s1_check(tcr):
 
 
 # ---- tier 2 over a chunk against the reference, access by access (tests/stage_harness.py) ------
-# Each case: tests/strategies.scenarios' prefix (events, accesses, TLB flushes / TLBIs,
-# dirty logging, uffd, host ops), random bit changes of leaves (AF, DBM, AP[2], PXN, valid) and
-# table descriptors (AF: FEAT_HAFT) just before the chunk, then the chunk.  "tier1": tier 2
+# Each case: a prefix (a warm VM, or tests/strategies.scenarios' steps: events, accesses, TLB
+# flushes / TLBIs, dirty logging, uffd, host ops), random bit changes of leaves (AF, DBM,
+# AP[2], PXN, valid) and table descriptors (AF: FEAT_HAFT) just before the chunk, then the
+# chunk.  "tier1": tier 2
 # gets tier 1's selection (as the engine runs); "all": every access of the chunk, so the
 # TLB-history stage sees repeated accesses of a key.  Only accesses before the cut (the
 # first one the vectorised path leaves to the reference code) are compared.
@@ -167,13 +168,14 @@ def engine_tlb_view(rec, q: int) -> tuple[bool, int, bool, bool]:
 @given(chunk_cases(), st.sampled_from(MODES))
 def test_tlb_history_stage_is_reference_tlb(case, mode):
     """_tlb_history against Vm._attempt's TLB rule, access by access: the first attempt walks
-    iff the vCPU's TLB holds no entry for the granule page (a store: no dirty one — an entry
-    caches AP[2], and a store through a clean entry walks again, AArch64 TLBs may cache the
-    descriptor as read, R_NXBNN/DBM "the PE ... performs a translation table walk" on a write
-    to a clean entry); AT always walks (AT S1E1R: a walk, never the TLB, here).  The entry
-    state seen (none / clean / dirty), the stage-1 fault (Vm.s1_check, or PXN through a cached
-    entry) and whether the data access is reached (Vm._data_access) agree too.  Tier 1's
-    selection skips only accesses that do nothing but count (a hit that faults nowhere)."""
+    iff the vCPU's TLB holds no entry for the granule page — for a store, no dirty one: an
+    entry caches the leaf with its AP[2], and a store through a clean (AP[2] = 1) entry walks
+    again, so the dirty-state update is made on the descriptor in memory (AArch64.S1Translate's
+    hardware update step); AT always walks (model: AT never hits).  The entry state seen
+    (none / clean / dirty), the stage-1 fault (Vm.s1_check, or PXN through a cached entry) and
+    whether the data access is reached (Vm._data_access) agree too.  With tier 1's selection,
+    the accesses it skips do nothing but count in the reference (one attempt, no walk, no
+    fault)."""
     scn, muts = case
     i0, runs = run_case(scn, muts, DEFAULT_ORDER, mode)
     for run in runs:
@@ -189,8 +191,9 @@ def test_tlb_history_stage_is_reference_tlb(case, mode):
                     if pos in chosen:
                         continue
                     checks = [c for att in r.attempts for c in att.checks]
-                    assert (len(r.attempts), r.attempts[0].walked, r.stage1_faults) == (1, False, 0) \
-                        and all(c[4] is None for c in checks), (pos, p, r)
+                    did = (len(r.attempts), r.attempts[0].walked, r.stage1_faults)
+                    assert did == (1, False, 0), (pos, p, r)
+                    assert all(c[4] is None for c in checks), (pos, p, r)
 
 
 def engine_updates(run, q: int) -> tuple[set, bool, bool]:
@@ -213,8 +216,9 @@ def engine_updates(run, q: int) -> tuple[set, bool, bool]:
 def test_hw_needs_stage_is_reference_s1_updates(case, mode):
     """_hw_needs against Vm.s1_updates, access by access: the descriptors each access's walks
     write (over its attempts: an update whose stage-2 write faults is made again after the
-    restart).  Rules (model.semantics): with HA, a walk sets the leaf's AF when clear
-    (AArch64.SetAccessFlag... R_LFTXR: written back only `if new_desc != descriptor`); with
+    restart).  Rules (model.semantics, AArch64.S1Translate's hardware update step): with HA,
+    a walk sets the leaf's AF when clear (written back only `if new_desc != descriptor`,
+    R_LFTXR); with
     HA+HD a store through a DBM leaf with AP[2] = 1 clears AP[2] (R_PQJJR); with FEAT_HAFT
     every table descriptor used with AF = 0 gets AF (R_CGKWB); hw_update = "always" writes
     the leaf on every completed walk; AT updates only when the CPU's AT sets AF (R_XQSMX)."""
@@ -338,10 +342,11 @@ HW_KINDS = (("read64", "write64"), ("write64", "read64"), ("at", "write64"), ("e
 def test_hw_and_unmet_needs_stages_on_every_bit_combination(tcr):
     """Every leaf (AF, DBM, AP[2]) × table AF (with HAFT) × hw_update on-change / always ×
     AT sets AF or not × page-table pages unmapped (logging or not) / read-only (dirty logging)
-    / read-write at stage 2 × two accesses (load then store, store then load, AT then store, fetch then
-    load, on two vCPUs): _tlb_history, _hw_needs and _unmet_needs against the reference, and
-    the state the apply stages leave (policy fix: a read-only S1PTW translation, so a later
-    hardware update takes the permission fault — a double fault when the same access)."""
+    / read-write at stage 2 × two accesses (load then store, store then load, AT then store,
+    fetch then load, on two vCPUs): _tlb_history, _hw_needs and _unmet_needs against the
+    reference, and the state the apply stages leave (policy fix: under logging a S1PTW
+    translation maps read-only, so a later hardware update takes the permission fault — a
+    double fault only when it is the same access's)."""
     ha, hd, haft = TCRS[tcr]
     n = 0
     for af, dbm, ap2, tab_af, always, at_af, pt_s2, kinds in itertools.product(
