@@ -498,24 +498,35 @@ HW_PT, HW_DATA = 0x4000_0000, 0x8000_0000
 
 
 def hw_case(af: bool, dbm: bool, ap2: bool, tab_af: bool, ha: bool, hd: bool, haft: bool,
-            always: bool, at_sets_af: bool, pt_s2: str, kinds: tuple[str, ...]):
+            always: bool, at_sets_af: bool, pt_s2: str, kinds: tuple[str, ...],
+            vcpus: tuple[int, ...] | None = None, data_uffd: str = "none",
+            data_populated: bool = True, data_logging: bool = False):
     """One mapped page (VA HW_VA -> the data slot's page 0, read-write at stage 2): its leaf
     given AF / DBM / AP[2], both table descriptors of its walk given AF = tab_af; the machine
     with FEAT_HAFDBS = 2 (HA and HD as TCR_EL1 asks) and FEAT_HAFT; the page-table slot at
     stage 2 `pt_s2`: "unmapped", "unmapped-logging" (dirty logging from the start: a read
     fault maps read-only, force_pte / !writable), "rw" (warm_stage2), "ro" (warm, then dirty
     logging enabled: stage2_wp_range); then one access per kind, vCPU 0, 1, ... in turn (a
-    store from another vCPU sees the first access's updates)."""
+    store from another vCPU sees the first access's updates) or on `vcpus`.  The data slot:
+    userfaultfd mode `data_uffd` (wp: every page write-protected first, UFFDIO_WRITEPROTECT),
+    populated or not (missing pages stay unmapped), dirty logging from the start or not."""
     machine = Machine(4096, 39, hafdbs=2, haft=haft,
                       hw_update="always" if always else "on-change", at_sets_af=at_sets_af)
     guest = Guest(tcr_ha=ha, tcr_hd=hd, tcr2_haft=haft, pt_slot="pt")
-    slots = (Memslot("pt", HW_PT, 8), Memslot("data", HW_DATA, 4))
+    slots = (Memslot("pt", HW_PT, 8),
+             Memslot("data", HW_DATA, 4, log_dirty=data_logging,
+                     backing="shmem" if data_uffd == "minor" else "anon",
+                     populated=data_populated, uffd=data_uffd))
     steps = [Step("warm_stage2", slot="data", pages=np.arange(4, dtype=np.int64))]
+    if data_uffd == "wp":
+        steps.append(Step("uffd_wp", slot="data", first=0, count=4))
     if pt_s2 in ("rw", "ro"):
         steps.append(Step("warm_stage2", slot="pt", pages=np.arange(8, dtype=np.int64)))
     if pt_s2 in ("ro", "unmapped-logging"):
         steps.append(Step("enable_dirty_log", slot="pt"))
-    steps += [Step("access", vcpu=v, va=HW_VA + 8 * v, kind=k) for v, k in enumerate(kinds)]
+    vcpus = vcpus or tuple(range(len(kinds)))
+    steps += [Step("access", vcpu=v, va=HW_VA + 8 * i, kind=k)
+              for i, (v, k) in enumerate(zip(vcpus, kinds))]
     scn = Scenario("hw", machine, guest, slots, Vmm(), (Mapping(HW_VA, HW_DATA, 1),),
                    tuple(steps))
     tables = build_tables(scn)

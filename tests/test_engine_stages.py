@@ -9,6 +9,7 @@ the reference's — on hypothesis chunks and on every bit combination of one wal
 hand-derived rows.  (The walk stage: tests/test_engine_walk.py.)"""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -417,6 +418,10 @@ HAND_ROWS = [
      [((set(), False, False), set()), (({"leaf"}, True, False), set())]),
     ("at-old-at-af", dict(_C, af=False, pt_s2="rw", at_sets_af=True), ("at", "write64"),
      [(({"leaf"}, True, False), set()), ((set(), False, False), set())]),
+    # two vCPUs store through a clean DBM leaf: both walk, only the first changes the leaf
+    # (the second walk reads it dirty: nothing to write back, R_LFTXR)
+    ("store-store-clean-dbm", dict(_C, ap2=True, pt_s2="rw"), ("write64", "write64"),
+     [(({"leaf"}, False, True), set()), ((set(), False, False), set())]),
     # no HA: AF = 0 is an Access flag fault, nothing written
     ("load-old-no-ha", dict(_C, af=False, ha=False, hd=False), ("read64", "read64"),
      [((set(), False, False), set()), ((set(), False, False), set())]),
@@ -436,3 +441,86 @@ def test_hw_and_unmet_needs_stages_hand_derived(name, cfg, kinds, want):
         addrs, set_af, clear_ap2 = engine_updates(run, q)
         assert ({names[a] for a in addrs}, set_af, clear_ap2) == w_upd, q
         assert {(t, o, pages[pg], w) for t, o, pg, w in rows.get(q, ())} == w_needs, q
+
+
+# Hand-derived TLB histories (kernel-selftest style): one leaf, a sequence of (vCPU, kind);
+# per access (walks, TLB entry state before it: 0 none / 1 clean / 2 dirty, stage-1 fault).
+# Page-table and data pages read-write at stage 2, HA + HD unless said.
+_T = dict(af=True, dbm=True, ap2=False, tab_af=True, ha=True, hd=True, haft=False,
+          always=False, at_sets_af=False, pt_s2="rw")
+TLB_ROWS = [
+    # a young dirty leaf: the first access of each vCPU walks and fills a dirty entry; every
+    # later one hits (a store too: the entry caches AP[2] = 0); no AT, no fault: the simple path
+    ("young-dirty", _T, ((0, "read64"), (0, "read64"), (0, "write64"), (1, "write64"),
+                         (1, "read64")),
+     [(True, 0, False), (False, 2, False), (False, 2, False), (True, 0, False),
+      (False, 2, False)]),
+    # AT walks whatever the TLB holds and fills nothing
+    ("at", _T, ((0, "at"), (0, "read64"), (0, "at"), (0, "read64")),
+     [(True, 0, False), (True, 0, False), (True, 2, False), (False, 2, False)]),
+    # a clean writable leaf (DBM, AP[2] = 1): a load fills a clean entry; a store through it
+    # walks, clears AP[2] (HD) and fills a dirty one; another vCPU's first load then finds the
+    # leaf dirty and fills a dirty entry
+    ("clean-dbm", dict(_T, ap2=True),
+     ((0, "read64"), (0, "read64"), (0, "write64"), (0, "read64"), (1, "read64"),
+      (1, "write64")),
+     [(True, 0, False), (False, 1, False), (True, 1, False), (False, 2, False),
+      (True, 0, False), (False, 2, False)]),
+    # without HD the store through the clean entry walks and takes the stage-1 permission
+    # fault; the entry stays clean
+    ("clean-dbm-no-hd", dict(_T, ap2=True, hd=False),
+     ((0, "read64"), (0, "write64"), (0, "read64")),
+     [(True, 0, False), (True, 1, True), (False, 1, False)]),
+    # PXN (the mapping is not executable): a fetch hitting the cached entry faults on it
+    ("pxn-hit", _T, ((0, "read64"), (0, "exec"), (0, "read64")),
+     [(True, 0, False), (False, 2, True), (False, 2, False)]),
+]
+
+
+@pytest.mark.parametrize("name,cfg,seq,want", TLB_ROWS, ids=[r[0] for r in TLB_ROWS])
+def test_tlb_history_stage_hand_derived(name, cfg, seq, want):
+    scn, muts, _leaf, _tabs = hw_case(kinds=tuple(k for _v, k in seq),
+                                      vcpus=tuple(v for v, _k in seq), **cfg)
+    for mode in MODES:
+        i0, (run,) = run_case(scn, muts, ("fix",), mode)
+        got = {int(run.rec.I[q]): engine_tlb_view(run.rec, q)[:3] for q in range(run.rec.cut)}
+        if mode == "all":
+            assert run.rec.cut == len(seq)
+        for pos, view in got.items():            # tier 1 mode: the accesses it selects
+            assert view == want[pos], (mode, pos)
+    # the derivation agrees with the reference (Vm._attempt's first try of each access)
+    ref = run.refs["fix"]
+    assert [(r.attempts[0].walked, r.attempts[0].state, r.stage1_faults > 0)
+            for _p, r in sorted(ref.recs.items())] == want
+
+
+# ---- the apply stages on userfaultfd data slots (table-driven) -------------------------------
+@pytest.mark.parametrize("uffd", ["missing", "minor", "wp"])
+def test_apply_stages_on_uffd_data_slots(uffd):
+    """A missing (uffd MISSING / MINOR) or write-protected (uffd WP) data page, the page
+    tables warm: load then store, store then load, on two vCPUs, with and without dirty
+    logging; every policy.  The vectorised faults' userfaultfd events (mode, write flag —
+    the policy's kvm_is_write_fault() for a translation fault, handle_userfault's
+    UFFD_PAGEFAULT_FLAG_WRITE — and whether the access wrote the page), host pages, stage 2
+    and dirty bitmap against the reference's Host.handle_abort."""
+    for populated, logging, kinds in itertools.product(
+            (False, True), (False, True), (("read64", "write64"), ("write64", "read64"),
+                                           ("exec", "read64"))):
+        if populated and uffd != "wp":
+            continue                         # no missing page: no event
+        scn, muts, _leaf, _tabs = hw_case(
+            af=True, dbm=True, ap2=False, tab_af=True, ha=True, hd=True, haft=False,
+            always=False, at_sets_af=False, pt_s2="rw", kinds=kinds, data_uffd=uffd,
+            data_populated=populated, data_logging=logging)
+        # exec: the mapping must be executable (no PXN) for the fetch to reach its data
+        scn = dataclasses.replace(scn, mappings=(dataclasses.replace(
+            scn.mappings[0], executable=True),))
+        i0, (run,) = run_case(scn, muts, DEFAULT_ORDER, "all")
+        assert run.rec.cut == 2 and run.rec.plan is not None, (populated, logging, kinds)
+        # MISSING / MINOR: the first access to the missing page raises one; WP: a write to
+        # the write-protected page (a missing page under WP: a fresh page, no event)
+        want_ev = (uffd != "wp" and not populated) or (uffd == "wp" and populated
+                                                        and "write64" in kinds)
+        assert all(bool(vm.r.uffd_events) == want_ev for vm in run.g.vms), \
+            (populated, logging, kinds)
+        assert_applied_state(scn, run, (populated, logging, kinds))
