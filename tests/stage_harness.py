@@ -190,6 +190,15 @@ class StageRecord:
     needs: list | None = None
     rq: int | None = None
     plan: object = None
+    tier1_ran: bool = False
+
+    def check_complete(self) -> None:
+        """The wrapped stages ran as chunk() calls them (a stage inlined or renamed would
+        leave the comparisons empty: fail instead)."""
+        assert self.tier1_ran, "engine_chunk.chunk no longer calls _tier1"
+        if self.I is not None:
+            missing = [k for k in ("a", "tlb", "hw", "needs", "rq") if getattr(self, k) is None]
+            assert not missing, f"tier 2 ran without calling the stages {missing}"
 
     @property
     def cut(self) -> int:
@@ -212,7 +221,7 @@ def recording(rec: StageRecord, mode: str):
             I = np.flatnonzero(~g.stopped[g.base.trace.vcpu[i:i + C]])
             t1 = Tier1(t1.firsts, I if len(I) else None,
                        g.base.prep.ci(i, i + C)[I] if len(I) else None)
-        rec.I = t1.I
+        rec.I, rec.tier1_ran = t1.I, True
         return t1
 
     def keep(name, attr):
@@ -296,6 +305,7 @@ def run_case(scn: Scenario, muts: tuple[Mut, ...], policies, mode: str = "tier1"
         rec = StageRecord()
         with recording(rec, mode):
             end = engine_chunk.chunk(g, i0, n)
+        rec.check_complete()
         gref = {vm.r.policy: refs[vm.r.policy] for vm in g.vms}
         s2min0 = {}
         for vm in gref.values():
