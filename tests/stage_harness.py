@@ -29,9 +29,8 @@ from hypothesis import strategies as st
 
 from model import engine_chunk
 from model.arch import DESC_AF, DESC_AP2, DESC_DBM, DESC_PXN, DESC_VALID, HOST_PAGE
-from model.engine import HOST_EVENT_OPS, Group
+from model.engine import Group, _apply_events
 from model.engine_chunk import T_DATA, T_PATH, T_UPD, Tier1
-from model.engine_guest import bulk_age
 from model.engine_state import Base, FastVm, Shared
 from model.host import S2_UNMAPPED
 from model.reference import Vm
@@ -274,17 +273,7 @@ def run_case(scn: Scenario, muts: tuple[Mut, ...], policies, mode: str = "tier1"
     vms = [FastVm(base, p, shared) for p in policies]
     groups = [Group(base, vms, shared)]
     for start, end, events in trace.intervals():
-        for _pos, si, st in events:
-            if st.op in HOST_EVENT_OPS:
-                for g in groups:
-                    g.host_event(si, st)
-            elif st.op == "guest_age":
-                groups = [h for g in groups for h in
-                          ([g] if bulk_age(g, si, st)
-                           else g.scalar(lambda vm, si=si, st=st: vm.run_step(si, st)))]
-            else:
-                groups = [h for g in groups
-                          for h in g.scalar(lambda vm, si=si, st=st: vm.run_step(si, st))]
+        groups = _apply_events(base, groups, events)
         if start == i0:
             break
         for pos in range(start, end):
