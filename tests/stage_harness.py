@@ -284,8 +284,8 @@ def run_case(scn: Scenario, muts: tuple[Mut, ...], policies, mode: str = "tier1"
     first_step = int(trace.step_of_access[i0])
     refs = {p: TracingVm(scn, p) for p in policies}
     for vm in refs.values():
-        for si, st in enumerate(scn.steps[:first_step]):
-            vm.run_step(si, st)
+        for si, step in enumerate(scn.steps[:first_step]):
+            vm.run_step(si, step)
         for m in muts:
             apply_mut(vm, m)
     runs = []
