@@ -27,7 +27,7 @@ import gc
 import numpy as np
 
 from .engine_chunk import Scratch, WalkCache, chunk
-from .engine_guest import bulk_age
+from .engine_guest import GUEST_BULK
 from .engine_state import UFFD_CODES, UFFD_NONE, Base, FastVm, Shared
 from .host import S2_UNMAPPED
 from .host_ops import HOST_OPS
@@ -266,13 +266,10 @@ def _run_trace(scn: Scenario, trace: Trace, policies) -> dict[str, PolicyResult]
                 for g in groups:
                     g.host_event(si, st)
                 continue
-            if st.op == "guest_age":
-                groups = [h for g in groups
-                          for h in ([g] if bulk_age(g, si, st) else
-                                    g.scalar(lambda vm, si=si, st=st: vm.run_step(si, st)))]
-                continue
+            bulk = GUEST_BULK.get(st.op)            # guest-kernel work in bulk, or not
             groups = [h for g in groups
-                      for h in g.scalar(lambda vm, si=si, st=st: vm.run_step(si, st))]
+                      for h in ([g] if bulk is not None and bulk(g, si, st) else
+                                g.scalar(lambda vm, si=si, st=st: vm.run_step(si, st)))]
         work = [(g, start) for g in groups]
         groups = []
         while work:
