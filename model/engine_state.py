@@ -560,7 +560,9 @@ class Shared:
             return
         new = new.astype(U64)
         old = self.read_v(offs)
-        add = np.setdiff1d(offs[new != 0], self.keys)          # sorted, new keys
+        i = np.minimum(np.searchsorted(self.keys, offs), max(len(self.keys) - 1, 0))
+        known = self.keys[i] == offs if len(self.keys) else np.zeros(len(offs), dtype=bool)
+        add = np.unique(offs[(new != 0) & ~known])             # sorted, new keys
         if len(add):
             at = np.searchsorted(self.keys, add)
             self.keys = np.insert(self.keys, at, add)
