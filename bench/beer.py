@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 import tomllib
 from datetime import datetime, timezone
@@ -164,7 +165,6 @@ def cases(spec: dict):
 
 
 def _ignore_sigint() -> None:
-    import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
@@ -222,14 +222,24 @@ def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
         # the largest groups first, so that the cores finish together; Ctrl-C reaches the
         # parent only (workers ignore SIGINT), which stops the workers and leaves no output
         work.sort(key=lambda a: -len(a[0]))
-        pool = mp.get_context("fork").Pool(n, initializer=_ignore_sigint)
+        # Ctrl-C is held while the pool starts (a KeyboardInterrupt inside Pool() would
+        # leave its threads and workers half made), taken as soon as it has
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
+            pool = mp.get_context("fork").Pool(n, initializer=_ignore_sigint)
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            raise
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)     # a held Ctrl-C lands here
             for out in pool.imap_unordered(_run_group, work):
                 for r in out:
                     done[r[0]] = r
                     bar.update()
             pool.close()
         except BaseException:
+            for w in list(pool._pool):            # stop the workers first: terminate() can
+                w.kill()                          # wait on a queue lock a busy worker holds
             pool.terminate()
             raise
         finally:

@@ -23,6 +23,7 @@ Public API: run_trace(scn, trace, policies), run_engine(scn, policies).
 from __future__ import annotations
 
 import gc
+from dataclasses import replace
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from .engine_chunk import Scratch, WalkCache, chunk
 from .engine_guest import GUEST_BULK
 from .engine_state import UFFD_CODES, UFFD_NONE, Base, FastVm, Shared
 from .host import S2_UNMAPPED
-from .host_ops import HOST_OPS
+from .host_ops import HOST_OPS, step_pages
 from .policies import DEFAULT_ORDER
 from .results import PolicyResult, UffdEvent
 from .scenario import Scenario
@@ -50,6 +51,15 @@ UFFD_MODE_NAMES = {code: name for name, code in UFFD_CODES.items() if code != UF
 # events that touch only the host side (stage 2, host pages, dirty log): Group.host_event
 HOST_EVENT_OPS = frozenset(HOST_OPS) | {"punch_hole", "enable_dirty_log", "harvest",
                                          "warm_stage2"}
+# host ops whose transition is page by page and idempotent (model/host_ops.py: f(f(h)) = f(h)
+# on each page alone) and whose unmapping is too: a run of them on one slot at one trace
+# position, with no access between, equals one op on the union of their page sets.
+# thp_collapse is not (it looks at the whole 2 MiB range: collapse_huge_page).
+# False: every event through the reference code per policy with a journal (Group.scalar), as
+# before issue 10; kept to measure what the bulk paths save (bench/bench_engine.py) and as a
+# second path the differential tests compare
+BULK_EVENTS = True
+UNION_HOST_OPS = frozenset({"zap", "numa_hint", "swap_out", "uffd_wp", "ksm_merge"})
 
 
 class Flags:
@@ -261,15 +271,7 @@ def _run_trace(scn: Scenario, trace: Trace, policies) -> dict[str, PolicyResult]
     vms = [FastVm(base, p, shared) for p in policies]
     groups = [Group(base, vms, shared)] if vms else []
     for start, end, events in trace.intervals():
-        for _pos, si, st in events:
-            if st.op in HOST_EVENT_OPS:
-                for g in groups:
-                    g.host_event(si, st)
-                continue
-            bulk = GUEST_BULK.get(st.op)            # guest-kernel work in bulk, or not
-            groups = [h for g in groups
-                      for h in ([g] if bulk is not None and bulk(g, si, st) else
-                                g.scalar(lambda vm, si=si, st=st: vm.run_step(si, st)))]
+        groups = _apply_events(base, groups, events)
         work = [(g, start) for g in groups]
         groups = []
         while work:
@@ -280,6 +282,72 @@ def _run_trace(scn: Scenario, trace: Trace, policies) -> dict[str, PolicyResult]
             else:
                 work.extend((p, pos) for p in parts)
     return {vm.r.policy: vm.finish() for vm in vms}
+
+
+def _apply_events(base: Base, groups: list["Group"], events: list) -> list["Group"]:
+    """The events before an interval, for every group, in order: host operations in bulk
+    (each run of one op on one slot as one op, coalesce_host_ops; then Group.host_event),
+    guest-kernel work in bulk where engine_guest.GUEST_BULK proves it equal; the rest, or everything when BULK_EVENTS
+    is off, through the reference code once per policy (Group.scalar)."""
+    if not BULK_EVENTS:
+        for _pos, si, st in events:
+            groups = [h for g in groups
+                      for h in g.scalar(lambda vm, si=si, st=st: vm.run_step(si, st))]
+        return groups
+    for si, st in coalesce_host_ops(base, events):
+        if st.op in HOST_EVENT_OPS:
+            for g in groups:
+                g.host_event(si, st)
+            continue
+        bulk = GUEST_BULK.get(st.op)                # guest-kernel work in bulk, or not
+        groups = [h for g in groups
+                  for h in ([g] if bulk is not None and bulk(g, si, st) else
+                            g.scalar(lambda vm, si=si, st=st: vm.run_step(si, st)))]
+    return groups
+
+
+def coalesce_host_ops(base: Base, events: list) -> list:
+    """The events at one trace position as (step index, step), each run of UNION_HOST_OPS
+    steps with the same op and slot merged into one step over the union of their pages (the
+    run's first step index: host ops record no per-step effect and no uffd event)."""
+    out: list = []
+    run: list = []                       # page sets of the run ending out[-1], when > 1
+    for _pos, si, st in events:
+        head = out[-1][1] if out else None
+        if head is not None and st.op in UNION_HOST_OPS and (head.op, head.slot) == (st.op, st.slot):
+            npages = base.scn.slot(st.slot).pages
+            if not run:
+                run.append(step_pages(head, npages))
+            run.append(step_pages(st, npages))
+            continue
+        _merge_run(out, run)
+        out.append((si, st))
+    _merge_run(out, run)
+    return out
+
+
+def _merge_run(out: list, run: list) -> None:
+    if run:
+        si, st = out[-1]
+        out[-1] = (si, replace(st, first=0, count=0, pages=_union(run)))
+        run.clear()
+
+
+def _union(sets: list[np.ndarray]) -> np.ndarray:
+    """The union of ascending unique page sets, ascending, in time linear in their sizes
+    when they follow each other (a scan emitted block by block) or are large."""
+    sets = [p for p in sets if len(p)]
+    if not sets:
+        return np.zeros(0, dtype=np.int64)
+    if all(int(a[-1]) < int(b[0]) for a, b in zip(sets, sets[1:])):
+        return np.concatenate(sets)
+    top = max(int(p[-1]) for p in sets) + 1
+    if sum(len(p) for p in sets) * 16 < top:
+        return np.unique(np.concatenate(sets))
+    mask = np.zeros(top, dtype=bool)
+    for p in sets:
+        mask[p] = True
+    return np.flatnonzero(mask)
 
 
 def run_engine(scn: Scenario, policies=DEFAULT_ORDER) -> dict[str, PolicyResult]:

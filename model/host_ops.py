@@ -118,10 +118,12 @@ def maps_writable(write, h, logging, readonly):
 
 def step_pages(st, slot_pages: int) -> np.ndarray:
     """The page indices (in the slot, int64, ascending, unique) a host-op step covers."""
-    if st.pages is not None:
-        p = np.asarray(st.pages, dtype=np.int64)
-    else:
-        p = np.arange(st.first, st.first + st.count, dtype=np.int64)
+    if st.pages is None:                 # a range: ascending and unique by construction
+        if st.count and (st.first < 0 or st.first + st.count > slot_pages):
+            raise ValueError(f"{st.op} on slot {st.slot!r}: pages must be within "
+                             f"0..{slot_pages - 1}")
+        return np.arange(st.first, st.first + st.count, dtype=np.int64)
+    p = np.asarray(st.pages, dtype=np.int64)
     if len(p) and (p[0] < 0 or p[-1] >= slot_pages or np.any(p[1:] <= p[:-1])):
         raise ValueError(f"{st.op} on slot {st.slot!r}: pages must be ascending, unique and "
                          f"within 0..{slot_pages - 1}")

@@ -349,13 +349,3 @@ def test_record_compact_failing_program_leaves_nothing(tmp_path, capsys):
     err = one_line_exit2(["record", "--out", str(tmp_path / "f.ptwc"), "--", "false"], capsys)
     assert "failed (exit status 1)" in err
     assert list(tmp_path.iterdir()) == []
-
-
-def test_record_compact_non_lackey_stream(tmp_path, monkeypatch, capsys):
-    from tests.test_trace_dir import fake_valgrind
-    fake_valgrind(tmp_path, monkeypatch,
-                  "import os, sys\nfd = int(sys.argv[4].split('=')[1])\n"
-                  "os.write(fd, b'hello world\\n')\n")
-    err = one_line_exit2(["record", "--out", str(tmp_path / "t.ptwc"), "--", "true"], capsys)
-    assert "not a lackey line" in err
-    assert [p.name for p in tmp_path.iterdir()] == ["bin"]

@@ -114,8 +114,18 @@ def test_engine_equals_reference_host_ops_in_bulk(scn):
     events = [st for st in scn.steps if st.op != "access"]
     event(f"events per access >= 1/2: {len(events) * 2 >= len(scn.steps) - len(events)}")
     event(f"aging passes: {min(2, sum(st.op == 'guest_age' for st in events))}+")
-    done = _count_bulk(scn, ("guest_age",))
+    merged = []
+    orig_merge = engine.coalesce_host_ops
+
+    def coalesce(base, evs):
+        out = orig_merge(base, evs)
+        merged.append(len(out) < len(evs))
+        return out
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(engine, "coalesce_host_ops", coalesce)
+        done = _count_bulk(scn, ("guest_age",))
     event(f"aging passes in bulk: {'some' if done['guest_age'][0] else 'none'}")
+    event(f"host ops at one position merged: {'some' if any(merged) else 'none'}")
 
 
 GUEST_OPS = ("guest_pte", "guest_free", "guest_fork", "guest_age")

@@ -163,14 +163,16 @@ def fake_valgrind(tmp_path, monkeypatch, body: str):
     monkeypatch.setenv("PATH", f"{b}:{os.environ['PATH']}")
 
 
-def test_record_non_lackey_stream(tmp_path, monkeypatch, capsys):
-    # the fake valgrind writes to the --log-fd it is given (its 5th argument)
+@pytest.mark.parametrize("out", ["t", "t.ptwc"])
+def test_record_non_lackey_stream(tmp_path, monkeypatch, capsys, out):
+    # the fake valgrind writes to the --log-fd it is given (its 5th argument); the recording
+    # goes to a trace directory or a compact file: neither is left behind
     fake_valgrind(tmp_path, monkeypatch,
                   "import os, sys\nfd = int(sys.argv[4].split('=')[1])\n"
                   "os.write(fd, b'hello world\\n')\n")
-    err = one_line_exit2(["record", "--out", str(tmp_path / "t"), "--", "true"], capsys)
+    err = one_line_exit2(["record", "--out", str(tmp_path / out), "--", "true"], capsys)
     assert "not a lackey line" in err
-    no_partial(tmp_path, "t")
+    assert [p.name for p in tmp_path.iterdir()] == ["bin"]
 
 
 def test_record_without_valgrind(tmp_path, monkeypatch, capsys):

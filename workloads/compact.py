@@ -42,7 +42,7 @@ import numpy as np
 
 from model.trace import KINDS
 
-from .importers import TraceError
+from .importers import TraceError, npy_member
 
 FORMAT = "ptwbench-compact"
 VERSION = 1
@@ -219,20 +219,7 @@ def _meta(path, zf) -> dict:
 
 
 def _member(path, zf, name: str, runs: int):
-    try:
-        f = zf.open(name + ".npy")
-    except KeyError:
-        raise TraceError(f"{path}: no column {name!r} (want {', '.join(COLUMNS)})") from None
-    try:
-        fmt = np.lib.format
-        version = fmt.read_magic(f)
-        read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(
-            version)
-        if read is None:
-            raise ValueError(f"unsupported .npy version {version}")
-        shape, fortran, dtype = read(f)
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError, zlib.error) as e:
-        raise TraceError(f"{path}: column {name!r}: not a .npy array ({e})") from None
+    f, shape, fortran, dtype = npy_member(path, zf, name, "column", ", ".join(COLUMNS))
     if dtype != COLUMNS[name] or len(shape) != 1 or fortran:
         raise TraceError(f"{path}: column {name!r} is {dtype} of shape {shape}, want 1-D "
                          f"{COLUMNS[name]}")

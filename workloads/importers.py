@@ -337,11 +337,14 @@ def iter_csv(path: str, va_bits: int = 48, chunk_bytes: int = CHUNK_BYTES):
 
 
 # ---- NPZ ---------------------------------------------------------------------------------
-def _npz_member(path, zf: zipfile.ZipFile, name: str):
+def npy_member(path, zf: zipfile.ZipFile, name: str, what: str, want: str):
+    """Open the .npy member `name` of a zip (an .npz, a compact trace) and read its header:
+    (file positioned at the data, shape, fortran order, dtype).  `what` names the member in
+    messages ("array", "column"), `want` lists the members expected."""
     try:
         f = zf.open(name + ".npy")
     except KeyError:
-        raise TraceError(f"{path}: no array {name!r} (want vcpu, va, kind)") from None
+        raise TraceError(f"{path}: no {what} {name!r} (want {want})") from None
     try:
         fmt = np.lib.format
         version = fmt.read_magic(f)
@@ -350,8 +353,13 @@ def _npz_member(path, zf: zipfile.ZipFile, name: str):
         if read_header is None:
             raise ValueError(f"unsupported .npy version {version}")
         shape, fortran, dtype = read_header(f)
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
-        raise TraceError(f"{path}: array {name!r}: not a .npy array ({e})") from None
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, zlib.error) as e:
+        raise TraceError(f"{path}: {what} {name!r}: not a .npy array ({e})") from None
+    return f, shape, fortran, dtype
+
+
+def _npz_member(path, zf: zipfile.ZipFile, name: str):
+    f, shape, fortran, dtype = npy_member(path, zf, name, "array", "vcpu, va, kind")
     if len(shape) != 1 or dtype.kind not in "iu" or dtype.hasobject or (
             fortran and len(shape) > 1):
         raise TraceError(f"{path}: array {name!r} must be 1-D of integers, "
