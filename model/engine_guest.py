@@ -35,11 +35,12 @@ from .reference import aged_desc
 from .semantics import S2_RW, S2_UNMAPPED, desc_address, kernel_table_step
 
 VALID = U64(DESC_VALID)
-# guest_pte events with fewer VAs go through the reference code: a bulk op costs ~150 small
-# numpy calls (~0.6 ms), the reference ~0.3 ms for the first VA and ~0.15 ms per further VA
-# with the four default policies (measured on zipf with writeback; a present-PTE fault, one
-# VA, is the common guest_pte without tables or fill)
-PTE_BULK_MIN_VAS = 4
+# guest_pte and guest_free events with fewer VAs go through the reference code: a bulk op
+# costs ~150 small numpy calls (~0.5 ms), the reference ~0.2-0.3 ms for the first VA and
+# ~0.15 ms per further VA with the four default policies (measured on zipf with writeback and
+# mmap_churn: a present-PTE fault and a munmap's free_pgtables often have one VA).  Forks and
+# aging passes always go in bulk (rare, and many VAs).
+BULK_MIN_VAS = 4
 
 
 @dataclass
@@ -216,7 +217,7 @@ def bulk_pte(g, si: int, st) -> bool:
     (do_wp_page -> wp_page_reuse / wp_page_shared, pte_mkyoung): every VA walked first, then
     per VA the leaf load, the store of its new descriptor, and a TLBI when the old one was valid
     (ptep_clear_flush, flush_tlb_page)."""
-    if (st.tables or st.fill or not _plain(g) or len(st.vas) < max(PTE_BULK_MIN_VAS, 1)
+    if (st.tables or st.fill or not _plain(g) or len(st.vas) < max(BULK_MIN_VAS, 1)
             or len(st.descs) != len(st.vas)):
         return False
     va = np.asarray(st.vas, dtype=np.int64)
@@ -244,7 +245,7 @@ def bulk_free(g, si: int, st) -> bool:
     """Vm.guest_free (free_pgtables -> free_pgd_range .. free_pte_range: pmd_clear of the
     level-2 descriptor above each VA's last-level table, then pte_free): per VA the walk to
     level 2, the load, and the store of 0 when the descriptor is valid."""
-    if not _plain(g) or not st.vas:
+    if not _plain(g) or len(st.vas) < max(BULK_MIN_VAS, 1):
         return False
     va = np.asarray(st.vas, dtype=np.int64)
     w = kernel_walk(g, g.vms[0].as_roots[st.asid], va, 2)

@@ -136,10 +136,10 @@ GUEST_OPS = ("guest_pte", "guest_free", "guest_fork", "guest_age")
 def test_engine_equals_reference_guest_kernel_work_in_bulk(monkeypatch, scn):
     """Issue 10 item 4: munmap's and writeback's PTE stores, free_pgtables, fork's table
     copies and aging at about one event per access among accesses and host ops, done in
-    bulk by the engine (engine_guest.GUEST_BULK: guest_pte even with one VA), against the
+    bulk by the engine (engine_guest.GUEST_BULK, even with one VA), against the
     reference's one kernel access at a time.  Where the reference refuses an op (a belief of
     the strategy the host's page handling made wrong) the engine must refuse it too."""
-    monkeypatch.setattr(engine_guest, "PTE_BULK_MIN_VAS", 1)
+    monkeypatch.setattr(engine_guest, "BULK_MIN_VAS", 1)
     ops = [st.op for st in scn.steps]
     events = len(ops) - ops.count("access")
     event(f"events per access >= 1/10: {events * 10 >= ops.count('access')}")
