@@ -26,6 +26,7 @@ code (Group.scalar): each bulk function returns False having changed nothing."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,6 +34,12 @@ from .arch import DESC_AF, DESC_AP2, DESC_DBM, DESC_TABLE, DESC_VALID, HOST_PAGE
 from .engine_state import H_MISSING, PAGE_MASK, U64
 from .reference import aged_desc
 from .semantics import S2_RW, S2_UNMAPPED, desc_address, kernel_table_step
+
+if TYPE_CHECKING:
+    from .arch import Geometry
+    from .engine import Group
+    from .engine_state import Base
+    from .scenario import Step
 
 VALID = U64(DESC_VALID)
 # guest_pte and guest_free events with fewer VAs go through the reference code: a bulk op
@@ -63,7 +70,7 @@ class KernelWalk:
         return self.loads[self.live]
 
 
-def kernel_walk(g, root: int, va: np.ndarray, stop: int) -> KernelWalk | None:
+def kernel_walk(g: Group, root: int, va: np.ndarray, stop: int) -> KernelWalk | None:
     """The kernel's software walk of every VA (Vm._kernel_walk without allocation; Linux
     pgd_offset .. pte_offset_map) on the group's descriptor arrays, with the same per-level
     rule (semantics.desc_address, kernel_table_step).  None where the reference raises (a
@@ -98,7 +105,7 @@ def kernel_walk(g, root: int, va: np.ndarray, stop: int) -> KernelWalk | None:
                       alive, addr, (addr - base.pt_base) >> 3)
 
 
-def _in_pt(base, addr: np.ndarray) -> bool:
+def _in_pt(base: Base, addr: np.ndarray) -> bool:
     return not np.any((addr < base.pt_base) | (addr >= base.pt_end))
 
 
@@ -128,13 +135,13 @@ def _first_touches(pages: np.ndarray, stores: np.ndarray) -> np.ndarray:
     return np.unique(np.concatenate([first, ws[wfirst]]))
 
 
-def _plain(g) -> bool:
+def _plain(g: Group) -> bool:
     """Bulk work is possible at all: an Arm machine (x86 has PML logging on guest writes) and
     no journal recording."""
     return not g.vms[0].host.x86 and g.shared.journal is None
 
 
-def _touchable(g, pages: np.ndarray) -> bool:
+def _touchable(g: Group, pages: np.ndarray) -> bool:
     """Every kernel access to `pages` completes without changing guest memory or TLBs, for
     every policy: each page lies in a memslot, writable, not block-backed, present."""
     base = g.base
@@ -150,7 +157,7 @@ def _dups(a: np.ndarray) -> bool:
     return len(np.unique(a)) != len(a)
 
 
-def _fault_in(g, si: int, st, pages: np.ndarray, stores: np.ndarray) -> None:
+def _fault_in(g: Group, si: int, st: Step, pages: np.ndarray, stores: np.ndarray) -> None:
     """Begin step `si` and take the op's stage-2 faults, per policy, in the reference's order
     (each page's first access and first store through Vm._kernel_access; those that cannot
     fault — the page mapped, writable for a store — are left out: a fault maps only its own
@@ -170,7 +177,7 @@ def _fault_in(g, si: int, st, pages: np.ndarray, stores: np.ndarray) -> None:
                                      f"although its page is present and writable")
 
 
-def _written(g, pages: np.ndarray) -> None:
+def _written(g: Group, pages: np.ndarray) -> None:
     """Host.guest_write of each page the op stored to, then end the step, per policy."""
     wpages = np.unique(pages)
     wg = g.base.idx.index_v(wpages)
@@ -180,13 +187,13 @@ def _written(g, pages: np.ndarray) -> None:
         vm.end_step()
 
 
-def _tlbi(g, st, va: np.ndarray) -> None:
+def _tlbi(g: Group, st: Step, va: np.ndarray) -> None:
     """Vm._tlbi of many VAs (TLBI VAE1IS): only the current address space's entries."""
     if len(va) and st.asid == g.vms[0].cur_as:
         _tlb_invalidate(g, va & ~(g.base.geo.granule - 1))
 
 
-def bulk_age(g, si: int, st) -> bool:
+def bulk_age(g: Group, si: int, st: Step) -> bool:
     """Vm.guest_age for every policy of group `g` (MGLRU walk_pte_range ->
     __ptep_test_and_clear_young, ptep_clear_flush_young); False (nothing done) when the pass
     needs the reference code."""
@@ -210,7 +217,7 @@ def bulk_age(g, si: int, st) -> bool:
     return True
 
 
-def bulk_pte(g, si: int, st) -> bool:
+def bulk_pte(g: Group, si: int, st: Step) -> bool:
     """Vm.guest_pte with no table to allocate and no page to fill: munmap's zap_pte_range
     (ptep_get_and_clear_full, descs 0), writeback's folio_mkclean -> page_mkclean_one
     (pte_wrprotect + pte_mkclean) and a fault on a present PTE that needs no new page
@@ -241,7 +248,7 @@ def bulk_pte(g, si: int, st) -> bool:
     return True
 
 
-def bulk_free(g, si: int, st) -> bool:
+def bulk_free(g: Group, si: int, st: Step) -> bool:
     """Vm.guest_free (free_pgtables -> free_pgd_range .. free_pte_range: pmd_clear of the
     level-2 descriptor above each VA's last-level table, then pte_free): per VA the walk to
     level 2, the load, and the store of 0 when the descriptor is valid."""
@@ -264,7 +271,8 @@ def bulk_free(g, si: int, st) -> bool:
     return True
 
 
-def _child_tables(geo, va: np.ndarray, root: int, alloc: np.ndarray):
+def _child_tables(geo: Geometry, va: np.ndarray, root: int, alloc: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """copy_page_range's p?d_alloc / pte_alloc in the child (Vm._kernel_walk with `alloc`,
     on tables zeroed when allocated), for the copied VAs in order: per VA and level above the
     leaf whether its descriptor is new (a table allocated: VA by VA, top level first) and the
@@ -296,7 +304,7 @@ def _granule_pages(tables: np.ndarray, gran: int) -> np.ndarray:
     return tables[..., None] + np.arange(0, gran, HOST_PAGE, dtype=np.int64)
 
 
-def _fork_tables_ok(base, tables: np.ndarray, reads: np.ndarray) -> bool:
+def _fork_tables_ok(base: Base, tables: np.ndarray, reads: np.ndarray) -> bool:
     """The child's tables are distinct granules in the page-table slot that hold nothing the
     parent's walks read."""
     gran = base.geo.granule
@@ -308,14 +316,14 @@ def _fork_tables_ok(base, tables: np.ndarray, reads: np.ndarray) -> bool:
     return not np.any((k >= 0) & (reads < ts[np.maximum(k, 0)] + gran))
 
 
-def bulk_fork(g, si: int, st) -> bool:
+def bulk_fork(g: Group, si: int, st: Step) -> bool:
     """Vm.guest_fork (dup_mmap -> copy_page_range -> copy_pte_range -> __copy_present_ptes):
     the child's root zeroed; per VA the parent's walk and leaf load, ptep_set_wrprotect of a
     writable (DBM) leaf, the child's walk allocating its tables (a zeroed granule, then
     pmd_populate), the child's leaf stored old (pte_mkold); then flush_tlb_mm when the parent
     is current."""
-    if not _plain(g) or not st.tables:
-        return False
+    if not _plain(g) or not st.tables or st.child == st.asid:
+        return False                            # (a fork into itself copies the new root)
     base, sh, vm0 = g.base, g.shared, g.vms[0]
     geo = base.geo
     tables = np.array(st.tables, dtype=np.int64)
@@ -369,7 +377,8 @@ def _scatter(rows: np.ndarray, *parts: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def _offsets(base, *stores: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def _offsets(base: Base, *stores: tuple[np.ndarray, np.ndarray]
+             ) -> tuple[np.ndarray, np.ndarray]:
     """Slot offsets and values of (IPAs, values) stores, concatenated."""
     addr = np.concatenate([a for a, _v in stores])
     return (addr - base.pt_base) >> 3, np.concatenate([v.astype(U64) for _a, v in stores])
@@ -380,7 +389,7 @@ GUEST_BULK = {"guest_age": bulk_age, "guest_pte": bulk_pte, "guest_free": bulk_f
               "guest_fork": bulk_fork}
 
 
-def _tlb_invalidate(g, va_pages: np.ndarray) -> None:
+def _tlb_invalidate(g: Group, va_pages: np.ndarray) -> None:
     """FastVm.tlb_invalidate_va of many granule VA pages: every vCPU's entry goes."""
     prep, sh = g.base.prep, g.shared
     gp = np.searchsorted(prep.gpages, va_pages)

@@ -154,7 +154,8 @@ def test_engine_equals_reference_guest_kernel_work_in_bulk(monkeypatch, scn):
     for op in GUEST_OPS[:3]:
         if op in ops:
             bulk, fell = done[op]
-            event(f"{op}: {'bulk' if bulk else 'no bulk'}, {'fallback' if fell else 'no fallback'}")
+            event(f"{op}: {'bulk' if bulk else 'no bulk'}, "
+                  f"{'fallback' if fell else 'no fallback'}")
     event(f"every guest op of the run in bulk: {not any(n[1] for n in done.values())}")
 
 
