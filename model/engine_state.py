@@ -560,20 +560,25 @@ class Shared:
             return
         new = new.astype(U64)
         old = self.read_v(offs)
-        i = np.minimum(np.searchsorted(self.keys, offs), max(len(self.keys) - 1, 0))
-        known = self.keys[i] == offs if len(self.keys) else np.zeros(len(offs), dtype=bool)
+        _i, known = self._find(offs)
         add = np.unique(offs[(new != 0) & ~known])             # sorted, new keys
         if len(add):
             at = np.searchsorted(self.keys, add)
             self.keys = np.insert(self.keys, at, add)
             self.vals = np.insert(self.vals, at, U64(0))
             self._klist = None
-        i = np.minimum(np.searchsorted(self.keys, offs), len(self.keys) - 1)
-        k = self.keys[i] == offs                               # else old = new = 0
+        i, k = self._find(offs)                                # else old = new = 0
         self.vals[i[k]] = new[k]
         self.changed.extend(offs.tolist())
         if np.any((old ^ new) & U64(~MUTABLE_BITS & (2**64 - 1))):
             self.version += 1
+
+    def _find(self, offs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions in keys of `offs` (clipped), and which offsets are keys."""
+        if not len(self.keys):
+            return np.zeros(len(offs), dtype=np.intp), np.zeros(len(offs), dtype=bool)
+        i = np.minimum(np.searchsorted(self.keys, offs), len(self.keys) - 1)
+        return i, self.keys[i] == offs
 
     def zero_pages(self, o0s: np.ndarray) -> None:
         """zero_page of many page offsets at once (no journal)."""
