@@ -135,9 +135,11 @@ def test_trace_prep_branches_agree(monkeypatch, table_span, pair_max, scn):
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
-@given(scenarios(), st.lists(st.tuples(st.integers(0, 4095), st.sampled_from(
-    (0, 1, DESC_AF, DESC_VALID | DESC_TABLE, 2**63 + 3))), max_size=12, unique_by=lambda t: t[0]),
-    st.lists(st.integers(0, 7), max_size=3))
+@given(scenarios(),
+       st.lists(st.tuples(st.integers(0, 4095),
+                          st.sampled_from((0, 1, DESC_AF, DESC_VALID | DESC_TABLE, 2**63 + 3))),
+                max_size=12, unique_by=lambda t: t[0]),
+       st.lists(st.integers(0, 7), max_size=3))
 def test_bulk_descriptor_writes_equal_one_at_a_time(scn, writes, zero_pages):
     """Shared.write_descs / zero_pages (engine_guest's bulk stores) leave the same content,
     changed offsets and shape-version change as write_desc / zero_page one at a time."""
