@@ -74,7 +74,7 @@ class GuestSpaces:
         self.tabled = {0: {va >> self.l2 for va in ipas}}
         first = (pt.ipa + tables.tables_used * geo.granule)
         self.fresh = list(range(first, pt.end - geo.granule + 1, geo.granule))
-        self.used = [pt.ipa + i * geo.granule for i in range(tables.tables_used)]
+        self.root = {0: tables.root}
 
     def pte(self, draw, asid: int, vas: list[int], data: Memslot) -> Step:
         """munmap (descs 0: zap_pte_range) or writeback (folio_mkclean: read-only clean, or
@@ -105,22 +105,28 @@ class GuestSpaces:
 
     def fork(self, draw, asid: int, vas: list[int]) -> Step | None:
         """copy_page_range of `vas` into a new space; its tables (root first, then one per
-        new (level, VA prefix) in the walk's order) from the fresh granules — or, rarely,
-        from granules the tables in use occupy (the engine must then fall back)."""
+        new (level, VA prefix) in the walk's order) from the fresh granules — or, rarely, the
+        parent's own root as the child's: zeroed first, it leaves nothing to copy and both
+        spaces share it (the engine must fall back).  A granule is only ever a table of one
+        level: one used at two would let a walk take a leaf for a table and store outside the
+        page-table slot (the engine's layout rule)."""
         geo = self.geo
-        copied = [va for va in vas if va in self.valid[asid]]
-        need = 1 + len({(lv, va >> sh) for va in copied for lv, sh, _m in geo.walk_steps[:-1]})
-        alias = draw(st.integers(0, 9)) == 0
-        pool = self.used if alias else self.fresh
-        if len(pool) < need:
-            return None
-        if alias:
-            tables = draw(st.permutations(pool))[:need]
-        else:
-            tables, self.fresh = self.fresh[:need], self.fresh[need:]
         child = max(self.valid) + 1
-        self.valid[child] = set(copied)
-        self.tabled[child] = {va >> self.l2 for va in copied}
+        if draw(st.integers(0, 9)) == 0:
+            self.valid[asid].clear()
+            self.tabled[asid].clear()
+            tables = [self.root[asid]]
+            self.valid[child], self.tabled[child] = self.valid[asid], self.tabled[asid]
+        else:
+            copied = [va for va in vas if va in self.valid[asid]]
+            need = 1 + len({(lv, va >> sh) for va in copied
+                            for lv, sh, _m in geo.walk_steps[:-1]})
+            if len(self.fresh) < need:
+                return None
+            tables, self.fresh = self.fresh[:need], self.fresh[need:]
+            self.valid[child] = set(copied)
+            self.tabled[child] = {va >> self.l2 for va in copied}
+        self.root[child] = tables[0]
         return Step("guest_fork", vcpu=draw(st.integers(0, 2)), asid=asid, child=child,
                     vas=tuple(vas), tables=tuple(tables))
 
