@@ -287,8 +287,9 @@ def _run_trace(scn: Scenario, trace: Trace, policies) -> dict[str, PolicyResult]
 def _apply_events(base: Base, groups: list["Group"], events: list) -> list["Group"]:
     """The events before an interval, for every group, in order: host operations in bulk
     (each run of one op on one slot as one op, coalesce_host_ops; then Group.host_event),
-    guest-kernel work in bulk where engine_guest.GUEST_BULK proves it equal; the rest, or everything when BULK_EVENTS
-    is off, through the reference code once per policy (Group.scalar)."""
+    guest-kernel work in bulk where engine_guest.GUEST_BULK shows it equal; the rest, or
+    everything when BULK_EVENTS is off, through the reference code once per policy
+    (Group.scalar)."""
     if not BULK_EVENTS:
         for _pos, si, st in events:
             groups = [h for g in groups
