@@ -28,7 +28,7 @@ from dataclasses import replace
 import numpy as np
 
 from .engine_chunk import Scratch, WalkCache, chunk
-from .engine_guest import bulk_age
+from .engine_guest import GUEST_BULK
 from .engine_state import UFFD_CODES, UFFD_NONE, Base, FastVm, Shared
 from .host import S2_UNMAPPED
 from .host_ops import HOST_OPS, step_pages
@@ -287,8 +287,9 @@ def _run_trace(scn: Scenario, trace: Trace, policies) -> dict[str, PolicyResult]
 def _apply_events(base: Base, groups: list["Group"], events: list) -> list["Group"]:
     """The events before an interval, for every group, in order: host operations in bulk
     (each run of one op on one slot as one op, coalesce_host_ops; then Group.host_event),
-    aging passes in bulk (engine_guest.bulk_age); the rest, or everything when BULK_EVENTS
-    is off, through the reference code once per policy (Group.scalar)."""
+    guest-kernel work in bulk where engine_guest.GUEST_BULK shows it equal; the rest, or
+    everything when BULK_EVENTS is off, through the reference code once per policy
+    (Group.scalar)."""
     if not BULK_EVENTS:
         for _pos, si, st in events:
             groups = [h for g in groups
@@ -299,13 +300,10 @@ def _apply_events(base: Base, groups: list["Group"], events: list) -> list["Grou
             for g in groups:
                 g.host_event(si, st)
             continue
-        if st.op == "guest_age":
-            groups = [h for g in groups
-                      for h in ([g] if bulk_age(g, si, st) else
-                                g.scalar(lambda vm, si=si, st=st: vm.run_step(si, st)))]
-            continue
+        bulk = GUEST_BULK.get(st.op)                # guest-kernel work in bulk, or not
         groups = [h for g in groups
-                  for h in g.scalar(lambda vm, si=si, st=st: vm.run_step(si, st))]
+                  for h in ([g] if bulk is not None and bulk(g, si, st) else
+                            g.scalar(lambda vm, si=si, st=st: vm.run_step(si, st)))]
     return groups
 
 

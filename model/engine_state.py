@@ -552,6 +552,45 @@ class Shared:
         if (old ^ new) & ~MUTABLE_BITS:
             self.version += 1
 
+    def write_descs(self, offs: np.ndarray, new: np.ndarray) -> None:
+        """write_desc of many distinct offsets at once (bulk guest-kernel work: no journal)."""
+        if self.journal is not None:
+            raise AssertionError("write_descs while a journal records")
+        if not len(offs):
+            return
+        new = new.astype(U64)
+        old = self.read_v(offs)
+        _i, known = self._find(offs)
+        add = np.unique(offs[(new != 0) & ~known])             # sorted, new keys
+        if len(add):
+            at = np.searchsorted(self.keys, add)
+            self.keys = np.insert(self.keys, at, add)
+            self.vals = np.insert(self.vals, at, U64(0))
+            self._klist = None
+        i, k = self._find(offs)                                # else old = new = 0
+        self.vals[i[k]] = new[k]
+        self.changed.extend(offs.tolist())
+        if np.any((old ^ new) & U64(~MUTABLE_BITS & (2**64 - 1))):
+            self.version += 1
+
+    def _find(self, offs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions in keys of `offs` (clipped), and which offsets are keys."""
+        if not len(self.keys):
+            return np.zeros(len(offs), dtype=np.intp), np.zeros(len(offs), dtype=bool)
+        i = np.minimum(np.searchsorted(self.keys, offs), len(self.keys) - 1)
+        return i, self.keys[i] == offs
+
+    def zero_pages(self, o0s: np.ndarray) -> None:
+        """zero_page of many page offsets at once (no journal)."""
+        if self.journal is not None:
+            raise AssertionError("zero_pages while a journal records")
+        for o0 in o0s.tolist():
+            lo, hi = self._page(o0)
+            if self.vals[lo:hi].any():
+                self.version += 1
+                self.vals[lo:hi] = 0
+            self.changed_pages.append(o0)
+
     def _page(self, o0: int) -> tuple[int, int]:
         lo, hi = np.searchsorted(self.keys, [o0, o0 + DESCS_PER_PAGE])
         return int(lo), int(hi)

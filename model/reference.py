@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .arch import (DESC_AF, DESC_AP2, DESC_DBM, DESC_SIZE, DESC_VALID,
+from .arch import (DESC_AF, DESC_AP2, DESC_DBM, DESC_VALID,
                    HOST_PAGE, desc_oa, is_table, is_valid, make_table_desc)
 from .host import S2_UNMAPPED, Abort, Host, Outcome
 from .host_ops import HOST_OPS, step_pages
@@ -18,8 +18,9 @@ from .policies import DEFAULT_ORDER, POLICIES, needs_lookahead
 from .results import Harvest, PolicyResult
 from .scenario import Scenario, Step
 from .semantics import (S1_FAULT_NAMES, S2_OK, S2_PERMISSION, apply_leaf_update, desc_address,
-                        hw_updates_apply, leaf_bits, leaf_hw_update, output_address,
-                        s1_descriptor, s1_leaf_fault, s2_check, table_hw_update)
+                        hw_updates_apply, kernel_table_step, leaf_bits, leaf_hw_update,
+                        output_address, s1_descriptor, s1_leaf_fault, s2_check,
+                        table_hw_update)
 from .stage1 import build_tables
 from .x86 import is_x86, one_machine, walk_access_is_write
 
@@ -413,14 +414,16 @@ class Vm:
         descriptor stored into its parent, pmd_populate), or ends the walk when alloc is None."""
         geo = self.geo
         table = root
-        for level in range(geo.start_level, stop_level):
-            addr = table + geo.index(va, level) * DESC_SIZE
+        steps = geo.walk_steps[:stop_level - geo.start_level + 1]
+        for level, shift, mask in steps[:-1]:
+            addr = desc_address(table, va, shift, mask)
             d = self._kernel_load(addr)
             if d is None:
                 return None
-            if is_valid(d):
-                if not is_table(d, level):
-                    raise SimulationError(f"guest kernel walk of {va:#x}: block at level {level}")
+            follow, bad = kernel_table_step(d, level)
+            if bad:
+                raise SimulationError(f"guest kernel walk of {va:#x}: block at level {level}")
+            if follow:
                 table = desc_oa(d, geo)
                 continue
             if alloc is None:
@@ -433,7 +436,8 @@ class Vm:
             if not self._kernel_store(addr, lambda _old, new=new: make_table_desc(new, geo)):
                 return None
             table = new
-        return table + geo.index(va, stop_level) * DESC_SIZE
+        _level, shift, mask = steps[-1]
+        return desc_address(table, va, shift, mask)
 
     def _tlbi(self, asid: int, va: int) -> None:
         # TLBI VAE1IS: the model's TLB is not tagged by ASID and holds only the current

@@ -37,6 +37,16 @@ def desc_address(table, va, shift: int, mask: int):
     return table + ((va >> shift) & mask) * DESC_SIZE
 
 
+def kernel_table_step(desc, level: int):
+    """One level above the leaf of the guest kernel's software walk (pgd_offset ..
+    pmd_offset after the p?d_none / p?d_bad checks): (follow: a table descriptor, whose
+    output address the walk goes on to; bad: valid but not a table, a block, which the model's
+    kernel never walks through).  Invalid (none): neither, the walk ends (or allocates)."""
+    valid = _bit(desc, DESC_VALID)
+    table = valid & _bit(desc, DESC_TABLE) & (level < 3)
+    return table, valid & (table ^ True)
+
+
 def s1_descriptor(desc, level: int, geo: Geometry):
     """One level of AArch64.S1Walk: (is a table descriptor to follow, is the walk's leaf).
     Neither: a translation fault (invalid descriptor, reserved encoding at level 3 — valid

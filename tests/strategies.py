@@ -9,6 +9,7 @@ import numpy as np
 from hypothesis import assume
 from hypothesis import strategies as st
 
+from model.arch import make_leaf_desc
 from model.scenario import Guest, Machine, Mapping, Memslot, Scenario, Step, Vmm, ACCESS_KINDS
 from model.stage1 import TableLayoutError, build_tables
 
@@ -43,8 +44,119 @@ FOCUS = {
     "host_bulk": dict(ops=("access",) * 6 + ("zap", "swap_out", "uffd_wp", "numa_hint",
                                              "ksm_merge", "thp_collapse") + ("guest_age",) * 2
                       + ("enable_dirty_log", "harvest", "punch_hole", "warm_stage2")),
+    # issue 10 item 4: the guest kernel's page-table work (munmap's and writeback's PTE
+    # stores, free_pgtables, fork's table copies, aging, context switches) at about one event
+    # per access, among accesses and host ops; page-table slot mostly present and 4K-backed so
+    # the engine's bulk path (engine_guest.GUEST_BULK) applies, sometimes not (fallbacks)
+    "guest_bulk": dict(ops=("access",) * 7 + ("guest_pte",) * 4 + ("guest_free",) * 2 + (
+        "guest_fork",) * 2 + ("guest_switch", "guest_age", "zap", "swap_out", "uffd_wp",
+                              "enable_dirty_log", "harvest", "warm_stage2", "flush_tlb")),
 }
 PAGE_SET_OPS = ("numa_hint", "ksm_merge", "thp_collapse")
+
+
+class GuestSpaces:
+    """What the strategy knows of the guest's address spaces, to draw guest-kernel ops the
+    reference accepts (model.reference.Vm.guest_*): per space the granule VAs with a valid
+    leaf and the last-level tables that exist (by VA >> level_shift(2)); fresh page-table
+    granules for forks (those build_tables left free, each used once).  Unknown to it:
+    content the host replaces (a uffd MISSING fill restores the start's tables); an op drawn
+    on a wrong belief makes the reference raise, which the test accepts when the engine
+    raises too."""
+
+    def __init__(self, geo, tables, pt: Memslot, maps):
+        self.geo = geo
+        self.l2 = geo.level_shift(2)
+        ipas = {m.va + i * geo.granule: m.ipa + i * geo.granule
+                for m in maps for i in range(m.pages)}
+        self.ipa = ipas
+        self.valid = {0: set(ipas)}
+        self.tabled = {0: {va >> self.l2 for va in ipas}}
+        first = (pt.ipa + tables.tables_used * geo.granule)
+        self.fresh = list(range(first, pt.end - geo.granule + 1, geo.granule))
+        self.root = {0: tables.root}
+
+    def pte(self, draw, asid: int, vas: list[int], data: Memslot) -> Step:
+        """munmap (descs 0: zap_pte_range) or writeback (folio_mkclean: read-only clean, or
+        clean-writable) of some VAs; valid descriptors only where the leaf's table exists."""
+        munmap = draw(st.booleans())
+        out, descs = [], []
+        for va in vas:
+            if munmap:
+                out.append(va)
+                descs.append(0)
+                self.valid[asid].discard(va)
+            elif va >> self.l2 in self.tabled[asid]:
+                ipa = self.ipa.get(va, data.ipa)
+                out.append(va)
+                descs.append(make_leaf_desc(ipa, self.geo, af=draw(st.booleans()),
+                                            writable=draw(st.booleans()), dirty=False))
+                self.valid[asid].add(va)
+        return Step("guest_pte", vcpu=draw(st.integers(0, 2)), asid=asid, vas=tuple(out),
+                    descs=tuple(descs))
+
+    def free(self, asid: int, vas: list[int]) -> Step:
+        """free_pgtables: the last-level tables of `vas` unlinked."""
+        for va in vas:
+            pre = va >> self.l2
+            self.tabled[asid].discard(pre)
+            self.valid[asid] -= {v for v in self.valid[asid] if v >> self.l2 == pre}
+        return Step("guest_free", asid=asid, vas=tuple(vas))
+
+    def fork(self, draw, asid: int, vas: list[int]) -> Step | None:
+        """copy_page_range of `vas` into a new space; its tables (root first, then one per
+        new (level, VA prefix) in the walk's order) from the fresh granules — or, rarely, the
+        parent's own root as the child's: zeroed first, it leaves nothing to copy and both
+        spaces share it (the engine must fall back).  A granule is only ever a table of one
+        level: one used at two would let a walk take a leaf for a table and store outside the
+        page-table slot (the engine's layout rule)."""
+        geo = self.geo
+        child = max(self.valid) + 1
+        if draw(st.integers(0, 9)) == 0:
+            self.valid[asid].clear()
+            self.tabled[asid].clear()
+            tables = [self.root[asid]]
+            self.valid[child], self.tabled[child] = self.valid[asid], self.tabled[asid]
+        else:
+            copied = [va for va in vas if va in self.valid[asid]]
+            need = 1 + len({(lv, va >> sh) for va in copied
+                            for lv, sh, _m in geo.walk_steps[:-1]})
+            if len(self.fresh) < need:
+                return None
+            tables, self.fresh = self.fresh[:need], self.fresh[need:]
+            self.valid[child] = set(copied)
+            self.tabled[child] = {va >> self.l2 for va in copied}
+        self.root[child] = tables[0]
+        return Step("guest_fork", vcpu=draw(st.integers(0, 2)), asid=asid, child=child,
+                    vas=tuple(vas), tables=tuple(tables))
+
+
+def guest_op(draw, op: str, spaces: GuestSpaces, vas: list[int], data: Memslot) -> list[Step]:
+    """One guest-kernel op (focus "guest_bulk") on some of `vas` (mapped granules and a few
+    never-mapped ones) of a drawn address space; a fork is often followed by a switch to the
+    child, whose accesses then go through the copied tables."""
+    asid = draw(st.sampled_from(sorted(spaces.valid)))
+    some = sorted(draw(st.sets(st.sampled_from(vas), min_size=1, max_size=10)))
+    if op == "guest_pte":
+        return [spaces.pte(draw, asid, some, data)]
+    if op == "guest_free":
+        return [spaces.free(asid, some)]
+    if op == "guest_fork":
+        fork = spaces.fork(draw, asid, some) if len(spaces.valid) < 4 else None
+        if fork is None:
+            return []
+        out = [fork]
+        copied = sorted(spaces.valid[fork.child])
+        if draw(st.booleans()):
+            out.append(Step("guest_switch", asid=fork.child))
+            if copied and draw(st.booleans()):    # through the copy: old, write-protected
+                out.append(Step("access", vcpu=draw(st.integers(0, 2)),
+                                va=draw(st.sampled_from(copied)),
+                                kind=draw(st.sampled_from(("read64", "write64")))))
+        return out
+    if op == "guest_switch":
+        return [Step("guest_switch", asid=asid)]
+    return [Step("guest_age", asid=asid, vas=tuple(some))]
 
 
 @st.composite
@@ -73,6 +185,12 @@ def scenarios(draw, max_steps: int = 40, focus: str | None = None,
     elif focus == "clear_af_ro":
         guest = Guest(tcr_ha=True, tcr_hd=guest.tcr_hd, tcr2_haft=guest.tcr2_haft, pt_slot="pt")
         slots = [draw(slot_flags("pt", 0x40000000, pt_pages, readonly=True)),
+                 draw(slot_flags("data", 0x80000000, data_pages))]
+    elif focus == "guest_bulk":          # room for forks' tables; present, 4K-backed mostly
+        pt_pages = 512 if big else gp * draw(st.integers(16, 32))
+        slots = [draw(slot_flags("pt", 0x40000000, pt_pages, ("anon", "anon", "shmem",
+                                                              "anon_thp"), readonly=False,
+                                 populated=draw(st.sampled_from((True, True, True, False))))),
                  draw(slot_flags("data", 0x80000000, data_pages))]
     elif focus == "host_bulk":           # tables where aging runs in bulk, most of the time
         slots = [draw(slot_flags("pt", 0x40000000, pt_pages, ("anon", "anon", "shmem",
@@ -106,10 +224,15 @@ def scenarios(draw, max_steps: int = 40, focus: str | None = None,
     assume(maps)
     scn0 = Scenario("gen", machine, guest, tuple(slots), Vmm(), tuple(maps), ())
     try:
-        build_tables(scn0)
+        tables = build_tables(scn0)
     except TableLayoutError:
         assume(False)
     vas = sorted(used_va)
+    if focus == "guest_bulk":
+        spaces = GuestSpaces(scn0.machine.geometry, tables, slots[0], maps)
+        # never-mapped granules next to the mapped ones: walks that end at a missing table
+        gvas = vas + [v for v in (vas[0] + 4 * granule, vas[-1] + (1 << spaces.l2))
+                      if v + granule <= (1 << va_bits) and v not in used_va]
     pool = [v + draw(st.integers(0, granule - 1)) // 8 * 8 for v in vas]
     logging = {s.name: s.log_dirty for s in slots}
     steps = []
@@ -127,6 +250,8 @@ def scenarios(draw, max_steps: int = 40, focus: str | None = None,
                               haft=draw(st.none() | st.booleans())))
         elif op == "punch_hole":
             steps.append(Step("punch_hole", slot=s.name))
+        elif op.startswith("guest_") and focus == "guest_bulk":
+            steps.extend(guest_op(draw, op, spaces, gvas, slots[1]))
         elif (op in ("zap", "swap_out") + PAGE_SET_OPS
               or (op == "uffd_wp" and s.uffd == "wp")) and (
                 focus == "host_bulk" or op not in PAGE_SET_OPS):

@@ -132,3 +132,30 @@ def test_trace_prep_branches_agree(monkeypatch, table_span, pair_max, scn):
     assert np.array_equal(want_prep.vpages[want_prep.sk_vp[a >> 2]], prep.vpages[prep.sk_vp[b >> 2]])
     assert np.array_equal(want_prep.sk_vcpu[a >> 2], prep.sk_vcpu[b >> 2])
     assert facts(run_engine(scn)) == want
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(scenarios(),
+       st.lists(st.tuples(st.integers(0, 4095),
+                          st.sampled_from((0, 1, DESC_AF, DESC_VALID | DESC_TABLE, 2**63 + 3))),
+                max_size=12, unique_by=lambda t: t[0]),
+       st.lists(st.integers(0, 7), max_size=3))
+def test_bulk_descriptor_writes_equal_one_at_a_time(scn, writes, zero_pages):
+    """Shared.write_descs / zero_pages (engine_guest's bulk stores) leave the same content,
+    changed offsets and shape-version change as write_desc / zero_page one at a time."""
+    from model.engine_state import Base, Shared
+    base = Base(scn, trace_from_scenario(scn))
+    bulk, one = Shared(base, True), Shared(base, True)
+    o0s = np.array(sorted(set(p * 512 for p in zero_pages)), dtype=np.int64)
+    bulk.zero_pages(o0s)
+    for o0 in o0s.tolist():
+        one.zero_page(o0)
+    offs = np.array([o for o, _v in writes], dtype=np.int64)
+    bulk.write_descs(offs, np.array([v for _o, v in writes], dtype=np.uint64))
+    for o, v in writes:
+        one.write_desc(o, v)
+    for o in set(offs.tolist()) | set(one.keys.tolist()) | set(bulk.keys.tolist()):
+        assert bulk.read(o) == one.read(o), o
+    assert (bulk.version > 0) == (one.version > 0)
+    assert sorted(bulk.changed) == sorted(one.changed)
+    assert bulk.changed_pages == one.changed_pages

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from model import engine_guest
 from model.engine import run_trace
 from model.reference import run_reference
 from model.reference_trace import run_reference_trace
@@ -103,3 +104,33 @@ def test_file_mapping_with_writeback_and_fault_around():
               writeback_period=150)
     assert any(e[2].op == "guest_pte" and len(e[2].vas) > 1 for e in wl.trace.events)
     assert_same(apply_host(wl, "precopy", rounds=3))
+
+
+@pytest.mark.parametrize("gen,knobs,ops", [
+    ("mmap_churn", SMALL["mmap_churn"], ("guest_pte", "guest_free")),
+    ("fork", SMALL["fork"], ("guest_fork",)),
+    ("zipf", dict(keys=4096, operations=500, read_percent=60, mapping="file",
+                  writeback_period=150), ("guest_pte",))])
+@pytest.mark.parametrize("host", [None, "precopy"])
+def test_munmap_fork_writeback_run_in_bulk(monkeypatch, gen, knobs, ops, host):
+    """The Linux profile's munmap (zap_pte_range, free_pgtables), fork (copy_page_range) and
+    writeback (folio_mkclean) go through the engine's bulk path (engine_guest.GUEST_BULK),
+    never left to the reference code on these present, 4K-backed page tables (guest_pte: the
+    page faults' events with tables or pages to fill are), and the runs end equal.  Bulk
+    from one VA on (BULK_MIN_VAS: a speed threshold only)."""
+    monkeypatch.setattr(engine_guest, "BULK_MIN_VAS", 1)
+    done = {op: [0, 0] for op in engine_guest.GUEST_BULK}
+    for op, fn in list(engine_guest.GUEST_BULK.items()):
+        def counted(g, si, st, fn=fn, n=done[op]):
+            ok = fn(g, si, st)
+            n[0 if ok else 1] += 1
+            return ok
+        monkeypatch.setitem(engine_guest.GUEST_BULK, op, counted)
+    wl = make(gen, 1, **knobs)
+    assert_same(apply_host(wl, host, rounds=2) if host else wl)
+    for op in ops:
+        assert done[op][0] > 0, f"{op}: never in bulk"
+    for op in ("guest_free", "guest_fork"):
+        assert done[op][1] == 0, f"{op}: left to the reference code"
+    events = [e[2] for e in wl.trace.events if e[2].op == "guest_pte"]
+    assert done["guest_pte"][0] == sum(not st.tables and not st.fill for st in events)
