@@ -222,16 +222,8 @@ def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
         # the largest groups first, so that the cores finish together; Ctrl-C reaches the
         # parent only (workers ignore SIGINT), which stops the workers and leaves no output
         work.sort(key=lambda a: -len(a[0]))
-        # Ctrl-C is held while the pool starts (a KeyboardInterrupt inside Pool() would
-        # leave its threads and workers half made), taken as soon as it has
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        pool = mp.get_context("fork").Pool(n, initializer=_ignore_sigint)
         try:
-            pool = mp.get_context("fork").Pool(n, initializer=_ignore_sigint)
-        except BaseException:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            raise
-        try:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)     # a held Ctrl-C lands here
             results = pool.imap_unordered(_run_group, work)
             while True:
                 # wait in short steps: Ctrl-C may reach another thread (tqdm's monitor), and

@@ -131,7 +131,15 @@ def test_ctrl_c_exits_130_without_traceback_or_partial_output(tmp_path):
     p = subprocess.Popen([sys.executable, "-m", "bench.cli", "beer", "--out", "res"],
                          cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
-    time.sleep(6)                                   # imports done, cases running
+    # Ctrl-C once the cases run (the worker processes exist): a signal during the imports
+    # can be swallowed by a library's bare except, and a loaded machine imports slowly
+    kids = Path(f"/proc/{p.pid}/task/{p.pid}/children")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and p.poll() is None:
+        if not kids.exists() or kids.read_text().split():
+            break
+        time.sleep(0.1)
+    time.sleep(1 if kids.exists() else 6)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 130, err[-2000:]
