@@ -69,6 +69,10 @@ class KernelWalk:
         """IPAs of the descriptors the walk loads (above `stop`)."""
         return self.loads[self.live]
 
+    def values(self, sh) -> np.ndarray:
+        """The descriptor at `stop` of each VA whose walk reaches it (0 for the others)."""
+        return np.where(self.reached, sh.read_v(np.where(self.reached, self.off, 0)), U64(0))
+
 
 def kernel_walk(g: Group, root: int, va: np.ndarray, stop: int) -> KernelWalk | None:
     """The kernel's software walk of every VA (Vm._kernel_walk without allocation; Linux
@@ -204,8 +208,7 @@ def bulk_age(g: Group, si: int, st: Step) -> bool:
     if w is None:
         return False
     sh, r = g.shared, w.reached
-    d = np.where(r, sh.read_v(np.where(r, w.off, 0)), U64(0))
-    young, new = aged_desc(d)
+    young, new = aged_desc(w.values(sh))
     young &= r
     pages, stores = _order(w.columns() + [(w.addr, False, r), (w.addr, True, young)])
     if _dups(w.off[young]) or not _touchable(g, pages):
@@ -259,8 +262,7 @@ def bulk_free(g: Group, si: int, st: Step) -> bool:
     if w is None:
         return False
     sh, r = g.shared, w.reached
-    d = np.where(r, sh.read_v(np.where(r, w.off, 0)), U64(0))
-    clear = r & ((d & VALID) != 0)
+    clear = r & ((w.values(sh) & VALID) != 0)
     pages, stores = _order(w.columns() + [(w.addr, False, r), (w.addr, True, clear)])
     if (_dups(w.off[r]) or np.isin(w.addr[clear], w.read_addrs()).any()
             or not _touchable(g, pages)):
@@ -332,7 +334,7 @@ def bulk_fork(g: Group, si: int, st: Step) -> bool:
     if w is None:
         return False
     r = w.reached
-    d = np.where(r, sh.read_v(np.where(r, w.off, 0)), U64(0))
+    d = w.values(sh)
     copied = (d & VALID) != 0
     dbm = copied & ((d & U64(DESC_DBM)) != 0)
     d = np.where(dbm, (d & ~U64(DESC_DBM)) | U64(DESC_AP2), d)
