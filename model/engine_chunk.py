@@ -747,7 +747,7 @@ def _apply_shared(g, wc, a: Accesses, tlb: TlbHistory, hw: HwNeeds, rq: int) -> 
         done = ~a.isA if tlb.complete is None else tlb.complete & ~a.isA
         fI = np.compress(np.take(tlb.walk & done, wI), wI)
     if len(fI):
-        sh.tfill[np.take(a.tk, fI)] = True
+        sh.fills.append(np.take(a.tk, fI))
 
     def upto(x):
         return x if full else x[:rq]
@@ -1032,6 +1032,8 @@ def _permission_fault(st1, h1, has_write):
     event); then Host.relax_permission maps it read-write.  A missing page is left to the
     reference code (_resolve's cut)."""
     F2 = (st1 == S2_RO) & has_write
+    if not F2.any():
+        return F2, F2, h1
     new2, _, ev_wp2 = gup_transition(h1, True, False)
     return F2, F2 & ev_wp2, np.where(F2, new2, h1).astype(np.int8)
 

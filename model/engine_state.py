@@ -468,7 +468,8 @@ class Shared:
         self.tst = np.zeros(nk, dtype=np.int8)
         self.tleaf = np.zeros(nk, dtype=U64)
         self.tlvl = np.zeros(nk, dtype=np.int8)
-        self.tfill = np.zeros(nk, dtype=bool)    # filled by the vectorised path: cached leaf
+        self.fills: list[np.ndarray] = []        # TLB keys the vectorised path filled since
+                                                 # the last sync_tlb (their cached leaf)
         self.version = 0                         # table shape
         self._klist: list[int] | None = None     # keys as a list (scalar lookups)
         self.changed: list[int] = []             # descriptor offsets written
@@ -491,13 +492,13 @@ class Shared:
     def sync_tlb(self) -> None:
         """Store the cached leaf and level of the entries the vectorised path filled (they
         are the current walk cache's)."""
-        k = np.flatnonzero(self.tfill)
-        if len(k):
+        if self.fills:
+            k = np.concatenate(self.fills) if len(self.fills) > 1 else self.fills[0]
             wc = self.walk
             v = wc.tkey_vp[k]
             self.tleaf[k] = wc.leafm[v]
             self.tlvl[k] = wc.level[v]
-            self.tfill[k] = False
+            self.fills = []
 
     def copy(self) -> "Shared":
         self.sync_tlb()
@@ -505,7 +506,7 @@ class Shared:
         c.keys, c.vals = self.keys.copy(), self.vals.copy()
         c._klist = None
         c.tst, c.tleaf, c.tlvl = self.tst.copy(), self.tleaf.copy(), self.tlvl.copy()
-        c.tfill = self.tfill.copy()
+        c.fills = []
         c.journal = None
         c.walk = None
         c.changed, c.changed_pages = [], []
