@@ -128,9 +128,13 @@ def test_result_files_respect_the_umask(tmp_path):
 
 def test_ctrl_c_exits_130_without_traceback_or_partial_output(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # SIGINT at its default in the child, so that Python turns it into KeyboardInterrupt even
+    # when the tests run in the background of a non-interactive shell (which starts them
+    # with SIGINT ignored, inherited across exec)
     p = subprocess.Popen([sys.executable, "-m", "bench.cli", "beer", "--out", "res"],
                          cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+                         text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # Ctrl-C once the cases run (the worker processes exist): a signal during the imports
     # can be swallowed by a library's bare except, and a loaded machine imports slowly
     kids = Path(f"/proc/{p.pid}/task/{p.pid}/children")
