@@ -18,6 +18,8 @@ from workloads import compact
 from workloads.importers import TraceError
 from workloads.trace_dir import convert_file
 
+from tests.test_trace_dir import one_line_exit2
+
 HAS_VALGRIND = shutil.which("valgrind") is not None
 
 # host scenarios, with knobs that put their events inside a window of a few ms of guest time
@@ -308,12 +310,6 @@ def bad_files(good: Path, d: Path):
     }
 
 
-def one_line_exit2(argv, capsys):
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1, err
-    return err
 
 
 def test_bad_compact_files(good, tmp_path, capsys):
