@@ -109,6 +109,12 @@ def kernel_walk(g: Group, root: int, va: np.ndarray, stop: int) -> KernelWalk | 
                       alive, addr, (addr - base.pt_base) >> 3)
 
 
+def _walk_vas(g: Group, st: Step, stop: int) -> tuple[np.ndarray, KernelWalk | None]:
+    """The step's VAs and the kernel walk of each from its address space's root."""
+    va = np.asarray(st.vas, dtype=np.int64)
+    return va, kernel_walk(g, g.vms[0].as_roots[st.asid], va, stop)
+
+
 def _in_pt(base: Base, addr: np.ndarray) -> bool:
     return not np.any((addr < base.pt_base) | (addr >= base.pt_end))
 
@@ -203,8 +209,7 @@ def bulk_age(g: Group, si: int, st: Step) -> bool:
     needs the reference code."""
     if st.nonleaf or not _plain(g) or not st.vas:
         return False
-    va = np.asarray(st.vas, dtype=np.int64)
-    w = kernel_walk(g, g.vms[0].as_roots[st.asid], va, 3)
+    va, w = _walk_vas(g, st, 3)
     if w is None:
         return False
     sh, r = g.shared, w.reached
@@ -230,9 +235,8 @@ def bulk_pte(g: Group, si: int, st: Step) -> bool:
     if (st.tables or st.fill or not _plain(g) or len(st.vas) < max(BULK_MIN_VAS, 1)
             or len(st.descs) != len(st.vas)):
         return False
-    va = np.asarray(st.vas, dtype=np.int64)
     desc = np.array(st.descs, dtype=U64)
-    w = kernel_walk(g, g.vms[0].as_roots[st.asid], va, 3)
+    va, w = _walk_vas(g, st, 3)
     if w is None:
         return False
     r = w.reached
@@ -257,8 +261,7 @@ def bulk_free(g: Group, si: int, st: Step) -> bool:
     level 2, the load, and the store of 0 when the descriptor is valid."""
     if not _plain(g) or len(st.vas) < max(BULK_MIN_VAS, 1):
         return False
-    va = np.asarray(st.vas, dtype=np.int64)
-    w = kernel_walk(g, g.vms[0].as_roots[st.asid], va, 2)
+    va, w = _walk_vas(g, st, 2)
     if w is None:
         return False
     sh, r = g.shared, w.reached
@@ -329,8 +332,7 @@ def bulk_fork(g: Group, si: int, st: Step) -> bool:
     base, sh, vm0 = g.base, g.shared, g.vms[0]
     geo = base.geo
     tables = np.array(st.tables, dtype=np.int64)
-    va = np.asarray(st.vas, dtype=np.int64)
-    w = kernel_walk(g, vm0.as_roots[st.asid], va, 3)
+    va, w = _walk_vas(g, st, 3)
     if w is None:
         return False
     r = w.reached

@@ -172,14 +172,20 @@ class TiledColumn(LazyColumn):
         return a.astype(dtype) if dtype is not None else a
 
 
+def _same_lengths(tr: Trace, error: type) -> int:
+    """The trace's length; `error` when its three columns differ in length."""
+    n = len(tr.va)
+    if len(tr.vcpu) != n or len(tr.kind) != n:
+        raise error(f"trace columns differ in length: vcpu {len(tr.vcpu)}, va {n}, "
+                    f"kind {len(tr.kind)}")
+    return n
+
+
 class TiledTrace(Trace):
     """A Trace over TiledColumns (no copy of the repeats)."""
 
     def __post_init__(self) -> None:
-        n = len(self.va)
-        if len(self.vcpu) != n or len(self.kind) != n:
-            raise ValueError(f"trace columns differ in length: vcpu {len(self.vcpu)}, "
-                             f"va {n}, kind {len(self.kind)}")
+        _same_lengths(self, ValueError)
         if self.step_of_access is not None:
             raise ValueError("a tiled trace has no step_of_access")
 
@@ -188,10 +194,7 @@ class StreamedTrace(Trace):
     """A Trace over DiskColumns (no copy into memory)."""
 
     def __post_init__(self) -> None:
-        n = len(self.va)
-        if len(self.vcpu) != n or len(self.kind) != n:
-            raise TraceFileError(f"trace columns differ in length: vcpu {len(self.vcpu)}, "
-                                 f"va {n}, kind {len(self.kind)}")
+        n = _same_lengths(self, TraceFileError)
         if n and int(self.kind.max()) >= len(KINDS):
             raise TraceFileError(f"{self.kind.path}: kind code {int(self.kind.max())} is "
                                  f"not in KINDS")
