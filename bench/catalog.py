@@ -75,6 +75,10 @@ def _build(workload, knobs, host, host_knobs, seed, seconds=None) -> Workload:
     # several host scenarios chain ("precopy+pressure": reclaim during a migration); each
     # takes its own knobs: host_knobs = {"precopy": {...}, "pressure": {...}} when chained
     per = (lambda h: hk.get(h, {})) if len(hosts) > 1 else (lambda h: hk)
+    for h, v in hk.items() if len(hosts) > 1 else ():
+        if h not in hosts or not isinstance(v, dict):
+            raise WorkloadError(f"host knobs {h!r}: with chained hosts ({host}) each host's "
+                                f"knobs go under its name")
     w = reg.build(workload, seed=seed, host_name=hosts[0] if hosts else None,
                   host_knobs=per(hosts[0]) if hosts else {}, seconds=seconds,
                   **(knobs or {}))

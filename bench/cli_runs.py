@@ -25,6 +25,24 @@ def _kv(items, what) -> dict:
     return out
 
 
+def _host_kv(items, host: str) -> dict:
+    """--host-knob values: K=V for one host (HOST.K=V also accepted); HOST.K=V for each
+    host of a chain (precopy+pressure), as catalog.build takes them: {HOST: {K: V}}."""
+    flat = _kv(items, "--host-knob")
+    hosts = host.split("+")
+    if len(hosts) == 1:
+        return {k.split(".", 1)[1] if k.startswith(host + ".") else k: v
+                for k, v in flat.items()}
+    out: dict = {}
+    for k, v in flat.items():
+        h, dot, name = k.partition(".")
+        if not dot or h not in hosts:
+            raise RunInputError(f"--host-knob {k}: with chained hosts name the host, "
+                                f"HOST.KNOB=VALUE with HOST one of {', '.join(hosts)}")
+        out.setdefault(h, {})[name] = v
+    return out
+
+
 def _out_root(out: str) -> Path:
     from .runner import OutputError, check_out_root
     try:
@@ -58,7 +76,7 @@ def cmd_run(args) -> int:
         _out_root(args.out)
     try:
         w = build(args.workload, _kv(args.knob, "--knob"), args.host,
-                  _kv(args.host_knob, "--host-knob"), args.seed, args.seconds)
+                  _host_kv(args.host_knob, args.host), args.seed, args.seconds)
     except (WorkloadError, ImportError) as e:
         raise RunInputError(str(e)) from None
     run = run_workload(w, host=args.host, variant=args.variant, seed=args.seed,
@@ -151,7 +169,8 @@ def register(sub) -> None:
     r.add_argument("--host", default="none",
                    help="host scenario, or several joined by + (default: none)")
     r.add_argument("--host-knob", action="append", metavar="K=V",
-                   help="a host scenario knob (repeatable)")
+                   help="a host scenario knob (repeatable); with chained hosts "
+                        "HOST.K=V, e.g. pressure.target=pt")
     r.add_argument("--variant", default="default",
                    help="hardware variant (default: default; list: ptwbench workloads)")
     r.add_argument("--seconds", type=float, default=None, metavar="S",

@@ -312,26 +312,46 @@ def coalesce_host_ops(base: Base, events: list) -> list:
     steps with the same op and slot merged into one step over the union of their pages (the
     run's first step index: host ops record no per-step effect and no uffd event)."""
     out: list = []
-    run: list = []                       # page sets of the run ending out[-1], when > 1
-    for _pos, si, st in events:
-        head = out[-1][1] if out else None
-        if head is not None and st.op in UNION_HOST_OPS and (head.op, head.slot) == (st.op, st.slot):
-            npages = base.scn.slot(st.slot).pages
-            if not run:
-                run.append(step_pages(head, npages))
-            run.append(step_pages(st, npages))
-            continue
-        _merge_run(out, run)
+    i, n = 0, len(events)
+    while i < n:
+        si, st = events[i][1], events[i][2]
+        j = i + 1
+        if st.op in UNION_HOST_OPS:
+            op, slot = st.op, st.slot
+            while j < n and events[j][2].op == op and events[j][2].slot == slot:
+                j += 1
+        if j - i > 1:
+            pages = _run_pages([e[2] for e in events[i:j]], base.scn.slot(slot).pages)
+            st = replace(st, first=0, count=0, pages=pages)
         out.append((si, st))
-    _merge_run(out, run)
+        i = j
     return out
 
 
-def _merge_run(out: list, run: list) -> None:
-    if run:
-        si, st = out[-1]
-        out[-1] = (si, replace(st, first=0, count=0, pages=_union(run)))
-        run.clear()
+def _run_pages(steps: list, slot_pages: int) -> np.ndarray:
+    """The union of the steps' page sets (host_ops.step_pages), the (first, count) ranges
+    expanded together as arrays (a pressure pass is hundreds of short ranges)."""
+    ranges = [st for st in steps if st.pages is None]
+    sets = [step_pages(st, slot_pages) for st in steps if st.pages is not None]
+    if ranges:
+        first = np.fromiter((st.first for st in ranges), dtype=np.int64, count=len(ranges))
+        count = np.fromiter((st.count for st in ranges), dtype=np.int64, count=len(ranges))
+        bad = (count != 0) & ((first < 0) | (first + count > slot_pages))
+        if bad.any():                    # step_pages' own message for the first bad one
+            step_pages(ranges[int(np.argmax(bad))], slot_pages)
+        keep = count > 0
+        first, count = first[keep], count[keep]
+        total = int(count.sum())
+        if total * 16 < slot_pages:      # few pages: expand the ranges, sort, drop repeats
+            start = np.cumsum(count) - count
+            pages = np.sort(np.repeat(first - start, count) + np.arange(total, dtype=np.int64))
+            sets.append(pages[np.concatenate(([True], pages[1:] != pages[:-1]))])
+        else:                            # many: +1 at each range's start, -1 past its end
+            edge = np.zeros(slot_pages + 1, dtype=np.int32)
+            np.add.at(edge, first, 1)
+            np.add.at(edge, first + count, -1)
+            sets.append(np.flatnonzero(np.cumsum(edge[:-1]) > 0))
+    return _union(sets)
 
 
 def _union(sets: list[np.ndarray]) -> np.ndarray:

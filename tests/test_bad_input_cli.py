@@ -57,6 +57,16 @@ CASES = {
     "run --seed -1": lambda d: ["run", "sparse", "--seed", "-1"],
     "host-knob seed=-1": lambda d: ["run", "sparse", "--host", "pressure",
                                     "--host-knob", "seed=-1"],
+    # a chained host's knob must name its host (once silently dropped: ran target=all)
+    "host-knob unnamed, chained hosts": lambda d: ["run", "sparse", "--host",
+                                                   "precopy+pressure", "--host-knob",
+                                                   "target=pt"],
+    "host-knob of a host not in the chain": lambda d: ["run", "sparse", "--host",
+                                                       "precopy+pressure", "--host-knob",
+                                                       "numa.first_s=0.1"],
+    "host-knob unknown, chained hosts": lambda d: ["run", "sparse", "--host",
+                                                   "precopy+pressure", "--host-knob",
+                                                   "pressure.tagret=pt"],
     "beer spec seed = -1": lambda d: ["beer", "--spec", spec(d, "s.toml", "seed = -1\n")],
     "vcpus=70000": lambda d: ["run", "memstress", "--knob", "vcpus=70000"],
     "vcpus=70000 reference": lambda d: ["run", "memstress", "--knob", "vcpus=70000",
@@ -101,6 +111,21 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, case):
     assert "Exception ignored" not in r.stderr
     assert tree(tmp_path) == before                 # nothing created or changed
     assert r.stdout == ""
+
+
+def test_chained_host_knobs_reach_their_host(tmp_path):
+    """--host-knob HOST.K=V with chained hosts: pressure on the page-table slot only gives
+    other results than the default (every slot); the one-host spelling equals plain K=V."""
+    def csv(*args):
+        r = ptwbench(["run", "sparse", "--format", "csv", "--no-save", *args], cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+    chained = ["--host", "precopy+pressure"]
+    pt = csv(*chained, "--host-knob", "pressure.target=pt")
+    data = csv(*chained, "--host-knob", "pressure.target=data")
+    assert pt != data
+    one = ["--host", "pressure", "--host-knob"]
+    assert csv(*one, "pressure.target=pt") == csv(*one, "target=pt") != csv(*one, "target=data")
 
 
 def test_two_runs_in_the_same_second_do_not_collide(tmp_path):

@@ -3,6 +3,8 @@
 Expectations follow from docs/semantics.md §3 (what write-protects or unmaps stage 2) and §3.1 (which
 faults each policy calls writes), not from a run's output.
 """
+import math
+
 import numpy as np
 import pytest
 
@@ -106,17 +108,24 @@ def test_pressure_schedule(mode):
     assert {e[2].op for e in ops} == {op}
     assert sorted({e[0] for e in ops}) == list(range(50, len(wl.trace), 50))
     slots = {s.name: s for s in wl.scenario.memslots}
-    for _pos, _i, st in ops:
-        assert 0 <= st.first and st.first + st.count <= slots[st.slot].pages
-        if mode == "ksm":
-            assert st.count == 1 and st.slot != wl.scenario.guest.pt_slot
-    per_pass = {}
+    run = 1 if mode == "ksm" else 4
+    passes = {}
     for pos, _i, st in ops:
-        per_pass.setdefault(pos, {}).setdefault(st.slot, 0)
-        per_pass[pos][st.slot] += st.count
-    for counts in per_pass.values():
-        for s, c in counts.items():
-            assert c >= 0.1 * slots[s].pages                # at least the fraction
+        # one step per pass and slot: the union of ceil(0.1 * pages / run) runs of `run`
+        # contiguous pages at random starts
+        assert (pos, st.slot) not in passes
+        passes[pos, st.slot] = st
+        n = slots[st.slot].pages
+        p = np.asarray(st.pages)
+        assert len(p) and p[0] >= 0 and p[-1] < n and (np.diff(p) > 0).all()
+        k = math.ceil(0.1 * n / run)
+        assert run <= len(p) <= k * run
+        stretch = np.split(p, np.flatnonzero(np.diff(p) > 1) + 1)
+        assert min(len(x) for x in stretch) >= run          # made of whole runs
+        if mode == "ksm":
+            assert st.slot != wl.scenario.guest.pt_slot
+    assert {s for _pos, s in passes} == set(slots) - (
+        {wl.scenario.guest.pt_slot} if mode == "ksm" else set())
     base = run_reference_trace(wl.scenario, wl.trace, ("fix",))["fix"].metrics()
     r = run_reference_trace(hp.scenario, hp.trace, ("fix",))["fix"].metrics()
     assert r["s2_faults"] > base["s2_faults"]               # reclaimed pages fault again

@@ -183,8 +183,11 @@ def pressure(wl: Workload, *, mode, period_accesses, fraction, run_pages, target
         for s in slots:
             r = min(run, s.pages)
             k = max(1, math.ceil(fraction * s.pages / r))
-            for first in rng.integers(0, s.pages - r + 1, k).tolist():
-                ev.append((p, Step(op, slot=s.name, first=first, count=r)))
+            # k runs of r contiguous pages at random starts, as one step over their union
+            # (the ops are page by page and idempotent: model/engine.py UNION_HOST_OPS)
+            first = rng.integers(0, s.pages - r + 1, k)
+            pages = np.unique((first[:, None] + np.arange(r)).ravel())
+            ev.append((p, Step(op, slot=s.name, pages=pages)))
     knobs = dict(mode=mode, period_accesses=period, fraction=fraction, run_pages=run,
                  target=target, seed=seed)
     return with_events(wl, ev, name, knobs)
