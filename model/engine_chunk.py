@@ -32,16 +32,17 @@ Tiers per chunk [i, j):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 
 import numpy as np
 
-from .arch import DESC_AF, DESC_AP2, DESC_DBM, DESC_PXN
+from .arch import DESC_AF, DESC_AP2, DESC_DBM, DESC_PXN, HOST_PAGE
 from .engine_walk import VaWalks, walk_vas
-from .engine_state import (CLS_A, CLS_S, CLS_X, H_MISSING, MUTABLE_BITS, PA_HARD, PA_PT,
-                           PA_RO, PA_RSLOT, PA_UFFD_SHIFT, U64, UFFD_MINOR, UFFD_MISSING,
-                           UFFD_WP)
+from .engine_state import (BLOCK_PAGES, CLS_A, CLS_S, CLS_X, H_MISSING, H_RW, MUTABLE_BITS,
+                           PA_HARD, PA_PT, PA_RO, PA_RSLOT, PA_UFFD_SHIFT, U64, UFFD_MINOR,
+                           UFFD_MISSING, UFFD_NONE, UFFD_WP)
+from .host import BLOCK_2M
 from .host_ops import gup_transition, maps_writable
 from .policies import VECTOR_POLICIES, needs_lookahead
 from .semantics import (S1_NONE, S2_OK, S2_RO, S2_RW, S2_UNMAPPED, hw_updates_apply,
@@ -850,6 +851,7 @@ class FaultPlan:
     tlb: TlbHistory
     hw: HwNeeds
     gpos: np.ndarray          # trace position of each access
+    blocks: "BlockUnits | None" = None
 
 
 def _faults(g, wc, a: Accesses, tlb: TlbHistory, hw: HwNeeds, needs: Needs, rq: int,
@@ -859,8 +861,9 @@ def _faults(g, wc, a: Accesses, tlb: TlbHistory, hw: HwNeeds, needs: Needs, rq: 
     (_resolve: Host.handle_abort).  The cut is the first access whose fault leaves the
     simple class (module doc), or rq."""
     pn = _first_needs(g, needs)
+    pn, attrs, blocks = _block_units(g, pn, _page_attrs(g.base, pn.P))
     P = pn.P
-    attrs = _page_attrs(g.base, P)
+    elig = None if blocks is None else blocks.first >= 0
     sts = [np.take(vm.host.s2.a, P) for vm in g.vms]
     tf = None
     if any(bool((st == S2_UNMAPPED).any()) for st in sts):
@@ -884,11 +887,11 @@ def _faults(g, wc, a: Accesses, tlb: TlbHistory, hw: HwNeeds, needs: Needs, rq: 
                 oc = oc_
                 break
         if oc is None:
-            oc, cut = _resolve(vm, pn, attrs, st, h, w1, blk, cut)
+            oc, cut = _resolve(vm, pn, attrs, st, h, w1, blk, elig, cut)
             reps.append(((st, h, w1, lkey, blk), oc))
         cut = _permission_is_write(g, vm, a, pn, oc, cut)
         outcomes.append((vm, oc))
-    return FaultPlan(cut, pn, attrs, outcomes, wc, a, tlb, hw, gpos)
+    return FaultPlan(cut, pn, attrs, outcomes, wc, a, tlb, hw, gpos, blocks)
 
 
 def _first_needs(g, needs: Needs) -> PageNeeds:
@@ -929,6 +932,63 @@ def _page_attrs(base, P: np.ndarray) -> PageAttrs:
                      ro=(pa & PA_RO) != 0, rslot=(pa & PA_RSLOT) != 0,
                      ispt=(pa & PA_PT) != 0, uf=pa >> PA_UFFD_SHIFT,
                      slot_no=np.take(base.slot_no, P))
+
+
+@dataclass
+class BlockUnits:
+    """Per page of PageNeeds: the index of the first page of the 2 MiB block its fault maps
+    whole (first; -1: none), and the block's IPA (ipa)."""
+    first: np.ndarray
+    ipa: np.ndarray
+
+
+def _block_units(g, pn: PageNeeds, at: PageAttrs) -> tuple[PageNeeds, PageAttrs,
+                                                            BlockUnits | None]:
+    """Host.map_translation's 2 MiB block (transparent_hugepage_adjust()/hugetlb), where its
+    outcome is the same for every policy of the group: a block-backed slot not logging, no
+    userfaultfd, the block inside the slot, every host page of it present and writable
+    (all_host_rw) and none mapped at stage 2.  Then the first need of any of its pages takes
+    a translation fault that maps the whole block read-write (maps_writable: a present
+    writable page outside logging), and every later need of its pages is met: the block's
+    pages keep only that first need.  Any other block-backed fault stays hard (_resolve)."""
+    cand = at.bb & ~at.hard0 & (at.uf == UFFD_NONE)
+    if not cand.any():
+        return pn, at, None
+    base = g.base
+    rows = np.flatnonzero(cand)
+    k = at.slot_no[rows].astype(np.int64)
+    start = np.take(base.slot_start, k)
+    sipa = np.array([s.ipa for s in base.slots], dtype=np.int64)[k]
+    send = np.array([s.end for s in base.slots], dtype=np.int64)[k]
+    bipa = (sipa + (pn.P[rows] - start) * HOST_PAGE) & ~np.int64(BLOCK_2M - 1)
+    inside = (bipa >= sipa) & (bipa + BLOCK_2M <= send)
+    bfirst = start + (bipa - sipa) // HOST_PAGE
+    ok = np.zeros(len(rows), dtype=bool)
+    for b in np.unique(bfirst[inside]).tolist():
+        sl = slice(b, b + BLOCK_PAGES)
+        kb = int(k[np.argmax(bfirst == b)])
+        if all(not vm.flags_logact[kb] and (vm.host.host.a[sl] == H_RW).all()
+               and (vm.host.s2.a[sl] == S2_UNMAPPED).all()
+               and (vm.host.s2_block.a[sl] < 0).all() for vm in g.vms):
+            ok |= bfirst == b
+    if not ok.any():
+        return pn, at, None
+    rows, bfirst, bipa = rows[ok], bfirst[ok], bipa[ok]
+    # per block, the row of its first need (smallest order key); the others go
+    o = np.lexsort((pn.seq1[rows], bfirst))
+    head = np.ones(len(o), dtype=bool)
+    head[1:] = bfirst[o][1:] != bfirst[o][:-1]
+    keep = np.ones(len(pn.P), dtype=bool)
+    keep[rows[o[~head]]] = False
+    first = np.full(len(pn.P), -1, dtype=np.int64)
+    ipa = np.zeros(len(pn.P), dtype=np.int64)
+    first[rows], ipa[rows] = bfirst, bipa
+    return (_rows(pn, keep), _rows(at, keep), BlockUnits(first[keep], ipa[keep]))
+
+
+def _rows(dc, keep: np.ndarray):
+    """A dataclass of per-page arrays, restricted to the rows `keep`."""
+    return replace(dc, **{f.name: getattr(dc, f.name)[keep] for f in fields(dc)})
 
 
 def _writes_page(a: Accesses, tlb: TlbHistory, hw: HwNeeds, qq: np.ndarray, pages: np.ndarray,
@@ -990,12 +1050,15 @@ def _permission_is_write(g, vm, a: Accesses, pn: PageNeeds, oc: FaultOutcome,
 
 
 def _resolve(vm, pn: PageNeeds, at: PageAttrs, st: np.ndarray, h: np.ndarray,
-             w1: np.ndarray | None, blk: np.ndarray, cut: int) -> tuple[FaultOutcome, int]:
+             w1: np.ndarray | None, blk: np.ndarray, elig: np.ndarray | None,
+             cut: int) -> tuple[FaultOutcome, int]:
     """Host.handle_abort for one policy's faults on the pages, vectorised for the simple
     class; the cut moves to the first access whose fault leaves it (a hard page, a uffd
-    event resolving a whole slot, a page-table page filled by uffd...)."""
+    event resolving a whole slot, a page-table page filled by uffd, a block-backed fault
+    other than _block_units' ...)."""
     la = vm.flags_logact[at.slot_no]
-    hard = at.hard0 | (at.bb & (~la | blk))
+    nolog = ~la if elig is None else ~la & ~elig
+    hard = at.hard0 | (at.bb & (nolog | blk))
     F1 = ev1m = ev1w = writable1 = None
     h1, st1 = h, st
     if w1 is not None:
@@ -1050,6 +1113,7 @@ class FaultEffects:
     walks: int                # the walks the faults' restarts add
     reads: int                # ... and their descriptor reads
     uffd: list                # events for Group.emit_uffd
+    blocks: list              # (first page index, IPA, stage-2 state) of blocks mapped whole
 
 
 def _apply_faults(g, plan: FaultPlan) -> None:
@@ -1077,10 +1141,16 @@ def _apply_faults(g, plan: FaultPlan) -> None:
         r.descriptor_reads += e.reads
         if e.uffd:
             g.emit_uffd(vm, e.uffd)
+        for b, ipa, perm in e.blocks:            # Host.map_block
+            host.s2.a[b:b + BLOCK_PAGES] = perm
+            host.s2_block.a[b:b + BLOCK_PAGES] = ipa
     mnP = np.take(g.vms[0].host.s2.a, P)
     for vm in g.vms[1:]:
         mnP = np.minimum(mnP, np.take(vm.host.s2.a, P))
     g.s2min[P] = mnP
+    for b in {b for e in done.values() for b, _ipa, _perm in e.blocks}:
+        sl = slice(b, b + BLOCK_PAGES)
+        g.s2min[sl] = np.min([vm.host.s2.a[sl] for vm in g.vms], axis=0)
 
 
 def _fault_effects(plan: FaultPlan, oc: FaultOutcome) -> FaultEffects:
@@ -1110,8 +1180,13 @@ def _fault_effects(plan: FaultPlan, oc: FaultOutcome) -> FaultEffects:
     s2new = np.compress(changed, np.where(A2, S2_RW, oc.st1)).astype(np.int8)
     hnew = np.compress(changed, np.where(A2, oc.h2, oc.h1))
     dirty = (A1 & writable1 & oc.la) | (A2 & oc.la)
+    blocks = []
+    if plan.blocks is not None:
+        bk = A1 & (plan.blocks.first >= 0)
+        blocks = list(zip(plan.blocks.first[bk].tolist(), plan.blocks.ipa[bk].tolist(),
+                          oc.st1[bk].tolist()))
     return FaultEffects(changed, s2new, hnew, dirty, counts, double, walks, reads,
-                        _uffd_events(plan, oc, A1, A2))
+                        _uffd_events(plan, oc, A1, A2), blocks)
 
 
 def _uffd_events(plan: FaultPlan, oc: FaultOutcome, A1, A2) -> list:

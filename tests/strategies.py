@@ -5,6 +5,8 @@ builder accepts are kept.  Used by the engine differential tests.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from hypothesis import assume
 from hypothesis import strategies as st
@@ -37,6 +39,11 @@ OPS = ("access",) * 10 + ("clear_af", "set_tcr", "punch_hole", "zap", "swap_out"
 FOCUS = {
     "blocks_swap": dict(ops=("access",) * 5 + ("swap_out",) * 3 + (
         "zap", "enable_dirty_log", "harvest", "punch_hole")),
+    # issue 10 item 5: faults that map whole 2 MiB blocks (THP/hugetlb, present, mostly
+    # not logging and without uffd), among zaps that unmap them and ops that make the
+    # engine leave a block to the reference code (swap_out, logging, punch_hole)
+    "blocks_map": dict(ops=("access",) * 8 + ("zap",) * 2 + (
+        "swap_out", "enable_dirty_log", "harvest", "punch_hole", "flush_tlb")),
     "clear_af_ro": dict(ops=("access",) * 4 + ("clear_af",) * 3 + (
         "set_tcr", "zap", "swap_out", "enable_dirty_log", "harvest")),
     # issue 10: host operations on page sets (model/host_ops.py) and aging passes, at one
@@ -174,7 +181,7 @@ def scenarios(draw, max_steps: int = 40, focus: str | None = None,
     guest = Guest(tcr_ha=draw(st.booleans()), tcr_hd=draw(st.booleans()),
                   tcr2_haft=draw(st.booleans()), pt_slot="pt",
                   vm_protected=draw(st.booleans()))
-    big = draw(st.booleans()) or focus == "blocks_swap"   # 2 MiB blocks: slots of 512+ pages
+    big = draw(st.booleans()) or focus in ("blocks_swap", "blocks_map")  # 512+ page slots
     pt_pages = 512 if big else gp * draw(st.integers(4, 10))
     data_pages = 1024 if big else gp * draw(st.integers(1, 8))
     if focus == "blocks_swap":
@@ -182,6 +189,15 @@ def scenarios(draw, max_steps: int = 40, focus: str | None = None,
         slots = [draw(slot_flags("pt", 0x40000000, pt_pages)),
                  draw(slot_flags("data", 0x80000000, data_pages, ("anon_thp", "hugetlb"),
                                  readonly=False, populated=True))]
+    elif focus == "blocks_map":
+        blocks = ("anon_thp", "hugetlb")
+        slots = [replace(draw(slot_flags(name, ipa, n, blocks + (("anon",) if name == "pt"
+                                                                  else ()),
+                                         readonly=False, populated=True)),
+                         log_dirty=draw(st.sampled_from((False, False, False, True))),
+                         uffd=draw(st.sampled_from(("none",) * 5 + ("missing",))))
+                 for name, ipa, n in (("pt", 0x40000000, pt_pages),
+                                      ("data", 0x80000000, data_pages))]
     elif focus == "clear_af_ro":
         guest = Guest(tcr_ha=True, tcr_hd=guest.tcr_hd, tcr2_haft=guest.tcr2_haft, pt_slot="pt")
         slots = [draw(slot_flags("pt", 0x40000000, pt_pages, readonly=True)),
