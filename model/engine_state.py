@@ -776,9 +776,10 @@ class ArrayHost(Host):
     def _block_pages(self, g: np.ndarray) -> np.ndarray:
         """Indices of every page of the stage-2 blocks that map any of the pages `g`."""
         b = self.s2_block.a[g]
-        b = np.unique(b[b >= 0])
-        if not len(b):
+        inb = b >= 0
+        if not inb.any():
             return np.zeros(0, dtype=np.int64)
+        b = np.unique(b[inb])
         first = self.idx.index_v(b).astype(np.int64)     # a block lies inside one slot
         return (first[:, None] + np.arange(BLOCK_PAGES)).ravel()
 
