@@ -91,12 +91,17 @@ def load_spec(text: str, source: str) -> dict:
         for w, knobs in c.get("knobs", {}).items():
             if not isinstance(knobs, dict) or (w not in reg.GENERATORS and w not in ws):
                 raise SpecError(f"{at}.knobs.{w}: not a table of a known workload")
+            if ws != "*" and w not in ws:     # it would be silently ignored
+                raise SpecError(f"{at}.knobs.{w}: {w} is not one of this case's workloads")
             if w in reg.GENERATORS:
                 check_knobs(w, knobs, f"{at}.knobs.{w}")
             else:                     # a recorded program: the linux profile's knobs only
                 check_profile_knobs(w, knobs, f"{at}.knobs.{w}")
+        used = {h for hh in c.get("hosts", ["none"]) for h in hh.split("+")}
         for h, knobs in c.get("host_knobs", {}).items():
             check_host(h, f"{at}.host_knobs")
+            if h not in used:                 # it would be silently ignored
+                raise SpecError(f"{at}.host_knobs.{h}: {h} is not in this case's hosts")
             check_host_knobs(h, knobs if isinstance(knobs, dict) else {None: 0},
                              f"{at}.host_knobs.{h}")
     return spec

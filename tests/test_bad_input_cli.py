@@ -67,6 +67,12 @@ CASES = {
     "host-knob unknown, chained hosts": lambda d: ["run", "sparse", "--host",
                                                    "precopy+pressure", "--host-knob",
                                                    "pressure.tagret=pt"],
+    "beer knobs of a workload not in the case": lambda d: ["beer", "--spec", spec(
+        d, "k.toml", 'micro = false\n[[case]]\nworkloads = ["sparse"]\n'
+        '[case.knobs.zipf]\nkeys = 64\n')],
+    "beer host knobs of a host not in the case": lambda d: ["beer", "--spec", spec(
+        d, "h.toml", 'micro = false\n[[case]]\nworkloads = ["sparse"]\n'
+        'hosts = ["precopy"]\n[case.host_knobs.pressure]\ntarget = "pt"\n')],
     "beer spec seed = -1": lambda d: ["beer", "--spec", spec(d, "s.toml", "seed = -1\n")],
     "vcpus=70000": lambda d: ["run", "memstress", "--knob", "vcpus=70000"],
     "vcpus=70000 reference": lambda d: ["run", "memstress", "--knob", "vcpus=70000",
