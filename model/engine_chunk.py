@@ -37,12 +37,11 @@ from functools import lru_cache
 
 import numpy as np
 
-from .arch import DESC_AF, DESC_AP2, DESC_DBM, DESC_PXN, HOST_PAGE
+from .arch import DESC_AF, DESC_AP2, DESC_DBM, DESC_PXN
 from .engine_walk import VaWalks, walk_vas
 from .engine_state import (BLOCK_PAGES, CLS_A, CLS_S, CLS_X, H_MISSING, H_RW, MUTABLE_BITS,
                            PA_HARD, PA_PT, PA_RO, PA_RSLOT, PA_UFFD_SHIFT, U64, UFFD_MINOR,
                            UFFD_MISSING, UFFD_NONE, UFFD_WP)
-from .host import BLOCK_2M
 from .host_ops import gup_transition, maps_writable
 from .policies import VECTOR_POLICIES, needs_lookahead
 from .semantics import (S1_NONE, S2_OK, S2_RO, S2_RW, S2_UNMAPPED, hw_updates_apply,
@@ -954,15 +953,9 @@ def _block_units(g, pn: PageNeeds, at: PageAttrs) -> tuple[PageNeeds, PageAttrs,
     cand = at.bb & ~at.hard0 & (at.uf == UFFD_NONE)
     if not cand.any():
         return pn, at, None
-    base = g.base
     rows = np.flatnonzero(cand)
-    k = at.slot_no[rows].astype(np.int64)
-    start = np.take(base.slot_start, k)
-    sipa = np.array([s.ipa for s in base.slots], dtype=np.int64)[k]
-    send = np.array([s.end for s in base.slots], dtype=np.int64)[k]
-    bipa = (sipa + (pn.P[rows] - start) * HOST_PAGE) & ~np.int64(BLOCK_2M - 1)
-    inside = (bipa >= sipa) & (bipa + BLOCK_2M <= send)
-    bfirst = start + (bipa - sipa) // HOST_PAGE
+    k = at.slot_no[rows]
+    bfirst, bipa, inside = g.base.block_of(pn.P[rows])
     ok = np.zeros(len(rows), dtype=bool)
     for b in np.unique(bfirst[inside]).tolist():
         sl = slice(b, b + BLOCK_PAGES)

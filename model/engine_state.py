@@ -407,10 +407,21 @@ class Base:
                       | self.uffd_code.astype(np.int64) << PA_UFFD_SHIFT).astype(np.uint8)
         self.slot_start = np.array([idx.start_of[s.name] for s in self.slots] + [0],
                                    dtype=np.int64)
+        self.slot_ipa = np.array([s.ipa for s in self.slots] + [0], dtype=np.int64)
+        self.slot_end = np.array([s.end for s in self.slots] + [0], dtype=np.int64)
         self.nslots = nos
         self.prep = TracePrep(scn, trace)
         self._pool = np.zeros(0, dtype=object)
         self._recent: list[tuple[np.ndarray, list]] = []
+
+    def block_of(self, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The 2 MiB block of each page index `g` (in a slot): its first page index, its IPA,
+        and whether it lies inside the slot (Host.map_translation's check)."""
+        k = self.slot_no[g].astype(np.int64)
+        start, sipa = self.slot_start[k], self.slot_ipa[k]
+        ipa = (sipa + (g - start) * HOST_PAGE) & ~np.int64(BLOCK_2M - 1)
+        return (start + (ipa - sipa) // HOST_PAGE, ipa,
+                (ipa >= sipa) & (ipa + BLOCK_2M <= self.slot_end[k]))
 
     @property
     def initial(self) -> dict[int, dict[int, int]]:
@@ -832,10 +843,7 @@ class ArrayHost(Host):
         g = g[(h[g] != H_MISSING) & (h[g] != H_SWAPPED) & (s2[g] == S2_UNMAPPED)]
         logging = self.logging_active(slot)
         if slot.backing in ("anon_thp", "hugetlb") and not logging and len(g):
-            ipa = slot.ipa + (g - sl.start) * HOST_PAGE
-            base = ipa & ~np.int64(BLOCK_2M - 1)
-            inside = (base >= slot.ipa) & (base + BLOCK_2M <= slot.end)
-            first = sl.start + (base - slot.ipa) // HOST_PAGE
+            first, ipa, inside = self.base.block_of(g)
             ok = np.zeros(len(g), dtype=bool)
             for b in np.unique(first[inside]).tolist():
                 if (h[b:b + BLOCK_PAGES] == H_RW).all():
@@ -843,7 +851,7 @@ class ArrayHost(Host):
             perm = S2_RO if slot.readonly else S2_RW
             for b in np.unique(first[ok]).tolist():
                 s2[b:b + BLOCK_PAGES] = perm
-                self.s2_block.a[b:b + BLOCK_PAGES] = slot.ipa + (b - sl.start) * HOST_PAGE
+                self.s2_block.a[b:b + BLOCK_PAGES] = ipa[np.argmax(first == b)]
             g = g[~ok]
         s2[g] = np.where(maps_writable(False, h[g], logging, slot.readonly), S2_RW, S2_RO)
 
