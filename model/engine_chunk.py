@@ -143,7 +143,8 @@ class WalkCache:
 
     def _walk(self, sh, va: np.ndarray) -> VaWalks:
         base = self.base
-        return walk_vas(base.geo, base.idx, base.pt_base, base.nptd, sh.read_v, self.root, va)
+        return walk_vas(base.geo, base.idx, base.pt_base, base.nptd, sh.read_v, self.root, va,
+                        sh.pt)
 
     # ---- after reference code changed page-table memory -----------------------------------
     def _indexes(self):
@@ -755,18 +756,18 @@ def _apply_shared(g, wc, a: Accesses, tlb: TlbHistory, hw: HwNeeds, rq: int) -> 
     w_pages = [np.compress(upto(ds), upto(a.dp))]
     if hw.need_af is not None:
         ls = np.compress(upto(hw.need_af), upto(a.lid))
-        sh.vals[sh.positions(np.take(wc.leaf_off_u, ls))] |= AF64
+        sh.update_bits(np.take(wc.leaf_off_u, ls), set_bits=DESC_AF)
         wc.lbits[ls] |= np.uint8(1)
     if hw.need_dbm is not None:
         ls = np.compress(upto(hw.need_dbm), upto(a.lid))
-        sh.vals[sh.positions(np.take(wc.leaf_off_u, ls))] &= ~AP2_64
+        sh.update_bits(np.take(wc.leaf_off_u, ls), clear_bits=DESC_AP2)
         wc.lbits[ls] &= np.uint8(0xFD)
     if hw.any_leaf:
         w_pages.append(np.compress(upto(hw.need_leaf), upto(a.leaf_pg)))
     for h in hw.haft:
         sel = upto(h.need)
         ts = np.compress(sel, upto(h.tab))
-        sh.vals[sh.positions(np.take(wc.tab_off_u, ts))] |= AF64
+        sh.update_bits(np.take(wc.tab_off_u, ts), set_bits=DESC_AF)
         wc.tabaf[ts] = True
         w_pages.append(np.compress(sel, upto(h.page)))
     wp = np.concatenate(w_pages) if len(w_pages) > 1 else w_pages[0]
