@@ -36,6 +36,7 @@ from .policies import DEFAULT_ORDER
 from .results import PolicyResult, UffdEvent
 from .scenario import Scenario
 from .trace import Trace, trace_from_scenario
+from .trace_stream import repeat_period
 from .x86 import is_x86, one_machine
 
 # chunk length (accesses): starts at START_WINDOW, doubles after a chunk the vectorised path
@@ -59,6 +60,9 @@ HOST_EVENT_OPS = frozenset(HOST_OPS) | {"punch_hole", "enable_dirty_log", "harve
 # before issue 10; kept to measure what the bulk paths save (bench/bench_engine.py) and as a
 # second path the differential tests compare
 BULK_EVENTS = True
+# a repeated window's repetitions that would only settle again are counted, not run
+# (Group.repeat_settled); False: every access runs (the expanded path, kept to compare)
+REPEATS_ONCE = True
 UNION_HOST_OPS = frozenset({"zap", "numa_hint", "swap_out", "uffd_wp", "ksm_merge"})
 
 
@@ -93,6 +97,9 @@ class Group:
         self._paths_ok = None
         self.head_fallbacks = 0                      # chunks in a row cut at their start
         self.scalar_left = 0                         # accesses left to the reference code
+        self.period = repeat_period(base.trace) if REPEATS_ONCE else None
+        self.last_settled = False                    # the last chunk: every access settled
+        self.repeats_skipped = 0                     # repetitions counted, not run
 
     def walkcache(self) -> WalkCache:
         sh = self.shared
@@ -154,6 +161,7 @@ class Group:
                 pos += 1
             return [self], pos
         w = self.window
+        settled_from = None                          # every access since: settled
         while pos < end:
             if self.scalar_left > 0 or (w < 4 and MIN_WINDOW > 1) or (
                     end - pos <= SCALAR_INTERVAL < MIN_WINDOW):
@@ -162,6 +170,7 @@ class Group:
                 # two accesses right at a chunk's start, or for the rest of a short interval
                 parts = self.scalar(lambda vm: vm.scalar(pos))
                 pos += 1
+                settled_from = None
                 if self.scalar_left > 0:
                     self.scalar_left -= 1
                 elif w < 4:
@@ -174,6 +183,8 @@ class Group:
             self.prepare()
             j = min(end, pos + min(w, MAX_WINDOW, len(self.rev)))
             cut = chunk(self, pos, j)
+            settled_from = (settled_from if settled_from is not None else pos) \
+                if self.last_settled and cut == j else None
             # a chunk that could not take even its first access: run the reference code for
             # the next 2, 4, ... MAX_SCALAR_RUN accesses before trying a chunk again
             self.head_fallbacks = self.head_fallbacks + 1 if cut == pos else 0
@@ -190,8 +201,29 @@ class Group:
             else:
                 pos = j
                 w = min(MAX_WINDOW, w * 2)
+                if settled_from is not None:
+                    pos = self.repeat_settled(settled_from, pos, end)
         self.window = w
         return [self], pos
+
+    def repeat_settled(self, settled_from: int, pos: int, end: int) -> int:
+        """Accesses [settled_from, pos) were all settled (engine_chunk.chunk: TLB hits on
+        pages that allow them) and changed nothing but the counts and the written pages.
+        In a repeated window (period P) the P accesses before pos come again at pos, on the
+        same state, so they settle again, and so on up to the interval's end: add the counts
+        of every whole repetition left and return the position after them (docs/semantics.md
+        §6)."""
+        P = self.period
+        if P is None or pos - settled_from < P or end - pos < P:
+            return pos
+        k = (end - pos) // P
+        n_acc = P
+        if self.any_stopped:
+            n_acc = int(np.count_nonzero(~self.stopped[self.base.trace.vcpu.base]))
+        for vm in self.vms:
+            vm.r.accesses += k * n_acc
+        self.repeats_skipped += k
+        return pos + k * P
 
     def scalar(self, fn) -> list["Group"]:
         """Run `fn(vm)` (reference code) for every policy on the shared state; split the

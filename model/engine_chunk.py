@@ -349,6 +349,7 @@ def chunk(g, i: int, j: int) -> int:
     wc = g.walkcache()
     C = j - i
     t1 = _tier1(g, wc, i, C)
+    g.last_settled = t1.I is None               # every access settled: nothing changed
     cut = C if t1.I is None else _tier2(g, wc, i, C, t1.I, t1.ciI)
     _count_settled(g, wc, i, C, cut, t1)
     return i + cut

@@ -29,6 +29,7 @@ from .results import PolicyResult
 from .scenario import Memslot, Scenario
 from .stage1 import build_tables
 from .trace import KINDS, Trace
+from .trace_stream import repeat_period
 
 PAGE_MASK = ~(HOST_PAGE - 1)
 DESCS_PER_PAGE = HOST_PAGE // DESC_SIZE
@@ -186,6 +187,14 @@ class TracePrep:
 
     def __init__(self, scn: Scenario, trace: Trace):
         n = len(trace)
+        self.period = repeat_period(trace)
+        if self.period is not None and self.period < n:
+            # a window served again (model.trace_stream.TiledTrace): its repeats hold no page
+            # or (vCPU, page) pair the first pass does not; only that pass is scanned
+            trace = Trace(trace.vcpu.base, trace.va.base, trace.kind.base)
+            n = len(trace)
+        else:
+            self.period = None
         self.n = n
         self.trace = trace
         self.n_vcpu = int(trace.vcpu.max()) + 1 if n else 1
@@ -324,6 +333,20 @@ class TracePrep:
 
     def ci(self, a: int, b: int) -> np.ndarray:
         """4 * sub-key + access class of accesses [a, b) (intp)."""
+        P = self.period
+        if P is None or b <= P:
+            return self._ci_rows(a, b)
+        a0 = a % P                     # a repeated window: the same rows of the first pass
+        if a0 + (b - a) <= P:
+            return self._ci_rows(a0, a0 + b - a)
+        parts, left = [self._ci_rows(a0, P)], b - a - (P - a0)
+        while left > 0:
+            parts.append(self._ci_rows(0, min(P, left)))
+            left -= P
+        return np.concatenate(parts)
+
+    def _ci_rows(self, a: int, b: int) -> np.ndarray:
+        """ci of rows [a, b) of the scanned trace (the first pass of a repeated one)."""
         if self._ci is not None:
             return self._ci[a:b].astype(np.intp)
         ids = np.take(self.table, self._vpn(a, b)).astype(np.intp)
@@ -577,11 +600,14 @@ class DescMemory:
             self.mem[i] &= ~U64(clear_bits)
 
     def page(self, o0: int) -> np.ndarray:
-        """The 512 descriptors of the page at offset o0 (a view; the zero row: read only)."""
-        r = self.row.item(o0 >> 9)
+        """The 512 descriptors of the page at offset o0 (a view; the zero row, also for a page
+        outside the slot: read only)."""
+        r = self.row.item(o0 >> 9) if 0 <= o0 >> 9 < self.npages else 0
         return self.mem[r << 9:(r + 1) << 9]
 
     def set_page(self, o0: int, vals: np.ndarray) -> None:
+        if not 0 <= o0 >> 9 < self.npages:
+            return
         if vals.any() and not self.row.item(o0 >> 9):
             self.rows_for(np.array([o0 >> 9]))
         r = self.row.item(o0 >> 9)
