@@ -108,6 +108,21 @@ class PolicyResult:
                                          & self.pt_pages.get(slot, set()))
         return m
 
+    def _false_write(self, e: UffdEvent, written_at_end: dict[str, set[int]]) -> bool:
+        """A WRITE event that nothing wrote.  uffd-wp (a background snapshot, one round from
+        the protection to the end): the page is copied once per snapshot, so an early WRITE
+        resolution of a page the guest writes later in the snapshot costs nothing extra —
+        false only if the guest wrote the page neither in the event's step nor after it
+        (the slot's written pages at the end; the snapshot protects at its start, so an
+        earlier write would have raised the event itself)."""
+        if not e.write or e.written:
+            return False
+        if e.mode == "wp":
+            if e.slot not in written_at_end:
+                written_at_end[e.slot] = set(self.written_pages.get(e.slot, ()))
+            return e.page not in written_at_end[e.slot]
+        return True
+
     def uffd_counts(self) -> dict[str, int]:
         c: dict[str, int] = {}
         for mode in ("missing", "minor", "wp"):
@@ -115,10 +130,11 @@ class PolicyResult:
                 c[f"uffd_{mode}_{flag}"] = sum(
                     1 for e in self.uffd_events if e.mode == mode and e.write == (flag == "write"))
         c["uffd_events"] = len(self.uffd_events)
-        c["uffd_false_write"] = sum(1 for e in self.uffd_events if e.write and not e.written)
+        written_at_end: dict[str, set[int]] = {}
+        false = [e for e in self.uffd_events if self._false_write(e, written_at_end)]
+        c["uffd_false_write"] = len(false)
         for mode in ("missing", "minor", "wp"):
-            c[f"uffd_{mode}_false_write"] = sum(
-                1 for e in self.uffd_events if e.mode == mode and e.write and not e.written)
+            c[f"uffd_{mode}_false_write"] = sum(1 for e in false if e.mode == mode)
         return c
 
     def metrics(self, oracle: "PolicyResult | None" = None) -> dict[str, int]:
@@ -134,7 +150,12 @@ class PolicyResult:
             m["uffd_extra"] = max(0, len(self.uffd_events) - len(oracle.uffd_events))
         m.update(self.dirty_metrics())
         m["dirty_rounds"] = len(self.harvests)                # complete rounds
-        m["dirty_rounds_open"] = len(self.logging_slots)      # slots logging at the end
+        # slots logging at the end whose round has something in it (marked, written or
+        # walk-faulted pages): a round opened by a final harvest and left empty is not one
+        m["dirty_rounds_open"] = sum(
+            1 for s in self.logging_slots
+            if self.dirty_pages.get(s) or self.written_pages.get(s)
+            or self.s1ptw_tf_pending.get(s))
         m.update(guest_aborts=self.guest_aborts, mmio_exits=self.mmio_exits,
                  vcpu_run_failures=self.vcpu_run_failures, efaults=self.efaults, pml_full_exits=self.pml_full_exits,
                  stage1_faults=self.stage1_faults,
