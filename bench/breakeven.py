@@ -59,7 +59,7 @@ FALSE_POSITIVE = {
     # dirty_false_positive x resend_us): 4096 B over the link + the per-page overhead
     "precopy": "resend",
     # a needless uffd-wp WRITE fault: the handler's round trip and the page copy
-    # (uffd_events x round trip + uffd_wp_false_write x snapshot_copy_us)
+    # (uffd_events x round trip; the page is copied once per snapshot whoever resolves it)
     "snapshot": "uffd_wp",
     # the page is missing either way and arrives by the same UFFDIO_COPY/CONTINUE; the W flag
     # costs nothing more in the cost model
@@ -96,7 +96,7 @@ def t_false_us(host: str, cm: CostModel | None = None, link_mb_s: float | None =
         raise ValueError(f"t_false_us: unknown host scenario {host!r} (known: "
                          f"{', '.join(FALSE_POSITIVE)})")
     return {"resend": cm.resend_us_at(link_mb_s),
-            "uffd_wp": cm.uffd_rt_us(host) + cm.snapshot_copy_us,
+            "uffd_wp": cm.uffd_rt_us(host),
             "free": 0.0, "broken": math.inf}[kind]
 
 

@@ -34,9 +34,9 @@ class CostModel:
     # (rows migration_link_gbit_s, migration_page_overhead_us): 4.3 us per page.
     link_gbit_s: float = value(COST_DEFAULTS["link_gbit_s"])
     resend_overhead_us: float = value(COST_DEFAULTS["resend_overhead_us"])
-    # Copying one 4 KiB page in a uffd-wp snapshot handler before unprotecting it.
-    # ASSUMPTION: 1 us (memcpy at ~4 GB/s; row snapshot_page_copy_us).
-    snapshot_copy_us: float = value(COST_DEFAULTS["snapshot_copy_us"])
+    # (No copy cost: a background snapshot copies every page of guest memory once, whichever
+    # policy resolved its uffd-wp fault first — the copies cancel in every comparison.  A
+    # false WRITE event costs its round trip, counted in uffd_events.)
     # Guest time one traced memory access stands for (the work around it included), to put
     # a saving in proportion to the run.  ASSUMPTION: 10 ns (row guest_access_ns).
     guest_access_ns: float = value(COST_DEFAULTS["guest_access_ns"])
@@ -76,11 +76,11 @@ def param_range(name: str) -> tuple[float, float]:
 
 
 def overhead_us(m: dict, host: str, cm: CostModel) -> float:
-    """Modelled host overhead of one policy's run: exits, uffd round trips, false-dirty
-    re-sends (pre-copy) and needless snapshot copies (false WRITE events under uffd-wp)."""
+    """Modelled host overhead of one policy's run: exits, uffd round trips (a false uffd-wp
+    WRITE event of a snapshot is one more round trip; the page is copied once per snapshot
+    either way) and false-dirty re-sends (pre-copy, at the case's link)."""
     t = m["s2_faults"] * cm.exit_us + m["uffd_events"] * cm.uffd_rt_us(host)
     t += m["dirty_false_positive"] * cm.resend_us_at(m.get("link_mb_s"))
-    t += m.get("uffd_wp_false_write", 0) * cm.snapshot_copy_us
     return t
 
 

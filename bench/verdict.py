@@ -89,9 +89,10 @@ def verdict_table(df: pd.DataFrame, cm: CostModel, matters_share: float = MATTER
         exits_saved = fix["s2_faults"] - hap["s2_faults"]
         saved_us = exits_saved * cm.exit_us + (
             fix["uffd_events"] - hap["uffd_events"]) * cm.uffd_rt_us(host)
+        # what its false dirty pages cost (re-sent at the case's link); its false uffd-wp
+        # WRITE events are round trips, already in saved_us (uffd_saved)
         cost_us = (hap["dirty_false_positive"] - fix["dirty_false_positive"]) \
-            * cm.resend_us_at(fix.get("link_mb_s")) \
-            + (hap["uffd_wp_false_write"] - fix["uffd_wp_false_write"]) * cm.snapshot_copy_us
+            * cm.resend_us_at(fix.get("link_mb_s"))
         non_exit = (o_hap - hap["s2_faults"] * cm.exit_us) - (o_fix - fix["s2_faults"] * cm.exit_us)
         rows.append({
             "case": case_name(fix), "workload": key[0], "host": host, "variant": key[2],

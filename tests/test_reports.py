@@ -24,7 +24,7 @@ def ptwbench(*args, cwd=None):
 # The verdict's arithmetic is checked by hand with these round constants (not the calibrated
 # defaults, which tests/test_calibration.py checks against the table).
 HAND_CM = CostModel(exit_us=3.0, uffd_local_us=20.0, uffd_postcopy_us=100.0, link_gbit_s=10.0,
-                    resend_overhead_us=1.0, snapshot_copy_us=1.0, guest_access_ns=10.0)
+                    resend_overhead_us=1.0, guest_access_ns=10.0)
 
 
 def _row(policy, **m):
