@@ -58,7 +58,7 @@ HOSTS = [("precopy", dict(rounds=3, start_frac=0.2)),
          ("firmware", dict(tcr_ha=True)),
          # calibrated (workloads/host_timed.py), periods shrunk to a wake-up every few
          # hundred accesses
-         ("numa", dict(scan_size_mb=1, scan_period_s=2e-5)),
+         ("numa", dict(scan_size_mb=1, scan_period_s=2e-5, first_s=0.0)),
          ("ksm", dict(sleep_ms=0.02, merge_percent=40.0)),
          ("khugepaged", dict(pages_to_scan=512, scan_sleep_ms=0.02)),
          ("migration", dict(link_gbit_s=100.0, downtime_limit_ms=0.0)),
