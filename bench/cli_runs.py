@@ -79,6 +79,8 @@ def cmd_run(args) -> int:
                   _host_kv(args.host_knob, args.host), args.seed, args.seconds)
     except (WorkloadError, ImportError) as e:
         raise RunInputError(str(e)) from None
+    if w.meta.get("aging_warning"):
+        print(f"ptwbench run: warning: {w.meta['aging_warning']}", file=sys.stderr)
     run = run_workload(w, host=args.host, variant=args.variant, seed=args.seed,
                        engine=args.engine, repeat=args.repeat, warmup=args.warmup)
     run.meta["environment"] = environment()
