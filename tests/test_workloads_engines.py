@@ -28,6 +28,8 @@ SMALL = {
     "mmap_churn": dict(rounds=10, touches=16),
     "fork": dict(heap_bytes=24 << 12, accesses=400, slice=100),
     "gc": dict(heap_bytes=256 << 10, object_bytes=2048),
+    "shared_db": dict(processes=4, buffer_mb=8, pages_per_process=40, accesses=400,
+                      private_kb=16),
 }
 
 

@@ -56,6 +56,10 @@ ACCESS_TIME = {
                        "each, CoW faults in the guest between them"),
     "gc": AccessTime(20.0, 5.0, 100.0, "ASSUMPTION: a copying/marking collector scanning "
                      "objects mostly in order (prefetch-friendly)"),
+    "shared_db": AccessTime(150.0, 50.0, 500.0, "ASSUMPTION: a tuple access in a shared "
+                            "buffer page: a TLB miss whose walk misses the caches (sparse "
+                            "leaf tables) and a DRAM access (~100 ns each, partly "
+                            "overlapped), with cache hits between"),
     "micro": AccessTime(10.0, 1.0, 100.0, "ASSUMPTION: a few instructions per access at "
                         "~3 GHz (hand-written micro-scenarios have no time of their own)"),
     "import": AccessTime(10.0, 1.0, 100.0, "ASSUMPTION: a few instructions per access "

@@ -278,6 +278,7 @@ class Space:
     tables: dict[tuple[int, int], int] = field(default_factory=dict)
     hand: int = -1                     # aging clock hand (last VA page aged)
     _sorted: tuple = (-1, None)        # (len(pages) when sorted, the sorted VA pages)
+    _starts: list = field(default_factory=list)   # VMA starts, for vma_of (cache)
 
     def sorted_pages(self) -> np.ndarray:
         """The mapped VA pages, sorted (cached while no page is mapped or unmapped)."""
@@ -289,7 +290,9 @@ class Space:
         self._sorted = (-1, None)
 
     def vma_of(self, p: int) -> Vma | None:
-        i = bisect.bisect_right([v.start for v in self.vmas], p) - 1
+        if len(self._starts) != len(self.vmas):          # VMAs changed (add, remove)
+            self._starts = [v.start for v in self.vmas]
+        i = bisect.bisect_right(self._starts, p) - 1
         if i >= 0 and p < self.vmas[i].end:
             return self.vmas[i]
         return None
@@ -301,6 +304,7 @@ class Space:
         if self.overlaps(v.start, v.end):
             raise WorkloadError(f"VMA at VA page {v.start:#x} overlaps an existing VMA")
         bisect.insort(self.vmas, v, key=lambda x: x.start)
+        self._starts = []
 
     def remove_range(self, lo: int, hi: int) -> None:
         out = []
@@ -313,6 +317,7 @@ class Space:
             if hi < v.end:
                 out.append(replace(v, start=hi, pages=v.end - hi, pgoff=v.pgoff + hi - v.start))
         self.vmas = sorted(out, key=lambda x: x.start)
+        self._starts = []
 
 
 class Alloc:
@@ -354,9 +359,11 @@ class LinuxGuest:
         self._naccesses = 0
 
     # ---- the program's side ----------------------------------------------------------
-    def vma(self, va: int, nbytes: int, kind: str = "anon") -> int:
+    def vma(self, va: int, nbytes: int, kind: str = "anon", obj: int | None = None) -> int:
         """mmap a VMA at `va` (granule-aligned) of `nbytes` (rounded up); returns its object
-        id (file/shmem contents are shared by every mapping of that object)."""
+        id (file/shmem contents are shared by every mapping of that object: `obj`, an id
+        returned before, maps the same object again, as processes attaching one shared
+        memory segment do)."""
         if kind not in VMA_KINDS:
             raise WorkloadError(f"{self.name}: unknown VMA kind {kind!r}")
         gr = self.geo.granule
@@ -366,9 +373,13 @@ class LinuxGuest:
         if va + pages * gr > (1 << self.p.va_bits):
             raise WorkloadError(f"{self.name}: VMA {va:#x}+{pages * gr:#x} is beyond "
                                 f"va_bits = {self.p.va_bits}")
-        self._nobj += 1
-        self._ops.append(("vma", Vma(va >> self.g, pages, kind, self._nobj)))
-        return self._nobj
+        if obj is None:
+            self._nobj += 1
+            obj = self._nobj
+        elif not 0 < obj <= self._nobj or kind not in ("shmem", "file"):
+            raise WorkloadError(f"{self.name}: object {obj} cannot be mapped again as {kind}")
+        self._ops.append(("vma", Vma(va >> self.g, pages, kind, obj)))
+        return obj
 
     def run(self, vcpu, va, kind) -> None:
         """Accesses, in order: vcpu and kind may be scalars (kind a name or a code)."""
@@ -381,6 +392,13 @@ class LinuxGuest:
         self._ops.append(("run", _as_array(vcpu, n, np.uint16), va,
                           _as_array(kind, n, np.uint8)))
         self._naccesses += n
+
+    def mapped(self, va) -> None:
+        """Pages (VAs) the process touched before the trace: with demand = false they are
+        mapped at start, in this order, as the accesses before them are, but not traced (a
+        warm process's older working set); with demand = true nothing is mapped at start
+        and this does nothing."""
+        self._ops.append(("mapped", np.asarray(va, dtype=np.uint64)))
 
     def munmap(self, va: int, nbytes: int) -> None:
         self._ops.append(("munmap", va >> self.g, -(-nbytes // self.geo.granule)))
@@ -434,20 +452,25 @@ class LinuxGuest:
         """demand = false: map at start what the first address space touches before any
         munmap/fork/switch (see the module docstring)."""
         sp = self.spaces[0]
-        vas = []
+        vas, runs = [], []
         for op in self._ops:
             if op[0] == "vma":
                 sp.add_vma(op[1])
-            elif op[0] == "run":
-                vas.append(op[2])
+            elif op[0] in ("run", "mapped"):
+                vas.append(op[2] if op[0] == "run" else op[1])
+                if op[0] == "run":
+                    runs.append(op[2])
             else:
                 break
         if not vas:
             return []
         vp = np.concatenate(vas) >> np.uint64(self.g)
         uniq, first = np.unique(vp, return_index=True)
-        _, last_rev = np.unique(vp[::-1], return_index=True)
-        ages = dict(zip(uniq.tolist(), last_rev.tolist()))     # accesses since the last one
+        ages = dict.fromkeys(uniq.tolist(), 1 << 62)     # mapped, never accessed in the trace
+        if runs:
+            rp = np.concatenate(runs) >> np.uint64(self.g)
+            ru, last_rev = np.unique(rp[::-1], return_index=True)
+            ages.update(zip(ru.tolist(), last_rev.tolist()))   # accesses since the last one
         return self._premap_pages(uniq[np.argsort(first, kind="stable")].tolist(), ages)
 
     def _young_at_start(self, order: list[int], ages: dict | None) -> dict:
@@ -521,6 +544,9 @@ class LinuxGuest:
             self._chunk(vc[i:j], va[i:j], kd[i:j])
             self.nacc += j - i
             i = j
+
+    def _op_mapped(self, va) -> None:
+        """Mapped at start (demand = false, _premap) or not at all: nothing to replay."""
 
     def _op_munmap(self, lo: int, pages: int) -> None:
         sp = self.spaces[self.cur]
