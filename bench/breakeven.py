@@ -226,16 +226,20 @@ def case_envelope(fix: dict, host: str, cm: CostModel, guest_seconds: float) -> 
                            fix_faults=max(0.0, fix["s2_faults"] - faults))
 
 
-def host_unmap_rates_pages_s() -> dict[str, float]:
+def host_unmap_rates_pages_s(ram_mb: float | None = None) -> dict[str, float]:
     """Upper bounds of the rate (4 KiB pages/s of guest memory) at which default host
     activity can unmap stage 2, from the calibration table: each scans this many pages, and
     only what it changes is unmapped.  Multiply by a workload's page-table share to compare
-    with an envelope."""
+    with an envelope.  NUMA balancing's period is the kernel's for a VM of `ram_mb` (default:
+    the calibration's numa_vm_ram_mb): task_scan_min / task_scan_max, kernel/sched/fair.c."""
+    from workloads.host_timed import numa_scan_period_ms
     mib_pages = 2 ** 20 / PAGE_BYTES
-    numa = value("numa_scan_size_mib") * mib_pages
+    size = value("numa_scan_size_mib")
+    numa = size * mib_pages
+    ram = value("numa_vm_ram_mb") if ram_mb is None else ram_mb
     return {
-        "numa_balancing_fastest": numa / (value("numa_scan_period_min_ms") / 1e3),
-        "numa_balancing_slowest": numa / (value("numa_scan_period_max_ms") / 1e3),
+        "numa_balancing_fastest": numa / (numa_scan_period_ms(ram, int(size), "fast") / 1e3),
+        "numa_balancing_slowest": numa / (numa_scan_period_ms(ram, int(size), "slow") / 1e3),
         "khugepaged": value("khugepaged_pages_to_scan_pages")
         / (value("khugepaged_scan_sleep_ms") / 1e3),
         "ksm": value("ksm_pages_to_scan_pages") / (value("ksm_sleep_ms") / 1e3),

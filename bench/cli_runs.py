@@ -73,7 +73,7 @@ def cmd_run(args) -> int:
     from .catalog import build
     from .runner import (COLUMNS, TIMING_COLUMNS, csv_text, environment, meta_json,
                          run_workload, write_dir_atomic)
-    from .variants import VARIANTS
+    from .variants import VARIANTS, VariantError, contradiction
     from .verdict import answer, verdict_table
     from .cost import CostModel
     if args.variant not in VARIANTS:
@@ -87,13 +87,22 @@ def cmd_run(args) -> int:
         raise RunInputError(f"--repeat: {args.repeat} is not >= 1")
     if not args.no_save:
         _out_root(args.out)
+    knobs = _kv(args.knob, "--knob")
+    why = contradiction(args.variant, knobs.get("cpu"))
+    if why:
+        raise RunInputError(why)
     try:
-        w = build(args.workload, _kv(args.knob, "--knob"), args.host,
+        w = build(args.workload, knobs, args.host,
                   _host_kv(args.host_knob, args.host), args.seed, args.seconds, args.until)
     except (WorkloadError, ImportError) as e:
         raise RunInputError(str(e)) from None
-    run = run_workload(w, host=args.host, variant=args.variant, seed=args.seed,
-                       engine=args.engine, repeat=args.repeat, warmup=args.warmup)
+    if w.meta.get("aging_warning"):
+        print(f"ptwbench run: warning: {w.meta['aging_warning']}", file=sys.stderr)
+    try:
+        run = run_workload(w, host=args.host, variant=args.variant, seed=args.seed,
+                           engine=args.engine, repeat=args.repeat, warmup=args.warmup)
+    except VariantError as e:
+        raise RunInputError(str(e)) from None
     run.meta["environment"] = environment()
     df = pd.DataFrame(run.rows, columns=list(COLUMNS))
     v = verdict_table(df, CostModel())

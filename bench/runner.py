@@ -29,7 +29,7 @@ from workloads.base import Workload
 from workloads.clock import access_time
 
 from .cost import CostModel, overhead_us
-from .variants import apply_variant
+from .variants import variant_workload
 
 KEY_COLUMNS = ("workload", "host", "variant", "seed", "policy")
 METRIC_COLUMNS = (
@@ -125,7 +125,8 @@ def run_workload(w: Workload, *, host: str = "none", variant: str = "default", s
     """All policies on one workload: metrics from the first run, timings over `repeat` timed
     runs after `warmup` untimed ones (every run gives the same metrics: checked)."""
     import_s, run_trace, run_reference_trace = _import_engines()
-    scn = apply_variant(w.scenario, variant)
+    w = variant_workload(w, variant)
+    scn = w.scenario
     runner = run_trace if engine == "numpy" else run_reference_trace
     pt_pages, data_pages = guest_footprint(w)
     for _ in range(warmup):

@@ -189,8 +189,14 @@ def test_case_envelope_from_a_metrics_row():
 
 def test_host_unmap_rates_from_the_table():
     r = be.host_unmap_rates_pages_s()
-    assert r["numa_balancing_fastest"] == 256 * 256            # 256 MiB per 1 s, 4 KiB pages
-    assert r["numa_balancing_slowest"] == pytest.approx(65536 / 60)
+    # the kernel scales the NUMA scan period by the RSS (kernel/sched/fair.c task_scan_min /
+    # task_scan_max): a 4 GiB VM is 16 windows of 256 MiB, so 1000 / 16 = 62 ms, raised to
+    # the floor 1000 / (2560 / 256) = 100 ms, and 60000 / 16 = 3750 ms; 65536 pages per scan
+    assert r["numa_balancing_fastest"] == pytest.approx(65536 / 0.1)
+    assert r["numa_balancing_slowest"] == pytest.approx(65536 / 3.75)
+    small = be.host_unmap_rates_pages_s(ram_mb=1024)            # 4 windows: 250 ms, 15 s
+    assert small["numa_balancing_fastest"] == pytest.approx(65536 / 0.25)
+    assert small["numa_balancing_slowest"] == pytest.approx(65536 / 15)
     assert r["khugepaged"] == pytest.approx(409.6)                # 4096 pages per 10 s
     assert r["ksm"] == pytest.approx(5000)                        # 100 pages per 20 ms
 

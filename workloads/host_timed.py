@@ -15,6 +15,8 @@ page-table pages from data: every memslot is scanned.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from model.scenario import Step
@@ -76,27 +78,68 @@ FIRST = Knob("first_s", 0.0, "guest time of the first wake-up in the window, s (
              source="ASSUMPTION: the window starts at a wake-up; a sensitivity knob")
 
 
+# NUMA balancing's scan period, as kernel/sched/fair.c scales it by the process's RSS
+MAX_SCAN_WINDOW_MB = 2560      # kernel/sched/fair.c MAX_SCAN_WINDOW: never scan > 2560 MB/s
+NUMA_SCAN_PERIOD_MIN_MS = 1000  # sysctl_numa_balancing_scan_period_min
+NUMA_SCAN_PERIOD_MAX_MS = 60000  # sysctl_numa_balancing_scan_period_max
+NUMA_SCAN_DELAY_MS = 1000      # sysctl_numa_balancing_scan_delay: the first scan
+NUMA_RATES = ("fast", "slow")
+
+
+def numa_scan_windows(rss_mb: float, scan_size_mb: int) -> int:
+    """kernel/sched/fair.c task_nr_scan_windows: RSS rounded up to whole scan windows."""
+    return max(1, -(-int(math.ceil(rss_mb)) // scan_size_mb))
+
+
+def numa_scan_period_ms(rss_mb: float, scan_size_mb: int, rate: str) -> int:
+    """The scan period at the fast end (kernel/sched/fair.c task_scan_min: max(floor,
+    scan_period_min / windows), floor = 1000 ms / (MAX_SCAN_WINDOW / scan_size)) or at the
+    slow end (task_scan_max: max(task_scan_min, scan_period_max / windows)) of the kernel's
+    adaptive range; integer ms as the kernel computes them (unsigned int division)."""
+    windows = numa_scan_windows(rss_mb, scan_size_mb)
+    per = MAX_SCAN_WINDOW_MB // scan_size_mb if scan_size_mb < MAX_SCAN_WINDOW_MB else 1
+    smin = max(1000 // per, NUMA_SCAN_PERIOD_MIN_MS // windows)
+    if rate == "fast":
+        return smin
+    return max(smin, NUMA_SCAN_PERIOD_MAX_MS // windows)
+
+
 @host_scenario("numa",
                "automatic NUMA balancing (task_numa_work): every scan period the next "
                "scan_size_mb of guest memory gets PROT_NONE hinting PTEs; the MMU notifier "
-               "unmaps stage 2 (kvm_unmap_gfn_range) and the next access refaults",
+               "unmaps stage 2 (kvm_unmap_gfn_range) and the next access refaults; the period "
+               "is the kernel's, scaled by the VM's RSS (task_scan_min / task_scan_max)",
                [Knob("scan_size_mb", 256, "MB per scan (kernel.numa_balancing_scan_size_mb = "
                      "256, kernel/sched/fair.c)", lo=1,
                      source="Linux kernel/sched/fair.c: sysctl_numa_balancing_scan_size = 256"),
-                Knob("scan_period_s", 1.0, "s between scans (numa_balancing_scan_period_min_ms "
-                     "= 1000; adapts up to 60000)", lo=1e-6,
-                     source="Linux kernel/sched/fair.c: sysctl_numa_balancing_scan_period_min = "
-                            "1000 ms"),
-                FIRST])
-def numa(wl: Workload, *, scan_size_mb, scan_period_s, first_s):
-    _check("numa", scan_size_mb=scan_size_mb, scan_period_s=scan_period_s)
+                Knob("scan_rate", "fast", "which end of the kernel's adaptive scan period: "
+                     "fast = task_scan_min, slow = task_scan_max, both scaled by the VM's RSS "
+                     "(every memslot: a 4 GiB VM scans 256 MB per 100 ms fast, per 3.75 s "
+                     "slow)", NUMA_RATES,
+                     source="Linux kernel/sched/fair.c: task_nr_scan_windows, task_scan_min, "
+                            "task_scan_max"),
+                Knob("scan_period_s", 0.0, "s between scans; 0: the kernel's period at "
+                     "scan_rate for this VM's RSS", lo=0.0,
+                     source="Linux kernel/sched/fair.c: task_scan_min / task_scan_max"),
+                Knob("first_s", -1.0, "guest time of the first scan in the window, s; < 0: "
+                     "the kernel's scan delay, 1 s (sysctl_numa_balancing_scan_delay)",
+                     source="Linux kernel/sched/fair.c: sysctl_numa_balancing_scan_delay = "
+                            "1000 ms")])
+def numa(wl: Workload, *, scan_size_mb, scan_rate, scan_period_s, first_s):
+    _check("numa", scan_size_mb=scan_size_mb)
+    rss_mb = sum(s.pages for s in wl.scenario.memslots) * PAGE / MB
+    if not scan_period_s:
+        scan_period_s = numa_scan_period_ms(rss_mb, scan_size_mb, scan_rate) / 1000
+    if first_s < 0:
+        first_s = NUMA_SCAN_DELAY_MS / 1000
     sc = Scanner(wl)
     ev = []
     for pos, _t in _times(wl, first_s, scan_period_s):
         for slot, pages in sc.next(scan_size_mb * MB // PAGE):
             ev.append((pos, Step("numa_hint", slot=slot, pages=pages)))
-    return with_events(wl, ev, "numa", dict(scan_size_mb=scan_size_mb,
-                                            scan_period_s=scan_period_s, first_s=first_s))
+    return with_events(wl, ev, "numa", dict(scan_size_mb=scan_size_mb, scan_rate=scan_rate,
+                                            scan_period_s=scan_period_s, first_s=first_s,
+                                            rss_mb=rss_mb))
 
 
 @host_scenario("ksm",
