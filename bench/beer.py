@@ -376,8 +376,11 @@ def markdown(df, v, sens, cm, real_sens=None, rvs=None) -> str:
                 "t_false / (t_exit + t_false), t_false at the case's own link; "
                 "p_same_access: the part of q a one-access window sees; envelope: the rate "
                 "of such pairs per second at which the saving would matter "
-                "(bench/breakeven.py); net_ms_per_migration and vcpu_share: ha-promote's "
-                "net saving per whole migration and its share of all vCPUs' time.", "",
+                "(bench/breakeven.py), beside numa_fast_pt_pages_s: the most page-table "
+                "pages per second NUMA balancing can unmap in that VM (its fastest scan for "
+                "the VM's RSS times the page-table share); net_ms_per_migration and "
+                "vcpu_share: ha-promote's net saving per whole migration and its share of "
+                "all vCPUs' time.", "",
                 report.md_table(real[REAL_COLS]), ""]
         if rvs is not None and len(rvs):
             n_real = int((rvs["kind"] == "real").sum())
@@ -458,6 +461,7 @@ TEXT_LEGEND = {
 REAL_LEGEND = ("case", "src", "gib", "sec", "q", "q_star", "rounds", "net_ms")
 REAL_COLS = ["case", "workload_kind", "guest_gib", "guest_seconds", "rounds_complete",
              "q_measured", "q_break_even", "p_same_access", "envelope", "envelope_unit",
+             "numa_fast_pt_pages_s",
              "exits_saved", "false_dirty_extra", "net_ms_per_migration", "vcpu_share",
              "matters"]
 
@@ -497,12 +501,12 @@ def link_name(mb_s: float) -> str:
 
 
 def map_key(r) -> tuple[str, str]:
-    """(guest, aging regime) of a realistic case from its label GUEST/AGING (the map's row
-    and column; a label without '/' is a guest with no aging regime named)."""
+    """(guest, aging regime) of a realistic case from its label GUEST/AGING[/LINK] (the
+    map's row and column; a label without '/' is a guest with no aging regime named)."""
     label = str(r["workload"]).rsplit("@", 1)[1] if "@" in str(r["workload"]) else \
         _real_case(r).split(":", 1)[0]
-    guest, _, aging = label.partition("/")
-    return guest, aging or "-"
+    guest, _, rest = label.partition("/")
+    return guest, rest.split("/", 1)[0] or "-"
 
 
 def realistic_map(real: pd.DataFrame) -> pd.DataFrame:

@@ -55,6 +55,20 @@ def _break_even(fix: dict, host: str, cm: CostModel) -> dict:
             "envelope_unit": unit}
 
 
+def _numa_pt_rate(fix: dict) -> float | None:
+    """The most page-table pages per second NUMA balancing can unmap in this case's VM: its
+    fastest scan (task_scan_min for the VM's RSS, bench/breakeven.host_unmap_rates_pages_s)
+    times the share of the VM's pages that hold page tables — the host-side limit to set
+    against the envelope."""
+    from .breakeven import host_unmap_rates_pages_s
+    gib = fix.get("guest_gib")
+    if not gib or pd.isna(gib) or "pt_pages" not in fix:
+        return None
+    vm_pages = gib * 2 ** 18
+    fast = host_unmap_rates_pages_s(gib * 2 ** 30 / 1e6)["numa_balancing_fastest"]
+    return fast * min(1.0, fix["pt_pages"] / vm_pages)
+
+
 def _per_migration(fix: dict, net_us: float) -> float | None:
     """The net saving of one whole migration, ms: the window's when it holds exactly one
     (ptwbench run --until migrated; the realistic cases); None otherwise."""
@@ -122,6 +136,7 @@ def verdict_table(df: pd.DataFrame, cm: CostModel, matters_share: float = MATTER
             # the clock and the measured break-even (bench/breakeven.py)
             "guest_gib": fix.get("guest_gib"), "guest_seconds": fix.get("guest_seconds"),
             **_break_even(fix, host, cm),
+            "numa_fast_pt_pages_s": _numa_pt_rate(fix),
         })
         r = rows[-1]
         r["vcpu_share"] = net / vcpu_time_us(fix, cm) if vcpu_time_us(fix, cm) else 0.0
