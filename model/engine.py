@@ -27,9 +27,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from .engine_chunk import Scratch, WalkCache, chunk
+from .engine_chunk import Scratch, WalkCache, chunk, chunk_codes_settled
 from .engine_guest import GUEST_BULK
-from .engine_state import UFFD_CODES, UFFD_NONE, Base, FastVm, Shared
+from .engine_state import CLS_S, UFFD_CODES, UFFD_NONE, Base, FastVm, Shared
 from .host import S2_UNMAPPED
 from .host_ops import HOST_OPS, step_pages
 from .policies import DEFAULT_ORDER
@@ -100,6 +100,7 @@ class Group:
         self.period = repeat_period(base.trace) if REPEATS_ONCE else None
         self.last_settled = False                    # the last chunk: every access settled
         self.repeats_skipped = 0                     # repetitions counted, not run
+        self.next_check = 0                          # window_settles: not before
 
     def walkcache(self) -> WalkCache:
         sh = self.shared
@@ -162,6 +163,8 @@ class Group:
             return [self], pos
         w = self.window
         settled_from = None                          # every access since: settled
+        if self.period is not None:                  # the window's state check: after a
+            self.next_check = pos + self.period      # repetition's first touches
         while pos < end:
             if self.scalar_left > 0 or (w < 4 and MIN_WINDOW > 1) or (
                     end - pos <= SCALAR_INTERVAL < MIN_WINDOW):
@@ -199,31 +202,50 @@ class Group:
                         p.window = w
                     return parts, pos
             else:
-                pos = j
+                pos = self.repeat_settled(settled_from, j, end)
                 w = min(MAX_WINDOW, w * 2)
-                if settled_from is not None:
-                    pos = self.repeat_settled(settled_from, pos, end)
         self.window = w
         return [self], pos
 
-    def repeat_settled(self, settled_from: int, pos: int, end: int) -> int:
-        """Accesses [settled_from, pos) were all settled (engine_chunk.chunk: TLB hits on
-        pages that allow them) and changed nothing but the counts and the written pages.
-        In a repeated window (period P) the P accesses before pos come again at pos, on the
-        same state, so they settle again, and so on up to the interval's end: add the counts
-        of every whole repetition left and return the position after them (docs/semantics.md
-        §6)."""
+    def repeat_settled(self, settled_from: int | None, pos: int, end: int) -> int:
+        """In a repeated window (period P), when the next P accesses would all settle
+        (engine_chunk.chunk: TLB hits on pages that allow them; they change nothing but the
+        counts and the written pages), so would every repetition after them, on the same
+        state, up to the interval's end: add the counts of every whole repetition left and
+        return the position after them (docs/semantics.md §6).  Known when the P accesses
+        before pos all settled (from `settled_from`), or from the state (window_settles)."""
         P = self.period
-        if P is None or pos - settled_from < P or end - pos < P:
+        if P is None or end - pos < P:
+            return pos
+        if (settled_from is None or pos - settled_from < P) and not self.window_settles(pos):
             return pos
         k = (end - pos) // P
+        prep = self.base.prep
+        ci = prep.present_ci()
+        st = ci[(ci & 3) == CLS_S] >> 2                        # the window's stores
+        if self.any_stopped:
+            st = st[~self.stopped[prep.sk_vcpu[st]]]
+        wpages = self.shared.walk.dp[prep.sk_vp[st]]
         n_acc = P
         if self.any_stopped:
             n_acc = int(np.count_nonzero(~self.stopped[self.base.trace.vcpu.base]))
         for vm in self.vms:
             vm.r.accesses += k * n_acc
+            vm.host.written_all[wpages] = True                 # (Host.guest_write)
         self.repeats_skipped += k
         return pos + k * P
+
+    def window_settles(self, pos: int) -> bool:
+        """Does every access of the repeated window settle on the state at `pos`?  The
+        tier-1 code of each (sub-key, class) the window holds (engine_chunk.chunk_codes)
+        depends on that state only, which settled accesses do not change: then the next P
+        accesses settle, and every repetition after them.  Checked at most once per P
+        accesses (it costs one code per (sub-key, class))."""
+        if pos < self.next_check:
+            return False
+        self.next_check = pos + self.period
+        self.prepare()
+        return chunk_codes_settled(self, self.walkcache(), self.base.prep.present_ci())
 
     def scalar(self, fn) -> list["Group"]:
         """Run `fn(vm)` (reference code) for every policy on the shared state; split the

@@ -413,6 +413,13 @@ def _count_settled(g, wc, i: int, C: int, cut: int, t1: Tier1) -> None:
             vm.host.written_all[wpages] = True
 
 
+def chunk_codes_settled(g, wc, ci: np.ndarray) -> bool:
+    """Would every (sub-key, class) index of `ci` be K_SETTLED in a chunk starting now (the
+    codes _tier1 gives from the state at chunk start)?"""
+    lut, _ = _code_lut(g.flags.ha, g.flags.hd)
+    return not len(ci) or not np.any(_codes(g, wc, lut, ci) != K_SETTLED)
+
+
 def _codes(g, wc, lut, ciU: np.ndarray) -> np.ndarray:
     """Tier-1 codes of (sub-key, class) indices from the state at chunk start."""
     prep, sh = g.base.prep, g.shared

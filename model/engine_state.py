@@ -345,6 +345,16 @@ class TracePrep:
             left -= P
         return np.concatenate(parts)
 
+    def present_ci(self) -> np.ndarray:
+        """Every ci value of the scanned trace (a repeated window's first pass), ascending:
+        what one repetition asks of the state."""
+        if getattr(self, "_present", None) is None:
+            mark = np.zeros(4 * max(1, self.nskeys), dtype=bool)
+            for a in range(0, self.n, self.CHUNK):
+                mark[self._ci_rows(a, min(self.n, a + self.CHUNK))] = True
+            self._present = np.flatnonzero(mark)
+        return self._present
+
     def _ci_rows(self, a: int, b: int) -> np.ndarray:
         """ci of rows [a, b) of the scanned trace (the first pass of a repeated one)."""
         if self._ci is not None:
