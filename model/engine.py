@@ -27,7 +27,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from .engine_chunk import Scratch, WalkCache, chunk, chunk_codes_settled
+from .engine_chunk import Scratch, WalkCache, chunk, chunk_codes_settled, first_touches
 from .engine_guest import GUEST_BULK
 from .engine_state import CLS_S, UFFD_CODES, UFFD_NONE, Base, FastVm, Shared
 from .host import S2_UNMAPPED
@@ -63,6 +63,10 @@ BULK_EVENTS = True
 # a repeated window's repetitions that would only settle again are counted, not run
 # (Group.repeat_settled); False: every access runs (the expanded path, kept to compare)
 REPEATS_ONCE = True
+# ... and after an event, the next whole repetition runs by its first touches, found by
+# index (engine_chunk.first_touches) instead of tier 1's pass over its accesses; False:
+# every access of it through tier 1
+FIRST_TOUCHES = True
 UNION_HOST_OPS = frozenset({"zap", "numa_hint", "swap_out", "uffd_wp", "ksm_merge"})
 
 
@@ -101,6 +105,7 @@ class Group:
         self.last_settled = False                    # the last chunk: every access settled
         self.repeats_skipped = 0                     # repetitions counted, not run
         self.next_check = 0                          # window_settles: not before
+        self.next_touch = 0                          # next_chunk's first touches: not before
 
     def walkcache(self) -> WalkCache:
         sh = self.shared
@@ -165,6 +170,7 @@ class Group:
         settled_from = None                          # every access since: settled
         if self.period is not None:                  # the window's state check: after a
             self.next_check = pos + self.period      # repetition's first touches
+            self.next_touch = pos
         while pos < end:
             if self.scalar_left > 0 or (w < 4 and MIN_WINDOW > 1) or (
                     end - pos <= SCALAR_INTERVAL < MIN_WINDOW):
@@ -184,8 +190,7 @@ class Group:
                     return parts, pos
                 continue
             self.prepare()
-            j = min(end, pos + min(w, MAX_WINDOW, len(self.rev)))
-            cut = chunk(self, pos, j)
+            j, cut = self.next_chunk(pos, end, w)
             settled_from = (settled_from if settled_from is not None else pos) \
                 if self.last_settled and cut == j else None
             # a chunk that could not take even its first access: run the reference code for
@@ -206,6 +211,21 @@ class Group:
                 w = min(MAX_WINDOW, w * 2)
         self.window = w
         return [self], pos
+
+    def next_chunk(self, pos: int, end: int, w: int) -> tuple[int, int]:
+        """Run the next chunk from pos: a repeated window's next whole repetition by its
+        first touches (engine_chunk.first_touches: at most once per period, when one fits
+        before the interval's end), else `w` accesses (engine_chunk.chunk).  Returns the
+        chunk's end and its cut."""
+        P = self.period
+        if P is not None and FIRST_TOUCHES and pos >= self.next_touch and end - pos >= P:
+            self.next_touch = pos + P
+            cut = first_touches(self, pos)
+            if cut is not None:
+                self.next_check = pos + P                # the window's state check next
+                return pos + P, cut
+        j = min(end, pos + min(w, MAX_WINDOW, len(self.rev)))
+        return j, chunk(self, pos, j)
 
     def repeat_settled(self, settled_from: int | None, pos: int, end: int) -> int:
         """In a repeated window (period P), when the next P accesses would all settle

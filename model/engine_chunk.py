@@ -413,6 +413,29 @@ def _count_settled(g, wc, i: int, C: int, cut: int, t1: Tier1) -> None:
             vm.host.written_all[wpages] = True
 
 
+def first_touches(g, i: int) -> int | None:
+    """A repeated window's next whole repetition [i, i + P) as one chunk, without tier 1's
+    pass over its accesses: the first occurrence of each (sub-key, class) comes from the
+    window's index (TracePrep.first_after), its code from the state at i (_codes).  Equal
+    to chunk(g, i, i + P) when no code is K_EVERY (then only first occurrences can do
+    anything: they are tier 2's accesses, in trace order); None (nothing run) otherwise.
+    Returns the cut, as chunk does."""
+    wc = g.walkcache()
+    P = g.period
+    U, ciU = g.base.prep.first_after(i)
+    lut, _ = _code_lut(g.flags.ha, g.flags.hd)
+    codeU = _codes(g, wc, lut, ciU)
+    if np.any(codeU == K_EVERY):
+        return None
+    g.last_settled = False
+    sel = codeU == K_FIRST
+    t1 = Tier1([(U, ciU, codeU)], U[sel], ciU[sel]) if sel.any() else Tier1(
+        [(U, ciU, codeU)], None, None)
+    cut = P if t1.I is None else _tier2(g, wc, i, P, t1.I, t1.ciI)
+    _count_settled(g, wc, i, P, cut, t1)
+    return i + cut
+
+
 def chunk_codes_settled(g, wc, ci: np.ndarray) -> bool:
     """Would every (sub-key, class) index of `ci` be K_SETTLED in a chunk starting now (the
     codes _tier1 gives from the state at chunk start)?"""

@@ -355,6 +355,28 @@ class TracePrep:
             self._present = np.flatnonzero(mark)
         return self._present
 
+    def first_after(self, x: int) -> tuple[np.ndarray, np.ndarray]:
+        """A repeated window from access x on: the offset (from x, in [0, period)) of the
+        first occurrence of each present ci, sorted by offset, and those ci.  From an index
+        built once: every access's position sorted by (ci, position)."""
+        P = self.period
+        if getattr(self, "_occ", None) is None:
+            ci = np.concatenate([self._ci_rows(a, min(self.n, a + self.CHUNK))
+                                 for a in range(0, self.n, self.CHUNK)]).astype(np.int64)
+            order = np.argsort(ci, kind="stable")
+            self._occ = ci[order] * P + order                  # ascending
+            pres = self.present_ci()
+            self._seg = np.searchsorted(self._occ, pres * P)    # each ci's first entry
+        pres, occ = self.present_ci(), self._occ
+        x0 = x % P
+        k = np.searchsorted(occ, pres * P + x0)
+        nxt = np.append(self._seg[1:], len(occ))
+        inside = k < nxt                                        # an occurrence at >= x0
+        at = np.where(inside, occ[np.minimum(k, len(occ) - 1)], occ[self._seg] + P) - pres * P
+        off = at - x0
+        order = np.argsort(off, kind="stable")
+        return off[order], pres[order]
+
     def _ci_rows(self, a: int, b: int) -> np.ndarray:
         """ci of rows [a, b) of the scanned trace (the first pass of a repeated one)."""
         if self._ci is not None:
