@@ -231,29 +231,31 @@ class Group:
         """In a repeated window (period P), when the next P accesses would all settle
         (engine_chunk.chunk: TLB hits on pages that allow them; they change nothing but the
         counts and the written pages), so would every repetition after them, on the same
-        state, up to the interval's end: add the counts of every whole repetition left and
-        return the position after them (docs/semantics.md §6).  Known when the P accesses
+        state, up to the interval's end: add the counts of every access left (the last
+        repetition's part too) and return the end (docs/semantics.md §6).  Known when the P accesses
         before pos all settled (from `settled_from`), or from the state (window_settles)."""
         P = self.period
         if P is None or end - pos < P:
             return pos
         if (settled_from is None or pos - settled_from < P) and not self.window_settles(pos):
             return pos
-        k = (end - pos) // P
+        k, rest = divmod(end - pos, P)
         prep = self.base.prep
         ci = prep.present_ci()
         st = ci[(ci & 3) == CLS_S] >> 2                        # the window's stores
         if self.any_stopped:
             st = st[~self.stopped[prep.sk_vcpu[st]]]
         wpages = self.shared.walk.dp[prep.sk_vp[st]]
-        n_acc = P
-        if self.any_stopped:
-            n_acc = int(np.count_nonzero(~self.stopped[self.base.trace.vcpu.base]))
+        n_acc = k * P + rest          # the rest: part of a repetition, settled too (its
+        if self.any_stopped:          # stores are among the whole ones')
+            vc = self.base.trace.vcpu
+            n_acc = k * int(np.count_nonzero(~self.stopped[vc.base])) + int(
+                np.count_nonzero(~self.stopped[vc[end - rest:end]]))
         for vm in self.vms:
-            vm.r.accesses += k * n_acc
+            vm.r.accesses += n_acc
             vm.host.written_all[wpages] = True                 # (Host.guest_write)
         self.repeats_skipped += k
-        return pos + k * P
+        return end
 
     def window_settles(self, pos: int) -> bool:
         """Does every access of the repeated window settle on the state at `pos`?  The
