@@ -232,8 +232,9 @@ class Group:
         (engine_chunk.chunk: TLB hits on pages that allow them; they change nothing but the
         counts and the written pages), so would every repetition after them, on the same
         state, up to the interval's end: add the counts of every access left (the last
-        repetition's part too) and return the end (docs/semantics.md §6).  Known when the P accesses
-        before pos all settled (from `settled_from`), or from the state (window_settles)."""
+        repetition's part too) and return the end (docs/semantics.md §6).  Known when the P
+        accesses before pos all settled (from `settled_from`), or from the state
+        (window_settles)."""
         P = self.period
         if P is None or end - pos < P:
             return pos
