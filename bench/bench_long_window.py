@@ -101,9 +101,28 @@ print(json.dumps({"rss": hwm[0], "seconds": dt, "guest_seconds": w.meta["seconds
 """
 
 
-@pytest.mark.parametrize("ram_mb", [4096, 1048576], ids=["4GiB", "1TiB"])
+# per guest page of the VM, measured (4 vs 16 GiB VMs, this benchmark): the engine's
+# per-page, per-policy arrays (issue 21 item 4 is open: they are not yet ranges or bitmaps)
+BYTES_PER_GUEST_PAGE = 85
+
+
+def _mem_available() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+@pytest.mark.parametrize("ram_mb", [4096, 16384, 1048576], ids=["4GiB", "16GiB", "1TiB"])
 def test_vm_size(benchmark, ram_mb):
-    """Peak RSS and run time of a fresh process: a warm zipf guest in a VM of `ram_mb`."""
+    """Peak RSS and run time of a fresh process: a warm zipf guest in a VM of `ram_mb`.
+    Skipped where the machine could not hold it (BYTES_PER_GUEST_PAGE)."""
+    need = ram_mb * 256 * BYTES_PER_GUEST_PAGE
+    if need > _mem_available() // 2:
+        pytest.skip(f"a {ram_mb} MiB VM needs ~{need / 2**30:.0f} GiB here (~"
+                    f"{BYTES_PER_GUEST_PAGE} bytes per guest page): more than half of the "
+                    f"available memory")
     out = {}
 
     def run():
