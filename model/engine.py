@@ -67,6 +67,9 @@ REPEATS_ONCE = True
 # index (engine_chunk.first_touches) instead of tier 1's pass over its accesses; False:
 # every access of it through tier 1
 FIRST_TOUCHES = True
+# ... for windows up to this many accesses (its index: 8 bytes per access; and chunk
+# positions stay far below engine_chunk.BIG)
+FIRST_TOUCHES_MAX_PERIOD = 1 << 25
 UNION_HOST_OPS = frozenset({"zap", "numa_hint", "swap_out", "uffd_wp", "ksm_merge"})
 
 
@@ -218,7 +221,8 @@ class Group:
         before the interval's end), else `w` accesses (engine_chunk.chunk).  Returns the
         chunk's end and its cut."""
         P = self.period
-        if P is not None and FIRST_TOUCHES and pos >= self.next_touch and end - pos >= P:
+        if (P is not None and FIRST_TOUCHES and P <= FIRST_TOUCHES_MAX_PERIOD
+                and pos >= self.next_touch and end - pos >= P):
             self.next_touch = pos + P
             cut = first_touches(self, pos)
             if cut is not None:

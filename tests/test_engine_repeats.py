@@ -51,6 +51,8 @@ def test_repeats_once_equal_expanded_and_reference(case, max_window):
     with knobs(**win) as seen:
         once = facts(run_trace(scn, tiled))
     event(f"repetitions skipped: {'some' if seen else 'none'}")
+    with knobs(FIRST_TOUCHES=False, **win):
+        settled_only = facts(run_trace(scn, tiled))
     with knobs(REPEATS_ONCE=False, **win) as seen:
         every = facts(run_trace(scn, tiled))
         assert not seen
@@ -58,6 +60,7 @@ def test_repeats_once_equal_expanded_and_reference(case, max_window):
     ref = facts(run_reference_trace(scn, expanded))
     for p in ref:
         assert once[p] == every[p], f"policy {p}: repeats once != every access"
+        assert settled_only[p] == every[p], f"policy {p}: without first touches"
         assert flat[p] == ref[p], f"policy {p}: expanded trace != reference"
         assert once[p] == ref[p], f"policy {p}: repeats once != reference"
 
