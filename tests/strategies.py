@@ -59,6 +59,11 @@ FOCUS = {
         "guest_fork",) * 2 + ("guest_switch", "guest_age", "zap", "swap_out", "uffd_wp",
                               "enable_dirty_log", "harvest", "warm_stage2", "flush_tlb")),
 }
+# issue 20: dirty rounds — page-table pages zapped under logging and walked again (S1PTW
+# translation faults inside rounds), written or not before the harvest (aging, clear_af,
+# walker updates), whole and chunked harvests, rounds left open at the end
+FOCUS["rounds"] = dict(ops=("access",) * 6 + ("zap",) * 3 + ("harvest",) * 2 + (
+    "clear_af",) * 2 + ("guest_age", "enable_dirty_log", "swap_out", "flush_tlb"))
 PAGE_SET_OPS = ("numa_hint", "ksm_merge", "thp_collapse")
 
 
@@ -202,6 +207,14 @@ def scenarios(draw, max_steps: int = 40, focus: str | None = None,
         guest = Guest(tcr_ha=True, tcr_hd=guest.tcr_hd, tcr2_haft=guest.tcr2_haft, pt_slot="pt")
         slots = [draw(slot_flags("pt", 0x40000000, pt_pages, readonly=True)),
                  draw(slot_flags("data", 0x80000000, data_pages))]
+    elif focus == "rounds":              # HA set, tables present, logging mostly from the start
+        guest = Guest(tcr_ha=True, tcr_hd=guest.tcr_hd, tcr2_haft=guest.tcr2_haft, pt_slot="pt")
+        slots = [replace(draw(slot_flags(name, ipa, n, ("anon",), readonly=False,
+                                         populated=True)),
+                         log_dirty=draw(st.sampled_from((True, True, True, False))),
+                         uffd="none")
+                 for name, ipa, n in (("pt", 0x40000000, pt_pages),
+                                      ("data", 0x80000000, data_pages))]
     elif focus == "guest_bulk":          # room for forks' tables; present, 4K-backed mostly
         pt_pages = 512 if big else gp * draw(st.integers(16, 32))
         slots = [draw(slot_flags("pt", 0x40000000, pt_pages, ("anon", "anon", "shmem",
@@ -295,7 +308,7 @@ def scenarios(draw, max_steps: int = 40, focus: str | None = None,
             steps.append(Step(op, slot=s.name, initially_set=draw(st.booleans()),
                               eager_split=draw(st.booleans())))
         elif op == "harvest" and logging[s.name]:
-            if focus == "host_bulk" and draw(st.booleans()):
+            if focus in ("host_bulk", "rounds") and draw(st.booleans()):
                 # KVM_CLEAR_DIRTY_LOG of one range (a QEMU clear-bitmap chunk)
                 first = draw(st.integers(0, s.pages - 1))
                 count = draw(st.integers(1, s.pages - first))

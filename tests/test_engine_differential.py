@@ -30,8 +30,11 @@ def examples(ci: int) -> int:
 
 def facts(results):
     """Everything a run reports: docs/scenario-format.md's JSON, the §5 metrics (walks, descriptor
-    reads, dirty and uffd counts), and each uffd event's `written` flag."""
-    return {p: (r.as_json(), r.metrics(), [e.written for e in r.uffd_events])
+    reads, dirty and uffd counts, rounds), each uffd event's `written` flag, and each dirty
+    round's ground truth (written pages, S1PTW-translation-faulted pages, the open rounds')."""
+    return {p: (r.as_json(), r.metrics(), [e.written for e in r.uffd_events],
+                [(h.written_pages, h.s1ptw_tf_pages) for h in r.harvests],
+                r.s1ptw_tf_pending)
             for p, r in results.items()}
 
 
@@ -68,6 +71,20 @@ def tiny_windows(monkeypatch):
 @settings(max_examples=examples(100))
 @given(scenarios())
 def test_engine_equals_reference_with_tiny_windows(tiny_windows, scn):
+    assert_same(scn)
+
+
+@settings(max_examples=examples(100))
+@given(scenarios(focus="rounds"))
+def test_engine_equals_reference_dirty_rounds(scn):
+    """Rounds (issue 20): walk faults on page-table pages inside complete and open dirty
+    rounds, pages written before or after them."""
+    ref = run_reference(scn, ("fix",))["fix"]
+    m = ref.metrics()
+    event(f"walk-faulted pages in complete rounds: "
+          f"{'some' if m['s1ptw_tf_round_pages'] else 'none'}")
+    event(f"... written before the harvest: {'some' if m['s1ptw_tf_round_written'] else 'none'}")
+    event(f"open rounds at the end: {'some' if m['dirty_rounds_open'] else 'none'}")
     assert_same(scn)
 
 
