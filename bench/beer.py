@@ -84,8 +84,9 @@ def load_spec(text: str, source: str) -> dict:
                 raise SpecError(f"{at}.until: {c['until']!r} is not one of {', '.join(UNTIL)}")
             if "seconds" in c:
                 raise SpecError(f"{at}.until: give until or seconds, not both")
-            if any("migration" not in hh.split("+") for hh in c.get("hosts", ["none"])):
-                raise SpecError(f"{at}.until: until = \"migrated\" needs the migration host "
+            need = UNTIL[c["until"]][0]
+            if any(need not in hh.split("+") for hh in c.get("hosts", ["none"])):
+                raise SpecError(f"{at}.until: until = {c['until']!r} needs the {need} host "
                                 f"scenario in every host of the case")
         if c.get("section") == "realistic" and not c.get("label"):
             raise SpecError(f"{at}.label: a realistic case needs a label (it names the case)")

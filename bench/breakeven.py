@@ -60,7 +60,7 @@ FALSE_POSITIVE = {
     "precopy": "resend",
     # a needless uffd-wp WRITE fault: the handler's round trip and the page copy
     # (uffd_events x round trip; the page is copied once per snapshot whoever resolves it)
-    "snapshot": "uffd_wp",
+    "snapshot": "uffd_wp", "bg_snapshot": "uffd_wp",
     # the page is missing either way and arrives by the same UFFDIO_COPY/CONTINUE; the W flag
     # costs nothing more in the cost model
     "postcopy": "free",

@@ -49,7 +49,8 @@ FOCUS = {
     # issue 10: host operations on page sets (model/host_ops.py) and aging passes, at one
     # event per one to two accesses: every op, blocks included
     "host_bulk": dict(ops=("access",) * 6 + ("zap", "swap_out", "uffd_wp", "numa_hint",
-                                             "ksm_merge", "thp_collapse") + ("guest_age",) * 2
+                                             "ksm_merge", "thp_collapse", "uffd_unprotect")
+                      + ("guest_age",) * 2
                       + ("enable_dirty_log", "harvest", "punch_hole", "warm_stage2")),
     # issue 10 item 4: the guest kernel's page-table work (munmap's and writeback's PTE
     # stores, free_pgtables, fork's table copies, aging, context switches) at about one event
@@ -64,7 +65,7 @@ FOCUS = {
 # walker updates), whole and chunked harvests, rounds left open at the end
 FOCUS["rounds"] = dict(ops=("access",) * 6 + ("zap",) * 3 + ("harvest",) * 2 + (
     "clear_af",) * 2 + ("guest_age", "enable_dirty_log", "swap_out", "flush_tlb"))
-PAGE_SET_OPS = ("numa_hint", "ksm_merge", "thp_collapse")
+PAGE_SET_OPS = ("numa_hint", "ksm_merge", "thp_collapse", "uffd_unprotect")
 
 
 class GuestSpaces:
