@@ -79,8 +79,11 @@ class GuestSpaces:
         self.ipa = ipas
         self.valid = {0: set(ipas)}
         self.tabled = {0: {va >> self.l2 for va in ipas}}
-        first = (pt.ipa + tables.tables_used * geo.granule)
-        self.fresh = list(range(first, pt.end - geo.granule + 1, geo.granule))
+        # every granule that holds no table (the layout rule's tables are not all at the
+        # start of the slot: they skip mapped granules, and "spread" scatters them)
+        used = set(tables.table_ipas.tolist())
+        self.fresh = [a for a in range(pt.ipa, pt.end - geo.granule + 1, geo.granule)
+                      if a not in used]
         self.root = {0: tables.root}
 
     def pte(self, draw, asid: int, vas: list[int], data: Memslot) -> Step:
@@ -180,7 +183,8 @@ def scenarios(draw, max_steps: int = 40, focus: str | None = None,
                       at_sets_af=draw(st.booleans()), isa=draw(st.sampled_from(isas)))
     guest = Guest(tcr_ha=draw(st.booleans()), tcr_hd=draw(st.booleans()),
                   tcr2_haft=draw(st.booleans()), pt_slot="pt",
-                  vm_protected=draw(st.booleans()))
+                  vm_protected=draw(st.booleans()),
+                  pt_order=draw(st.sampled_from(("address", "address", "spread"))))
     big = draw(st.booleans()) or focus in ("blocks_swap", "blocks_map")  # 512+ page slots
     pt_pages = 512 if big else gp * draw(st.integers(4, 10))
     data_pages = 1024 if big else gp * draw(st.integers(1, 8))

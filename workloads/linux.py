@@ -78,7 +78,7 @@ import pandas as pd
 
 from model.arch import GRANULES, HOST_PAGE, Geometry, GeometryError, make_leaf_desc
 from model.scenario import Guest, Machine, Mapping, Memslot, Scenario, Step, Vmm
-from model.stage1 import build_tables
+from model.stage1 import build_tables, spread_stride
 from model.trace import KIND_CODE, STORE_MASK, Trace
 
 from .aging import DAMON_REGIONS, REGIMES, AgingRule, AgingState, regime_period_ms
@@ -321,19 +321,26 @@ class Space:
 
 
 class Alloc:
-    """The guest's page allocator over one slot: bump pointer plus a LIFO free list."""
+    """The guest's page allocator over one slot: the slot's pages in allocation order
+    (address order, or spread over `capacity` granules: model.stage1.allocation_order, the
+    order the table layout rule follows) plus a LIFO free list."""
 
-    def __init__(self, base: int, granule: int):
+    def __init__(self, base: int, granule: int, capacity: int = 0):
         self.base, self.granule = base, granule
         self.next = 0
         self.free: list[int] = []
+        self.capacity = capacity                # > 0: spread over this many granules
+        self.stride = spread_stride(capacity) if capacity > 1 else 1
 
     def get(self) -> int:
         if self.free:
             return self.free.pop()
-        ipa = self.base + self.next * self.granule
+        if self.capacity and self.next >= self.capacity:
+            raise WorkloadError(f"the guest's memory ({self.capacity} pages) is full: "
+                                f"raise ram_mb")
+        k = (self.next * self.stride) % self.capacity if self.capacity else self.next
         self.next += 1
-        return ipa
+        return self.base + k * self.granule
 
     def put(self, ipa: int) -> None:
         self.free.append(ipa)
@@ -428,8 +435,8 @@ class LinuxGuest:
         if p.layout == "split":
             self.pt = Alloc(PT_IPA, gr)
             self.data = Alloc(DATA_IPA, gr)
-        else:
-            self.pt = self.data = Alloc(PT_IPA, gr)
+        else:                       # one pool; spread over the VM's memory when it is known
+            self.pt = self.data = Alloc(PT_IPA, gr, self._ram_granules())
         self.spaces: dict[int, Space] = {0: Space()}
         self.cur = 0
         self.refs: dict[int, int] = {}         # anonymous page IPA -> mappings
@@ -447,6 +454,12 @@ class LinuxGuest:
                           forks=0, switches=0, tables_freed=0, writebacks=0)
         self.root = self.pt.get()
         return self._premap() if not p.demand else []
+
+    def _ram_granules(self) -> int:
+        """The VM's memory in granules, rounded up to 2 MiB as _finish sizes the slot (0:
+        ram_mb not given)."""
+        ram = self.p.ram_mb * (1 << 20) // HOST_PAGE
+        return -(-ram // BLOCK_PAGES) * BLOCK_PAGES // (self.geo.granule // HOST_PAGE)
 
     def _premap(self) -> list[Mapping]:
         """demand = false: map at start what the first address space touches before any
@@ -489,17 +502,13 @@ class LinuxGuest:
         accesses since each page's last access in the base trace (steady-state AF)."""
         sp = self.spaces[0]
         young = self._young_at_start(order, ages)
-        states = []
-        for q in order:
-            vma = sp.vma_of(q)
+        maps: list[Mapping] = []
+        for q in order:             # in first-touch order, a page's missing tables, then it
+            vma = sp.vma_of(q)      # (one pool with layout = shared: interleaved)
             if vma is None:
                 raise WorkloadError(f"{self.name}: access to VA {q << self.g:#x} outside "
                                     f"every VMA")
-            self._alloc_tables(sp, q)              # phase 1: every initial table first
-            states.append(vma)
-        self._init_tables = dict(sp.tables)
-        maps: list[Mapping] = []
-        for q, vma in zip(order, states):          # phase 2: data pages
+            self._alloc_tables(sp, q)
             af = young.get(q, True)
             if vma.kind == "anon":
                 ipa = self.data.get()
@@ -520,6 +529,7 @@ class LinuxGuest:
             else:
                 maps.append(Mapping(va=va, ipa=ipa, pages=1, af=af, writable=w, dirty=d,
                                     executable=vma.exec))
+        self._init_tables = dict(sp.tables)
         self._premapped = len(order)
         return maps
 
@@ -828,7 +838,8 @@ class LinuxGuest:
         else:
             slots = (Memslot("ram", PT_IPA, pages(self.pt, ram), backing=p.backing),)
             pt_slot = "ram"
-        guest = Guest(tcr_ha=ha, tcr_hd=hd, tcr2_haft=haft, pt_slot=pt_slot)
+        guest = Guest(tcr_ha=ha, tcr_hd=hd, tcr2_haft=haft, pt_slot=pt_slot,
+                      pt_order="spread" if self.pt.capacity else "address")
         scn = Scenario(name=self.name, machine=machine, guest=guest, memslots=slots,
                        vmm=Vmm(), mappings=tuple(mappings), steps=(),
                        source=f"<workload {self.name}>")
