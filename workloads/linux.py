@@ -31,10 +31,12 @@ What the profile does (Linux sources in brackets):
   also maps the neighbouring pages of its fault_around_bytes-aligned window that are in the
   page cache (file and text: all, a warm cache; shmem: pages that exist), old when hardware
   AF is in use (`arch_wants_old_prefaulted_pte`), young otherwise.
-* Aging (MGLRU `walk_pte_range`/`walk_pmd_range`): every age_period accesses, a clock hand
-  test-and-clears the AF of the next age_fraction of each address space's mapped PTEs (CAS of
-  young entries, then TLBI); with HAFT active and age_nonleaf, the level-2 table AF too, and
-  tables whose AF the hardware has not set again are skipped.
+* Aging (MGLRU `walk_pte_range`/`walk_pmd_range`; DAMON `damon_va_mkold`): every age_period
+  accesses a pass test-and-clears the AF of some of each address space's mapped PTEs (CAS of
+  young entries, then TLBI): the next age_fraction of them under a clock hand, every one
+  (aging = mglru), or one random PTE per monitoring region (aging = damon); with HAFT active
+  and age_nonleaf, the level-2 table AF too, and tables whose AF the hardware has not set
+  again are skipped (workloads/aging.py).
 * Writeback (knob writeback_period): dirty PTEs of shared file pages are cleaned and
   write-protected (`folio_mkclean`), so their next write faults again (`page_mkwrite`).
 * munmap (`zap_pte_range`, `free_pgtables`): PTEs cleared (+TLBI); a last-level table whose
@@ -49,14 +51,18 @@ What the profile does (Linux sources in brackets):
 Decisions where docs/semantics.md is silent:
 
 * demand = false: every page the trace touches in the first address space before any munmap,
-  fork or switch is mapped at start, as its first read fault would map it (anon: a new dirty
-  page, no zero page; shmem clean-writable; file and text read-only), young — a warmed-up
-  process; its tables are laid out by model.stage1.build_tables (docs/scenario-format.md's rule).
+  fork or switch (and every page `mapped()` names) is mapped at start, as its first read fault
+  would map it (anon: a new dirty page, no zero page; shmem clean-writable; file and text
+  read-only) — a warmed-up process; young, or with aging on, with the access flags aging
+  leaves (workloads/aging.py AgingRule.young_at_start, from the trace's own recency); in
+  first-touch order, each page's missing tables then the page; the tables are where
+  model.stage1.build_tables puts them (docs/scenario-format.md's rule).
 * Memory: page tables in slot "pt" at IPA 1 GiB, data in slot "ram" at 4 GiB (layout
-  "split"), or both interleaved in one slot "ram" at 1 GiB in allocation order (layout
-  "shared", as a real guest's page allocator mixes them; costs slot-size bytes of page-table
-  memory in the numpy engine).  Slots are rounded up to 2 MiB so THP/hugetlb blocks can form.
-  IPAs are handed out in first-touch order.
+  "split"), or both from one pool in one slot "ram" at 1 GiB, interleaved in allocation order
+  (layout "shared", as a real guest's page allocator hands them out; with ram_mb the pool is
+  spread over the VM's memory, guest.pt_order = "spread", as a guest that has run a while
+  allocates from free pages all over it; costs slot-size bytes of page-table memory in the
+  numpy engine).  Slots are rounded up to 2 MiB so THP/hugetlb blocks can form.
 * Kernel accesses (PTE loads/stores, page zeroing and CoW copies) are plain LDR/STR through the
   linear map: not walked, stage 2 only (model.reference.Vm._kernel_access).  A CoW copy's
   read of the source page is not modelled.  Only last-level tables are freed.
@@ -177,7 +183,8 @@ PROFILE_KNOBS = (
     Knob("writeback_period", 0, "accesses between writebacks of dirty file pages, which "
          "cleans and write-protects their PTEs (0: none)"),
     Knob("layout", "split", "split: tables in slot 'pt', data in 'ram'; shared: one slot, "
-         "tables and data interleaved", ("split", "shared")),
+         "tables and data from one pool in allocation order (spread over the VM's memory "
+         "when ram_mb is given)", ("split", "shared")),
     Knob("backing", "anon", "host backing of the memslots (KVM selftests -s)",
          ("anon", "anon_thp", "hugetlb", "shmem")),
     Knob("hw_update", "on-change", "hardware descriptor updates: on-change (architectural) "
