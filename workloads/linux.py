@@ -455,6 +455,8 @@ class LinuxGuest:
         self.pos = 0
         self.nacc = 0
         self.last_periodic = 0
+        self.next_age = p.age_period          # trace position the next aging pass is due at
+        self.age_at = p.age_period            # ... and the access count it runs at
         self.rule = aging_rule(p, self.haft)
         self.pass_pos: list[int] = []          # trace positions of the aging passes
         self.stats = dict(guest_faults=0, fault_around_ptes=0, aging_passes=0, munmaps=0,
@@ -547,17 +549,28 @@ class LinuxGuest:
             sp.add_vma(v)
 
     def _op_run(self, vc, va, kd) -> None:
-        pers = [q for q in (self.p.age_period, self.p.writeback_period) if q]
+        """Accesses, with the periodic kernel work between them: an aging pass due every
+        age_period trace positions (the clock: workloads/clock.py, fault attempts included),
+        a writeback every writeback_period accesses.  After a pass at position p, the next
+        comes after (its due position - p) more accesses, late by the fault attempts among
+        them (several due by then run together): the same wherever the runs are cut."""
+        age, wb = self.p.age_period, self.p.writeback_period
         n = len(va)
         i = 0
         while i < n:
-            if self.nacc and self.last_periodic != self.nacc:
-                self.last_periodic = self.nacc
-                if self.p.age_period and self.nacc % self.p.age_period == 0:
+            if age and self.nacc >= self.age_at:
+                while self.pos >= self.next_age:
                     self._age()
-                if self.p.writeback_period and self.nacc % self.p.writeback_period == 0:
-                    self._writeback()
-            j = min([n] + [i + q - self.nacc % q for q in pers])
+                    self.next_age += age
+                self.age_at = self.nacc + self.next_age - self.pos
+            if wb and self.nacc and self.last_periodic != self.nacc and self.nacc % wb == 0:
+                self.last_periodic = self.nacc
+                self._writeback()
+            j = n
+            if age:
+                j = min(j, i + self.age_at - self.nacc)
+            if wb:
+                j = min(j, i + wb - self.nacc % wb)
             self._chunk(vc[i:j], va[i:j], kd[i:j])
             self.nacc += j - i
             i = j
@@ -803,7 +816,7 @@ class LinuxGuest:
             return None
         return AgingState(self.rule, self.p.age_period, self.g,
                           {a: (sp.sorted_pages().copy(), sp.hand)
-                           for a, sp in self.spaces.items()}, list(self.pass_pos))
+                           for a, sp in self.spaces.items()}, list(self.pass_pos), self.pos)
 
     def _writeback(self) -> None:
         """Writeback of dirty file pages (folio_mkclean -> page_mkclean_one: pte_wrprotect +
