@@ -210,7 +210,6 @@ COST_DEFAULTS = {
     "uffd_postcopy_us": "postcopy_fault_avg_us",
     "link_gbit_s": "migration_link_gbit_s",
     "resend_overhead_us": "migration_page_overhead_us",
-    "snapshot_copy_us": "snapshot_page_copy_us",
     "guest_access_ns": "guest_access_ns",
 }
 

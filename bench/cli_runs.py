@@ -15,6 +15,19 @@ class RunInputError(ValueError):
     """Bad parameters: one line, exit 2, nothing written."""
 
 
+def q_line(row: dict) -> str:
+    """The case's q against its break-even (bench/breakeven.py), in words."""
+    q, qs = row.get("q_measured"), row.get("q_break_even")
+    if q is None:
+        return ("q: no page-table page took an S1PTW translation fault in a complete dirty "
+                "round (nothing to measure)")
+    side = "above" if qs is not None and q > qs else "at or below"
+    return (f"q = {q:.3g} over {row['dirty_rounds']} complete dirty rounds ("
+            f"{row['s1ptw_tf_round_written']} of {row['s1ptw_tf_round_pages']} walk-faulted "
+            f"page-table pages written before their harvest), {side} the break-even "
+            f"q* = {qs:.3g}" if qs is not None else f"q = {q:.3g} (no break-even)")
+
+
 def _kv(items, what) -> dict:
     out = {}
     for it in items or ():
@@ -80,7 +93,7 @@ def cmd_run(args) -> int:
         raise RunInputError(why)
     try:
         w = build(args.workload, knobs, args.host,
-                  _host_kv(args.host_knob, args.host), args.seed, args.seconds)
+                  _host_kv(args.host_knob, args.host), args.seed, args.seconds, args.until)
     except (WorkloadError, ImportError) as e:
         raise RunInputError(str(e)) from None
     if w.meta.get("aging_warning"):
@@ -96,7 +109,8 @@ def cmd_run(args) -> int:
     show = df[["policy", "s2_faults", "double_faults", "uffd_events", "uffd_false_write",
                "dirty_marked_pt", "dirty_false_positive", "guest_aborts"]]
     md = "\n".join([f"# {w.name} / {args.host} / {args.variant} (seed {args.seed})", "",
-                    report.md_table(show), "", f"**{answer(v)}**" if len(v) else "", ""])
+                    report.md_table(show), "", f"**{answer(v)}**" if len(v) else "", "",
+                    q_line(run.rows[0]), ""])
     if args.format == "text":
         short = show.rename(columns={"s2_faults": "exits", "double_faults": "double",
                                      "uffd_events": "uffd", "uffd_false_write": "uffd_fw",
@@ -104,7 +118,8 @@ def cmd_run(args) -> int:
                                      "dirty_false_positive": "false_dirty",
                                      "guest_aborts": "aborts"})
         sys.stdout.write(report.text_table(short) + "\n" + (report.wrap(answer(v)) + "\n"
-                                                            if len(v) else ""))
+                                                            if len(v) else "")
+                         + report.wrap(q_line(run.rows[0])) + "\n")
     elif args.format == "csv":
         sys.stdout.write(csv_text(run.rows, COLUMNS))
     else:
@@ -186,6 +201,10 @@ def register(sub) -> None:
                    help="simulate S seconds of guest time: the workload's accesses repeated "
                         "or cut to S / access_ns (workloads/clock.py); default: the trace as "
                         "generated")
+    r.add_argument("--until", choices=("migrated",), default=None,
+                   help="instead of --seconds: a window of one whole pre-copy migration "
+                        "(host migration, chained or not), ending at its switch-over, whose "
+                        "last sync ends every dirty round")
     r.add_argument("--seed", type=int, default=1,
                    help="seed of the generator and host scenario, >= 0 (default 1): the same "
                    "seed gives a byte-identical metrics.csv")

@@ -14,7 +14,7 @@ from bench.verdict import MATTERS_SHARE, MIN_EXITS_SAVED, verdict_table
 
 # round constants for hand derivations (not the calibrated defaults)
 HAND_CM = CostModel(exit_us=3.0, uffd_local_us=20.0, uffd_postcopy_us=100.0, link_gbit_s=10.0,
-                    resend_overhead_us=1.0, snapshot_copy_us=1.0, guest_access_ns=10.0)
+                    resend_overhead_us=1.0, guest_access_ns=10.0)
 
 
 # ---- p* ----------------------------------------------------------------------------------
@@ -147,7 +147,7 @@ def _rows(n, p, f0, accesses, host="precopy"):
         return r
     return pd.DataFrame([
         row("fix", s2_faults=f0 + n * (1 + p), s2_s1ptw_translation=n,
-            double_faults=n * p),
+            double_faults=n * p, s1ptw_tf_round_pages=n, s1ptw_tf_round_written=n * p),
         row("ha-promote", s2_faults=f0 + n, s2_s1ptw_translation=n,
             dirty_false_positive=n * (1 - p))])
 
@@ -173,15 +173,18 @@ def test_envelope_agrees_with_the_verdict(p, exit_us, link, accesses, f0, second
 
 
 def test_case_envelope_from_a_metrics_row():
-    # 1000 translation faults on page-table pages, 900 followed by a second fault: p = 0.9.
+    # 1000 (page-table page, round) pairs with a translation fault, 900 written later in
+    # their round (a second fault each under fix): q = 0.9.
     # fix: 2000 other faults; 10^8 accesses of 10 ns = 10^6 us of guest work.
     fix = _rows(1000, 0.9, 2000, 10**8).iloc[0].to_dict()
-    assert be.measured_p(fix) == pytest.approx(0.9)
+    assert be.measured_q(fix) == pytest.approx(0.9)
+    assert be.p_same_access(fix) == pytest.approx(0.9)
     e = be.case_envelope(fix, "precopy", HAND_CM, guest_seconds=1.0)
     # U0 = 10^6 + 2000 * 3 (the other faults; the measured events' 1900 faults removed)
     want = be.envelope_detail(0.9, 3.0, 4.2768, 1.0, run_us=1e6 + 6000, fix_faults=2000)
     assert e == want
-    assert be.measured_p({"s2_s1ptw_translation": 0, "double_faults": 0}) is None
+    assert be.p_same_access({"s2_s1ptw_translation": 0, "double_faults": 0}) is None
+    assert be.measured_q({"s1ptw_tf_round_pages": 0, "s1ptw_tf_round_written": 0}) is None
 
 
 def test_host_unmap_rates_from_the_table():

@@ -135,16 +135,21 @@ def test_migration_clears_one_chunk_before_sending_it():
     w = registry.apply_host(migrating_guest(), "migration",
                             bandwidth_mb_s=4.096, downtime_limit_ms=0.0, clear_chunk_mb=1)
     got = [(p, st.slot, int(st.pages[0]), int(st.pages[-1]) + 1)
-           for p, st in steps(w, "harvest")]
+           for p, st in steps(w, "harvest") if st.pages is not None]
     chunks = [("pt", 0, 16), ("ram", 0, 256), ("ram", 256, 512), ("ram", 512, 768),
               ("ram", 768, 984)]
     want = [(p, *c) for ps in ([0, 16, 272, 528, 784], [1000, 1004, 1068, 1132, 1196],
                                [1250, 1252, 1277, 1303, 1328]) for p, c in zip(ps, chunks)]
     assert got == want
     assert w.meta["host"][-1]["iterations_in_window"] == 3
+    # iteration 3 (100 pages, 1250..1350) wrote nothing: the rest (0 pages) fits the 0 ms
+    # downtime, so the switch-over comes at 1350 with the last sync of every slot
+    assert [(p, st.slot) for p, st in steps(w, "harvest") if st.pages is None] == [
+        (1350, "pt"), (1350, "ram")]
+    assert w.meta["host"][-1]["switchover_s"] == pytest.approx(1.350)     # 1 ms per access
     ref = {p: r.metrics() for p, r in run_reference_trace(w.scenario, w.trace).items()}
     assert {p: r.metrics() for p, r in run_trace(w.scenario, w.trace).items()} == ref
-    # the chunks of the three iterations plus the final would-be harvest of both slots
+    # the chunks of the three iterations and the final syncs are the complete rounds
     assert ref["fix"]["dirty_rounds"] == 15 + 2
 
 

@@ -105,6 +105,27 @@ def _repeat_periodic(w: Workload, n: int) -> list:
     return events
 
 
+MAX_MATERIALISED = 2_000_000_000   # accesses held as arrays (scenario steps)
+MAX_ACCESSES = 10 ** 12              # a window served again lazily (TiledColumn)
+
+
+def cut(w: Workload, n: int, seconds: float | None = None) -> Workload:
+    """`w`'s first `n` accesses and the events up to position n (an event at n applies after
+    the last access: a migration's final sync).  A window served again stays lazy."""
+    tr = w.trace
+    events = [e for e in tr.events if e[0] <= n]
+    meta = dict(w.meta, accesses_for_seconds=n)
+    if seconds is not None:
+        meta["seconds"] = seconds
+    if isinstance(tr, TiledTrace):
+        cols = [TiledColumn(c.base, n) for c in (tr.vcpu, tr.va, tr.kind)]
+        return note_aging(Workload(w.name, w.scenario, TiledTrace(*cols, events, None),
+                                   meta))
+    cols = [np.asarray(c[:n]) for c in (tr.vcpu, tr.va, tr.kind)]
+    soa = None if tr.step_of_access is None else np.asarray(tr.step_of_access[:n])
+    return note_aging(Workload(w.name, w.scenario, Trace(*cols, events, soa), meta))
+
+
 def note_aging(w: Workload) -> Workload:
     """meta's aging_passes / aging / aging_warning for `w`'s window (workloads/aging.py
     window_summary): an aging period the window cannot contain is named, not dropped."""
@@ -122,13 +143,11 @@ def with_seconds(w: Workload, seconds: float) -> Workload:
     tr = w.trace
     if len(tr) == 0:
         raise WorkloadError(f"{w.name}: an empty trace cannot fill {seconds} s")
-    if n > 2_000_000_000:
+    if n > MAX_ACCESSES or (n > MAX_MATERIALISED and tr.step_of_access is not None):
         raise WorkloadError(f"--seconds {seconds}: {n} accesses at {ns} ns each is too many")
     if n <= len(tr):
-        events = [e for e in tr.events if e[0] <= n]
-        cols = [np.asarray(c[:n]) for c in (tr.vcpu, tr.va, tr.kind)]
-        soa = None if tr.step_of_access is None else np.asarray(tr.step_of_access[:n])
-    elif tr.step_of_access is not None:         # a scenario's steps: small, copied
+        return cut(w, n, seconds)
+    if tr.step_of_access is not None:         # a scenario's steps: small, copied
         cols = [np.resize(np.asarray(c), n) for c in (tr.vcpu, tr.va, tr.kind)]
         events = _repeat_periodic(w, n)
         soa = np.resize(tr.step_of_access, n)

@@ -75,7 +75,6 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import math
 from collections import deque
 from dataclasses import dataclass, field, replace
 

@@ -156,10 +156,11 @@ def compatible(generator: str, host_name: str | None) -> bool:
 
 
 def build(name: str, seed: int = 0, host_name: str | None = None,
-          host_knobs: dict | None = None, seconds: float | None = None, **knobs) -> Workload:
+          host_knobs: dict | None = None, seconds=None, **knobs) -> Workload:
     """Generator `name` under host scenario `host_name` (None: none), with the profile knobs
     the host scenario requires; `seconds`: sized to that much guest time first
-    (workloads/clock.py), so that the host's events cover the whole window."""
+    (workloads/clock.py), so that the host's events cover the whole window — a number, or a
+    function of the built workload (a window as long as its migration needs)."""
     if host_name is not None:
         host_entry(host_name)
         if not compatible(name, host_name):
@@ -167,6 +168,8 @@ def build(name: str, seed: int = 0, host_name: str | None = None,
                                 f"its page tables)")
         knobs = {**knobs, **HOST_PROFILE.get(host_name, {})}
     wl = make(name, seed, **knobs)
+    if callable(seconds):
+        seconds = seconds(wl)
     if seconds is not None:
         wl = with_seconds(wl, seconds)
     else:
