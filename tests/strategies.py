@@ -85,8 +85,11 @@ class GuestSpaces:
         self.ipa = ipas
         self.valid = {0: set(ipas)}
         self.tabled = {0: {va >> self.l2 for va in ipas}}
-        first = (pt.ipa + tables.tables_used * geo.granule)
-        self.fresh = list(range(first, pt.end - geo.granule + 1, geo.granule))
+        # every granule that holds no table (the layout rule's tables are not all at the
+        # start of the slot: they skip mapped granules, and "spread" scatters them)
+        used = set(tables.table_ipas.tolist())
+        self.fresh = [a for a in range(pt.ipa, pt.end - geo.granule + 1, geo.granule)
+                      if a not in used]
         self.root = {0: tables.root}
 
     def pte(self, draw, asid: int, vas: list[int], data: Memslot) -> Step:
@@ -186,7 +189,8 @@ def scenarios(draw, max_steps: int = 40, focus: str | None = None,
                       at_sets_af=draw(st.booleans()), isa=draw(st.sampled_from(isas)))
     guest = Guest(tcr_ha=draw(st.booleans()), tcr_hd=draw(st.booleans()),
                   tcr2_haft=draw(st.booleans()), pt_slot="pt",
-                  vm_protected=draw(st.booleans()))
+                  vm_protected=draw(st.booleans()),
+                  pt_order=draw(st.sampled_from(("address", "address", "spread"))))
     big = draw(st.booleans()) or focus in ("blocks_swap", "blocks_map")  # 512+ page slots
     pt_pages = 512 if big else gp * draw(st.integers(4, 10))
     data_pages = 1024 if big else gp * draw(st.integers(1, 8))
@@ -327,3 +331,37 @@ def scenarios(draw, max_steps: int = 40, focus: str | None = None,
     vmm = Vmm("write_backing" if focus == "clear_af_ro"
               else draw(st.sampled_from(("ignore", "write_backing"))))
     return Scenario("gen", machine, guest, tuple(slots), vmm, tuple(maps), tuple(steps))
+
+
+# ---- issue 20: warm workloads with aging on the clock over repeated windows ---------------
+AGED_SMALL = {
+    "zipf": dict(keys=512, operations=150),
+    "sparse": dict(regions=40, accesses=300, write_percent=30),
+    "shared_db": dict(processes=3, buffer_mb=4, pages_per_process=24, accesses=300,
+                      private_kb=8),
+}
+
+
+@st.composite
+def aged_workloads(draw) -> dict:
+    """Arguments of workloads.registry.build: a small generator, warm or not, split or
+    shared (interleaved, spread when ram_mb is given) layout, an aging regime whose period
+    falls inside or outside the base trace, a --seconds window of 1-6 base traces (aging
+    continued over the repeats), sometimes a timed host scenario."""
+    gen = draw(st.sampled_from(sorted(AGED_SMALL)))
+    knobs = dict(AGED_SMALL[gen], access_ns=1000.0, demand=draw(st.booleans()),
+                 layout=draw(st.sampled_from(("split", "shared"))),
+                 aging=draw(st.sampled_from(("", "damon", "mglru"))),
+                 age_period_ms=draw(st.sampled_from((0.05, 0.2, 1.0))))
+    knobs["warm_stage2"] = not knobs["demand"] and draw(st.booleans())
+    if knobs["layout"] == "shared" and draw(st.booleans()):
+        knobs["ram_mb"] = 16
+    if knobs["aging"] == "damon":
+        knobs["damon_regions"] = draw(st.integers(1, 40))
+    elif not knobs["aging"]:
+        knobs["age_fraction"] = draw(st.sampled_from((0.1, 0.5, 1.0)))
+    host = draw(st.sampled_from((None, None, "numa", "migration")))
+    hk = {"numa": {"first_s": 0.0, "scan_size_mb": 1, "scan_period_s": 0.0003},
+          "migration": {"link_gbit_s": 100.0, "downtime_limit_ms": 0.0}}.get(host, {})
+    return dict(name=gen, seed=draw(st.integers(0, 3)), host_name=host, host_knobs=hk,
+                seconds=draw(st.sampled_from((0.001, 0.002, 0.004))), **knobs)

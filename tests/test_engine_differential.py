@@ -13,7 +13,7 @@ from model import engine, engine_guest, policies
 from model.engine import run_engine
 from model.reference import SimulationError, run_reference
 from model.x86 import X86_ISAS
-from tests.strategies import scenarios
+from tests.strategies import aged_workloads, scenarios
 
 settings.register_profile("ci", max_examples=200, deadline=None,
                           suppress_health_check=list(HealthCheck))
@@ -252,3 +252,19 @@ def test_lookahead_column_is_what_the_policies_read():
                     != row.is_write(policies.FaultInfo(*c, walk_writes_page=False))
                     for c in itertools.product((False, True), repeat=len(fields)))
         assert row.lookahead == reads, name
+
+
+@settings(max_examples=examples(12), deadline=None,
+          suppress_health_check=list(HealthCheck))
+@given(aged_workloads())
+def test_engine_equals_reference_on_aged_repeated_windows(args):
+    """issue 20: aging continued over --seconds repeats, steady-state access flags, shared
+    (interleaved, spread) layouts: both engines agree."""
+    from model.engine import run_trace
+    from model.reference_trace import run_reference_trace
+    from workloads.registry import build
+    w = build(**args)
+    assert abs(w.meta.get("aging_passes", 0) - w.meta["aging"]["window_ms"]
+               / w.meta["aging"]["period_ms"]) <= 1
+    ref = facts(run_reference_trace(w.scenario, w.trace))
+    assert facts(run_trace(w.scenario, w.trace)) == ref
