@@ -27,6 +27,7 @@ from .spec_checks import (SpecError, check_engine, check_host, check_host_knobs,
                           check_seeds, check_variant, check_workload)
 from .runner import (COLUMNS, TIMING_COLUMNS, csv_text, environment, meta_json,
                      run_workload, write_dir_atomic)
+from .variants import contradiction
 from .verdict import (COMPARED, MATTERS_RULE, answer, by_variant, false_dirty_rate,
                       hw_always_effect, pt_share, sensitivity, verdict_table)
 
@@ -100,6 +101,10 @@ def load_spec(text: str, source: str) -> dict:
             check_host(hh, f"{at}.hosts")
         for v in c.get("variants", ["default"]):
             check_variant(v, f"{at}.variants")
+            for w, knobs in c.get("knobs", {}).items():
+                why = contradiction(v, knobs.get("cpu") if isinstance(knobs, dict) else None)
+                if why:
+                    raise SpecError(f"{at}.knobs.{w}: {why}")
         for w, knobs in c.get("knobs", {}).items():
             if not isinstance(knobs, dict) or (w not in reg.GENERATORS and w not in ws):
                 raise SpecError(f"{at}.knobs.{w}: not a table of a known workload")
