@@ -201,8 +201,8 @@ def p_same_access(fix: dict) -> float | None:
 def measured_q(fix: dict) -> float | None:
     """q as a run measures it, over its complete dirty rounds: of the (page-table page,
     round) pairs in which the page took an S1PTW translation fault under fix (each page once
-    per round), the share in which the guest wrote the page before the round's harvest
-    (model/results.py dirty_metrics).  Under fix such a page stays read-only for the rest of
+    per round), the share in which the guest wrote the page after that fault and before the
+    round's harvest (model/results.py dirty_metrics).  Under fix such a page stays read-only for the rest of
     the round, so any write to it in the round costs the exit ha-promote avoids; an unwritten
     one is ha-promote's false positive at the harvest.  None: no such pair."""
     n = fix.get("s1ptw_tf_round_pages") or 0

@@ -602,8 +602,8 @@ class Vm:
         elif op == "harvest":
             slot = self.scn.slot(st.slot)
             rng = step_pages(st, slot.pages) if st.pages is not None else None
-            marked, written, tf = host.harvest(slot, rng)
-            self.r.harvests.append(Harvest(i, st.slot, marked, written, tf))
+            marked, written, tf, tfw = host.harvest(slot, rng)
+            self.r.harvests.append(Harvest(i, st.slot, marked, written, tf, tfw))
         elif op in GUEST_OPS:
             getattr(self, GUEST_OPS[op])(st)
         else:

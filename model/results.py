@@ -28,6 +28,7 @@ class Harvest:
     written_pages: list[int]     # ground truth of the round (not in the JSON)
     s1ptw_tf_pages: list[int] = field(default_factory=list)  # took an S1PTW translation
     #                                               fault in the round (not in the JSON)
+    s1ptw_tf_written: list[int] = field(default_factory=list)  # ... and were written after
 
     def as_json(self) -> dict:
         return {"step": self.step, "slot": self.slot, "dirty_pages": self.dirty_pages}
@@ -96,10 +97,11 @@ class PolicyResult:
             m["dirty_false_positive"] += len(fp)
             m["dirty_false_positive_pt"] += len(fp & pt)
             m["dirty_false_negative"] += len(written - marked)
-            # q's pairs (page, round): walk-faulted page-table pages, and those written
+            # q's pairs (page, round): walk-faulted page-table pages, and those the guest
+            # wrote after the fault, before the harvest (each an exit fix takes later)
             tf = set(h.s1ptw_tf_pages) & pt
             m["s1ptw_tf_round_pages"] += len(tf)
-            m["s1ptw_tf_round_written"] += len(tf & written)
+            m["s1ptw_tf_round_written"] += len(set(h.s1ptw_tf_written) & pt)
         for slot in sorted(self.logging_slots):
             marked = set(self.dirty_pages.get(slot, ()))
             m["dirty_pending_marked"] += len(marked)

@@ -33,7 +33,7 @@ def facts(results):
     reads, dirty and uffd counts, rounds), each uffd event's `written` flag, and each dirty
     round's ground truth (written pages, S1PTW-translation-faulted pages, the open rounds')."""
     return {p: (r.as_json(), r.metrics(), [e.written for e in r.uffd_events],
-                [(h.written_pages, h.s1ptw_tf_pages) for h in r.harvests],
+                [(h.written_pages, h.s1ptw_tf_pages, h.s1ptw_tf_written) for h in r.harvests],
                 r.s1ptw_tf_pending)
             for p, r in results.items()}
 
