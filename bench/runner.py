@@ -44,7 +44,8 @@ METRIC_COLUMNS = (
     # rounds (docs/time-and-hosts.md): judged at the harvest that ends each round; the
     # rounds still open at the end apart (pending, never false)
     "dirty_rounds", "dirty_rounds_open", "dirty_pending_marked", "dirty_pending_unwritten",
-    "s1ptw_tf_round_pages", "s1ptw_tf_round_written", "s1ptw_tf_pending",
+    "s1ptw_tf_round_pages", "s1ptw_tf_round_written", "s1ptw_tf_round_neutral",
+    "s1ptw_tf_pending",
     "guest_aborts", "mmio_exits", "vcpu_run_failures", "efaults", "stage1_faults",
     "pml_full_exits", "host_unmapped_pages",
     "pt_pages", "data_pages", "vcpus",

@@ -86,7 +86,8 @@ class PolicyResult:
                            "dirty_false_positive", "dirty_false_positive_pt",
                            "dirty_false_negative", "dirty_pending_marked",
                            "dirty_pending_unwritten", "s1ptw_tf_round_pages",
-                           "s1ptw_tf_round_written", "s1ptw_tf_pending"), 0)
+                           "s1ptw_tf_round_written", "s1ptw_tf_round_neutral",
+                           "s1ptw_tf_pending"), 0)
         for h in self.harvests:
             pt = self.pt_pages.get(h.slot, set())
             marked, written = set(h.dirty_pages), set(h.written_pages)
@@ -100,8 +101,12 @@ class PolicyResult:
             # q's pairs (page, round): walk-faulted page-table pages, and those the guest
             # wrote after the fault, before the harvest (each an exit fix takes later)
             tf = set(h.s1ptw_tf_pages) & pt
+            tfw = set(h.s1ptw_tf_written) & pt
             m["s1ptw_tf_round_pages"] += len(tf)
-            m["s1ptw_tf_round_written"] += len(set(h.s1ptw_tf_written) & pt)
+            m["s1ptw_tf_round_written"] += len(tfw)
+            # written in the round, but only before the fault: neither a saving nor a false
+            # positive (fix's page was writable then; ha-promote's mark is true)
+            m["s1ptw_tf_round_neutral"] += len((tf & written) - tfw)
         for slot in sorted(self.logging_slots):
             marked = set(self.dirty_pages.get(slot, ()))
             m["dirty_pending_marked"] += len(marked)

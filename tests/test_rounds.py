@@ -23,13 +23,14 @@ writes nothing (R_LFTXR).
     so q has nothing to count.
 (d) the guest writes page 3 (clear_af) *before* the zap and the walk fault, and not after:
     the write saves nothing (fix's page was writable then), and ha-promote's mark is no
-    false positive either (the page was written in the round); q = 0/1 — q counts writes
-    after the walk fault only.
+    false positive either (the page was written in the round): a neutral pair, left out of
+    q (nothing to measure).
 """
 from __future__ import annotations
 
 import pytest
 
+from bench.breakeven import measured_q
 from model.engine import run_engine
 from model.reference import run_reference
 from model.scenario_io import parse_scenario
@@ -106,4 +107,6 @@ def test_d_written_only_before_the_walk_fault_saves_nothing(engine):
     fix, hap = m["fix"], m["ha-promote"]
     assert fix["s2_faults"] == hap["s2_faults"]                # nothing saved
     assert hap["dirty_false_positive"] == fix["dirty_false_positive"] == 0
-    assert fix["s1ptw_tf_round_pages"] == 1 and fix["s1ptw_tf_round_written"] == 0   # q = 0
+    assert fix["s1ptw_tf_round_pages"] == 1 and fix["s1ptw_tf_round_written"] == 0
+    assert fix["s1ptw_tf_round_neutral"] == 1
+    assert measured_q(fix) is None                             # no pair where they differ
