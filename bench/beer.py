@@ -27,6 +27,7 @@ from .spec_checks import (SpecError, check_engine, check_host, check_host_knobs,
                           check_seeds, check_variant, check_workload)
 from .runner import (COLUMNS, TIMING_COLUMNS, csv_text, environment, meta_json,
                      run_workload, write_dir_atomic)
+from .variants import contradiction
 from .verdict import (COMPARED, MATTERS_RULE, answer, by_variant, false_dirty_rate,
                       hw_always_effect, pt_share, sensitivity, verdict_table)
 
@@ -84,8 +85,9 @@ def load_spec(text: str, source: str) -> dict:
                 raise SpecError(f"{at}.until: {c['until']!r} is not one of {', '.join(UNTIL)}")
             if "seconds" in c:
                 raise SpecError(f"{at}.until: give until or seconds, not both")
-            if any("migration" not in hh.split("+") for hh in c.get("hosts", ["none"])):
-                raise SpecError(f"{at}.until: until = \"migrated\" needs the migration host "
+            need = UNTIL[c["until"]][0]
+            if any(need not in hh.split("+") for hh in c.get("hosts", ["none"])):
+                raise SpecError(f"{at}.until: until = {c['until']!r} needs the {need} host "
                                 f"scenario in every host of the case")
         if c.get("section") == "realistic" and not c.get("label"):
             raise SpecError(f"{at}.label: a realistic case needs a label (it names the case)")
@@ -99,6 +101,10 @@ def load_spec(text: str, source: str) -> dict:
             check_host(hh, f"{at}.hosts")
         for v in c.get("variants", ["default"]):
             check_variant(v, f"{at}.variants")
+            for w, knobs in c.get("knobs", {}).items():
+                why = contradiction(v, knobs.get("cpu") if isinstance(knobs, dict) else None)
+                if why:
+                    raise SpecError(f"{at}.knobs.{w}: {why}")
         for w, knobs in c.get("knobs", {}).items():
             if not isinstance(knobs, dict) or (w not in reg.GENERATORS and w not in ws):
                 raise SpecError(f"{at}.knobs.{w}: not a table of a known workload")
@@ -519,7 +525,11 @@ def realistic_map(real: pd.DataFrame) -> pd.DataFrame:
     cols: list[str] = []
     for _i, r in d.iterrows():
         guest, aging = map_key(r)
-        col = f"{aging}:{link_name(r['link_mb_s'])}"
+        link = link_name(r["link_mb_s"])
+        label = str(r["workload"]).rsplit("@", 1)[-1]
+        if link not in MAP_LINKS or label.count("/") > 2:
+            continue                  # other links and variations: the table below the map
+        col = f"{aging}:{link}"
         if col not in cols:
             cols.append(col)
         mark = "*" if r["matters"] else ""
@@ -530,6 +540,7 @@ def realistic_map(real: pd.DataFrame) -> pd.DataFrame:
 
 
 AGING_ORDER = {"none": 0, "damon": 1, "mglru": 2}
+MAP_LINKS = ("10G", "25G")
 
 
 def answer_line(real: pd.DataFrame) -> str:

@@ -70,7 +70,8 @@ FIRST_TOUCHES = True
 # ... for windows up to this many accesses (its index: 8 bytes per access; and chunk
 # positions stay far below engine_chunk.BIG)
 FIRST_TOUCHES_MAX_PERIOD = 1 << 25
-UNION_HOST_OPS = frozenset({"zap", "numa_hint", "swap_out", "uffd_wp", "ksm_merge"})
+UNION_HOST_OPS = frozenset({"zap", "numa_hint", "swap_out", "uffd_wp", "ksm_merge",
+                            "uffd_unprotect"})
 
 
 class Flags:
