@@ -259,7 +259,7 @@ class Group:
                 np.count_nonzero(~self.stopped[vc[end - rest:end]]))
         for vm in self.vms:
             vm.r.accesses += n_acc
-            vm.host.written_all[wpages] = True                 # (Host.guest_write)
+            vm.host.mark_written(wpages)                       # (Host.guest_write)
         self.repeats_skipped += k
         return end
 
