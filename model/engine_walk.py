@@ -119,14 +119,16 @@ class FastWalks:
         self.L, n = geo.levels, len(va)
         self.pt_start = idx.index(pt_base)            # slot index of the slot's first page
         self.root_pos = np.int64(int(mem.row[(root - pt_base) >> 12]) << 9)
-        outside = (va >> geo.va_bits) != 0
-        self.va = np.where(outside, 0, va) if outside.any() else va
+        outside = va.view(np.uint64) >= U64(1 << geo.va_bits)    # (va >> va_bits) != 0
+        some_out = bool(outside.any())
+        self.va = np.where(outside, 0, va) if some_out else va
         leaf = np.empty(n, dtype=U64)
         for a in range(0, n, FAST_CHUNK):
             leaf[a:a + FAST_CHUNK] = np.take(mem.mem, self._chain(a, None))
-        ok = (leaf & U64(3)) == U64(3)
-        ok &= ~outside
-        self.redo = np.flatnonzero(~ok)
+        bad = (leaf & U64(3)) != U64(3)
+        if some_out:
+            bad |= outside
+        self.redo = np.flatnonzero(bad)
         self.leaf = leaf
         self.dp = idx.index_v(leaf.view(np.int64) & np.int64(geo.oa_mask))
         self.ex = None
