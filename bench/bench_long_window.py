@@ -12,6 +12,7 @@ VMs, all four policies, with the numpy engine; and a 1 TiB VM over 0.1 s.  Run b
   one whole migration.  Target: <= 20 s.
 * repeats: the same real program over 0.05 s with the repetitions that settle counted once
   (engine.REPEATS_ONCE, the default) and with every access run (the expanded path).
+* peak_memory_default_bandwidth: peak RSS of the 128 MiB/s run (target <= 1 GiB).
 * vm_size: a warm zipf guest (1 Mi keys) under migration+numa over 0.1 s in a 4 GiB and a
   1 TiB VM: time and peak RSS of a fresh process (targets: <= 2 GiB, <= 3x the 4 GiB time).
 
@@ -136,3 +137,29 @@ def test_vm_size(benchmark, ram_mb):
                                 guest_seconds=out["guest_seconds"],
                                 guest_seconds_per_wall_second=out["guest_seconds"]
                                 / out["seconds"])
+
+
+PEAK = """
+import json, sys
+from bench.bench_long_window import _workload
+from model.engine import run_trace
+w, _ = _workload(sys.argv[1])
+run_trace(w.scenario, w.trace)
+with open("/proc/self/status") as f:          # this process's own high-water mark
+    hwm = [int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM")]
+print(json.dumps(hwm[0]))
+"""
+
+
+def test_peak_memory_default_bandwidth(benchmark):
+    """Peak RSS of a fresh process that builds and runs long_window_default_bandwidth (the
+    catalogue's recording, the host schedule, the engine): target <= 1 GiB."""
+    out = {}
+
+    def run():
+        p = subprocess.run([sys.executable, "-c", PEAK, "long_window_default_bandwidth"],
+                           capture_output=True, text=True, check=True)
+        out["rss"] = json.loads(p.stdout.strip().splitlines()[-1])
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    benchmark.extra_info.update(peak_rss_bytes=out["rss"])
+    assert out["rss"] <= 1 << 30, f"peak RSS {out['rss'] / 2**20:.0f} MiB"
