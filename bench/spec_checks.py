@@ -119,6 +119,11 @@ def check_workload(w, at: str) -> str:
     elif w.startswith("trace:"):
         if not Path(w.split(":", 1)[1]).is_dir():
             raise SpecError(f"{at}: {w!r}: no such trace directory")
+        from workloads.trace_dir import check_format
+        try:
+            check_format(Path(w.split(":", 1)[1]))
+        except WorkloadError as e:
+            raise SpecError(f"{at}: {e}") from None
     elif w.startswith("import:"):
         if not Path(w.split(":", 1)[1]).is_file():
             raise SpecError(f"{at}: {w!r}: no such trace file")

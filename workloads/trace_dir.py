@@ -13,20 +13,22 @@ Two passes, memory bounded by the pages touched, never by the trace's length:
    `model.trace_stream` columns.
 
 A trace directory holds `vcpu.npy`, `va.npy`, `kind.npy` (model.trace_stream's columns, with
-the fault attempts), `workload.pkl` (the scenario, the events and the workload meta: the
-directory is trusted input, as any pickle) and `meta.json` (the same facts for people: the
-source, the recording, the layout and the time per access the program implies).  Everything
-is written under DIR.tmp-XXXX, then renamed: a failure leaves no partial directory.
+the fault attempts), `scenario.json` (the scenario, in the scenario file format),
+`events.json` (the trace's events) and `meta.json` (the workload's meta: the source, the
+recording, the layout and the time per access the program implies), all JSON
+(workloads/trace_json.py): reading a trace directory runs no code.  A directory of the first
+format (a pickled `workload.pkl`) is refused, never loaded: convert its source again.
+Everything is written under DIR.tmp-XXXX, then renamed: a failure leaves no partial
+directory.
 """
 from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
 import shutil
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +40,9 @@ from model.trace_stream import COLUMNS, TraceFileError, open_trace_dir
 from .base import Workload, WorkloadError
 from .importers import TraceError, layout_vmas
 from .linux import LinuxGuest, make_profile
+from .trace_json import events_text, parse_events, read_json, read_scenario, scenario_dict
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2                      # 1: workload.pkl (a pickle; refused)
 REPLAY_BLOCK = 1 << 22                  # accesses replayed through the guest at a time
 HEADER_BYTES = 128                      # fixed .npy header, rewritten with the length at the end
 # time per access for the calibrated clock (issue 13): valgrind counts guest instructions; a
@@ -228,10 +231,11 @@ def convert(chunks, out: Path, *, name: str, source: dict, limit: int | None = N
                     profile=asdict(profile), vmas=len(vmas), pages_touched=len(uniq))
         ins = instrs()
         meta["time_per_access"] = time_per_access(ins, n)
-        with open(tmp / "workload.pkl", "wb") as f:
-            pickle.dump({"version": FORMAT_VERSION, "name": name, "scenario": wl.scenario,
-                         "events": g.events, "meta": meta}, f, protocol=4)
-        (tmp / "meta.json").write_text(json.dumps(dict(meta, format_version=FORMAT_VERSION),
+        (tmp / "scenario.json").write_text(json.dumps(scenario_dict(wl.scenario), indent=1)
+                                           + "\n")
+        (tmp / "events.json").write_text(events_text(g.events))
+        (tmp / "meta.json").write_text(json.dumps(dict(meta, format_version=FORMAT_VERSION,
+                                                       name=name),
                                                   indent=2, sort_keys=True, default=str)
                                        + "\n")
         os.chmod(tmp, 0o755)                       # mkdtemp's 0700 -> a normal directory
@@ -242,23 +246,41 @@ def convert(chunks, out: Path, *, name: str, source: dict, limit: int | None = N
     return out
 
 
+def _refuse_pickle(d: Path) -> None:
+    """A first-format directory (workload.pkl, a pickle) is never unpickled: loading a pickle
+    runs whatever code it names.  The message says how to make a new one."""
+    how = "ptwbench convert TRACE --out NEWDIR (or ptwbench record)"
+    try:
+        m = json.loads((d / "meta.json").read_text())
+        if m.get("source") == "file" and m.get("path"):
+            how = f"ptwbench convert {m['path']} --out NEWDIR"
+        elif m.get("source") == "record" and m.get("command"):
+            how = f"ptwbench record --out NEWDIR -- {' '.join(map(str, m['command']))}"
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass
+    raise WorkloadError(f"{d}: an old trace directory (workload.pkl, a pickle: not loaded, "
+                        f"it could run code); convert it again: {how}")
+
+
+def check_format(d: Path) -> None:
+    """Cheap, before any run (spec checks too): refuses a first-format directory."""
+    if (d / "workload.pkl").exists() and not (d / "events.json").exists():
+        _refuse_pickle(d)
+
+
 def load(d: Path) -> Workload:
     """A trace directory as a Workload whose trace is streamed from disk."""
     d = Path(d)
     if not d.is_dir():
         raise WorkloadError(f"{d}: not a trace directory (no such directory)")
-    p = d / "workload.pkl"
+    check_format(d)
+    meta = read_json(d / "meta.json")
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        raise WorkloadError(f"{d / 'meta.json'}: not a version-{FORMAT_VERSION} trace "
+                            f"directory")
+    scenario = read_scenario(d / "scenario.json")
     try:
-        with open(p, "rb") as f:
-            w = pickle.load(f)
-        if not isinstance(w, dict) or w.get("version") != FORMAT_VERSION:
-            raise ValueError(f"not a version-{FORMAT_VERSION} trace directory")
-    except FileNotFoundError:
-        raise WorkloadError(f"{p}: missing (not a converted trace directory)") from None
-    except (OSError, ValueError, EOFError, pickle.UnpicklingError, AttributeError) as e:
-        raise WorkloadError(f"{p}: unreadable: {e}") from None
-    try:
-        trace = open_trace_dir(d, w["events"])
+        trace = open_trace_dir(d)
         n = len(trace)
         for col in (trace.vcpu, trace.va, trace.kind):
             size = col.path.stat().st_size
@@ -267,10 +289,12 @@ def load(d: Path) -> Workload:
                                      f"{col.offset + n * col.dtype.itemsize} (truncated?)")
     except TraceFileError as e:
         raise WorkloadError(str(e)) from None
-    if n != w["meta"].get("trace_len"):
-        raise WorkloadError(f"{d}: {n} accesses, meta.json says {w['meta'].get('trace_len')}")
-    meta = dict(w["meta"], path=str(d))
-    return Workload(f"trace:{d.name}", w["scenario"], trace, meta)
+    if n != meta.get("trace_len"):
+        raise WorkloadError(f"{d}: {n} accesses, meta.json says {meta.get('trace_len')}")
+    trace.events = parse_events(read_json(d / "events.json"), str(d / "events.json"), n)
+    scenario = replace(scenario, source=f"<workload {meta.get('name', d.name)}>")
+    meta = {k: v for k, v in meta.items() if k not in ("format_version", "name")}
+    return Workload(f"trace:{d.name}", scenario, trace, dict(meta, path=str(d)))
 
 
 def lackey_instrs(block: bytes) -> int:
