@@ -170,7 +170,10 @@ def cases(spec: dict):
 
 
 def _ignore_sigint() -> None:
+    """Pool workers: Ctrl-C is the parent's to handle; SIGTERM (the pool's terminate) ends
+    a worker quietly (not the parent's handler, inherited through fork)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _run_group(args) -> list[tuple]:
@@ -266,6 +269,9 @@ def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
     sens = sensitivity(df, cm)
     real_sens = realistic_sensitivity(df, v, cm)
     rvs = real_vs_synthetic(df, v, kinds)
+    # the default name is the time: two beers finishing in the same second into one root
+    # both keep their results (beer-STAMP, beer-STAMP-2); a stamp given is checked up front
+    unique = stamp is None
     stamp = stamp or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     files = {
         "metrics.csv": csv_text(rows, COLUMNS),
@@ -284,7 +290,11 @@ def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
     files["exits_vs_cost.png"] = report.plot_exits_vs_cost(v)
     files["sensitivity.png"] = report.plot_sensitivity(
         sens, float(v["net_us"].max()) if len(v) else None)
-    return write_dir_atomic(out_root / f"beer-{stamp}", files)
+    try:
+        return write_dir_atomic(out_root / f"beer-{stamp}", files, unique=unique)
+    except FileExistsError:
+        raise SpecError(f"--stamp: {out_root / f'beer-{stamp}'} appeared while this beer "
+                        f"ran (another beer with the same --stamp?); nothing written") from None
 
 
 SUMMARY_COLS = ["case", "fix_double_faults", "exits_saved", "false_dirty_extra",

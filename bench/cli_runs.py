@@ -9,6 +9,9 @@ from .errors import nonneg_int
 from .spec_checks import SpecError, check_seeds
 
 DEFAULT_RESULTS = Path("results")
+# timed runs of one `run`: pyperf takes 20 values by default; 1000 is 50x that, and a progress
+# bar shows how far a long one has got
+MAX_REPEAT = 1000
 
 
 class RunInputError(ValueError):
@@ -59,7 +62,7 @@ def cmd_run(args) -> int:
     from . import report
     from .catalog import build
     from .runner import (COLUMNS, TIMING_COLUMNS, csv_text, environment, meta_json,
-                         run_workload, write_dir_atomic)
+                         run_workload, short_name, write_dir_atomic)
     from .variants import VARIANTS
     from .verdict import answer, verdict_table
     from .cost import CostModel
@@ -70,8 +73,10 @@ def cmd_run(args) -> int:
         check_seeds([args.seed], "--seed")
     except SpecError as e:
         raise RunInputError(str(e)) from None
-    if args.repeat < 1:
-        raise RunInputError(f"--repeat: {args.repeat} is not >= 1")
+    if not 1 <= args.repeat <= MAX_REPEAT:
+        raise RunInputError(f"--repeat: {args.repeat} is not in 1..{MAX_REPEAT}")
+    if args.warmup > MAX_REPEAT:
+        raise RunInputError(f"--warmup: {args.warmup} is over {MAX_REPEAT}")
     if not args.no_save:
         _out_root(args.out)
     try:
@@ -102,7 +107,7 @@ def cmd_run(args) -> int:
         sys.stdout.write(md)
     if not args.no_save:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        name = f"{w.name.replace(':', '_')}-{args.host}-{args.variant}-s{args.seed}-{stamp}"
+        name = short_name(f"{w.name}-{args.host}-{args.variant}-s{args.seed}-{stamp}")
         d = write_dir_atomic(Path(args.out) / name, unique=True, files={
             "metrics.csv": csv_text(run.rows, COLUMNS),
             "timings.csv": csv_text(run.timings, TIMING_COLUMNS),

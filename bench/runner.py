@@ -247,7 +247,37 @@ def check_out_root(root: Path, what: str = "--out") -> Path:
         raise OutputError(f"{what}: {p} is not a directory")
     if not os.access(p, os.W_OK | os.X_OK):
         raise OutputError(f"{what}: {p} is not writable")
+    name_max = _pathconf(p, "PC_NAME_MAX", 255)
+    for part in root.parts:
+        if len(os.fsencode(part)) > name_max:
+            raise OutputError(f"{what}: a name of {len(part)} characters "
+                              f"({part[:24]!r}...) is too long for the file system "
+                              f"(at most {name_max})")
+    if len(os.fsencode(str(root.absolute()))) > _pathconf(p, "PC_PATH_MAX", 4096) - 300:
+        raise OutputError(f"{what}: the path is too long for the file system")
     return root
+
+
+RUN_NAME_MAX = 120              # result directory names (check_name), before "-N" suffixes
+
+
+def _pathconf(p: Path, name: str, default: int) -> int:
+    try:
+        return os.pathconf(p, name)
+    except (OSError, ValueError, AttributeError):
+        return default
+
+
+def short_name(name: str, limit: int = RUN_NAME_MAX) -> str:
+    """`name` as a directory name of at most `limit` characters: a long one (a workload named
+    by a long path) keeps its start and end around a hash of the whole, so it stays unique."""
+    import hashlib
+    name = re.sub(r"[^A-Za-z0-9._+@=-]", "_", name).lstrip(".-_") or "run"
+    if len(name) <= limit:
+        return name
+    h = hashlib.sha256(name.encode()).hexdigest()[:10]
+    keep = (limit - len(h) - 2) // 2
+    return f"{name[:keep]}~{h}~{name[-keep:]}"
 
 
 def unique_run_dir(root: Path, name: str) -> Path:
@@ -279,8 +309,8 @@ def write_dir_atomic(final: Path, files: dict[str, str | bytes], unique: bool = 
             try:
                 os.rename(tmp, final)
                 break
-            except OSError:                      # taken between the check and the rename
-                if not unique:
+            except OSError:                      # taken between the check and the rename?
+                if not (unique and final.exists()):
                     raise
     except BaseException:
         import shutil

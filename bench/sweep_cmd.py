@@ -10,6 +10,7 @@ from pathlib import Path
 from model.policies import POLICIES
 
 from .cli_runs import RunInputError
+from .errors import OUTPUT_ERRNOS, interrupted_status, os_error_line
 
 # dask.distributed addresses: [protocol://]host:port (distributed.comm.addressing)
 SCHEDULER_ADDRESS = re.compile(r"(?:(?:tcp|tls|ws|wss|ucx)://)?(?:\[[0-9A-Fa-f:]+\]|"
@@ -26,6 +27,28 @@ def _quiet(fn):
     finally:
         gc.collect()
         sys.unraisablehook = hook
+
+
+# memory the sweep process holds per point while it runs (the point, its result rows for
+# every policy, timings and run meta, kept until the aggregate): ASSUMPTION, ~20 KB measured
+# as the size of a points/ID.json of a default-size point, doubled for Python's objects
+POINT_BYTES = 40_000
+
+
+def _check_memory(n: int, spec: str) -> None:
+    from workloads.footprint import human, machine_memory
+    have, what = machine_memory()
+    if n * POINT_BYTES > have:
+        raise RunInputError(f"{spec}: {n:,} points would hold about {human(n * POINT_BYTES)} "
+                            f"of results in memory; this machine has {human(have)} {what}")
+
+
+def _check_out(out: Path, what: str) -> None:
+    from .runner import OutputError, check_out_root
+    try:
+        check_out_root(out, what)
+    except OutputError as e:
+        raise RunInputError(str(e)) from None
 
 
 def cmd_sweep(args) -> int:
@@ -47,6 +70,7 @@ def cmd_sweep(args) -> int:
         raise RunInputError(f"{args.spec}: {n:,} points (x {len(POLICIES)} policies) is over "
                             f"the limit of {POINT_LIMIT:,}: about {n * 0.3 / 3600:,.1f} "
                             f"core-hours at 0.3 s a point; --yes runs it anyway")
+    _check_memory(n, args.spec)
     try:
         check_generators(spec)
     except SweepError as e:
@@ -66,6 +90,7 @@ def cmd_sweep(args) -> int:
                                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
                                 ) from None
     out = Path(args.out) if args.out else Path(spec["out"])
+    _check_out(out, "--out" if args.out else f"{args.spec}: sweep.out")
     print(f"sweep {spec['name']}: {n:,} points x {len(POLICIES)} policies -> {out}",
           file=sys.stderr)
     try:
@@ -73,10 +98,16 @@ def cmd_sweep(args) -> int:
                         progress=False if args.no_progress else None)
     except SweepError as e:
         raise RunInputError(str(e)) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(f"ptwbench: sweep interrupted; finished points are in {out / 'points'}: rerun "
               f"the same command to go on", file=sys.stderr)
-        return 130
+        return interrupted_status(e)
+    except OSError as e:                     # a full or read-only disk while writing
+        if e.errno not in OUTPUT_ERRNOS:
+            raise
+        print(f"ptwbench: error: {os_error_line(e)}; the finished points are in "
+              f"{out / 'points'}: rerun the same command to go on", file=sys.stderr)
+        return 2
     finally:
         if client is not None:
             client.close()

@@ -20,9 +20,20 @@ def _profile(args) -> dict:
     return _kv(args.knob or [], "--knob")
 
 
+def _check_out(out: Path) -> None:
+    """The output's folder must be writable and its name usable, before any work."""
+    from .runner import OutputError, check_out_root
+    try:
+        check_out_root(out.parent if str(out.parent) else Path("."), "--out")
+        check_out_root(out, "--out")
+    except OutputError as e:
+        raise RunInputError(str(e)) from None
+
+
 def cmd_convert(args) -> int:
     from workloads.base import WorkloadError
     from workloads.trace_dir import convert_file
+    _check_out(Path(args.out))
     try:
         d = convert_file(args.trace, Path(args.out), args.format, args.limit or None,
                          args.skip, **_profile(args))
@@ -88,6 +99,7 @@ def cmd_record(args) -> int:
     out = Path(args.out or f"trace-{Path(prog[0]).name}")
     if out.exists():
         raise RunInputError(f"{out}: already exists (choose another --out)")
+    _check_out(out)
     r, w = os.pipe()
     stdin = subprocess.DEVNULL if args.no_stdin else None
     p = subprocess.Popen([*VALGRIND, f"--log-fd={w}", *prog], pass_fds=(w,), stdin=stdin,
