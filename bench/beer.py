@@ -24,8 +24,9 @@ from .catalog import build, micro_workload, scenario_files
 from .cost import CostModel
 from .spec_checks import (SpecError, check_engine, check_host, check_host_knobs, check_knobs,
                           check_seeds, check_variant, check_workload)
-from .runner import (COLUMNS, TIMING_COLUMNS, csv_text, environment, meta_json,
-                     run_workload, write_dir_atomic)
+from .meta import envelope
+from .runner import (COLUMNS, TIMING_COLUMNS, csv_text, meta_json, run_workload,
+                     write_dir_atomic)
 from .verdict import (COMPARED, MATTERS_RULE, answer, by_variant, false_dirty_rate,
                       hw_always_effect, pt_share, sensitivity, verdict_table)
 
@@ -197,7 +198,7 @@ def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
              progress: bool | None = None, stamp: str | None = None,
              workers: int | None = None) -> Path:
     """The beer verdict of `spec`; `workers` processes (default: one per core)."""
-    from tqdm import tqdm
+    from .progress import Progress
     cm = cm or CostModel()
     seed = int(spec.get("seed", 0))
     engine = spec.get("engine", "numpy")
@@ -217,9 +218,9 @@ def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
     work = [(items, seed, engine) for items in groups.values()]
     done: dict[int, tuple] = {}
     n = max(1, min(workers or os.cpu_count() or 1, len(work)))
-    # tqdm: disable=None shows the bar only on a terminal
-    bar = tqdm(total=len(jobs), desc="beer", unit="run",
-               disable=None if progress is None else not progress)
+    # a bar on a terminal, a line every few seconds elsewhere (bench/progress.py)
+    bar = Progress(len(jobs), "beer", "run", show=None if progress is None or progress
+                   else False)
     if n == 1:
         for args in work:
             for r in _run_group(args):
@@ -277,9 +278,9 @@ def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
         "metrics.csv": csv_text(rows, COLUMNS),
         "timings.csv": csv_text(timings, TIMING_COLUMNS),
         "verdict.csv": v.to_csv(index=False, lineterminator="\n"),
-        "meta.json": meta_json({"job": "beer", "spec": spec, "cost_model": cm.as_dict(),
-                                "environment": environment(), "runs": metas,
-                                "seconds": time.perf_counter() - t0}),
+        "meta.json": meta_json(envelope("beer", spec=spec, runs=metas,
+                                        seconds=time.perf_counter() - t0,
+                                        cost_model=cm.as_dict())),
     }
     files["report.md"] = (markdown(df, v, sens, cm, real_sens, rvs)
                           + x86_report.markdown(dfx))

@@ -5,7 +5,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import nonneg_int
+from .errors import OUTPUT_ERRNOS, nonneg_int, os_error_line
 from .spec_checks import SpecError, check_seeds
 
 DEFAULT_RESULTS = Path("results")
@@ -61,7 +61,7 @@ def cmd_run(args) -> int:
 
     from . import report
     from .catalog import build
-    from .runner import (COLUMNS, TIMING_COLUMNS, csv_text, environment, meta_json,
+    from .runner import (COLUMNS, TIMING_COLUMNS, csv_text, meta_json, run_total,
                          run_workload, short_name, write_dir_atomic)
     from .variants import VARIANTS
     from .verdict import answer, verdict_table
@@ -84,9 +84,17 @@ def cmd_run(args) -> int:
                   _host_kv(args.host_knob, args.host), args.seed, args.seconds)
     except (WorkloadError, ImportError) as e:
         raise RunInputError(str(e)) from None
-    run = run_workload(w, host=args.host, variant=args.variant, seed=args.seed,
-                       engine=args.engine, repeat=args.repeat, warmup=args.warmup)
-    run.meta["environment"] = environment()
+    from model.policies import DEFAULT_ORDER
+
+    from .progress import Progress
+    bar = Progress(run_total(w, args.engine, DEFAULT_ORDER, args.repeat, args.warmup),
+                   f"run {w.name}", "accesses")
+    try:
+        run = run_workload(w, host=args.host, variant=args.variant, seed=args.seed,
+                           engine=args.engine, repeat=args.repeat, warmup=args.warmup,
+                           progress=bar)
+    finally:
+        bar.close()
     df = pd.DataFrame(run.rows, columns=list(COLUMNS))
     v = verdict_table(df, CostModel())
     show = df[["policy", "s2_faults", "double_faults", "uffd_events", "uffd_false_write",
@@ -108,12 +116,31 @@ def cmd_run(args) -> int:
     if not args.no_save:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         name = short_name(f"{w.name}-{args.host}-{args.variant}-s{args.seed}-{stamp}")
-        d = write_dir_atomic(Path(args.out) / name, unique=True, files={
-            "metrics.csv": csv_text(run.rows, COLUMNS),
-            "timings.csv": csv_text(run.timings, TIMING_COLUMNS),
-            "meta.json": meta_json(run.meta), "report.md": md})
+        try:
+            d = write_dir_atomic(Path(args.out) / name, unique=True, files={
+                "metrics.csv": csv_text(run.rows, COLUMNS),
+                "timings.csv": csv_text(run.timings, TIMING_COLUMNS),
+                "meta.json": meta_json(run_meta(args, run)), "report.md": md})
+        except OSError as e:                 # the result is on stdout already: say so
+            if e.errno not in OUTPUT_ERRNOS:
+                raise
+            raise RunInputError(f"{os_error_line(e)}: the result printed above was not "
+                                f"saved (--out {args.out})") from None
         print(f"results: {d}", file=sys.stderr)
     return 0
+
+
+def run_meta(args, run) -> dict:
+    """meta.json of `ptwbench run` (bench/meta.py's shape): the parameters as the spec."""
+    from .cost import CostModel
+    from .meta import envelope
+    spec = {"workload": args.workload, "knobs": _kv(args.knob, "--knob"), "host": args.host,
+            "host_knobs": _host_kv(args.host_knob, args.host), "variant": args.variant,
+            "seed": args.seed, "engine": args.engine, "repeat": args.repeat,
+            "warmup": args.warmup, "seconds": args.seconds}
+    wall = sum(run.meta["samples_seconds"]) + run.meta["workload_meta"].get("build_seconds", 0)
+    return envelope("run", spec=spec, runs=[run.meta], seconds=wall,
+                    cost_model=CostModel().as_dict())
 
 
 def cmd_beer(args) -> int:

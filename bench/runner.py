@@ -86,15 +86,48 @@ def _import_engines() -> tuple[float, Callable, Callable]:
     return time.perf_counter() - t0, run_trace, run_reference_trace
 
 
+def _reporting(trace, progress, per_access: int):
+    """`trace` whose intervals() tell `progress` how many accesses the engine has run (both
+    engines walk a trace by its intervals); undone by `del trace.intervals`."""
+    inner = trace.intervals
+
+    def intervals():
+        for start, end, events in inner():
+            yield start, end, events
+            progress.update((end - start) * per_access)
+    trace.intervals = intervals
+    return trace
+
+
 def run_workload(w: Workload, *, host: str = "none", variant: str = "default", seed: int = 0,
                  engine: str = "numpy", policies=DEFAULT_ORDER, repeat: int = 1,
-                 warmup: int = 0) -> Run:
+                 warmup: int = 0, progress=None) -> Run:
     """All policies on one workload: metrics from the first run, timings over `repeat` timed
-    runs after `warmup` untimed ones (every run gives the same metrics: checked)."""
+    runs after `warmup` untimed ones (every run gives the same metrics: checked).
+    `progress`: a bench.progress.Progress told the accesses run (its total: `run_total`)."""
     import_s, run_trace, run_reference_trace = _import_engines()
     scn = apply_variant(w.scenario, variant)
     runner = run_trace if engine == "numpy" else run_reference_trace
     pt_pages, data_pages = guest_footprint(w)
+    if progress is not None:
+        _reporting(w.trace, progress, 1)
+    try:
+        samples, results = _timed_runs(w, scn, runner, policies, repeat, warmup)
+    finally:
+        if progress is not None:
+            del w.trace.intervals
+    return _run_rows(w, scn, host, variant, seed, engine, samples, results, warmup, import_s,
+                     pt_pages, data_pages)
+
+
+def run_total(w: Workload, engine: str, policies, repeat: int, warmup: int) -> int:
+    """The accesses `run_workload` reports: the reference engine walks the trace once per
+    policy, the numpy engine once for all."""
+    per = len(tuple(policies)) if engine == "reference" else 1
+    return len(w.trace) * per * (max(1, repeat) + warmup)
+
+
+def _timed_runs(w, scn, runner, policies, repeat, warmup):
     for _ in range(warmup):
         runner(scn, w.trace, tuple(policies))
     samples, results = [], None
@@ -107,6 +140,11 @@ def run_workload(w: Workload, *, host: str = "none", variant: str = "default", s
         elif {p: x.metrics(None) for p, x in r.items()} != {
                 p: x.metrics(None) for p, x in results.items()}:
             raise RuntimeError(f"{w.name}: repeated runs disagree (nondeterministic engine)")
+    return samples, results
+
+
+def _run_rows(w, scn, host, variant, seed, engine, samples, results, warmup, import_s,
+              pt_pages, data_pages) -> Run:
     dt = statistics.median(samples)
     oracle = results.get("oracle")
     rows, timings = [], []
@@ -161,23 +199,9 @@ def _jsonable(d):
 
 # ---- environment metadata (pyperf-like) -------------------------------------------------
 def environment() -> dict:
-    import numpy
-    import pandas
-    rev = "unknown"
-    try:
-        here = Path(__file__).resolve().parent.parent
-        rev = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5).stdout.strip() or "unknown"
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        if dirty:
-            rev += "+dirty"
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"git_revision": rev, "python": sys.version.split()[0],
-            "numpy": numpy.__version__, "pandas": pandas.__version__,
-            "platform": platform.platform(), "machine": platform.machine(),
-            "cpu_count": os.cpu_count(), "hostname": platform.node()}
+    """The machine and library versions (bench/meta.py; meta.json's `environment`)."""
+    from .meta import environment as env
+    return env()
 
 
 # ---- output: atomic writes -----------------------------------------------------------------

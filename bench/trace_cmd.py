@@ -34,13 +34,34 @@ def cmd_convert(args) -> int:
     from workloads.base import WorkloadError
     from workloads.trace_dir import convert_file
     _check_out(Path(args.out))
+    phases = _Phases("convert")
     try:
         d = convert_file(args.trace, Path(args.out), args.format, args.limit or None,
-                         args.skip, **_profile(args))
+                         args.skip, progress=phases, **_profile(args))
     except WorkloadError as e:
         raise RunInputError(str(e)) from None
+    finally:
+        phases.close()
     print(f"{_what(d)}: {d}", file=sys.stderr)
     return 0
+
+
+class _Phases:
+    """Progress of convert/record, one bar (or line) per pass (bench/progress.py)."""
+
+    def __init__(self, what: str):
+        self.what, self.bar = what, None
+
+    def __call__(self, phase: str):
+        from .progress import Progress
+        self.close()
+        self.bar = Progress(None, f"{self.what}: {phase}", "accesses")
+        return self.bar.update
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _what(out) -> str:
@@ -80,7 +101,7 @@ def cmd_record(args) -> int:
     from workloads.importers import CHUNK_BYTES, blocks_of
     from workloads.linux import make_profile
     from workloads.compact import is_compact, write_compact
-    from workloads.trace_dir import LackeyWindow, convert
+    from workloads.trace_dir import LackeyWindow, convert, counted
     prog = args.prog
     if prog and prog[0] == "--":
         prog = prog[1:]
@@ -108,6 +129,7 @@ def cmd_record(args) -> int:
     name = f"valgrind lackey pipe of {prog[0]}"
     win = LackeyWindow(args.skip, args.limit or None)
     tee = _Tee(args.tee)
+    phases = _Phases("record")
     ok = False
     try:
         with os.fdopen(r, "rb", buffering=0) as pipe:
@@ -131,15 +153,16 @@ def cmd_record(args) -> int:
                 if knobs:
                     raise WorkloadError(f"{out}: the compact form is laid out when run; "
                                         f"profile knobs apply there")
-                write_compact(_checked(chunks, finished), out, source=src,
-                              instrs=lambda: win)
+                write_compact(counted(_checked(chunks, finished), phases("read")), out,
+                              source=src, instrs=lambda: win)
             else:
                 convert(_checked(chunks, finished), out, name=out.name, source=src,
-                        instrs=lambda: win, **knobs)
+                        instrs=lambda: win, progress=phases, **knobs)
         ok = True
     except WorkloadError as e:
         raise RunInputError(str(e)) from None
     finally:
+        phases.close()
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()

@@ -153,7 +153,7 @@ class _StreamGuest(LinuxGuest):
         if not self.p.demand:
             mappings = self._premap_pages(order)
         self.out = writer
-        for vc, va, kd in read_columns(raw):
+        for vc, va, kd in counted(read_columns(raw), getattr(self, "progress", None)):
             self._naccesses += len(va)
             self._op_run(vc, va, kd)
         return self._finish(mappings)
@@ -198,10 +198,20 @@ def time_per_access(instrs, accesses: int) -> dict:
             "basis": f"{what} x ASSUMED_CPI / ASSUMED_GHZ / accesses"}
 
 
+def counted(chunks, progress):
+    """The chunks, telling `progress(n)` the accesses of each as it passes (None: nothing)."""
+    for c in chunks:
+        if progress is not None:
+            progress(len(c[1]))
+        yield c
+
+
 def convert(chunks, out: Path, *, name: str, source: dict, limit: int | None = None,
-            instrs=lambda: None, **profile_knobs) -> Path:
-    """Both passes, into `out` (written under out.tmp-XXXX, then renamed)."""
+            instrs=lambda: None, progress=None, **profile_knobs) -> Path:
+    """Both passes, into `out` (written under out.tmp-XXXX, then renamed).  `progress(phase)`
+    (optional): a callable(accesses) for each pass, "read" then "lay out"."""
     out = Path(out)
+    chunks = counted(chunks, progress("read") if progress else None)
     if out.exists():
         raise WorkloadError(f"{out}: already exists (choose another --out)")
     profile = make_profile(profile_knobs, "convert")
@@ -219,6 +229,7 @@ def convert(chunks, out: Path, *, name: str, source: dict, limit: int | None = N
         window = max(1, profile.fault_around_bytes // profile.geometry.granule)
         vmas = layout_vmas(uniq, exec_pages, window)
         g = _StreamGuest(name, profile)
+        g.progress = progress("lay out") if progress else None
         writer = ColumnWriter(tmp)
         try:
             wl = g.replay(vmas, order, raw, writer)
@@ -360,7 +371,7 @@ def lackey_chunks(blocks, path: str, va_bits: int, count: list):
 
 
 def convert_file(path: str, out: Path, fmt: str | None = None, limit: int | None = None,
-                 skip: int = 0, **profile_knobs) -> Path:
+                 skip: int = 0, progress=None, **profile_knobs) -> Path:
     """`ptwbench convert`: a lackey, CSV, NPZ or compact file -> trace directory, or -> a
     compact file when `out` ends with .ptwc (workloads/compact.py).  `skip`: leave out the
     first accesses (lackey only: a program's start-up)."""
@@ -393,6 +404,7 @@ def convert_file(path: str, out: Path, fmt: str | None = None, limit: int | None
         if profile_knobs:
             raise TraceError(f"{out}: the compact form is laid out when run; profile knobs "
                              f"({', '.join(sorted(profile_knobs))}) apply there")
+        chunks = counted(chunks, progress("read") if progress else None)
         return write_compact(chunks, Path(out), source=src, limit=limit, instrs=instrs)
     return convert(chunks, out, name=Path(out).name, source=src, limit=limit,
-                   instrs=instrs, **profile_knobs)
+                   instrs=instrs, progress=progress, **profile_knobs)
