@@ -102,13 +102,11 @@ def cmd_run(args) -> int:
     md = "\n".join([f"# {w.name} / {args.host} / {args.variant} (seed {args.seed})", "",
                     report.md_table(show), "", f"**{answer(v)}**" if len(v) else "", ""])
     if args.format == "text":
-        short = show.rename(columns={"s2_faults": "exits", "double_faults": "double",
-                                     "uffd_events": "uffd", "uffd_false_write": "uffd_fw",
-                                     "dirty_marked_pt": "dirty_pt",
-                                     "dirty_false_positive": "false_dirty",
-                                     "guest_aborts": "aborts"})
-        sys.stdout.write(report.text_table(short) + "\n" + (report.wrap(answer(v)) + "\n"
-                                                            if len(v) else ""))
+        # one metric a line, one policy a column: the metrics keep their names (those of
+        # metrics.csv and the md table) within 72 columns
+        per_metric = show.set_index("policy").T.rename_axis("metric").reset_index()
+        sys.stdout.write(report.text_table(per_metric) + "\n" + (
+            report.wrap(answer(v)) + "\n" if len(v) else ""))
     elif args.format == "csv":
         sys.stdout.write(csv_text(run.rows, COLUMNS))
     else:

@@ -10,7 +10,7 @@ from pathlib import Path
 from model.policies import POLICIES
 
 from .cli_runs import RunInputError
-from .errors import OUTPUT_ERRNOS, interrupted_status, os_error_line
+from .errors import OUTPUT_ERRNOS, interrupted_status, nonneg_int, os_error_line
 
 # dask.distributed addresses: [protocol://]host:port (distributed.comm.addressing)
 SCHEDULER_ADDRESS = re.compile(r"(?:(?:tcp|tls|ws|wss|ucx)://)?(?:\[[0-9A-Fa-f:]+\]|"
@@ -58,8 +58,6 @@ def cmd_sweep(args) -> int:
         spec = load_sweep_file(args.spec)
     except SweepError as e:
         raise RunInputError(str(e)) from None
-    if args.workers is not None and args.workers < 1:
-        raise RunInputError(f"--workers: {args.workers} is not >= 1")
     n = count_points(spec)
     if args.list:                              # lazily: any size, bounded memory
         for p in iter_points(spec):
@@ -134,8 +132,8 @@ def register(sub) -> None:
                        "seeds), parallel, resumable; see bench/sweep.py for the spec")
     s.add_argument("spec", metavar="SPEC.toml", help="the sweep spec (format: bench/sweep.py)")
     ex = s.add_mutually_exclusive_group()
-    ex.add_argument("--workers", type=int, metavar="N",
-                    help="local worker processes (default: the CPUs available)")
+    ex.add_argument("--workers", type=nonneg_int, metavar="N",
+                    help="local worker processes (default, or 0: one per CPU available)")
     ex.add_argument("--scheduler", metavar="ADDRESS",
                     help="run on a dask.distributed cluster (e.g. tcp://host:8786)")
     s.add_argument("--timeout", type=float, default=20.0, metavar="S",

@@ -379,3 +379,56 @@ def test_row9_long_run_reports_progress_when_not_on_a_terminal(tmp_path):
     lines = [x for x in p.stderr.splitlines() if x.startswith("run memstress: ")]
     assert lines and lines[-1].split(": ")[1].startswith(tuple("0123456789"))
     assert "(100%)" in lines[-1]
+
+
+# ---- item 7: one name per count, human sizes, --workers 0 --------------------------------
+def test_one_name_per_count_in_every_format(capsys):
+    """md, text and csv name each count the same (once s2_faults in md, exits in text)."""
+    outs = {}
+    for fmt in ("md", "text", "csv"):
+        capsys.readouterr()
+        assert main(["run", "sparse", "--knob", "regions=8", "--knob", "accesses=64",
+                     "--no-save", "--format", fmt]) == 0
+        outs[fmt] = capsys.readouterr().out
+    header = next(x for x in outs["md"].splitlines() if x.startswith("| policy"))
+    names = [c.strip() for c in header.strip("|").split("|")][1:]
+    assert "s2_faults" in names
+    text_names = [x.split()[0] for x in outs["text"].splitlines()[2:] if x.strip()]
+    csv_names = outs["csv"].splitlines()[0].split(",")
+    for n in names:
+        assert n in text_names and n in csv_names, n
+    assert "exits " not in outs["text"].splitlines()[2]
+
+
+@pytest.mark.parametrize("value, want", [("1Ti", 1 << 40), ("4Gi", 4 << 30),
+                                         ("256Ki", 256 << 10), ("1e6", 10 ** 6),
+                                         ("0x1000", 4096), ("4GiB", 4 << 30)])
+def test_human_sizes_accepted(value, want):
+    from workloads.base import Knob
+    assert Knob("bytes_per_vcpu", 1, "").coerce(value, "stream") == want
+
+
+def test_sizes_as_shown_by_workloads_are_accepted(capsys):
+    """Every default `ptwbench workloads` prints (256Ki, 4Mi, 64Gi) reads back as itself."""
+    from bench.workloads_cmd import _fmt
+    from workloads.registry import GENERATORS
+    for e in GENERATORS.values():
+        for k in e.knobs:
+            if isinstance(k.default, int) and not isinstance(k.default, bool):
+                assert k.coerce(_fmt(k.default), e.name) == k.default, (e.name, k.name)
+
+
+@pytest.mark.parametrize("bad", ["1.5Ki", "Ki", "many", "1e400"])
+def test_bad_sizes_one_line(bad, capsys):
+    err = one_line_exit2(["run", "stream", "--knob", f"bytes_per_vcpu={bad}", "--no-save"],
+                         capsys)
+    assert "bytes_per_vcpu" in err and "not an integer" in err
+
+
+def test_sweep_workers_0_is_every_core(capsys, tmp_path):
+    spec = tmp_path / "s.toml"
+    spec.write_text('[[grid]]\nworkloads = ["sparse"]\n'
+                    '[grid.knobs.sparse]\nregions = 8\naccesses = 64\n')
+    capsys.readouterr()
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "o"), "--workers", "0",
+                 "--no-progress"]) == 0
