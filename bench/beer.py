@@ -194,33 +194,9 @@ def _run_group(args) -> list[tuple]:
     return out
 
 
-def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
-             progress: bool | None = None, stamp: str | None = None,
-             workers: int | None = None) -> Path:
-    """The beer verdict of `spec`; `workers` processes (default: one per core)."""
-    from .progress import Progress
-    cm = cm or CostModel()
-    seed = int(spec.get("seed", 0))
-    engine = spec.get("engine", "numpy")
-    jobs = list(("gen",) + c for c in cases(spec))
-    if spec.get("micro", True):
-        for p in x86_report.arm64_files(scenario_files()):
-            for v in spec.get("micro_variants", ["default"]):
-                jobs.append(("micro", p, None, "scenario", None, v, "", "stress", None))
-    t0 = time.perf_counter()
-    # jobs that share a workload build it once: one group each, groups spread over the
-    # cores (results gathered in job order: the CSVs do not depend on the worker count)
-    groups: dict[tuple, list] = {}
-    for i, (kind, w, knobs, host, hk, v, label, sec, seconds) in enumerate(jobs):
-        key = (kind, str(w), json.dumps(knobs, sort_keys=True), host,
-               json.dumps(hk, sort_keys=True), label, seconds)
-        groups.setdefault(key, []).append((i, jobs[i]))
-    work = [(items, seed, engine) for items in groups.values()]
+def _execute(work: list, n: int, bar) -> dict[int, tuple]:
+    """Every group of jobs on `n` processes (fork), results by job index."""
     done: dict[int, tuple] = {}
-    n = max(1, min(workers or os.cpu_count() or 1, len(work)))
-    # a bar on a terminal, a line every few seconds elsewhere (bench/progress.py)
-    bar = Progress(len(jobs), "beer", "run", show=None if progress is None or progress
-                   else False)
     if n == 1:
         for args in work:
             for r in _run_group(args):
@@ -252,7 +228,39 @@ def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
             raise
         finally:
             pool.join()
-    bar.close()
+    return done
+
+
+def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
+             progress: bool | None = None, stamp: str | None = None,
+             workers: int | None = None) -> Path:
+    """The beer verdict of `spec`; `workers` processes (default: one per core)."""
+    from .progress import Progress
+    cm = cm or CostModel()
+    seed = int(spec.get("seed", 0))
+    engine = spec.get("engine", "numpy")
+    jobs = list(("gen",) + c for c in cases(spec))
+    if spec.get("micro", True):
+        for p in x86_report.arm64_files(scenario_files()):
+            for v in spec.get("micro_variants", ["default"]):
+                jobs.append(("micro", p, None, "scenario", None, v, "", "stress", None))
+    t0 = time.perf_counter()
+    # jobs that share a workload build it once: one group each, groups spread over the
+    # cores (results gathered in job order: the CSVs do not depend on the worker count)
+    groups: dict[tuple, list] = {}
+    for i, (kind, w, knobs, host, hk, v, label, sec, seconds) in enumerate(jobs):
+        key = (kind, str(w), json.dumps(knobs, sort_keys=True), host,
+               json.dumps(hk, sort_keys=True), label, seconds)
+        groups.setdefault(key, []).append((i, jobs[i]))
+    work = [(items, seed, engine) for items in groups.values()]
+    n = max(1, min(workers or os.cpu_count() or 1, len(work)))
+    # a bar on a terminal, a line every few seconds elsewhere (bench/progress.py)
+    bar = Progress(len(jobs), "beer", "run", show=None if progress is None or progress
+                   else False)
+    try:
+        done = _execute(work, n, bar)
+    finally:
+        bar.close()
     rows, timings, metas, section, kinds = [], [], [], {}, {}
     for i in range(len(jobs)):
         _i, name, sec, wkind, r_rows, r_timings, r_meta = done[i]

@@ -54,18 +54,9 @@ def _out_root(out: str) -> Path:
         raise RunInputError(str(e)) from None
 
 
-def cmd_run(args) -> int:
-    import pandas as pd
-
-    from workloads.base import WorkloadError
-
-    from . import report
-    from .catalog import build
-    from .runner import (COLUMNS, TIMING_COLUMNS, csv_text, meta_json, run_total,
-                         run_workload, short_name, write_dir_atomic)
+def _check_run_args(args) -> None:
+    """Everything `run` can check before building anything."""
     from .variants import VARIANTS
-    from .verdict import answer, verdict_table
-    from .cost import CostModel
     if args.variant not in VARIANTS:
         raise RunInputError(f"--variant: unknown variant {args.variant!r} "
                             f"(known: {', '.join(VARIANTS)})")
@@ -79,22 +70,40 @@ def cmd_run(args) -> int:
         raise RunInputError(f"--warmup: {args.warmup} is over {MAX_REPEAT}")
     if not args.no_save:
         _out_root(args.out)
+
+
+def _run_with_progress(w, args):
+    from model.policies import DEFAULT_ORDER
+
+    from .progress import Progress
+    from .runner import run_total, run_workload
+    bar = Progress(run_total(w, args.engine, DEFAULT_ORDER, args.repeat, args.warmup),
+                   f"run {w.name}", "accesses")
+    try:
+        return run_workload(w, host=args.host, variant=args.variant, seed=args.seed,
+                            engine=args.engine, repeat=args.repeat, warmup=args.warmup,
+                            progress=bar)
+    finally:
+        bar.close()
+
+
+def cmd_run(args) -> int:
+    import pandas as pd
+
+    from workloads.base import WorkloadError
+
+    from . import report
+    from .catalog import build
+    from .cost import CostModel
+    from .runner import COLUMNS, csv_text
+    from .verdict import answer, verdict_table
+    _check_run_args(args)
     try:
         w = build(args.workload, _kv(args.knob, "--knob"), args.host,
                   _host_kv(args.host_knob, args.host), args.seed, args.seconds)
     except (WorkloadError, ImportError) as e:
         raise RunInputError(str(e)) from None
-    from model.policies import DEFAULT_ORDER
-
-    from .progress import Progress
-    bar = Progress(run_total(w, args.engine, DEFAULT_ORDER, args.repeat, args.warmup),
-                   f"run {w.name}", "accesses")
-    try:
-        run = run_workload(w, host=args.host, variant=args.variant, seed=args.seed,
-                           engine=args.engine, repeat=args.repeat, warmup=args.warmup,
-                           progress=bar)
-    finally:
-        bar.close()
+    run = _run_with_progress(w, args)
     df = pd.DataFrame(run.rows, columns=list(COLUMNS))
     v = verdict_table(df, CostModel())
     show = df[["policy", "s2_faults", "double_faults", "uffd_events", "uffd_false_write",
@@ -112,20 +121,26 @@ def cmd_run(args) -> int:
     else:
         sys.stdout.write(md)
     if not args.no_save:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        name = short_name(f"{w.name}-{args.host}-{args.variant}-s{args.seed}-{stamp}")
-        try:
-            d = write_dir_atomic(Path(args.out) / name, unique=True, files={
-                "metrics.csv": csv_text(run.rows, COLUMNS),
-                "timings.csv": csv_text(run.timings, TIMING_COLUMNS),
-                "meta.json": meta_json(run_meta(args, run)), "report.md": md})
-        except OSError as e:                 # the result is on stdout already: say so
-            if e.errno not in OUTPUT_ERRNOS:
-                raise
-            raise RunInputError(f"{os_error_line(e)}: the result printed above was not "
-                                f"saved (--out {args.out})") from None
-        print(f"results: {d}", file=sys.stderr)
+        print(f"results: {_save_run(args, w, run, md)}", file=sys.stderr)
     return 0
+
+
+def _save_run(args, w, run, md: str) -> Path:
+    """The run's result directory (after its result was printed: a failure says so)."""
+    from .runner import (COLUMNS, TIMING_COLUMNS, csv_text, meta_json, short_name,
+                         write_dir_atomic)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    name = short_name(f"{w.name}-{args.host}-{args.variant}-s{args.seed}-{stamp}")
+    try:
+        return write_dir_atomic(Path(args.out) / name, unique=True, files={
+            "metrics.csv": csv_text(run.rows, COLUMNS),
+            "timings.csv": csv_text(run.timings, TIMING_COLUMNS),
+            "meta.json": meta_json(run_meta(args, run)), "report.md": md})
+    except OSError as e:                     # the result is on stdout already: say so
+        if e.errno not in OUTPUT_ERRNOS:
+            raise
+        raise RunInputError(f"{os_error_line(e)}: the result printed above was not "
+                            f"saved (--out {args.out})") from None
 
 
 def run_meta(args, run) -> dict:

@@ -271,6 +271,10 @@ def check_out_root(root: Path, what: str = "--out") -> Path:
         raise OutputError(f"{what}: {p} is not a directory")
     if not os.access(p, os.W_OK | os.X_OK):
         raise OutputError(f"{what}: {p} is not writable")
+    free = _free_bytes(p)
+    if free < MIN_FREE_BYTES:
+        raise OutputError(f"{what}: {p} has {free / 1e6:.1f} MB free, under the "
+                          f"{MIN_FREE_BYTES // 10**6} MB a result needs; free some space")
     name_max = _pathconf(p, "PC_NAME_MAX", 255)
     for part in root.parts:
         if len(os.fsencode(part)) > name_max:
@@ -283,6 +287,19 @@ def check_out_root(root: Path, what: str = "--out") -> Path:
 
 
 RUN_NAME_MAX = 120              # result directory names (check_name), before "-N" suffixes
+
+
+# checked before any work: a nearly full disk is refused up front (a beer's directory is
+# ~1-3 MB, a sweep's grows ~20 KB a point); a disk that fills later still gives one line
+MIN_FREE_BYTES = 64 * 10**6
+
+
+def _free_bytes(p: Path) -> int:
+    try:
+        st = os.statvfs(p)
+        return st.f_bavail * st.f_frsize
+    except (OSError, AttributeError):
+        return MIN_FREE_BYTES
 
 
 def _pathconf(p: Path, name: str, default: int) -> int:

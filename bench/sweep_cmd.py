@@ -51,9 +51,32 @@ def _check_out(out: Path, what: str) -> None:
         raise RunInputError(str(e)) from None
 
 
+def _run(spec, out: Path, args, client):
+    """run_sweep, or the exit status of a sweep stopped (Ctrl-C, SIGTERM, a full disk): its
+    finished points stay in OUT/points for the rerun."""
+    from .sweep import SweepError, run_sweep
+    again = f"the finished points are in {out / 'points'}: rerun the same command to go on"
+    try:
+        return run_sweep(spec, out, workers=args.workers, client=client,
+                         progress=False if args.no_progress else None)
+    except SweepError as e:
+        raise RunInputError(str(e)) from None
+    except KeyboardInterrupt as e:
+        print(f"ptwbench: sweep interrupted; {again}", file=sys.stderr)
+        return interrupted_status(e)
+    except OSError as e:                     # a full or read-only disk while writing
+        if e.errno not in OUTPUT_ERRNOS:
+            raise
+        print(f"ptwbench: error: {os_error_line(e)}; {again}", file=sys.stderr)
+        return 2
+    finally:
+        if client is not None:
+            client.close()
+
+
 def cmd_sweep(args) -> int:
     from .sweep import (POINT_LIMIT, SweepError, check_generators, connect, count_points,
-                        iter_points, load_sweep_file, run_sweep)
+                        iter_points, load_sweep_file)
     try:
         spec = load_sweep_file(args.spec)
     except SweepError as e:
@@ -91,24 +114,9 @@ def cmd_sweep(args) -> int:
     _check_out(out, "--out" if args.out else f"{args.spec}: sweep.out")
     print(f"sweep {spec['name']}: {n:,} points x {len(POLICIES)} policies -> {out}",
           file=sys.stderr)
-    try:
-        res = run_sweep(spec, out, workers=args.workers, client=client,
-                        progress=False if args.no_progress else None)
-    except SweepError as e:
-        raise RunInputError(str(e)) from None
-    except KeyboardInterrupt as e:
-        print(f"ptwbench: sweep interrupted; finished points are in {out / 'points'}: rerun "
-              f"the same command to go on", file=sys.stderr)
-        return interrupted_status(e)
-    except OSError as e:                     # a full or read-only disk while writing
-        if e.errno not in OUTPUT_ERRNOS:
-            raise
-        print(f"ptwbench: error: {os_error_line(e)}; the finished points are in "
-              f"{out / 'points'}: rerun the same command to go on", file=sys.stderr)
-        return 2
-    finally:
-        if client is not None:
-            client.close()
+    res = _run(spec, out, args, client)
+    if isinstance(res, int):
+        return res
     print(f"sweep {spec['name']}: {res.points} points, {res.ran} run, {res.resumed} already "
           f"done; results: {res.out}", file=sys.stderr)
     status = 0

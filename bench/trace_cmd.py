@@ -96,17 +96,10 @@ class _Tee:
                 os.unlink(self.tmp)
 
 
-def cmd_record(args) -> int:
+def _check_record(args, prog):
+    """(profile knobs, VA bits, output path), checked before valgrind starts."""
     from workloads.base import WorkloadError
-    from workloads.importers import CHUNK_BYTES, blocks_of
     from workloads.linux import make_profile
-    from workloads.compact import is_compact, write_compact
-    from workloads.trace_dir import LackeyWindow, convert, counted
-    prog = args.prog
-    if prog and prog[0] == "--":
-        prog = prog[1:]
-    if not prog:
-        raise RunInputError("record: no program given (ptwbench record [--out DIR] -- PROG ARGS)")
     if shutil.which("valgrind") is None:
         raise RunInputError("record: valgrind is not installed (Debian/Ubuntu: "
                             "apt-get install valgrind)")
@@ -121,6 +114,20 @@ def cmd_record(args) -> int:
     if out.exists():
         raise RunInputError(f"{out}: already exists (choose another --out)")
     _check_out(out)
+    return knobs, va_bits, out
+
+
+def cmd_record(args) -> int:
+    from workloads.base import WorkloadError
+    from workloads.importers import CHUNK_BYTES, blocks_of
+    from workloads.compact import is_compact, write_compact
+    from workloads.trace_dir import LackeyWindow, convert, counted
+    prog = args.prog
+    if prog and prog[0] == "--":
+        prog = prog[1:]
+    if not prog:
+        raise RunInputError("record: no program given (ptwbench record [--out DIR] -- PROG ARGS)")
+    knobs, va_bits, out = _check_record(args, prog)
     r, w = os.pipe()
     stdin = subprocess.DEVNULL if args.no_stdin else None
     p = subprocess.Popen([*VALGRIND, f"--log-fd={w}", *prog], pass_fds=(w,), stdin=stdin,

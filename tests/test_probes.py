@@ -155,6 +155,21 @@ def test_row2b_full_disk_beer(after, capsys, tmp_path, monkeypatch):
     assert leftovers(tmp_path / "o") == []           # no beer-*, no .tmp
 
 
+@pytest.mark.parametrize("cmd", ["run", "beer", "sweep", "convert"])
+def test_row2b_nearly_full_disk_refused_before_work(cmd, capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "_free_bytes", lambda p: 5 * 10**6)
+    spec = tmp_path / "s.toml"
+    spec.write_text('[[grid]]\nworkloads = ["sparse"]\n' if cmd == "sweep" else
+                    'micro = false\n[[case]]\nworkloads = ["sparse"]\n')
+    trace = tmp_path / "t.csv"
+    trace.write_text("vcpu,va,kind\n0,0x400000,read64\n")
+    out = tmp_path / "o"
+    argv = {"run": ["run", "sparse"], "beer": ["beer", "--spec", str(spec)],
+            "sweep": ["sweep", str(spec)], "convert": ["convert", str(trace)]}[cmd]
+    err = one_line_exit2(argv + ["--out", str(out)], capsys)
+    assert "5.0 MB free" in err and not out.exists()
+
+
 def test_row2b_full_disk_sweep_keeps_finished_points(capsys, tmp_path, monkeypatch):
     """A disk that fills while the sweep aggregates: one line, the points already computed
     stay on disk, and a rerun (space freed) finishes without running them again."""
