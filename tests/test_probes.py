@@ -78,11 +78,15 @@ def test_estimate_bounds_a_measured_peak(tmp_path):
     ram_mb = 4096
     est = footprint.estimate_bytes("sparse", GENERATORS["sparse"].resolve(knobs), ram_mb)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    p = subprocess.run([sys.executable, "-m", "bench.cli", "run", "sparse", "--host", "numa",
-                        "--knob", f"ram_mb={ram_mb}", "--no-save", "--format", "csv"],
-                       env=env, capture_output=True, text=True, timeout=300)
+    code = ("import resource, sys\nfrom bench.cli import main\n"
+            f"rc = main(['run', 'sparse', '--host', 'numa', '--knob', 'ram_mb={ram_mb}', "
+            "'--no-save', '--format', 'csv'])\n"
+            "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+            "sys.exit(rc)\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
     assert p.returncode == 0, p.stderr
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    peak = int(p.stdout.rsplit("PEAK ", 1)[1]) * 1024          # ru_maxrss: KiB on Linux
     assert peak <= est <= 10 * peak, (peak, est)
 
 
