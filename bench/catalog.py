@@ -31,12 +31,23 @@ def registry():
     return reg
 
 
+UNTIL = ("migrated",)
+
+
 def build(workload: str, knobs: dict | None = None, host: str = "none",
-          host_knobs: dict | None = None, seed: int = 0, seconds: float | None = None) -> Workload:
+          host_knobs: dict | None = None, seed: int = 0, seconds: float | None = None,
+          until: str | None = None) -> Workload:
     """One workload under one host scenario.  Raises WorkloadError on bad names/knobs.
+    `until = "migrated"`: the window is one whole pre-copy migration (it ends at the
+    switch-over, whose last sync ends every dirty round) instead of `seconds`.
     `meta["build_seconds"]`: the time spent generating, importing or parsing it."""
     t0 = time.perf_counter()
-    w = _build(workload, knobs, host, host_knobs, seed, seconds)
+    if until is not None:
+        if until not in UNTIL:
+            raise WorkloadError(f"--until: {until!r} is not one of {', '.join(UNTIL)}")
+        if seconds is not None:
+            raise WorkloadError("--until and --seconds: give one of them, not both")
+    w = _build(workload, knobs, host, host_knobs, seed, seconds, until)
     w.meta["build_seconds"] = time.perf_counter() - t0
     return w
 
@@ -54,8 +65,8 @@ def micro_path(name: str) -> Path:
                         f"{', '.join(p.stem for p in scenario_files())}; or micro:PATH)")
 
 
-def _build(workload, knobs, host, host_knobs, seed, seconds=None) -> Workload:
-    if workload.startswith("micro:") and seconds is not None:
+def _build(workload, knobs, host, host_knobs, seed, seconds=None, until=None) -> Workload:
+    if workload.startswith("micro:") and (seconds is not None or until is not None):
         raise WorkloadError(f"{workload}: micro-scenarios are steps, not guest time; "
                             f"--seconds does not apply")
     if workload.startswith("micro:"):
@@ -79,9 +90,37 @@ def _build(workload, knobs, host, host_knobs, seed, seconds=None) -> Workload:
         if h not in hosts or not isinstance(v, dict):
             raise WorkloadError(f"host knobs {h!r}: with chained hosts ({host}) each host's "
                                 f"knobs go under its name")
+    if until == "migrated":
+        seconds = _migration_window(hosts, per, workload)
     w = reg.build(workload, seed=seed, host_name=hosts[0] if hosts else None,
                   host_knobs=per(hosts[0]) if hosts else {}, seconds=seconds,
                   **(knobs or {}))
     for h in hosts[1:]:
         w = reg.apply_host(w, h, **per(h))
+    return _cut_at_switchover(w) if until == "migrated" else w
+
+
+def _migration_window(hosts: list[str], per, workload: str):
+    """The window `--until migrated` builds first: long enough for a migration that
+    converges (workloads/host_timed.migration_bound_s), cut at its switch-over later."""
+    from workloads.host_timed import migration_bound_s
+    if "migration" not in hosts:
+        raise WorkloadError(f"{workload}: --until migrated needs the migration host scenario "
+                            f"(e.g. --host migration+numa)")
+    knobs = registry().host_entry("migration").resolve(per("migration"))
+    return lambda wl: migration_bound_s(wl, **knobs)
+
+
+def _cut_at_switchover(w: Workload) -> Workload:
+    """`w` up to its migration's switch-over (the final sync at that position included)."""
+    from workloads.clock import access_time, cut
+    mig = next(h for h in w.meta["host"] if h["scenario"] == "migration")
+    if mig.get("switchover_s") is None:
+        raise WorkloadError(
+            f"{w.name}: the migration did not converge within {w.meta.get('seconds', 0):.3g} "
+            f"s of guest time (three first passes): the guest dirties memory faster than "
+            f"the link sends it")
+    n = round(mig["switchover_s"] * 1e9 / access_time(w).ns)
+    w = cut(w, n, mig["switchover_s"])
+    w.meta["until"] = "migrated"
     return w

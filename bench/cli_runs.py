@@ -18,6 +18,19 @@ class RunInputError(ValueError):
     """Bad parameters: one line, exit 2, nothing written."""
 
 
+def q_line(row: dict) -> str:
+    """The case's q against its break-even (bench/breakeven.py), in words."""
+    q, qs = row.get("q_measured"), row.get("q_break_even")
+    if q is None:
+        return ("q: no page-table page took an S1PTW translation fault in a complete dirty "
+                "round (nothing to measure)")
+    side = "above" if qs is not None and q > qs else "at or below"
+    return (f"q = {q:.3g} over {row['dirty_rounds']} complete dirty rounds ("
+            f"{row['s1ptw_tf_round_written']} of {row['s1ptw_tf_round_pages']} walk-faulted "
+            f"page-table pages written before their harvest), {side} the break-even "
+            f"q* = {qs:.3g}" if qs is not None else f"q = {q:.3g} (no break-even)")
+
+
 def _kv(items, what) -> dict:
     out = {}
     for it in items or ():
@@ -54,9 +67,9 @@ def _out_root(out: str) -> Path:
         raise RunInputError(str(e)) from None
 
 
-def _check_run_args(args) -> None:
-    """Everything `run` can check before building anything."""
-    from .variants import VARIANTS
+def _check_run_args(args) -> dict:
+    """Everything `run` can check before building anything; returns the --knob values."""
+    from .variants import VARIANTS, contradiction
     if args.variant not in VARIANTS:
         raise RunInputError(f"--variant: unknown variant {args.variant!r} "
                             f"(known: {', '.join(VARIANTS)})")
@@ -70,6 +83,11 @@ def _check_run_args(args) -> None:
         raise RunInputError(f"--warmup: {args.warmup} is over {MAX_REPEAT}")
     if not args.no_save:
         _out_root(args.out)
+    knobs = _kv(args.knob, "--knob")
+    why = contradiction(args.variant, knobs.get("cpu"))
+    if why:
+        raise RunInputError(why)
+    return knobs
 
 
 def _run_with_progress(w, args):
@@ -77,12 +95,15 @@ def _run_with_progress(w, args):
 
     from .progress import Progress
     from .runner import run_total, run_workload
+    from .variants import VariantError
     bar = Progress(run_total(w, args.engine, DEFAULT_ORDER, args.repeat, args.warmup),
                    f"run {w.name}", "accesses")
     try:
         return run_workload(w, host=args.host, variant=args.variant, seed=args.seed,
                             engine=args.engine, repeat=args.repeat, warmup=args.warmup,
                             progress=bar)
+    except VariantError as e:
+        raise RunInputError(str(e)) from None
     finally:
         bar.close()
 
@@ -97,25 +118,29 @@ def cmd_run(args) -> int:
     from .cost import CostModel
     from .runner import COLUMNS, csv_text
     from .verdict import answer, verdict_table
-    _check_run_args(args)
+    knobs = _check_run_args(args)
     try:
-        w = build(args.workload, _kv(args.knob, "--knob"), args.host,
-                  _host_kv(args.host_knob, args.host), args.seed, args.seconds)
+        w = build(args.workload, knobs, args.host,
+                  _host_kv(args.host_knob, args.host), args.seed, args.seconds, args.until)
     except (WorkloadError, ImportError) as e:
         raise RunInputError(str(e)) from None
+    if w.meta.get("aging_warning"):
+        print(f"ptwbench run: warning: {w.meta['aging_warning']}", file=sys.stderr)
     run = _run_with_progress(w, args)
     df = pd.DataFrame(run.rows, columns=list(COLUMNS))
     v = verdict_table(df, CostModel())
     show = df[["policy", "s2_faults", "double_faults", "uffd_events", "uffd_false_write",
                "dirty_marked_pt", "dirty_false_positive", "guest_aborts"]]
     md = "\n".join([f"# {w.name} / {args.host} / {args.variant} (seed {args.seed})", "",
-                    report.md_table(show), "", f"**{answer(v)}**" if len(v) else "", ""])
+                    report.md_table(show), "", f"**{answer(v)}**" if len(v) else "", "",
+                    q_line(run.rows[0]), ""])
     if args.format == "text":
         # one metric a line, one policy a column: the metrics keep their names (those of
         # metrics.csv and the md table) within 72 columns
         per_metric = show.set_index("policy").T.rename_axis("metric").reset_index()
         sys.stdout.write(report.text_table(per_metric) + "\n" + (
-            report.wrap(answer(v)) + "\n" if len(v) else ""))
+            report.wrap(answer(v)) + "\n" if len(v) else "")
+            + report.wrap(q_line(run.rows[0])) + "\n")
     elif args.format == "csv":
         sys.stdout.write(csv_text(run.rows, COLUMNS))
     else:
@@ -150,7 +175,7 @@ def run_meta(args, run) -> dict:
     spec = {"workload": args.workload, "knobs": _kv(args.knob, "--knob"), "host": args.host,
             "host_knobs": _host_kv(args.host_knob, args.host), "variant": args.variant,
             "seed": args.seed, "engine": args.engine, "repeat": args.repeat,
-            "warmup": args.warmup, "seconds": args.seconds}
+            "warmup": args.warmup, "seconds": args.seconds, "until": args.until}
     wall = sum(run.meta["samples_seconds"]) + run.meta["workload_meta"].get("build_seconds", 0)
     return envelope("run", spec=spec, runs=[run.meta], seconds=wall,
                     cost_model=CostModel().as_dict())
@@ -222,6 +247,10 @@ def register(sub) -> None:
                    help="simulate S seconds of guest time: the workload's accesses repeated "
                         "or cut to S / access_ns (workloads/clock.py); default: the trace as "
                         "generated")
+    r.add_argument("--until", choices=("migrated",), default=None,
+                   help="instead of --seconds: a window of one whole pre-copy migration "
+                        "(host migration, chained or not), ending at its switch-over, whose "
+                        "last sync ends every dirty round")
     r.add_argument("--seed", type=int, default=1,
                    help="seed of the generator and host scenario, >= 0 (default 1): the same "
                    "seed gives a byte-identical metrics.csv")

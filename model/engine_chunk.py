@@ -1101,6 +1101,7 @@ class FaultEffects:
     s2new: np.ndarray         # their new stage-2 states
     hnew: np.ndarray          # their new host states
     dirty: np.ndarray         # pages marked dirty (mark_page_dirty_in_slot)
+    s1ptw_tf: np.ndarray      # pages whose dirty round saw an S1PTW translation fault
     counts: dict              # stage-2 faults by class
     double: int
     walks: int                # the walks the faults' restarts add
@@ -1126,6 +1127,8 @@ def _apply_faults(g, plan: FaultPlan) -> None:
             host.host.a[Ph] = e.hnew
         if e.dirty.any():
             host.dirty_all[np.compress(e.dirty, P)] = True
+        if e.s1ptw_tf.any():
+            host.s1ptw_tf_all[np.compress(e.s1ptw_tf, P)] = True
         c = r.s2_faults
         for name, v in e.counts.items():
             c[name] += v
@@ -1173,12 +1176,13 @@ def _fault_effects(plan: FaultPlan, oc: FaultOutcome) -> FaultEffects:
     s2new = np.compress(changed, np.where(A2, S2_RW, oc.st1)).astype(np.int8)
     hnew = np.compress(changed, np.where(A2, oc.h2, oc.h1))
     dirty = (A1 & writable1 & oc.la) | (A2 & oc.la)
+    s1ptw_tf = A1 & path1 & oc.la             # Host.handle_abort: the round's walk faults
     blocks = []
     if plan.blocks is not None:
         bk = A1 & (plan.blocks.first >= 0)
         blocks = list(zip(plan.blocks.first[bk].tolist(), plan.blocks.ipa[bk].tolist(),
                           oc.st1[bk].tolist()))
-    return FaultEffects(changed, s2new, hnew, dirty, counts, double, walks, reads,
+    return FaultEffects(changed, s2new, hnew, dirty, s1ptw_tf, counts, double, walks, reads,
                         _uffd_events(plan, oc, A1, A2), blocks)
 
 

@@ -712,12 +712,15 @@ class ArrayHost(Host):
         T = idx.total + 1
         self.dirty_all = np.zeros(T, dtype=bool)
         self.written_all = np.zeros(T, dtype=bool)
+        self.s1ptw_tf_all = np.zeros(T, dtype=bool)
         self.dirty: dict[str, BitSet] = {}
         self.written: dict[str, BitSet] = {}
+        self.s1ptw_tf: dict[str, BitSet] = {}
         for s in base.scn.memslots:
             sl = self._sl(s)
             self.dirty[s.name] = BitSet(self.dirty_all[sl])
             self.written[s.name] = BitSet(self.written_all[sl])
+            self.s1ptw_tf[s.name] = BitSet(self.s1ptw_tf_all[sl])
             self.host.a[sl] = H_RW if s.populated else H_MISSING
 
     @property
@@ -888,6 +891,7 @@ class ArrayHost(Host):
         self.logging[slot.name] = True
         self.eager_split[slot.name] = eager_split
         self.written_all[sl] = False
+        self.s1ptw_tf_all[sl] = False
         if initially_set:
             self.dirty_all[sl] = True
             return
@@ -895,24 +899,23 @@ class ArrayHost(Host):
         self._wp_idx(np.arange(sl.start, sl.stop), split=eager_split)
         self.flush_tlbs()
 
-    def harvest(self, slot: Memslot, pages=None) -> tuple[list[int], list[int]]:
+    def harvest(self, slot: Memslot, pages=None) -> tuple[list[int], list[int], list[int]]:
         sl = self._sl(slot)
+        arrays = (self.dirty_all, self.written_all, self.s1ptw_tf_all)
         if pages is None:
-            marked = np.flatnonzero(self.dirty_all[sl])
-            written = np.flatnonzero(self.written_all[sl])
-            self.dirty_all[sl] = False
-            self.written_all[sl] = False
+            marked, written, tf = (np.flatnonzero(a[sl]) for a in arrays)
+            for a in arrays:
+                a[sl] = False
         else:                                     # KVM_CLEAR_DIRTY_LOG of a range
             pages = np.asarray(pages, dtype=np.int64)
             g = pages + sl.start
-            marked = pages[self.dirty_all[g]]
-            written = pages[self.written_all[g]]
-            self.dirty_all[g] = False
-            self.written_all[g] = False
+            marked, written, tf = (pages[a[g]] for a in arrays)
+            for a in arrays:
+                a[g] = False
         self._wp_idx(marked + sl.start, split=self.eager_split[slot.name],
                      blocks=slot.backing in ("anon_thp", "hugetlb"))
         self.flush_tlbs()
-        return self.base.int_list(marked), self.base.int_list(written)
+        return tuple(self.base.int_list(x) for x in (marked, written, tf))
 
     def punch_hole(self, slot: Memslot) -> None:
         sl = self._sl(slot)

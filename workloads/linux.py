@@ -81,6 +81,7 @@ from model.scenario import Guest, Machine, Mapping, Memslot, Scenario, Step, Vmm
 from model.stage1 import build_tables
 from model.trace import KIND_CODE, STORE_MASK, Trace
 
+from .aging import DAMON_REGIONS, REGIMES, AgingRule, AgingState, regime_period_ms
 from .base import Knob, Workload, WorkloadError
 
 # ---- CPUs: HAFDBS and errata (docs/semantics.md §4) ------------------------------------------------
@@ -127,6 +128,8 @@ class LinuxProfile:
     ram_mb: int = 0
     warm_stage2: bool = False
     age_period_ms: float = 0.0
+    aging: str = ""
+    damon_regions: int = DAMON_REGIONS
 
     @property
     def cpu_info(self) -> Cpu:
@@ -160,6 +163,16 @@ PROFILE_KNOBS = (
          "MGLRU ages only under reclaim, mm/vmscan.c lru_gen_age_node); 0: age_period says",
          lo=0.0, source="Linux mm/damon/core.c damon_new_ctx: sample_interval = 5 ms"),
     Knob("age_fraction", 0.25, "fraction of each address space's PTEs one aging pass covers"),
+    Knob("aging", "", "guest aging regime (workloads/aging.py): damon = DAMON sampling, one "
+         "random PTE per region made old every 5 ms; mglru = MGLRU under sustained reclaim, "
+         "every PTE test-and-cleared once per age_period_ms (default 1000 ms, ASSUMPTION "
+         "100-10000 ms); none = no aging; '' = age_period/age_fraction say",
+         REGIMES, source="Linux mm/damon/core.c damon_new_ctx (sample 5 ms), mm/damon/vaddr.c "
+         "damon_va_mkold; mm/vmscan.c lru_gen_age_node -> walk_pte_range"),
+    Knob("damon_regions", DAMON_REGIONS, "aging = damon: monitoring regions, one PTE each per "
+         "sample (ASSUMPTION: DAMON adapts between min_nr_regions 10 and max_nr_regions 1000)",
+         lo=1, hi=1 << 20, unit="regions",
+         source="Linux mm/damon/core.c: min_nr_regions = 10, max_nr_regions = 1000"),
     Knob("age_nonleaf", True, "aging also clears table AF when HAFT is active"),
     Knob("writeback_period", 0, "accesses between writebacks of dirty file pages, which "
          "cleans and write-protects their PTEs (0: none)"),
@@ -179,13 +192,19 @@ PROFILE_KNOBS = (
 PROFILE_KNOB_NAMES = frozenset(k.name for k in PROFILE_KNOBS)
 
 
-def make_profile(values: dict, owner: str = "linux") -> LinuxProfile:
+def coerce_profile_knobs(values: dict, owner: str = "linux") -> dict:
+    """The profile knobs of `values`, checked and converted to their types."""
     known = {k.name: k for k in PROFILE_KNOBS}
     out = {}
     for name, v in values.items():
         if name not in known:
             raise WorkloadError(f"{owner}: unknown profile knob {name!r}")
         out[name] = known[name].coerce(v, owner)
+    return out
+
+
+def make_profile(values: dict, owner: str = "linux") -> LinuxProfile:
+    out = coerce_profile_knobs(values, owner)
     p = LinuxProfile(**out)
     try:
         p.geometry
@@ -196,7 +215,34 @@ def make_profile(values: dict, owner: str = "linux") -> LinuxProfile:
     if p.age_period < 0 or p.fault_around_bytes < 0 or p.writeback_period < 0:
         raise WorkloadError(f"{owner}: age_period, writeback_period and fault_around_bytes "
                             f"must be >= 0")
+    _check_aging(out, owner)
     return p
+
+
+def _check_aging(values: dict, owner: str) -> None:
+    """A regime and the knobs it fixes must not contradict each other."""
+    regime = values.get("aging", "")
+    if regime == "none" and (values.get("age_period") or values.get("age_period_ms")):
+        raise WorkloadError(f"{owner}: aging = none contradicts age_period / age_period_ms")
+    if regime in ("damon", "mglru") and "age_fraction" in values:
+        raise WorkloadError(f"{owner}: aging = {regime} decides which PTEs a pass ages; "
+                            f"age_fraction does not apply")
+    if "damon_regions" in values and regime != "damon":
+        raise WorkloadError(f"{owner}: damon_regions applies to aging = damon only")
+
+
+def aging_period_ms(values: dict) -> float:
+    """The aging period in guest time a profile's knobs ask for (0: none, or age_period in
+    accesses says): age_period_ms, else the regime's own (workloads/aging.py)."""
+    if values.get("aging") == "none" or values.get("age_period"):
+        return 0.0
+    ms = float(values.get("age_period_ms") or 0.0)
+    return ms or regime_period_ms(values.get("aging", ""))
+
+
+def aging_rule(p: LinuxProfile, haft: bool) -> AgingRule:
+    return AgingRule(p.aging if p.aging != "none" else "", p.age_fraction, p.damon_regions,
+                     p.age_nonleaf and haft)
 
 
 # ---- generator-side guest state ------------------------------------------------------------
@@ -231,9 +277,22 @@ class Space:
     pages: dict[int, list] = field(default_factory=dict)
     tables: dict[tuple[int, int], int] = field(default_factory=dict)
     hand: int = -1                     # aging clock hand (last VA page aged)
+    _sorted: tuple = (-1, None)        # (len(pages) when sorted, the sorted VA pages)
+    _starts: list = field(default_factory=list)   # VMA starts, for vma_of (cache)
+
+    def sorted_pages(self) -> np.ndarray:
+        """The mapped VA pages, sorted (cached while no page is mapped or unmapped)."""
+        if self._sorted[0] != len(self.pages) or self._sorted[1] is None:
+            self._sorted = (len(self.pages), np.array(sorted(self.pages), dtype=np.int64))
+        return self._sorted[1]
+
+    def forget_sorted(self) -> None:
+        self._sorted = (-1, None)
 
     def vma_of(self, p: int) -> Vma | None:
-        i = bisect.bisect_right([v.start for v in self.vmas], p) - 1
+        if len(self._starts) != len(self.vmas):          # VMAs changed (add, remove)
+            self._starts = [v.start for v in self.vmas]
+        i = bisect.bisect_right(self._starts, p) - 1
         if i >= 0 and p < self.vmas[i].end:
             return self.vmas[i]
         return None
@@ -245,6 +304,7 @@ class Space:
         if self.overlaps(v.start, v.end):
             raise WorkloadError(f"VMA at VA page {v.start:#x} overlaps an existing VMA")
         bisect.insort(self.vmas, v, key=lambda x: x.start)
+        self._starts = []
 
     def remove_range(self, lo: int, hi: int) -> None:
         out = []
@@ -257,6 +317,7 @@ class Space:
             if hi < v.end:
                 out.append(replace(v, start=hi, pages=v.end - hi, pgoff=v.pgoff + hi - v.start))
         self.vmas = sorted(out, key=lambda x: x.start)
+        self._starts = []
 
 
 class Alloc:
@@ -298,9 +359,11 @@ class LinuxGuest:
         self._naccesses = 0
 
     # ---- the program's side ----------------------------------------------------------
-    def vma(self, va: int, nbytes: int, kind: str = "anon") -> int:
+    def vma(self, va: int, nbytes: int, kind: str = "anon", obj: int | None = None) -> int:
         """mmap a VMA at `va` (granule-aligned) of `nbytes` (rounded up); returns its object
-        id (file/shmem contents are shared by every mapping of that object)."""
+        id (file/shmem contents are shared by every mapping of that object: `obj`, an id
+        returned before, maps the same object again, as processes attaching one shared
+        memory segment do)."""
         if kind not in VMA_KINDS:
             raise WorkloadError(f"{self.name}: unknown VMA kind {kind!r}")
         gr = self.geo.granule
@@ -310,9 +373,13 @@ class LinuxGuest:
         if va + pages * gr > (1 << self.p.va_bits):
             raise WorkloadError(f"{self.name}: VMA {va:#x}+{pages * gr:#x} is beyond "
                                 f"va_bits = {self.p.va_bits}")
-        self._nobj += 1
-        self._ops.append(("vma", Vma(va >> self.g, pages, kind, self._nobj)))
-        return self._nobj
+        if obj is None:
+            self._nobj += 1
+            obj = self._nobj
+        elif not 0 < obj <= self._nobj or kind not in ("shmem", "file"):
+            raise WorkloadError(f"{self.name}: object {obj} cannot be mapped again as {kind}")
+        self._ops.append(("vma", Vma(va >> self.g, pages, kind, obj)))
+        return obj
 
     def run(self, vcpu, va, kind) -> None:
         """Accesses, in order: vcpu and kind may be scalars (kind a name or a code)."""
@@ -325,6 +392,13 @@ class LinuxGuest:
         self._ops.append(("run", _as_array(vcpu, n, np.uint16), va,
                           _as_array(kind, n, np.uint8)))
         self._naccesses += n
+
+    def mapped(self, va) -> None:
+        """Pages (VAs) the process touched before the trace: with demand = false they are
+        mapped at start, in this order, as the accesses before them are, but not traced (a
+        warm process's older working set); with demand = true nothing is mapped at start
+        and this does nothing."""
+        self._ops.append(("mapped", np.asarray(va, dtype=np.uint64)))
 
     def munmap(self, va: int, nbytes: int) -> None:
         self._ops.append(("munmap", va >> self.g, -(-nbytes // self.geo.granule)))
@@ -367,6 +441,8 @@ class LinuxGuest:
         self.pos = 0
         self.nacc = 0
         self.last_periodic = 0
+        self.rule = aging_rule(p, self.haft)
+        self.pass_pos: list[int] = []          # trace positions of the aging passes
         self.stats = dict(guest_faults=0, fault_around_ptes=0, aging_passes=0, munmaps=0,
                           forks=0, switches=0, tables_freed=0, writebacks=0)
         self.root = self.pt.get()
@@ -376,23 +452,43 @@ class LinuxGuest:
         """demand = false: map at start what the first address space touches before any
         munmap/fork/switch (see the module docstring)."""
         sp = self.spaces[0]
-        vas = []
+        vas, runs = [], []
         for op in self._ops:
             if op[0] == "vma":
                 sp.add_vma(op[1])
-            elif op[0] == "run":
-                vas.append(op[2])
+            elif op[0] in ("run", "mapped"):
+                vas.append(op[2] if op[0] == "run" else op[1])
+                if op[0] == "run":
+                    runs.append(op[2])
             else:
                 break
         if not vas:
             return []
         vp = np.concatenate(vas) >> np.uint64(self.g)
         uniq, first = np.unique(vp, return_index=True)
-        return self._premap_pages(uniq[np.argsort(first, kind="stable")].tolist())
+        ages = dict.fromkeys(uniq.tolist(), 1 << 62)     # mapped, never accessed in the trace
+        if runs:
+            rp = np.concatenate(runs) >> np.uint64(self.g)
+            ru, last_rev = np.unique(rp[::-1], return_index=True)
+            ages.update(zip(ru.tolist(), last_rev.tolist()))   # accesses since the last one
+        return self._premap_pages(uniq[np.argsort(first, kind="stable")].tolist(), ages)
 
-    def _premap_pages(self, order: list[int]) -> list[Mapping]:
-        """Map `order` (VA pages in first-touch order) at start, in the first space."""
+    def _young_at_start(self, order: list[int], ages: dict | None) -> dict:
+        """Item 5: with aging on, the access flags aging leaves in a warm guest (AgingRule
+        .young_at_start, from the base trace's own recency); without, every PTE young."""
+        if not self.p.age_period or ages is None:
+            return {}
+        pages = np.array(sorted(order), dtype=np.int64)
+        age = np.array([ages.get(q, 0) for q in pages.tolist()], dtype=np.int64)
+        young = self.rule.young_at_start(pages, age, self.p.age_period)
+        self.stats["old_at_start"] = int(len(young) - np.count_nonzero(young))
+        return dict(zip(pages.tolist(), young.tolist()))
+
+    def _premap_pages(self, order: list[int], ages: dict | None = None) -> list[Mapping]:
+        """Map `order` (VA pages in first-touch order) at start, in the first space; `ages`:
+        accesses since each page's last access in the base trace (steady-state AF)."""
         sp = self.spaces[0]
+        young = self._young_at_start(order, ages)
         states = []
         for q in order:
             vma = sp.vma_of(q)
@@ -404,23 +500,25 @@ class LinuxGuest:
         self._init_tables = dict(sp.tables)
         maps: list[Mapping] = []
         for q, vma in zip(order, states):          # phase 2: data pages
+            af = young.get(q, True)
             if vma.kind == "anon":
                 ipa = self.data.get()
                 self.refs[ipa] = 1
-                st = [ipa, DIRTY, True]
+                st = [ipa, DIRTY, af]
             else:
                 ipa, _fresh = self._obj_page(vma, q)
-                st = [ipa, CLEAN if vma.kind == "shmem" else RO, True]
+                st = [ipa, CLEAN if vma.kind == "shmem" else RO, af]
             sp.pages[q] = st
             w, d = st[S_] in (CLEAN, DIRTY), st[S_] == DIRTY
             va = q << self.g
             last = maps[-1] if maps else None
             if (last and last.va + last.pages * self.geo.granule == va
                     and last.ipa + last.pages * self.geo.granule == ipa
-                    and (last.writable, last.dirty, last.executable) == (w, d, vma.exec)):
+                    and (last.writable, last.dirty, last.executable, last.af)
+                    == (w, d, vma.exec, af)):
                 maps[-1] = replace(last, pages=last.pages + 1)
             else:
-                maps.append(Mapping(va=va, ipa=ipa, pages=1, af=True, writable=w, dirty=d,
+                maps.append(Mapping(va=va, ipa=ipa, pages=1, af=af, writable=w, dirty=d,
                                     executable=vma.exec))
         self._premapped = len(order)
         return maps
@@ -447,6 +545,9 @@ class LinuxGuest:
             self.nacc += j - i
             i = j
 
+    def _op_mapped(self, va) -> None:
+        """Mapped at start (demand = false, _premap) or not at all: nothing to replay."""
+
     def _op_munmap(self, lo: int, pages: int) -> None:
         sp = self.spaces[self.cur]
         hi = lo + pages
@@ -455,6 +556,7 @@ class LinuxGuest:
             st = sp.pages.pop(q)
             self._unref(st[IPA_])
         sp.remove_range(lo, hi)
+        sp.forget_sorted()
         self.stats["munmaps"] += 1
         if gone:
             self._event(Step("guest_pte", asid=self.cur, vas=tuple(q << self.g for q in gone),
@@ -663,25 +765,28 @@ class LinuxGuest:
                     tables=tables, fill=fill)
 
     def _age(self) -> None:
-        nonleaf = self.p.age_nonleaf and self.haft
+        """One aging pass over every address space (workloads/aging.py AgingRule.select)."""
         for asid in sorted(self.spaces):
             sp = self.spaces[asid]
-            keys = sorted(sp.pages)
-            if not keys:
-                continue
-            k = min(len(keys), max(1, math.ceil(self.p.age_fraction * len(keys))))
-            i = bisect.bisect_right(keys, sp.hand)
-            win = (keys[i:] + keys[:i])[:k]
-            sp.hand = win[-1]
-            win.sort()
+            sel, sp.hand = self.rule.select(sp.sorted_pages(), sp.hand, len(self.pass_pos))
+            win = sel.tolist()
             if not self.ha:
                 win = [q for q in win if sp.pages[q][AF_]]
             for q in win:
                 sp.pages[q][AF_] = False
-            self.stats["aging_passes"] += 1
             if win:
                 self._event(Step("guest_age", asid=asid, vas=tuple(q << self.g for q in win),
-                                 nonleaf=nonleaf))
+                                 nonleaf=self.rule.nonleaf))
+        self.pass_pos.append(self.pos)
+        self.stats["aging_passes"] += 1
+
+    def aging_state(self) -> AgingState | None:
+        """What continues aging past this trace (workloads/clock.py with_seconds)."""
+        if not self.p.age_period:
+            return None
+        return AgingState(self.rule, self.p.age_period, self.g,
+                          {a: (sp.sorted_pages().copy(), sp.hand)
+                           for a, sp in self.spaces.items()}, list(self.pass_pos))
 
     def _writeback(self) -> None:
         """Writeback of dirty file pages (folio_mkclean -> page_mkclean_one: pte_wrprotect +
@@ -786,6 +891,7 @@ class LinuxGuest:
         if self.zero_ipa is not None:
             data.add(self.zero_ipa)
         meta["pt_pages"], meta["data_pages"] = tables * gp, len(data) * gp
+        meta["aging_state"] = self.aging_state()
         meta.update(accesses=int(self.nacc), events=len(self.events),
                     address_spaces=len(self.spaces), tcr_ha=self.ha, tcr_hd=self.hd,
                     tcr2_haft=self.haft, premapped_pages=getattr(self, "_premapped", 0),
