@@ -41,25 +41,40 @@ def _load(d: Path, name: str, required: bool) -> pd.DataFrame | None:
         raise CompareError(f"{f}: missing column {missing[0]!r}")
     if raw and not raw.endswith(b"\n"):
         raise CompareError(f"{f} is damaged: its last line is cut (truncated file?)")
+    _check_fields(raw, f)
     return _validated(df, f)
 
 
+def _check_fields(raw: bytes, f: Path) -> None:
+    """Every line has the header's number of fields (a cut or spliced file has not)."""
+    import csv
+    import io
+    rows = csv.reader(io.StringIO(raw.decode("utf-8", errors="replace")))
+    width = len(next(rows, []))
+    for n, row in enumerate(rows, 2):
+        if row and len(row) != width:
+            raise CompareError(f"{f} is damaged: line {n} has {len(row)} fields, the header "
+                               f"{width} (truncated file?)")
+
+
 def _validated(df: pd.DataFrame, f: Path) -> pd.DataFrame:
-    """Every number cell a number, no empty cell, no key twice: else "damaged" (exit 2)."""
-    empty = (df == "").to_numpy()
-    if empty.any():
-        r, c = (int(x[0]) for x in empty.nonzero())
-        raise CompareError(f"{f} is damaged: line {r + 2}, column {df.columns[c]!r} is "
-                           f"empty (truncated file?)")
+    """Every number cell a number (or empty: not applicable), no key twice: else "damaged"
+    (exit 2)."""
     numeric = [c for c in df.columns if c in NUMBER_COLUMNS]
+    numbers = {}
     for c in numeric:
-        v = pd.to_numeric(df[c], errors="coerce")
-        bad = v.isna() & (df[c].str.lower() != "nan")
+        numbers[c] = v = pd.to_numeric(df[c], errors="coerce")
+        bad = v.isna() & ~df[c].str.lower().isin(["", "nan"])
         if bad.any():
             r = int(bad.to_numpy().nonzero()[0][0])
             raise CompareError(f"{f} is damaged: line {r + 2}, column {c!r}: "
                                f"{df[c].iloc[r]!r} is not a number")
-        df[c] = v
+    df = pd.concat([df.drop(columns=numeric), pd.DataFrame(numbers, index=df.index)],
+                   axis=1)[list(df.columns)]
+    for c in KEY_COLUMNS:
+        if (df[c] == "").any():
+            r = int((df[c] == "").to_numpy().nonzero()[0][0])
+            raise CompareError(f"{f} is damaged: line {r + 2}, key column {c!r} is empty")
     dup = df.duplicated(list(KEY_COLUMNS) + [c for c in ("engine",) if c in df], keep="first")
     if dup.any():
         r = int(dup.to_numpy().nonzero()[0][0])
