@@ -70,6 +70,13 @@ def test_estimates_of_default_knobs_are_small():
         assert footprint.estimate_bytes(name, e.resolve({})) < 512 << 20, name
 
 
+def test_every_generator_has_a_formula():
+    """A generator added without one would be estimated at BASE_BYTES whatever its knobs."""
+    from workloads.registry import GENERATORS
+    for name, e in GENERATORS.items():
+        assert footprint._counts(name, e.resolve({})) != (0, 0, 0), name
+
+
 def test_estimate_bounds_a_measured_peak(tmp_path):
     """The estimate is above what the run really takes (peak RSS of a child process), within
     a factor that keeps it useful."""

@@ -57,7 +57,12 @@ def _counts(name: str, k: dict) -> tuple[int, int, int]:
     if name == "gc":
         nobj = k["heap_bytes"] // max(16, k["object_bytes"])
         return nobj * (1 + 4 * k["cycles"]), _pages(k["heap_bytes"]), 2 * nobj
-    return 0, 0, 0
+    if name == "shared_db":                  # every backend's PTEs to its buffer pages are
+        bp = _pages(k["buffer_mb"] << 20)     # mapped at start (~3 elements' worth each)
+        pp = _pages(k["private_kb"] << 10)
+        return k["accesses"], bp + k["processes"] * pp, \
+            bp + 3 * k["processes"] * (k["pages_per_process"] + pp)
+    return 0, 0, 0                            # a generator without a formula: BASE only
 
 
 def estimate_bytes(name: str, knobs: dict, ram_mb: int = 0) -> int:
