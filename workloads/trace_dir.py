@@ -14,8 +14,9 @@ Two passes, memory bounded by the pages touched, never by the trace's length:
 
 A trace directory holds `vcpu.npy`, `va.npy`, `kind.npy` (model.trace_stream's columns, with
 the fault attempts), `scenario.json` (the scenario, in the scenario file format),
-`events.json` (the trace's events) and `meta.json` (the workload's meta: the source, the
-recording, the layout and the time per access the program implies), all JSON
+`events.json` (the trace's events), `aging.json` (with aging: what goes on aging past the
+recorded window, workloads/aging.py AgingState) and `meta.json` (the workload's meta: the
+source, the recording, the layout and the time per access the program implies), all JSON
 (workloads/trace_json.py): reading a trace directory runs no code.  A directory of the first
 format (a pickled `workload.pkl`) is refused, never loaded: convert its source again.
 Everything is written under DIR.tmp-XXXX, then renamed: a failure leaves no partial
@@ -40,7 +41,8 @@ from model.trace_stream import COLUMNS, TraceFileError, open_trace_dir
 from .base import Workload, WorkloadError
 from .importers import TraceError, layout_vmas
 from .linux import LinuxGuest, make_profile
-from .trace_json import events_text, parse_events, read_json, read_scenario, scenario_dict
+from .trace_json import (aging_text, events_text, parse_aging, parse_events, read_json,
+                         read_scenario, scenario_dict)
 
 FORMAT_VERSION = 2                      # 1: workload.pkl (a pickle; refused)
 REPLAY_BLOCK = 1 << 22                  # accesses replayed through the guest at a time
@@ -264,6 +266,8 @@ def convert(chunks, out: Path, *, name: str, source: dict, limit: int | None = N
         (tmp / "scenario.json").write_text(json.dumps(scenario_dict(wl.scenario), indent=1)
                                            + "\n")
         (tmp / "events.json").write_text(events_text(g.events))
+        if wl.meta.get("aging_state") is not None:
+            (tmp / "aging.json").write_text(aging_text(wl.meta["aging_state"]))
         (tmp / "meta.json").write_text(json.dumps(dict(meta, format_version=FORMAT_VERSION,
                                                        name=name),
                                                   indent=2, sort_keys=True, default=str)
@@ -337,6 +341,8 @@ def load(d: Path) -> Workload:
     trace.events = parse_events(read_json(d / "events.json"), str(d / "events.json"), n)
     scenario = replace(scenario, source=f"<workload {meta.get('name', d.name)}>")
     meta = {k: v for k, v in meta.items() if k not in ("format_version", "name")}
+    if meta.get("aging_state") is not None:         # meta.json holds its summary only
+        meta["aging_state"] = parse_aging(read_json(d / "aging.json"), str(d / "aging.json"))
     return Workload(f"trace:{d.name}", scenario, trace, dict(meta, path=str(d)))
 
 

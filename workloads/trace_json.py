@@ -129,3 +129,37 @@ def read_json(path: Path):
         raise WorkloadError(f"{path}: unreadable: {e.strerror or e}") from None
     except (ValueError, RecursionError) as e:
         raise WorkloadError(f"{path}: not valid JSON: {str(e).splitlines()[0]}") from None
+
+
+# ---- the aging state (workloads/aging.py AgingState: aging past the recorded window) --------
+def aging_text(state) -> str:
+    from dataclasses import asdict as _asdict
+    return json.dumps({"version": 1, "rule": _asdict(state.rule), "period": int(state.period),
+                       "granule_shift": int(state.granule_shift),
+                       "spaces": [[int(a), np.asarray(p, dtype=np.int64).tolist(), int(h)]
+                                  for a, (p, h) in sorted(state.spaces.items())],
+                       "pass_pos": [int(x) for x in state.pass_pos]},
+                      separators=(",", ":")) + "\n"
+
+
+def parse_aging(data, source: str):
+    """An AgingState from aging.json, strictly checked."""
+    from .aging import AgingRule, AgingState
+    want = {"version", "rule", "period", "granule_shift", "spaces", "pass_pos"}
+    if not isinstance(data, dict) or set(data) != want or data["version"] != 1:
+        raise WorkloadError(f"{source}: not a version-1 aging state")
+    rule = data["rule"]
+    kinds = {f.name: f.type for f in fields(AgingRule)}
+    if not isinstance(rule, dict) or set(rule) - set(kinds) or not all(
+            isinstance(v, (str, int, float, bool)) for v in rule.values()):
+        raise WorkloadError(f"{source}: rule: not an aging rule")
+    ok = (_is_int(data["period"]) and _is_int(data["granule_shift"])
+          and isinstance(data["pass_pos"], list) and all(map(_is_int, data["pass_pos"]))
+          and isinstance(data["spaces"], list) and all(
+              isinstance(s, list) and len(s) == 3 and _is_int(s[0]) and _is_int(s[2])
+              and isinstance(s[1], list) and all(map(_is_int, s[1])) for s in data["spaces"]))
+    if not ok:
+        raise WorkloadError(f"{source}: period, granule_shift, spaces or pass_pos malformed")
+    spaces = {a: (np.asarray(p, dtype=np.int64), h) for a, p, h in data["spaces"]}
+    return AgingState(AgingRule(**rule), data["period"], data["granule_shift"], spaces,
+                      list(data["pass_pos"]))
