@@ -460,3 +460,26 @@ def test_sweep_workers_0_is_every_core(capsys, tmp_path):
     capsys.readouterr()
     assert main(["sweep", str(spec), "--out", str(tmp_path / "o"), "--workers", "0",
                  "--no-progress"]) == 0
+
+
+# ---- row 8 for a sweep (the beer's: tests/test_bad_input_cli.py) --------------------------
+def test_row8_sigterm_to_a_sweep_keeps_finished_points(tmp_path):
+    import signal
+    import time
+    spec = tmp_path / "s.toml"
+    spec.write_text('[sweep]\nseeds = 16\n[[grid]]\nworkloads = ["sparse", "memstress"]\n')
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PTWBENCH_PROGRESS_SECONDS": "0"}
+    p = subprocess.Popen([sys.executable, "-m", "bench.cli", "sweep", str(spec), "--out",
+                          str(tmp_path / "o"), "--workers", "2"], env=env, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120             # SIGTERM once a point is on disk
+    while time.monotonic() < deadline and p.poll() is None and not list(
+            (tmp_path / "o" / "points").glob("*.json")):
+        time.sleep(0.1)
+    p.send_signal(signal.SIGTERM)
+    _out, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err[-2000:]
+    assert "Traceback" not in err and "interrupted" in err.splitlines()[-1]
+    kept = list((tmp_path / "o" / "points").glob("*.json"))
+    assert kept and not list((tmp_path / "o" / "points").glob(".*.tmp"))
+    assert not (tmp_path / "o" / "metrics.csv").exists()
