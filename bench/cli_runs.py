@@ -247,10 +247,11 @@ def register(sub) -> None:
                    help="simulate S seconds of guest time: the workload's accesses repeated "
                         "or cut to S / access_ns (workloads/clock.py); default: the trace as "
                         "generated")
-    r.add_argument("--until", choices=("migrated",), default=None,
+    r.add_argument("--until", choices=("migrated", "snapshotted"), default=None,
                    help="instead of --seconds: a window of one whole pre-copy migration "
                         "(host migration, chained or not), ending at its switch-over, whose "
-                        "last sync ends every dirty round")
+                        "last sync ends every dirty round; or of one whole background "
+                        "snapshot (host bg_snapshot), ending when its last page is saved")
     r.add_argument("--seed", type=int, default=1,
                    help="seed of the generator and host scenario, >= 0 (default 1): the same "
                    "seed gives a byte-identical metrics.csv")

@@ -44,12 +44,13 @@ METRIC_COLUMNS = (
     # rounds (docs/time-and-hosts.md): judged at the harvest that ends each round; the
     # rounds still open at the end apart (pending, never false)
     "dirty_rounds", "dirty_rounds_open", "dirty_pending_marked", "dirty_pending_unwritten",
-    "s1ptw_tf_round_pages", "s1ptw_tf_round_written", "s1ptw_tf_pending",
+    "s1ptw_tf_round_pages", "s1ptw_tf_round_written", "s1ptw_tf_round_neutral",
+    "s1ptw_tf_pending",
     "guest_aborts", "mmio_exits", "vcpu_run_failures", "efaults", "stage1_faults",
     "pml_full_exits", "host_unmapped_pages",
     "pt_pages", "data_pages", "vcpus",
-    # the case's migration link (MB/s; 0: none) and whole migration in the window (s;
-    # 0: none completed), and the case's q against its break-even (bench/breakeven.py;
+    # the case's migration link (MB/s; 0: none) and whole migration or background snapshot
+    # in the window (s; 0: none completed), and the case's q against its break-even (bench/breakeven.py;
     # empty: no page-table page took an S1PTW translation fault in a complete round)
     "link_mb_s", "migration_seconds", "q_measured", "q_break_even",
     # the modelled clock (workloads/clock.py): guest time, the host time this policy adds
@@ -90,11 +91,14 @@ def guest_footprint(w: Workload) -> tuple[int, int]:
 def case_facts(w: Workload) -> dict:
     """What the cost model needs to know of the case besides the counts: its vCPUs (the
     trace's highest vCPU id + 1), its migration link in MB/s (0: no migration) and the
-    duration of the whole migration in the window (0: none completed in it)."""
-    mig = next((h for h in w.meta.get("host", []) if h.get("scenario") == "migration"), {})
+    duration of the whole migration — or background snapshot — completed in the window
+    (0: none)."""
+    hosts = {h.get("scenario"): h for h in w.meta.get("host", [])}
+    mig, snap = hosts.get("migration", {}), hosts.get("bg_snapshot", {})
+    whole = mig.get("migration_s") or snap.get("snapshot_s") or 0.0
     return {"vcpus": int(w.trace.vcpu.max()) + 1 if len(w.trace) else 1,
             "link_mb_s": float(mig.get("link_mb_s") or 0.0),
-            "migration_seconds": round(float(mig.get("migration_s") or 0.0), 9)}
+            "migration_seconds": round(float(whole), 9)}
 
 
 def q_of_case(fix: dict | None, host: str, cm: CostModel) -> dict:
