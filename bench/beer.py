@@ -25,8 +25,9 @@ from .catalog import build, micro_workload, scenario_files
 from .cost import CostModel
 from .spec_checks import (SpecError, check_engine, check_host, check_host_knobs, check_knobs,
                           check_seeds, check_variant, check_workload)
-from .runner import (COLUMNS, TIMING_COLUMNS, csv_text, environment, meta_json,
-                     run_workload, write_dir_atomic)
+from .meta import envelope
+from .runner import (COLUMNS, TIMING_COLUMNS, csv_text, meta_json, run_workload,
+                     write_dir_atomic)
 from .variants import contradiction
 from .verdict import (COMPARED, MATTERS_RULE, answer, by_variant, false_dirty_rate,
                       hw_always_effect, pt_share, sensitivity, verdict_table)
@@ -209,7 +210,10 @@ def cases(spec: dict):
 
 
 def _ignore_sigint() -> None:
+    """Pool workers: Ctrl-C is the parent's to handle; SIGTERM (the pool's terminate) ends
+    a worker quietly (not the parent's handler, inherited through fork)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _run_group(args) -> list[tuple]:
@@ -229,31 +233,9 @@ def _run_group(args) -> list[tuple]:
     return out
 
 
-def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
-             progress: bool | None = None, stamp: str | None = None,
-             workers: int | None = None) -> Path:
-    """The beer verdict of `spec`; `workers` processes (default: one per core)."""
-    from tqdm import tqdm
-    cm = cm or CostModel()
-    seed = int(spec.get("seed", 0))
-    engine = spec.get("engine", "numpy")
-    jobs = list(cases(spec))
-    if spec.get("micro", True):
-        for p in x86_report.arm64_files(scenario_files()):
-            for v in spec.get("micro_variants", ["default"]):
-                jobs.append(Job("micro", p, None, "scenario", None, v))
-    t0 = time.perf_counter()
-    # jobs that share a workload build it once: one group each, groups spread over the
-    # cores (results gathered in job order: the CSVs do not depend on the worker count)
-    groups: dict[tuple, list] = {}
-    for i, job in enumerate(jobs):
-        groups.setdefault(job.build_key(), []).append((i, job))
-    work = [(items, seed, engine) for items in groups.values()]
+def _execute(work: list, n: int, bar) -> dict[int, tuple]:
+    """Every group of jobs on `n` processes (fork), results by job index."""
     done: dict[int, tuple] = {}
-    n = max(1, min(workers or os.cpu_count() or 1, len(work)))
-    # tqdm: disable=None shows the bar only on a terminal
-    bar = tqdm(total=len(jobs), desc="beer", unit="run",
-               disable=None if progress is None else not progress)
     if n == 1:
         for args in work:
             for r in _run_group(args):
@@ -285,7 +267,37 @@ def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
             raise
         finally:
             pool.join()
-    bar.close()
+    return done
+
+
+def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
+             progress: bool | None = None, stamp: str | None = None,
+             workers: int | None = None) -> Path:
+    """The beer verdict of `spec`; `workers` processes (default: one per core)."""
+    from .progress import Progress
+    cm = cm or CostModel()
+    seed = int(spec.get("seed", 0))
+    engine = spec.get("engine", "numpy")
+    jobs = list(cases(spec))
+    if spec.get("micro", True):
+        for p in x86_report.arm64_files(scenario_files()):
+            for v in spec.get("micro_variants", ["default"]):
+                jobs.append(Job("micro", p, None, "scenario", None, v))
+    t0 = time.perf_counter()
+    # jobs that share a workload build it once: one group each, groups spread over the
+    # cores (results gathered in job order: the CSVs do not depend on the worker count)
+    groups: dict[tuple, list] = {}
+    for i, job in enumerate(jobs):
+        groups.setdefault(job.build_key(), []).append((i, job))
+    work = [(items, seed, engine) for items in groups.values()]
+    n = max(1, min(workers or os.cpu_count() or 1, len(work)))
+    # a bar on a terminal, a line every few seconds elsewhere (bench/progress.py)
+    bar = Progress(len(jobs), "beer", "run", show=None if progress is None or progress
+                   else False)
+    try:
+        done = _execute(work, n, bar)
+    finally:
+        bar.close()
     rows, timings, metas, section, kinds = [], [], [], {}, {}
     for i in range(len(jobs)):
         _i, name, sec, wkind, r_rows, r_timings, r_meta = done[i]
@@ -303,14 +315,17 @@ def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
     sens = sensitivity(df, cm)
     real_sens = realistic_sensitivity(df, v, cm)
     rvs = real_vs_synthetic(df, v, kinds)
+    # the default name is the time: two beers finishing in the same second into one root
+    # both keep their results (beer-STAMP, beer-STAMP-2); a stamp given is checked up front
+    unique = stamp is None
     stamp = stamp or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     files = {
         "metrics.csv": csv_text(rows, COLUMNS),
         "timings.csv": csv_text(timings, TIMING_COLUMNS),
         "verdict.csv": v.to_csv(index=False, lineterminator="\n"),
-        "meta.json": meta_json({"job": "beer", "spec": spec, "cost_model": cm.as_dict(),
-                                "environment": environment(), "runs": metas,
-                                "seconds": time.perf_counter() - t0}),
+        "meta.json": meta_json(envelope("beer", spec=spec, runs=metas,
+                                        seconds=time.perf_counter() - t0,
+                                        cost_model=cm.as_dict())),
     }
     files["report.md"] = (markdown(df, v, sens, cm, real_sens, rvs)
                           + x86_report.markdown(dfx))
@@ -321,7 +336,11 @@ def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
     files["exits_vs_cost.png"] = report.plot_exits_vs_cost(v)
     files["sensitivity.png"] = report.plot_sensitivity(
         sens, float(v["net_us"].max()) if len(v) else None)
-    return write_dir_atomic(out_root / f"beer-{stamp}", files)
+    try:
+        return write_dir_atomic(out_root / f"beer-{stamp}", files, unique=unique)
+    except FileExistsError:
+        raise SpecError(f"--stamp: {out_root / f'beer-{stamp}'} appeared while this beer "
+                        f"ran (another beer with the same --stamp?); nothing written") from None
 
 
 SUMMARY_COLS = ["case", "fix_double_faults", "exits_saved", "false_dirty_extra",
