@@ -465,10 +465,8 @@ def markdown(df, v, sens, cm, real_sens=None, rvs=None) -> str:
 
 TOP_CASES = 2
 TEXT_LEGEND = {
-    "case": "label:host scenarios",
-    "src": "real (a recorded program) or gen (a generator)",
-    "gib": "VM memory, GiB",
-    "sec": "guest seconds simulated",
+    "case": "GUEST/AGING/LINK (report.md: the guests)",
+    "sec": "guest seconds simulated (the whole migration)",
     "q": "share of page-table pages walk-faulted in a round and written before "
          "its harvest (fix)",
     "q_star": "break-even q, t_false / (t_exit + t_false) at the case's link",
@@ -483,7 +481,7 @@ TEXT_LEGEND = {
     "net_us": "net saving, us",
     "matters": "passes the bar (report.md)",
 }
-REAL_LEGEND = ("case", "src", "gib", "sec", "q", "q_star", "rounds", "net_ms")
+REAL_LEGEND = ("case", "sec", "q", "q_star", "rounds", "net_ms")
 REAL_COLS = ["case", "workload_kind", "guest_gib", "guest_seconds", "rounds_complete",
              "q_measured", "q_break_even", "p_same_access", "envelope", "envelope_unit",
              "numa_fast_pt_pages_s",
@@ -498,19 +496,19 @@ def _fmt_p(x) -> str:
 def realistic_text(real: pd.DataFrame) -> pd.DataFrame:
     """The realistic cases as verdict.txt shows them (TEXT_LEGEND names the columns)."""
     return pd.DataFrame([{
-        "case": _map_case(r),
-        "src": "real" if r.get("workload_kind") == "real" else "gen",
-        "gib": f"{r['guest_gib']:.1f}", "sec": f"{r['guest_seconds']:.3g}",
+        "case": _map_case(r), "sec": f"{r['guest_seconds']:.3g}",
         "rounds": int(r["rounds_complete"]), "q": _fmt_p(r["q_measured"]),
         "q_star": _fmt_p(r["q_break_even"]), "net_ms": f"{r['net_us'] / 1000:+.3g}",
         "matters": "yes" if r["matters"] else "no"} for _i, r in real.iterrows()])
 
 
 def _map_case(r) -> str:
-    """A realistic case as the map names it: its label and link (a migration), or its label
-    and host scenario."""
-    guest, aging = map_key(r)
-    label = guest if aging == "-" else f"{guest}/{aging}"
+    """A realistic case by its label (GUEST/AGING/LINK[/variation]); a label without a link
+    gets its link or host scenario."""
+    w = str(r["workload"])
+    label = w.rsplit("@", 1)[1] if "@" in w else _real_case(r).split(":", 1)[0]
+    if label.count("/") >= 2:
+        return label
     link = link_name(r.get("link_mb_s", 0.0))
     return f"{label} {link}" if link != "-" else f"{label} {r['host']}"
 
@@ -561,7 +559,7 @@ def realistic_map(real: pd.DataFrame) -> pd.DataFrame:
         if col not in cols:
             cols.append(col)
         mark = "*" if r["matters"] else ""
-        cells.setdefault(guest, {})[col] = f"{r['net_ms_per_migration']:+.2g}{mark}"
+        cells.setdefault(guest, {})[col] = f"{r['net_ms_per_migration']:+.1f}{mark}"
     cols.sort(key=lambda c: (AGING_ORDER.get(c.split(":")[0], 9), c))
     return pd.DataFrame([{"guest": g, **{c: row.get(c, "") for c in cols}}
                          for g, row in cells.items()])
@@ -632,7 +630,7 @@ def text(df, v, sens, cm, real_sens=None) -> str:
     head = [report.wrap(answer_line(real))] if len(real) else []
     if len(rmap):
         head += ["ms per whole migration ha-promote saves over fix (*: matters):",
-                 report.text_table(rmap)]
+                 report.text_table(rmap, numparse=False)]
     off = real[~real.index.isin(on_map(real))] if len(rmap) else real
     if len(off):
         head += ["", "Realistic cases off the map (every case: report.md):" if len(rmap)

@@ -22,23 +22,24 @@ def md_table(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
                     missingval=NA)
 
 
-def text_table(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
-    """A plain table that fits TEXT_WIDTH columns: long cells are cut with '~'."""
+def text_table(df: pd.DataFrame, floatfmt: str = ".3g", numparse: bool = True) -> str:
+    """A plain table that fits TEXT_WIDTH columns: long cells are cut with '~'.
+    `numparse = False`: string cells stay as written (numbers formatted by the caller)."""
     import tabulate as tabmod
     d = df.copy()
     tabmod.MIN_PADDING = 0                   # no extra header padding in plain text
     try:
-        return _text_table(d, floatfmt)
+        return _text_table(d, floatfmt, numparse)
     finally:
         tabmod.MIN_PADDING = 2
 
 
-def _text_table(d: pd.DataFrame, floatfmt: str) -> str:
-    for width in (20, 16, 13, 11, 9, 7):
+def _text_table(d: pd.DataFrame, floatfmt: str, numparse: bool = True) -> str:
+    for width in (24, 20, 16, 13, 11, 9, 7):
         cut = d.map(lambda v: _cut(v, width))
         cut.columns = [_cut(c, width) for c in d.columns]
         out = tabulate(cut, headers="keys", tablefmt="simple", showindex=False,
-                       floatfmt=floatfmt, disable_numparse=False)
+                       floatfmt=floatfmt, disable_numparse=not numparse)
         if max(len(line) for line in out.splitlines()) <= TEXT_WIDTH:
             return out
     # still too wide: one record per block
