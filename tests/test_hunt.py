@@ -1,0 +1,230 @@
+"""`ptwbench hunt` (issue 24): the planted optimum, resume after kill -9, Dask against
+sequential, bad space files, the real objective against `ptwbench run`.
+
+The planted, kill and Dask tests replace only the evaluation of a configuration
+(`--trial-fn` / `trial_fn`, tests/hunt_helpers.py): the space, the sampler, the SQLite
+storage, the executors and the outputs are the real ones."""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from bench import hunt
+from bench.hunt_report import hunt_summary_line
+from tests.hunt_helpers import PLANT_OPTIMUM
+
+PY = sys.executable
+ROOT = Path(__file__).resolve().parent.parent
+
+# A realistic case (the map's db/mglru/10G guest) with one knob left free: MGLRU's period.
+PLANTED = """
+[knobs]
+workload = "sparse"
+ram_mb = 4096
+layout = "split"
+backing = "anon"
+aging = "mglru"
+"sparse.regions" = 54000
+"sparse.accesses" = 200000
+"sparse.write_percent" = 30
+"numa.scan_rate" = "fast"
+"migration.link_gbit_s" = 10.0
+"migration.downtime_limit_ms" = 300.0
+"""
+PLANT_TRIALS = 40        # stated budget: the planted optimum within 5 % in 40 trials
+
+
+def cli(*args, timeout=120, env=None):
+    return subprocess.run([PY, "-m", "bench.cli", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def study_at(d: Path, name: str):
+    optuna = hunt._optuna()
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{d / 'study.db'}")
+
+
+def test_planted_optimum_found_within_5_percent(tmp_path):
+    spec = tmp_path / "plant.toml"
+    spec.write_text(PLANTED)
+    r = cli("hunt", "--space", str(spec), "--trials", str(PLANT_TRIALS), "--study", "plant",
+            "--out", str(tmp_path), "--seed", "3", "--trial-fn",
+            "tests.hunt_helpers:planted")
+    assert r.returncode == 0, r.stderr
+    d = tmp_path / "hunt-plant"
+    best = tomllib.loads((d / "best.toml").read_text())
+    period = best["case"][0]["knobs"]["sparse"]["age_period_ms"]
+    assert abs(period - PLANT_OPTIMUM) / PLANT_OPTIMUM <= 0.05, period
+    # every output is there and says what it searched
+    for f in ("hunt.csv", "report.md", "best_so_far.png", "q_vs_qstar.png", "meta.json"):
+        assert (d / f).stat().st_size > 0, f
+    assert (d / "hunt.csv").read_text().count("\n") == PLANT_TRIALS + 1
+    line = hunt_summary_line(d)
+    assert line.startswith(f"searched {PLANT_TRIALS} configurations within calibrated ranges")
+    assert "matters: yes" in line and line in r.stdout
+    # best.toml is a beer spec the beer accepts; its command names the same configuration
+    from bench.beer import load_spec
+    load_spec((d / "best.toml").read_text(), "best.toml")
+    assert f"--knob age_period_ms={period!r}" in r.stdout
+
+
+def _complete(d: Path) -> dict[int, float]:
+    """The complete trials in the study's database, read directly: number -> param."""
+    try:
+        with sqlite3.connect(d / "study.db") as db:
+            rows = db.execute("SELECT t.number, p.param_value FROM trials t JOIN trial_params p "
+                              "ON p.trial_id = t.trial_id WHERE t.state = 'COMPLETE' AND "
+                              "p.param_name = 'age_period_ms'").fetchall()
+    except sqlite3.OperationalError:                      # tables not created yet
+        return {}
+    return dict(rows)
+
+
+def test_kill_9_then_resume_keeps_every_finished_trial(tmp_path):
+    spec = tmp_path / "plant.toml"
+    spec.write_text(PLANTED)
+    log = tmp_path / "evaluated.log"
+    env = {**os.environ, "HUNT_TEST_LOG": str(log), "HUNT_TEST_SLEEP_S": "0.4"}
+    args = [PY, "-m", "bench.cli", "hunt", "--space", str(spec), "--trials", "12",
+            "--study", "k", "--out", str(tmp_path), "--trial-fn",
+            "tests.hunt_helpers:slow_planted", "--no-progress"]
+    p = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    d = tmp_path / "hunt-k"
+    t0 = time.time()
+    while time.time() - t0 < 60:
+        if (d / "study.db").exists() and len(_complete(d)) >= 4:
+            break
+        time.sleep(0.1)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    before = _complete(d)
+    assert 4 <= len(before) < 12
+    r = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    after = _complete(d)
+    assert len(after) == 12                               # the study's total, exactly
+    assert {n: after[n] for n in before} == before        # every finished trial kept
+    ran = [float(x) for x in log.read_text().split()]
+    for v in after.values():                              # none evaluated twice
+        assert ran.count(v) == 1, v
+
+
+ENQUEUED = [{"age_period_ms": p} for p in (150.0, 420.0, 700.0, 2500.0, 9000.0, 333.0)]
+
+
+def _hunt_with(tmp_path, name: str, ex) -> set:
+    space = hunt.load_space_text(PLANTED, "plant.toml")
+    study = hunt.open_study(f"sqlite:///{tmp_path / name}.db", name, space, seed=5)
+    for params in ENQUEUED:
+        study.enqueue_trial(params)
+    res = hunt.run_hunt(study, space, len(ENQUEUED), ex=ex,
+                        trial_fn="tests.hunt_helpers:planted")
+    assert res.ran == len(ENQUEUED) and not res.failures
+    return {(t.params["age_period_ms"], t.value, t.user_attrs["net_ms_per_migration"])
+            for t in study.trials}
+
+
+def test_dask_local_cluster_gives_the_sequential_trials(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    seq = _hunt_with(tmp_path, "seq", hunt.executor(1))
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as lc, \
+            distributed.Client(lc) as client:
+        par = _hunt_with(tmp_path, "dask", hunt.executor(client=client))
+    assert par == seq
+    assert {p for p, _, _ in seq} == {e["age_period_ms"] for e in ENQUEUED}
+
+
+BAD_SPACES = [
+    ("[knobs]\nbogus_knob = 1\n", "knobs.bogus_knob: unknown knob"),
+    ("[knobs]\nram_mb = [1024, 4096]\n", "outside the calibrated range"),
+    ("[knobs]\n\"migration.link_gbit_s\" = 100.0\n", "outside the calibrated range"),
+    ("[knobs]\nram_mb = [8192, 4096]\n", "empty range"),
+    ("[knobs]\naging = []\n", "empty list of choices"),
+    ("[knobs]\nram_mb = \"big\"\n", "expected an integer"),
+    ("[knobs]\nram_mb = 4096.5\n", "expected an integer"),
+    ("stress = \"yes\"\n", "stress: expected true or false"),
+    ("[knobs]\nworkload = \"stream\"\n", "is not one of"),
+    ("colour = 1\n", "colour: unknown key"),
+    ("[knobs]\nworkload = \"gc\"\n\"sparse.regions\" = 1024\n", "never has workload"),
+    ("[knobs\n", "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize("text,why", BAD_SPACES)
+def test_bad_space_file_one_line_exit_2_nothing_written(tmp_path, text, why):
+    spec = tmp_path / "bad.toml"
+    spec.write_text(text)
+    out = tmp_path / "results"
+    r = cli("hunt", "--space", str(spec), "--trials", "2", "--study", "b", "--out", str(out),
+            "--trial-fn", "tests.hunt_helpers:planted")
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and why in r.stderr, r.stderr
+    assert not out.exists()
+
+
+def test_stress_ranges_need_stress_and_are_labelled(tmp_path):
+    spec = tmp_path / "wide.toml"
+    spec.write_text("stress = true\n" + PLANTED.replace('ram_mb = 4096', 'ram_mb = 2048'))
+    r = cli("hunt", "--space", str(spec), "--trials", "3", "--study", "w", "--out",
+            str(tmp_path), "--trial-fn", "tests.hunt_helpers:planted")
+    assert r.returncode == 0, r.stderr
+    d = tmp_path / "hunt-w"
+    assert "in a stress space" in hunt_summary_line(d)
+    assert "STRESS space" in (d / "report.md").read_text()
+    assert 'section = "stress"' in (d / "best.toml").read_text()
+    assert set(line.split(",")[2] for line in
+               (d / "hunt.csv").read_text().splitlines()[1:]) == {"stress"}
+
+
+def test_real_trial_matches_ptwbench_run(tmp_path):
+    """One trial of the real objective (a small realistic guest over a whole migration):
+    hunt.csv's measures are what `ptwbench run` of the best command measures."""
+    spec = tmp_path / "one.toml"
+    spec.write_text("""
+[knobs]
+workload = "zipf"
+ram_mb = 4096
+layout = "split"
+backing = "anon"
+aging = "damon"
+damon_regions = 1000
+"zipf.keys" = 65536
+"zipf.value_bytes" = 1024
+"zipf.operations" = 20000
+"zipf.s" = 0.99
+"zipf.read_percent" = 95
+"zipf.mapping" = "anon"
+"numa.scan_rate" = "fast"
+"migration.link_gbit_s" = 25.0
+"migration.downtime_limit_ms" = 300.0
+""")
+    r = cli("hunt", "--space", str(spec), "--trials", "1", "--study", "r", "--out",
+            str(tmp_path), timeout=300)
+    assert r.returncode == 0, r.stderr
+    d = tmp_path / "hunt-r"
+    import csv
+    row = next(csv.DictReader((d / "hunt.csv").open()))
+    cmd = next(x for x in r.stdout.splitlines() if x.startswith("best: "))[6:].split()
+    assert cmd[:2] == ["ptwbench", "run"]
+    run = cli(*cmd[2:], "--format", "csv", "--no-save", timeout=300)
+    assert run.returncode == 0, run.stderr
+    rows = list(csv.DictReader(run.stdout.splitlines()))
+    fix = next(x for x in rows if x["policy"] == "fix")
+    hap = next(x for x in rows if x["policy"] == "ha-promote")
+    assert int(row["exits_saved"]) == int(fix["s2_faults"]) - int(hap["s2_faults"])
+    assert int(row["false_dirty_extra"]) == (int(hap["dirty_false_positive"])
+                                             - int(fix["dirty_false_positive"]))
+    assert float(row["migration_seconds"]) == pytest.approx(float(fix["migration_seconds"]))
+    q = fix["q_measured"]
+    assert (row["q_measured"] == "") == (q == "") and (
+        q == "" or float(row["q_measured"]) == pytest.approx(float(q)))
