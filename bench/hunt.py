@@ -247,11 +247,10 @@ def _check_value(k: Knob, v, at: str):
     if k.kind == "cat":
         if not isinstance(v, (str, int, float)) or isinstance(v, bool):
             raise HuntError(f"{at}: {v!r} is not one of {', '.join(map(str, k.widest()))}")
-        if _is_num(v) and any(_is_num(c) for c in k.widest()):
-            v = float(v)
-        if v not in k.widest():
+        same = [c for c in k.widest() if c == v and _is_num(c) == _is_num(v)]
+        if not same:
             raise HuntError(f"{at}: {v!r} is not one of {', '.join(map(str, k.widest()))}")
-        return v
+        return same[0]                          # the knob's own type (25 -> 25.0 Gbit/s)
     if not _is_num(v) or (k.kind == "int" and not isinstance(v, int)):
         raise HuntError(f"{at}: expected {'an integer' if k.kind == 'int' else 'a number'}, "
                         f"not {v!r}")

@@ -192,20 +192,17 @@ def test_real_trial_matches_ptwbench_run(tmp_path):
     spec = tmp_path / "one.toml"
     spec.write_text("""
 [knobs]
-workload = "zipf"
+workload = "sparse"
 ram_mb = 4096
 layout = "split"
 backing = "anon"
-aging = "damon"
-damon_regions = 1000
-"zipf.keys" = 65536
-"zipf.value_bytes" = 1024
-"zipf.operations" = 20000
-"zipf.s" = 0.99
-"zipf.read_percent" = 95
-"zipf.mapping" = "anon"
+aging = "mglru"
+age_period_ms = 1000.0
+"sparse.regions" = 8192
+"sparse.accesses" = 50000
+"sparse.write_percent" = 30
 "numa.scan_rate" = "fast"
-"migration.link_gbit_s" = 25.0
+"migration.link_gbit_s" = 10.0
 "migration.downtime_limit_ms" = 300.0
 """)
     r = cli("hunt", "--space", str(spec), "--trials", "1", "--study", "r", "--out",
@@ -216,12 +213,12 @@ damon_regions = 1000
     row = next(csv.DictReader((d / "hunt.csv").open()))
     cmd = next(x for x in r.stdout.splitlines() if x.startswith("best: "))[6:].split()
     assert cmd[:2] == ["ptwbench", "run"]
-    run = cli(*cmd[2:], "--format", "csv", "--no-save", timeout=300)
+    run = cli(*cmd[1:], "--format", "csv", "--no-save", timeout=300)
     assert run.returncode == 0, run.stderr
     rows = list(csv.DictReader(run.stdout.splitlines()))
     fix = next(x for x in rows if x["policy"] == "fix")
     hap = next(x for x in rows if x["policy"] == "ha-promote")
-    assert int(row["exits_saved"]) == int(fix["s2_faults"]) - int(hap["s2_faults"])
+    assert int(row["exits_saved"]) == int(fix["s2_faults"]) - int(hap["s2_faults"]) > 0
     assert int(row["false_dirty_extra"]) == (int(hap["dirty_false_positive"])
                                              - int(fix["dirty_false_positive"]))
     assert float(row["migration_seconds"]) == pytest.approx(float(fix["migration_seconds"]))
