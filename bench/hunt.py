@@ -741,3 +741,25 @@ def hunt_summary_line(d) -> str:
     """verdict.txt's line for `ptwbench beer --hunt DIR` (bench/hunt_report.py)."""
     from .hunt_report import hunt_summary_line as line
     return line(d)
+
+
+def knobs_markdown() -> str:
+    """docs/hunt.md's table of the knobs (tests/test_hunt.py keeps the two equal)."""
+    def rng(k: Knob, stress: bool) -> str:
+        if k.kind == "cat":
+            return ", ".join(map(str, k.widest() if stress else k.choices))
+        lo, hi = k.widest() if stress else (k.lo, k.hi)
+        return f"{lo:.10g} – {hi:.10g}{' (log)' if k.log and not stress else ''}"
+    rows = ["| knob | realistic range | stress range | when | source |", "|---|---|---|---|---|"]
+    for k in KNOBS.values():
+        when = f"{k.when[0]} = {k.when[1]}" if k.when else ""
+        name = f"`{k.name}`" + ("" if k.default_space else " (file only)")
+        rows.append(f"| {name} | {rng(k, False)} | {rng(k, True)} | {when} | {k.source} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+    if sys.argv[1:] != ["--markdown"]:
+        sys.exit("usage: python -m bench.hunt --markdown")
+    sys.stdout.write(knobs_markdown())

@@ -225,3 +225,35 @@ age_period_ms = 1000.0
     q = fix["q_measured"]
     assert (row["q_measured"] == "") == (q == "") and (
         q == "" or float(row["q_measured"]) == pytest.approx(float(q)))
+
+
+def test_docs_table_is_the_knobs():
+    text = (ROOT / "docs" / "hunt.md").read_text()
+    a = text.index("<!-- BEGIN KNOBS")
+    a = text.index("\n", a) + 1
+    b = text.index("<!-- END KNOBS -->")
+    assert text[a:b] == hunt.knobs_markdown()
+
+
+def test_every_calibrated_range_inside_the_stress_range_and_the_registry():
+    """Each knob's realistic range lies in its stress range, and every range end is a value
+    the generator or host scenario accepts (its registry entry coerces it)."""
+    from workloads import registry as reg
+    for k in hunt.KNOBS.values():
+        if k.kind == "cat":
+            assert set(k.choices) <= set(k.widest()), k.name
+            ends = k.widest()
+        else:
+            lo, hi = k.widest()
+            assert lo <= k.lo < k.hi <= hi, k.name
+            ends = (lo, hi)
+        owner, dot, name = k.name.partition(".")
+        if k.name in ("workload", "variant"):
+            continue
+        for v in ends:
+            if not dot:
+                reg.coerce_profile_knobs({k.name: v}, "hunt")
+            elif owner in ("migration", "numa"):
+                reg.host_entry(owner).resolve({name: v})
+            else:
+                reg.generator_entry(owner).resolve({name: v})
