@@ -297,7 +297,8 @@ def load_space_text(text: str, source: str) -> Space:
         raise HuntError(f"{source}: not valid TOML: {e}") from None
     for key in spec:
         if key not in SPACE_KEYS:
-            raise HuntError(f"{source}: {key}: unknown key (known: {', '.join(sorted(SPACE_KEYS))})")
+            raise HuntError(f"{source}: {key}: unknown key (known: "
+                            f"{', '.join(sorted(SPACE_KEYS))})")
     stress, base = spec.get("stress", False), spec.get("base", "realistic")
     if not isinstance(stress, bool):
         raise HuntError(f"{source}: stress: expected true or false, not {stress!r}")

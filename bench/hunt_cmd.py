@@ -64,6 +64,9 @@ def cmd_hunt(args) -> int:
     from .runner import environment
     space, d, name, storage = _checks(args)
     client = _client(args) if args.scheduler else None
+    top = d                                         # the first directory created here
+    while not top.parent.exists():
+        top = top.parent
     fresh = not d.exists()
     d.mkdir(parents=True, exist_ok=True)
     try:
@@ -71,7 +74,7 @@ def cmd_hunt(args) -> int:
     except HuntError as e:
         if fresh:                                   # nothing written
             import shutil
-            shutil.rmtree(d, ignore_errors=True)
+            shutil.rmtree(top, ignore_errors=True)
         raise RunInputError(str(e)) from None
     label = "stress" if space.stress else "realistic"
     print(f"hunt {name}: {space.name} space ({label}), {args.trials} trials in all, "

@@ -257,3 +257,19 @@ def test_every_calibrated_range_inside_the_stress_range_and_the_registry():
                 reg.host_entry(owner).resolve({name: v})
             else:
                 reg.generator_entry(owner).resolve({name: v})
+
+
+@pytest.mark.parametrize("args,why", [
+    (["--storage", "nosuchdb://x/y"], "--storage: cannot open"),
+    (["--trials", "0"], "--trials: 0 is not >= 1"),
+    (["--study", "../up"], "--study:"),
+    (["--space", "/no/such/space.toml"], "--space /no/such/space.toml:"),
+    (["--scheduler", "not an address"], "--scheduler:"),
+])
+def test_bad_arguments_one_line_exit_2_nothing_written(tmp_path, args, why):
+    out = tmp_path / "results"
+    r = cli("hunt", "--study", "a", *args, "--out", str(out), "--trial-fn",
+            "tests.hunt_helpers:planted")
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and why in r.stderr, r.stderr
+    assert not out.exists()
