@@ -730,12 +730,76 @@ def _ask_more(study, space, trials, ex, trial_fn, pending, res, deadline) -> int
             break
         trial = study.ask()
         trial.set_user_attr("driver", _driver())
+        if "origin" not in trial.user_attrs:
+            trial.set_user_attr("origin", "tpe")
         vals = values_of(space.suggest(trial), space)
         cfg = config_of(vals, space)
         trial.set_user_attr("values", vals)
         trial.set_user_attr("config", cfg)
         pending[ex.submit(trial_fn, cfg)] = trial
     return young
+
+
+# ---- the realistic map as a warm start --------------------------------------------------
+def _default_of(name: str, wl: str, aging: str):
+    """A knob's value where a configuration does not set it: the registry's default."""
+    from workloads import registry as reg
+    from workloads.aging import regime_period_ms
+    from workloads.linux import PROFILE_KNOBS
+    owner, dot, knob = name.partition(".")
+    if name == "age_period_ms":
+        return regime_period_ms(aging)
+    if not dot:
+        return {k.name: k.default for k in PROFILE_KNOBS}.get(name)
+    entry = reg.host_entry(owner) if owner in ("migration", "numa") else \
+        reg.generator_entry(owner)
+    return {k.name: k.default for k in entry.knobs}.get(knob)
+
+
+def _inside(d: Dim, v) -> bool:
+    if d.fixed is not None:
+        return v == d.fixed
+    if d.knob.kind == "cat":
+        return v in d.choices
+    return isinstance(v, (int, float)) and d.lo <= v <= d.hi
+
+
+def map_params(space: Space) -> list[dict]:
+    """The default beer's realistic cases (its map) that lie in `space`, as the params of
+    a trial each (knobs the case does not set: the registry's defaults), in the map's order:
+    enqueued first in a fresh study, so the hunt starts from the cases the beer runs."""
+    from .beer import default_spec_text
+    out = []
+    for c in tomllib.loads(default_spec_text()).get("case", []):
+        if c.get("section") != "realistic" or c.get("hosts") != [HOST]:
+            continue
+        wl = c["workloads"][0]
+        given = {"workload": wl, "variant": c.get("variants", ["default"])[0]}
+        given.update({(k if k in KNOBS else f"{wl}.{k}"): v
+                      for k, v in c.get("knobs", {}).get(wl, {}).items()})
+        for h, kv in c.get("host_knobs", {}).items():
+            given.update({f"{h}.{k}": v for k, v in kv.items()})
+        vals: dict = {}
+        for d in space.dims:
+            if d.active({**given, **vals}):
+                vals[d.name] = given.get(d.name, _default_of(d.name, wl, given.get("aging")))
+        if all(_inside(d, vals[d.name]) for d in space.dims if d.name in vals):
+            out.append({k: v for k, v in vals.items() if space_dim(space, k).fixed is None})
+    return out
+
+
+def space_dim(space: Space, name: str) -> Dim:
+    return next(d for d in space.dims if d.name == name)
+
+
+def enqueue_map(study, space: Space) -> int:
+    """Enqueue the map's cases in a study with no trial yet; returns how many."""
+    if study.get_trials(deepcopy=False):
+        return 0
+    cases = map_params(space)
+    for p in cases:
+        study.enqueue_trial(p, user_attrs={"origin": "map"})
+    return len(cases)
 
 
 def hunt_summary_line(d) -> str:

@@ -59,7 +59,8 @@ def _client(args):
 
 
 def cmd_hunt(args) -> int:
-    from .hunt import DEFAULT_TRIAL_FN, HuntError, executor, open_study, redact, run_hunt
+    from .hunt import (DEFAULT_TRIAL_FN, HuntError, enqueue_map, executor, open_study, redact,
+                       run_hunt)
     from .hunt_report import write_outputs
     from .runner import environment
     space, d, name, storage = _checks(args)
@@ -77,8 +78,10 @@ def cmd_hunt(args) -> int:
             shutil.rmtree(top, ignore_errors=True)
         raise RunInputError(str(e)) from None
     label = "stress" if space.stress else "realistic"
-    print(f"hunt {name}: {space.name} space ({label}), {args.trials} trials in all, "
-          f"storage {redact(storage)} -> {d}", file=sys.stderr)
+    start = 0 if args.no_map else enqueue_map(study, space)
+    print(f"hunt {name}: {space.name} space ({label}), {args.trials} trials in all"
+          f"{f', the first {start} the realistic map' if start else ''}, storage "
+          f"{redact(storage)} -> {d}", file=sys.stderr)
     ex = executor(args.workers or 1, client)
     say = (lambda _line: None) if args.no_progress else (
         lambda line: print(f"hunt {name}: {line}", file=sys.stderr, flush=True))
@@ -95,7 +98,7 @@ def cmd_hunt(args) -> int:
         if client is not None:
             client.close()
     meta = {"study": name, "storage": redact(storage), "seed": args.seed,
-            "trials": args.trials, "trial_fn": args.trial_fn or DEFAULT_TRIAL_FN,
+            "trials": args.trials, "map_cases_enqueued": start, "trial_fn": args.trial_fn or DEFAULT_TRIAL_FN,
             "environment": environment()}
     s = write_outputs(d, study, space, run, meta)
     from .hunt_report import summary_line
@@ -139,6 +142,9 @@ def register(sub) -> None:
                     help="run the trials on a dask.distributed cluster (tcp://host:8786)")
     h.add_argument("--timeout", type=float, default=20.0, metavar="S",
                    help="seconds to wait for the dask scheduler (default 20)")
+    h.add_argument("--no-map", action="store_true",
+                   help="do not start from the default beer's realistic cases (a new study "
+                        "runs those inside the space first)")
     h.add_argument("--no-progress", action="store_true", help="no line per trial")
     h.add_argument("--trial-fn", help=argparse.SUPPRESS)   # tests: MODULE:FUNCTION
     h.set_defaults(func=cmd_hunt)

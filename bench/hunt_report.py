@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .hunt import KNOBS, METRICS, OBJECTIVE, Space, _optuna
 
-TRIAL_COLUMNS = ("trial", "state", "space", OBJECTIVE, *[m for m in METRICS if m != OBJECTIVE],
+TRIAL_COLUMNS = ("trial", "state", "space", "origin", OBJECTIVE, *[m for m in METRICS if m != OBJECTIVE],
                  "seconds", "error")
 
 
@@ -24,6 +24,7 @@ def trial_rows(study, space: Space) -> tuple[list[dict], list[str]]:
         vals = ua.get("values") or {}
         r = {"trial": t.number, "state": t.state.name,
              "space": "stress" if space.stress else "realistic",
+             "origin": ua.get("origin", ""),
              OBJECTIVE: t.value if t.value is not None else "",
              "seconds": ua.get("seconds", ""), "error": ua.get("error", "")}
         for m in METRICS:
@@ -208,6 +209,7 @@ def report_md(name: str, rows: list[dict], study, space: Space, run, s: dict) ->
            f"Trials: {by_state['COMPLETE']} complete, {by_state['PRUNED']} refused by the "
            f"registry (hunt.csv's error column), {by_state['FAIL']} failed or interrupted. "
            f"{_rate_text(rows, run)}.", ""]
+    out += _origin_md(rows)
     if run.out_of_time:
         out += ["The time budget (--minutes) stopped the hunt before --trials.", ""]
     out += _best_md(study, space) + ["![best so far](best_so_far.png)", ""]
@@ -220,6 +222,20 @@ def report_md(name: str, rows: list[dict], study, space: Space, run, s: dict) ->
             else "(too few complete trials to say)", ""]
     out += _q_md(rows) + _space_md(space)
     return "\n".join(out) + "\n"
+
+
+def _origin_md(rows: list[dict]) -> list[str]:
+    """The best of the realistic map's cases (the warm start) against the best the search
+    found beyond them."""
+    out = []
+    for origin, what in (("map", "the default beer's realistic cases"),
+                         ("tpe", "the trials TPE chose")):
+        g = [r for r in rows if r["origin"] == origin and r["state"] == "COMPLETE"]
+        if g:
+            b = max(g, key=lambda r: r[OBJECTIVE])
+            out.append(f"* best of {what} ({len(g)}): trial {b['trial']}, {OBJECTIVE} "
+                       f"{b[OBJECTIVE]:.4g}, net {b['net_ms_per_migration']} ms per migration")
+    return out + [""] if out else []
 
 
 def _best_md(study, space: Space) -> list[str]:

@@ -273,3 +273,28 @@ def test_bad_arguments_one_line_exit_2_nothing_written(tmp_path, args, why):
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and why in r.stderr, r.stderr
     assert not out.exists()
+
+
+def test_map_warm_start_is_the_beers_realistic_cases():
+    """A new realistic hunt starts from the default beer's 24 realistic cases: each
+    enqueued configuration runs what the beer runs — the case's own knobs exactly, every
+    other knob at the registry's default (what the beer leaves it at)."""
+    from bench.beer import default_spec_text
+    space = hunt.builtin_space("realistic")
+    cases = [c for c in tomllib.loads(default_spec_text())["case"]
+             if c.get("section") == "realistic"]
+    params = hunt.map_params(space)
+    assert len(params) == len(cases) == 24
+    for c, p in zip(cases, params):
+        wl = c["workloads"][0]
+        cfg = hunt.config_of(hunt.values_of(p, space), space)
+        assert cfg["workload"] == wl and cfg["variant"] == c["variants"][0]
+        assert c["knobs"][wl].items() <= cfg["knobs"].items()
+        for h, kv in c["host_knobs"].items():
+            assert kv.items() <= cfg["host_knobs"][h].items()
+        if cfg["knobs"]["aging"] == "mglru":          # workloads/aging.py MGLRU_PERIOD_MS
+            assert cfg["knobs"]["age_period_ms"] == 1000.0
+        assert cfg["host_knobs"]["migration"]["downtime_limit_ms"] == 300.0   # QEMU default
+        assert cfg["host_knobs"]["numa"]["scan_rate"] == "fast"
+    narrow = hunt.load_space_text('[knobs]\nworkload = "gc"\naging = "mglru"\n', "n.toml")
+    assert [p["migration.link_gbit_s"] for p in hunt.map_params(narrow)] == [25.0, 10.0]
