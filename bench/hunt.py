@@ -511,12 +511,13 @@ class _Dask:
         return self.client.submit(call_trial_fn, fn_name, config, pure=False)
 
     def wait(self, pending) -> set:
-        from dask.distributed import wait
-        try:
-            wait(list(pending), timeout=0.2, return_when="FIRST_COMPLETED")
-        except TimeoutError:
-            pass
-        return {f for f in pending if f.done()}
+        # polled: distributed.wait needs a default client, and this one is not (sweep_cmd)
+        for _ in range(10):
+            done = {f for f in pending if f.done()}
+            if done:
+                return done
+            time.sleep(0.02)
+        return set()
 
     def close(self, cancel: bool = False):
         pass

@@ -140,6 +140,13 @@ def test_dask_local_cluster_gives_the_sequential_trials(tmp_path):
                                   dashboard_address=None) as lc, \
             distributed.Client(lc) as client:
         par = _hunt_with(tmp_path, "dask", hunt.executor(client=client))
+        spec = tmp_path / "plant.toml"                # the CLI's --scheduler path too
+        spec.write_text(PLANTED)
+        r = cli("hunt", "--space", str(spec), "--trials", "3", "--study", "cli", "--out",
+                str(tmp_path), "--scheduler", lc.scheduler_address, "--no-map",
+                "--trial-fn", "tests.hunt_helpers:planted")
+        assert r.returncode == 0, r.stderr
+        assert "dask.distributed" in (tmp_path / "hunt-cli" / "report.md").read_text()
     assert par == seq
     assert {p for p, _, _ in seq} == {e["age_period_ms"] for e in ENQUEUED}
 
