@@ -168,7 +168,18 @@ BAD_SPACES = [
 
 
 @pytest.mark.parametrize("text,why", BAD_SPACES)
-def test_bad_space_file_one_line_exit_2_nothing_written(tmp_path, text, why):
+def test_bad_space_file_is_one_line(tmp_path, text, why):
+    spec = tmp_path / "bad.toml"
+    spec.write_text(text)
+    with pytest.raises(hunt.HuntError) as e:
+        hunt.load_space(str(spec))
+    assert why in str(e.value) and "\n" not in str(e.value)
+    assert str(e.value).startswith(str(spec))
+
+
+@pytest.mark.parametrize("text,why", [BAD_SPACES[0], BAD_SPACES[1], BAD_SPACES[3],
+                                      BAD_SPACES[5]])
+def test_bad_space_file_exit_2_nothing_written(tmp_path, text, why):
     spec = tmp_path / "bad.toml"
     spec.write_text(text)
     out = tmp_path / "results"
