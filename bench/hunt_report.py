@@ -136,7 +136,7 @@ def plots(rows: list[dict]) -> dict[str, bytes]:
 
 def importances(study) -> list[tuple[str, float]]:
     """PED-ANOVA importances (Optuna's evaluator that needs no scikit-learn) of the knobs
-    every complete trial has; [] when there are too few trials to say."""
+    of the complete trials (as Optuna computes them); [] when there are too few to say."""
     optuna = _optuna()
     import warnings
     try:
@@ -215,9 +215,9 @@ def report_md(name: str, rows: list[dict], study, space: Space, run, s: dict) ->
     out += _best_md(study, space) + ["![best so far](best_so_far.png)", ""]
     imp = importances(study)
     out += ["## Parameter importances", "",
-            "PED-ANOVA (Optuna's PedAnovaImportanceEvaluator) over the knobs every complete "
-            "trial has "
-            "(a generator's own knobs only when one generator is searched):", ""]
+            "PED-ANOVA (Optuna's PedAnovaImportanceEvaluator) over the complete trials; a "
+            "conditional knob is judged from the trials that have it "
+            "(as Optuna computes them):", ""]
     out += [_md_table(["knob", "importance"], [[k, f"{v:.3f}"] for k, v in imp]) if imp
             else "(too few complete trials to say)", ""]
     out += _q_md(rows) + _space_md(space)
