@@ -25,8 +25,10 @@ from .catalog import build, micro_workload, scenario_files
 from .cost import CostModel
 from .spec_checks import (SpecError, check_engine, check_host, check_host_knobs, check_knobs,
                           check_seeds, check_variant, check_workload)
-from .runner import (COLUMNS, TIMING_COLUMNS, csv_text, environment, meta_json,
-                     run_workload, write_dir_atomic)
+from .meta import envelope
+from .runner import (COLUMNS, TIMING_COLUMNS, csv_text, meta_json, run_workload,
+                     write_dir_atomic)
+from .variants import contradiction
 from .verdict import (COMPARED, MATTERS_RULE, answer, by_variant, false_dirty_rate,
                       hw_always_effect, pt_share, sensitivity, verdict_table)
 
@@ -84,8 +86,9 @@ def load_spec(text: str, source: str) -> dict:
                 raise SpecError(f"{at}.until: {c['until']!r} is not one of {', '.join(UNTIL)}")
             if "seconds" in c:
                 raise SpecError(f"{at}.until: give until or seconds, not both")
-            if any("migration" not in hh.split("+") for hh in c.get("hosts", ["none"])):
-                raise SpecError(f"{at}.until: until = \"migrated\" needs the migration host "
+            need = UNTIL[c["until"]][0]
+            if any(need not in hh.split("+") for hh in c.get("hosts", ["none"])):
+                raise SpecError(f"{at}.until: until = {c['until']!r} needs the {need} host "
                                 f"scenario in every host of the case")
         if c.get("section") == "realistic" and not c.get("label"):
             raise SpecError(f"{at}.label: a realistic case needs a label (it names the case)")
@@ -99,6 +102,10 @@ def load_spec(text: str, source: str) -> dict:
             check_host(hh, f"{at}.hosts")
         for v in c.get("variants", ["default"]):
             check_variant(v, f"{at}.variants")
+            for w, knobs in c.get("knobs", {}).items():
+                why = contradiction(v, knobs.get("cpu") if isinstance(knobs, dict) else None)
+                if why:
+                    raise SpecError(f"{at}.knobs.{w}: {why}")
         for w, knobs in c.get("knobs", {}).items():
             if not isinstance(knobs, dict) or (w not in reg.GENERATORS and w not in ws):
                 raise SpecError(f"{at}.knobs.{w}: not a table of a known workload")
@@ -203,7 +210,10 @@ def cases(spec: dict):
 
 
 def _ignore_sigint() -> None:
+    """Pool workers: Ctrl-C is the parent's to handle; SIGTERM (the pool's terminate) ends
+    a worker quietly (not the parent's handler, inherited through fork)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _run_group(args) -> list[tuple]:
@@ -223,31 +233,9 @@ def _run_group(args) -> list[tuple]:
     return out
 
 
-def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
-             progress: bool | None = None, stamp: str | None = None,
-             workers: int | None = None) -> Path:
-    """The beer verdict of `spec`; `workers` processes (default: one per core)."""
-    from tqdm import tqdm
-    cm = cm or CostModel()
-    seed = int(spec.get("seed", 0))
-    engine = spec.get("engine", "numpy")
-    jobs = list(cases(spec))
-    if spec.get("micro", True):
-        for p in x86_report.arm64_files(scenario_files()):
-            for v in spec.get("micro_variants", ["default"]):
-                jobs.append(Job("micro", p, None, "scenario", None, v))
-    t0 = time.perf_counter()
-    # jobs that share a workload build it once: one group each, groups spread over the
-    # cores (results gathered in job order: the CSVs do not depend on the worker count)
-    groups: dict[tuple, list] = {}
-    for i, job in enumerate(jobs):
-        groups.setdefault(job.build_key(), []).append((i, job))
-    work = [(items, seed, engine) for items in groups.values()]
+def _execute(work: list, n: int, bar) -> dict[int, tuple]:
+    """Every group of jobs on `n` processes (fork), results by job index."""
     done: dict[int, tuple] = {}
-    n = max(1, min(workers or os.cpu_count() or 1, len(work)))
-    # tqdm: disable=None shows the bar only on a terminal
-    bar = tqdm(total=len(jobs), desc="beer", unit="run",
-               disable=None if progress is None else not progress)
     if n == 1:
         for args in work:
             for r in _run_group(args):
@@ -279,7 +267,37 @@ def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
             raise
         finally:
             pool.join()
-    bar.close()
+    return done
+
+
+def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
+             progress: bool | None = None, stamp: str | None = None,
+             workers: int | None = None) -> Path:
+    """The beer verdict of `spec`; `workers` processes (default: one per core)."""
+    from .progress import Progress
+    cm = cm or CostModel()
+    seed = int(spec.get("seed", 0))
+    engine = spec.get("engine", "numpy")
+    jobs = list(cases(spec))
+    if spec.get("micro", True):
+        for p in x86_report.arm64_files(scenario_files()):
+            for v in spec.get("micro_variants", ["default"]):
+                jobs.append(Job("micro", p, None, "scenario", None, v))
+    t0 = time.perf_counter()
+    # jobs that share a workload build it once: one group each, groups spread over the
+    # cores (results gathered in job order: the CSVs do not depend on the worker count)
+    groups: dict[tuple, list] = {}
+    for i, job in enumerate(jobs):
+        groups.setdefault(job.build_key(), []).append((i, job))
+    work = [(items, seed, engine) for items in groups.values()]
+    n = max(1, min(workers or os.cpu_count() or 1, len(work)))
+    # a bar on a terminal, a line every few seconds elsewhere (bench/progress.py)
+    bar = Progress(len(jobs), "beer", "run", show=None if progress is None or progress
+                   else False)
+    try:
+        done = _execute(work, n, bar)
+    finally:
+        bar.close()
     rows, timings, metas, section, kinds = [], [], [], {}, {}
     for i in range(len(jobs)):
         _i, name, sec, wkind, r_rows, r_timings, r_meta = done[i]
@@ -297,14 +315,17 @@ def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
     sens = sensitivity(df, cm)
     real_sens = realistic_sensitivity(df, v, cm)
     rvs = real_vs_synthetic(df, v, kinds)
+    # the default name is the time: two beers finishing in the same second into one root
+    # both keep their results (beer-STAMP, beer-STAMP-2); a stamp given is checked up front
+    unique = stamp is None
     stamp = stamp or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     files = {
         "metrics.csv": csv_text(rows, COLUMNS),
         "timings.csv": csv_text(timings, TIMING_COLUMNS),
         "verdict.csv": v.to_csv(index=False, lineterminator="\n"),
-        "meta.json": meta_json({"job": "beer", "spec": spec, "cost_model": cm.as_dict(),
-                                "environment": environment(), "runs": metas,
-                                "seconds": time.perf_counter() - t0}),
+        "meta.json": meta_json(envelope("beer", spec=spec, runs=metas,
+                                        seconds=time.perf_counter() - t0,
+                                        cost_model=cm.as_dict())),
     }
     files["report.md"] = (markdown(df, v, sens, cm, real_sens, rvs)
                           + x86_report.markdown(dfx))
@@ -315,7 +336,11 @@ def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
     files["exits_vs_cost.png"] = report.plot_exits_vs_cost(v)
     files["sensitivity.png"] = report.plot_sensitivity(
         sens, float(v["net_us"].max()) if len(v) else None)
-    return write_dir_atomic(out_root / f"beer-{stamp}", files)
+    try:
+        return write_dir_atomic(out_root / f"beer-{stamp}", files, unique=unique)
+    except FileExistsError:
+        raise SpecError(f"--stamp: {out_root / f'beer-{stamp}'} appeared while this beer "
+                        f"ran (another beer with the same --stamp?); nothing written") from None
 
 
 SUMMARY_COLS = ["case", "fix_double_faults", "exits_saved", "false_dirty_extra",
@@ -509,10 +534,23 @@ def map_key(r) -> tuple[str, str]:
     return guest, rest.split("/", 1)[0] or "-"
 
 
+def on_map(real: pd.DataFrame) -> list:
+    """The index labels of the realistic cases the map shows: whole migrations at the map's
+    links, labels GUEST/AGING/LINK without a further variation."""
+    keep = []
+    for i, r in real.iterrows():
+        if pd.isna(r["net_ms_per_migration"]):
+            continue
+        label = str(r["workload"]).rsplit("@", 1)[-1]
+        if link_name(r["link_mb_s"]) in MAP_LINKS and label.count("/") <= 2:
+            keep.append(i)
+    return keep
+
+
 def realistic_map(real: pd.DataFrame) -> pd.DataFrame:
     """guest x (aging regime, link): ha-promote's net saving per whole migration, ms, with
     '*' where the case matters — the cases whose window is one whole migration."""
-    d = real[real["net_ms_per_migration"].notna()] if len(real) else real
+    d = real.loc[on_map(real)] if len(real) else real
     if not len(d):
         return pd.DataFrame()
     cells: dict[str, dict[str, str]] = {}
@@ -530,6 +568,7 @@ def realistic_map(real: pd.DataFrame) -> pd.DataFrame:
 
 
 AGING_ORDER = {"none": 0, "damon": 1, "mglru": 2}
+MAP_LINKS = ("10G", "25G")
 
 
 def answer_line(real: pd.DataFrame) -> str:
@@ -539,18 +578,18 @@ def answer_line(real: pd.DataFrame) -> str:
     if len(yes):
         b = yes.sort_values("net_us", ascending=False).iloc[0]
         return (f"Yes: ha-promote pays in {len(yes)} of {n} realistic cases; best "
-                f"{_real_case(b)}: {b['net_us'] / 1000:+.3g} ms per window "
-                f"({100 * b['vcpu_share']:.3g}% of vCPU time), q {_fmt_p(b['q_measured'])} "
+                f"{_map_case(b)}: {b['net_us'] / 1000:+.3g} ms per migration "
+                f"({100 * b['vcpu_share']:.2g}% of vCPU time), q {_fmt_p(b['q_measured'])} "
                 f"> q* {_fmt_p(b['q_break_even'])}.")
     has_q = real[real["q_measured"].notna() & real["q_break_even"].notna()]
     close = ""
     if len(has_q):
         c = has_q.assign(gap=has_q["q_break_even"] - has_q["q_measured"]).sort_values(
             "gap").iloc[0]
-        close = (f"; closest {_real_case(c)}: q {_fmt_p(c['q_measured'])} against q* "
+        close = (f"; closest {_map_case(c)}: q {_fmt_p(c['q_measured'])} vs q* "
                  f"{_fmt_p(c['q_break_even'])}, {c['net_us'] / 1000:+.3g} ms")
-    return (f"No: avoiding fix's second fault (ha-promote) pays in none of {n} realistic "
-            f"cases (whole migrations, calibrated hosts){close}.")
+    return (f"No: ha-promote pays in none of {n} realistic cases (whole migrations)"
+            f"{close}.")
 
 
 def _real_case(r) -> str:
@@ -592,11 +631,15 @@ def text(df, v, sens, cm, real_sens=None) -> str:
     rmap = realistic_map(real) if len(real) else pd.DataFrame()
     head = [report.wrap(answer_line(real))] if len(real) else []
     if len(rmap):
-        head += ["Net ms saved per whole migration by ha-promote over fix (+: cheaper;",
-                 "*: matters), guest x aging:link:", report.text_table(rmap)]
+        head += ["ms per whole migration ha-promote saves over fix (*: matters):",
+                 report.text_table(rmap)]
+    off = real[~real.index.isin(on_map(real))] if len(rmap) else real
+    if len(off):
+        head += ["", "Realistic cases off the map (every case: report.md):" if len(rmap)
+                 else "Realistic cases (calibrated host behaviour, warm guests):",
+                 report.text_table(realistic_text(off))]
     if len(real):
-        head += ["", "Realistic cases (calibrated host behaviour, warm guests):",
-                 report.text_table(realistic_text(real)), ""]
+        head += [""]
     if len(real) and real_sens is not None and len(real_sens):
         f = flips(real_sens)
         head += [report.wrap("Sensitivity: " + (

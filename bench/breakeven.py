@@ -60,7 +60,7 @@ FALSE_POSITIVE = {
     "precopy": "resend",
     # a needless uffd-wp WRITE fault: the handler's round trip and the page copy
     # (uffd_events x round trip; the page is copied once per snapshot whoever resolves it)
-    "snapshot": "uffd_wp",
+    "snapshot": "uffd_wp", "bg_snapshot": "uffd_wp",
     # the page is missing either way and arrives by the same UFFDIO_COPY/CONTINUE; the W flag
     # costs nothing more in the cost model
     "postcopy": "free",
@@ -201,12 +201,14 @@ def p_same_access(fix: dict) -> float | None:
 def measured_q(fix: dict) -> float | None:
     """q as a run measures it, over its complete dirty rounds: of the (page-table page,
     round) pairs in which the page took an S1PTW translation fault under fix (each page once
-    per round), the share in which the guest wrote the page before the round's harvest
-    (model/results.py dirty_metrics).  Under fix such a page stays read-only for the rest of
+    per round), the share in which the guest wrote the page after that fault and before the
+    round's harvest (model/results.py dirty_metrics).  Under fix such a page stays read-only for the rest of
     the round, so any write to it in the round costs the exit ha-promote avoids; an unwritten
-    one is ha-promote's false positive at the harvest.  None: no such pair."""
-    n = fix.get("s1ptw_tf_round_pages") or 0
-    return fix["s1ptw_tf_round_written"] / n if n else None
+    one is ha-promote's false positive at the harvest.  Pairs written in the round only
+    before the fault are neither (fix's page was writable then; ha-promote's mark is true)
+    and are left out.  None: no pair where the policies differ."""
+    n = (fix.get("s1ptw_tf_round_pages") or 0) - (fix.get("s1ptw_tf_round_neutral") or 0)
+    return fix["s1ptw_tf_round_written"] / n if n > 0 else None
 
 
 def case_envelope(fix: dict, host: str, cm: CostModel, guest_seconds: float) -> Envelope:
@@ -218,7 +220,7 @@ def case_envelope(fix: dict, host: str, cm: CostModel, guest_seconds: float) -> 
     q = measured_q(fix)
     if q is None:
         q = 0.0
-    n_run = fix.get("s1ptw_tf_round_pages") or 0
+    n_run = (fix.get("s1ptw_tf_round_pages") or 0) - (fix.get("s1ptw_tf_round_neutral") or 0)
     faults = n_run * (1 + q)
     u0 = max(0.0, run_time_us(fix, host, cm) - faults * cm.exit_us)
     return envelope_detail(q, cm.exit_us, t_false_us(host, cm, fix.get("link_mb_s")),

@@ -31,7 +31,13 @@ def registry():
     return reg
 
 
-UNTIL = ("migrated",)
+# --until: the host scenario whose whole run the window covers, its window bound
+# (workloads/host_timed.py) and the meta key of the time the run completes
+UNTIL = {"migrated": ("migration", "migration_bound_s", "switchover_s",
+                      "the migration did not converge within {s:.3g} s of guest time (three "
+                      "first passes): the guest dirties memory faster than the link sends it"),
+         "snapshotted": ("bg_snapshot", "snapshot_bound_s", "snapshot_done_s",
+                         "the snapshot did not complete within {s:.3g} s of guest time")}
 
 
 def build(workload: str, knobs: dict | None = None, host: str = "none",
@@ -39,7 +45,8 @@ def build(workload: str, knobs: dict | None = None, host: str = "none",
           until: str | None = None) -> Workload:
     """One workload under one host scenario.  Raises WorkloadError on bad names/knobs.
     `until = "migrated"`: the window is one whole pre-copy migration (it ends at the
-    switch-over, whose last sync ends every dirty round) instead of `seconds`.
+    switch-over, whose last sync ends every dirty round) instead of `seconds`;
+    "snapshotted": one whole background snapshot (it ends when the last page is saved).
     `meta["build_seconds"]`: the time spent generating, importing or parsing it."""
     t0 = time.perf_counter()
     if until is not None:
@@ -90,37 +97,37 @@ def _build(workload, knobs, host, host_knobs, seed, seconds=None, until=None) ->
         if h not in hosts or not isinstance(v, dict):
             raise WorkloadError(f"host knobs {h!r}: with chained hosts ({host}) each host's "
                                 f"knobs go under its name")
-    if until == "migrated":
-        seconds = _migration_window(hosts, per, workload)
+    if until is not None:
+        seconds = _until_window(until, hosts, per, workload)
     w = reg.build(workload, seed=seed, host_name=hosts[0] if hosts else None,
                   host_knobs=per(hosts[0]) if hosts else {}, seconds=seconds,
                   **(knobs or {}))
     for h in hosts[1:]:
         w = reg.apply_host(w, h, **per(h))
-    return _cut_at_switchover(w) if until == "migrated" else w
+    return _cut_at_end(w, until) if until is not None else w
 
 
-def _migration_window(hosts: list[str], per, workload: str):
-    """The window `--until migrated` builds first: long enough for a migration that
-    converges (workloads/host_timed.migration_bound_s), cut at its switch-over later."""
-    from workloads.host_timed import migration_bound_s
-    if "migration" not in hosts:
-        raise WorkloadError(f"{workload}: --until migrated needs the migration host scenario "
-                            f"(e.g. --host migration+numa)")
-    knobs = registry().host_entry("migration").resolve(per("migration"))
-    return lambda wl: migration_bound_s(wl, **knobs)
+def _until_window(until: str, hosts: list[str], per, workload: str):
+    """The window `--until` builds first: long enough for the host's whole run (its bound,
+    workloads/host_timed.py), cut where the run completes later."""
+    import workloads.host_timed as timed
+    host, bound, _key, _why = UNTIL[until]
+    if host not in hosts:
+        raise WorkloadError(f"{workload}: --until {until} needs the {host} host scenario "
+                            f"(e.g. --host {host}+numa)")
+    knobs = registry().host_entry(host).resolve(per(host))
+    return lambda wl: getattr(timed, bound)(wl, **knobs)
 
 
-def _cut_at_switchover(w: Workload) -> Workload:
-    """`w` up to its migration's switch-over (the final sync at that position included)."""
+def _cut_at_end(w: Workload, until: str) -> Workload:
+    """`w` up to the moment its host's run completes (the events at that position, e.g. a
+    migration's final sync, included)."""
     from workloads.clock import access_time, cut
-    mig = next(h for h in w.meta["host"] if h["scenario"] == "migration")
-    if mig.get("switchover_s") is None:
-        raise WorkloadError(
-            f"{w.name}: the migration did not converge within {w.meta.get('seconds', 0):.3g} "
-            f"s of guest time (three first passes): the guest dirties memory faster than "
-            f"the link sends it")
-    n = round(mig["switchover_s"] * 1e9 / access_time(w).ns)
-    w = cut(w, n, mig["switchover_s"])
-    w.meta["until"] = "migrated"
+    host, _bound, key, why = UNTIL[until]
+    run = next(h for h in w.meta["host"] if h["scenario"] == host)
+    if run.get(key) is None:
+        raise WorkloadError(f"{w.name}: " + why.format(s=w.meta.get("seconds", 0)))
+    n = round(run[key] * 1e9 / access_time(w).ns)
+    w = cut(w, n, run[key])
+    w.meta["until"] = until
     return w

@@ -143,7 +143,8 @@ class WalkCache:
 
     def _walk(self, sh, va: np.ndarray) -> VaWalks:
         base = self.base
-        return walk_vas(base.geo, base.idx, base.pt_base, base.nptd, sh.read_v, self.root, va)
+        return walk_vas(base.geo, base.idx, base.pt_base, base.nptd, sh.read_v, self.root, va,
+                        sh.pt)
 
     # ---- after reference code changed page-table memory -----------------------------------
     def _indexes(self):
@@ -348,6 +349,7 @@ def chunk(g, i: int, j: int) -> int:
     wc = g.walkcache()
     C = j - i
     t1 = _tier1(g, wc, i, C)
+    g.last_settled = t1.I is None               # every access settled: nothing changed
     cut = C if t1.I is None else _tier2(g, wc, i, C, t1.I, t1.ciI)
     _count_settled(g, wc, i, C, cut, t1)
     return i + cut
@@ -408,7 +410,37 @@ def _count_settled(g, wc, i: int, C: int, cut: int, t1: Tier1) -> None:
     for vm in g.vms:
         vm.r.accesses += n_acc
         if wpages is not None:
-            vm.host.written_all[wpages] = True
+            vm.host.mark_written(wpages)
+
+
+def first_touches(g, i: int) -> int | None:
+    """A repeated window's next whole repetition [i, i + P) as one chunk, without tier 1's
+    pass over its accesses: the first occurrence of each (sub-key, class) comes from the
+    window's index (TracePrep.first_after), its code from the state at i (_codes).  Equal
+    to chunk(g, i, i + P) when no code is K_EVERY (then only first occurrences can do
+    anything: they are tier 2's accesses, in trace order); None (nothing run) otherwise.
+    Returns the cut, as chunk does."""
+    wc = g.walkcache()
+    P = g.period
+    U, ciU = g.base.prep.first_after(i)
+    lut, _ = _code_lut(g.flags.ha, g.flags.hd)
+    codeU = _codes(g, wc, lut, ciU)
+    if np.any(codeU == K_EVERY):
+        return None
+    g.last_settled = False
+    sel = codeU == K_FIRST
+    t1 = Tier1([(U, ciU, codeU)], U[sel], ciU[sel]) if sel.any() else Tier1(
+        [(U, ciU, codeU)], None, None)
+    cut = P if t1.I is None else _tier2(g, wc, i, P, t1.I, t1.ciI)
+    _count_settled(g, wc, i, P, cut, t1)
+    return i + cut
+
+
+def chunk_codes_settled(g, wc, ci: np.ndarray) -> bool:
+    """Would every (sub-key, class) index of `ci` be K_SETTLED in a chunk starting now (the
+    codes _tier1 gives from the state at chunk start)?"""
+    lut, _ = _code_lut(g.flags.ha, g.flags.hd)
+    return not len(ci) or not np.any(_codes(g, wc, lut, ci) != K_SETTLED)
 
 
 def _codes(g, wc, lut, ciU: np.ndarray) -> np.ndarray:
@@ -755,18 +787,18 @@ def _apply_shared(g, wc, a: Accesses, tlb: TlbHistory, hw: HwNeeds, rq: int) -> 
     w_pages = [np.compress(upto(ds), upto(a.dp))]
     if hw.need_af is not None:
         ls = np.compress(upto(hw.need_af), upto(a.lid))
-        sh.vals[sh.positions(np.take(wc.leaf_off_u, ls))] |= AF64
+        sh.update_bits(np.take(wc.leaf_off_u, ls), set_bits=DESC_AF)
         wc.lbits[ls] |= np.uint8(1)
     if hw.need_dbm is not None:
         ls = np.compress(upto(hw.need_dbm), upto(a.lid))
-        sh.vals[sh.positions(np.take(wc.leaf_off_u, ls))] &= ~AP2_64
+        sh.update_bits(np.take(wc.leaf_off_u, ls), clear_bits=DESC_AP2)
         wc.lbits[ls] &= np.uint8(0xFD)
     if hw.any_leaf:
         w_pages.append(np.compress(upto(hw.need_leaf), upto(a.leaf_pg)))
     for h in hw.haft:
         sel = upto(h.need)
         ts = np.compress(sel, upto(h.tab))
-        sh.vals[sh.positions(np.take(wc.tab_off_u, ts))] |= AF64
+        sh.update_bits(np.take(wc.tab_off_u, ts), set_bits=DESC_AF)
         wc.tabaf[ts] = True
         w_pages.append(np.compress(sel, upto(h.page)))
     wp = np.concatenate(w_pages) if len(w_pages) > 1 else w_pages[0]
@@ -779,7 +811,7 @@ def _apply_shared(g, wc, a: Accesses, tlb: TlbHistory, hw: HwNeeds, rq: int) -> 
         r.descriptor_reads += n_reads
         r.stage1_faults += n_s1
         if len(wp):
-            vm.host.written_all[wp] = True
+            vm.host.mark_written(wp)
 
 
 # ---- tier 2: per-page faults ------------------------------------------------------------------
@@ -1102,6 +1134,7 @@ class FaultEffects:
     hnew: np.ndarray          # their new host states
     dirty: np.ndarray         # pages marked dirty (mark_page_dirty_in_slot)
     s1ptw_tf: np.ndarray      # pages whose dirty round saw an S1PTW translation fault
+    s1ptw_tf_written: np.ndarray  # ... written after it in the chunk (before the cut)
     counts: dict              # stage-2 faults by class
     double: int
     walks: int                # the walks the faults' restarts add
@@ -1129,6 +1162,7 @@ def _apply_faults(g, plan: FaultPlan) -> None:
             host.dirty_all[np.compress(e.dirty, P)] = True
         if e.s1ptw_tf.any():
             host.s1ptw_tf_all[np.compress(e.s1ptw_tf, P)] = True
+            host.s1ptw_tf_written_all[np.compress(e.s1ptw_tf_written, P)] = True
         c = r.s2_faults
         for name, v in e.counts.items():
             c[name] += v
@@ -1177,12 +1211,17 @@ def _fault_effects(plan: FaultPlan, oc: FaultOutcome) -> FaultEffects:
     hnew = np.compress(changed, np.where(A2, oc.h2, oc.h1))
     dirty = (A1 & writable1 & oc.la) | (A2 & oc.la)
     s1ptw_tf = A1 & path1 & oc.la             # Host.handle_abort: the round's walk faults
+    # Host.guest_write after the fault: the page was unmapped at the chunk's start, so its
+    # first write need (qW) is its only write in the chunk that can precede the next event,
+    # and it comes at or after the fault (the first need)
+    s1ptw_tf_written = s1ptw_tf & pn.hasW & (qW < cut)
     blocks = []
     if plan.blocks is not None:
         bk = A1 & (plan.blocks.first >= 0)
         blocks = list(zip(plan.blocks.first[bk].tolist(), plan.blocks.ipa[bk].tolist(),
                           oc.st1[bk].tolist()))
-    return FaultEffects(changed, s2new, hnew, dirty, s1ptw_tf, counts, double, walks, reads,
+    return FaultEffects(changed, s2new, hnew, dirty, s1ptw_tf, s1ptw_tf_written, counts,
+                        double, walks, reads,
                         _uffd_events(plan, oc, A1, A2), blocks)
 
 

@@ -28,6 +28,7 @@ class Harvest:
     written_pages: list[int]     # ground truth of the round (not in the JSON)
     s1ptw_tf_pages: list[int] = field(default_factory=list)  # took an S1PTW translation
     #                                               fault in the round (not in the JSON)
+    s1ptw_tf_written: list[int] = field(default_factory=list)  # ... and were written after
 
     def as_json(self) -> dict:
         return {"step": self.step, "slot": self.slot, "dirty_pages": self.dirty_pages}
@@ -85,7 +86,8 @@ class PolicyResult:
                            "dirty_false_positive", "dirty_false_positive_pt",
                            "dirty_false_negative", "dirty_pending_marked",
                            "dirty_pending_unwritten", "s1ptw_tf_round_pages",
-                           "s1ptw_tf_round_written", "s1ptw_tf_pending"), 0)
+                           "s1ptw_tf_round_written", "s1ptw_tf_round_neutral",
+                           "s1ptw_tf_pending"), 0)
         for h in self.harvests:
             pt = self.pt_pages.get(h.slot, set())
             marked, written = set(h.dirty_pages), set(h.written_pages)
@@ -96,10 +98,15 @@ class PolicyResult:
             m["dirty_false_positive"] += len(fp)
             m["dirty_false_positive_pt"] += len(fp & pt)
             m["dirty_false_negative"] += len(written - marked)
-            # q's pairs (page, round): walk-faulted page-table pages, and those written
+            # q's pairs (page, round): walk-faulted page-table pages, and those the guest
+            # wrote after the fault, before the harvest (each an exit fix takes later)
             tf = set(h.s1ptw_tf_pages) & pt
+            tfw = set(h.s1ptw_tf_written) & pt
             m["s1ptw_tf_round_pages"] += len(tf)
-            m["s1ptw_tf_round_written"] += len(tf & written)
+            m["s1ptw_tf_round_written"] += len(tfw)
+            # written in the round, but only before the fault: neither a saving nor a false
+            # positive (fix's page was writable then; ha-promote's mark is true)
+            m["s1ptw_tf_round_neutral"] += len((tf & written) - tfw)
         for slot in sorted(self.logging_slots):
             marked = set(self.dirty_pages.get(slot, ()))
             m["dirty_pending_marked"] += len(marked)

@@ -42,8 +42,11 @@ def test_t_false_by_host():
     # ... at QEMU's default 128 MiB/s: 4096 B / 134.217728 B per us = 30.52 us, + 1 us
     slow = CostModel(link_gbit_s=128 * 2**20 * 8 / 1e9, resend_overhead_us=1.0)
     assert be.t_false_us("precopy", slow) == pytest.approx(30.517578125 + 1.0)
-    # snapshot: a uffd-wp round trip (20) and one page copy (1)
-    assert be.t_false_us("snapshot", HAND_CM) == pytest.approx(21.0)
+    # snapshot: a uffd-wp round trip (20); the page is copied once per snapshot whoever
+    # resolves it, so the copy is no extra cost
+    assert be.t_false_us("snapshot", HAND_CM) == pytest.approx(20.0)
+    # migration: the case's own link, 4096 B over 3125 MB/s (25 Gbit/s) = 1.31072 us, + 1 us
+    assert be.t_false_us("migration", HAND_CM, 3125.0) == pytest.approx(2.31072)
     assert be.t_false_us("postcopy", HAND_CM) == 0.0
     assert be.t_false_us("pressure", HAND_CM) == 0.0 and be.t_false_us("none") == 0.0
     assert be.t_false_us("firmware") == math.inf

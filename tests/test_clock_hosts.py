@@ -218,12 +218,15 @@ def test_warm_stage2_window_starts_with_the_working_set_mapped():
 
 
 def test_aging_period_in_guest_time():
-    # sparse: 100 ns per access, so 0.5 ms between aging passes is every 5,000 accesses;
-    # 20,000 accesses -> passes at 5,000, 10,000 and 15,000 (none at the end)
+    # sparse: 100 ns per access, so 0.5 ms between aging passes is every 5,000 trace
+    # positions; 20,000 accesses and the 64 demand faults' attempts (one per region, all in
+    # the first 5,000 accesses) are 20,064 positions: passes due at 5,000, 10,000, 15,000,
+    # 20,000; the first runs at the end of the chunk of 5,000 accesses (position 5,064)
     w = registry.make("sparse", 1, regions=64, accesses=20_000, age_period_ms=0.5)
     assert w.meta["profile"]["age_period"] == 5000
-    assert len(steps(w, "guest_age")) > 0
-    assert w.meta["aging_passes"] == 3
+    assert len(w.trace) == 20_064
+    assert sorted({p for p, _ in steps(w, "guest_age")}) == [5064, 10000, 15000, 20000]
+    assert w.meta["aging_passes"] == 4
     # the same period at 500 ns per access (knob access_ns): every 1,000 accesses
     z = registry.make("zipf", 1, keys=1024, operations=5000, age_period_ms=0.5,
                       access_ns=500.0)

@@ -21,11 +21,16 @@ writes nothing (R_LFTXR).
 (c) as (b), but the window ends before any harvest: the round is open — page 3 is pending
     for ha-promote (marked, unwritten so far), neither saved nor false; no complete round,
     so q has nothing to count.
+(d) the guest writes page 3 (clear_af) *before* the zap and the walk fault, and not after:
+    the write saves nothing (fix's page was writable then), and ha-promote's mark is no
+    false positive either (the page was written in the round): a neutral pair, left out of
+    q (nothing to measure).
 """
 from __future__ import annotations
 
 import pytest
 
+from bench.breakeven import measured_q
 from model.engine import run_engine
 from model.reference import run_reference
 from model.scenario_io import parse_scenario
@@ -33,11 +38,14 @@ from model.scenario_io import parse_scenario
 ENGINES = {"reference": run_reference, "numpy": run_engine}
 
 
-def _scenario(write_before_harvest: bool, harvest: bool):
+def _scenario(write_before_harvest: bool, harvest: bool, write_before_fault: bool = False):
     steps = [{"op": "access", "va": 0xC000_0000, "kind": "read64"},
-             {"op": "enable_dirty_log", "slot": "pt"},
-             {"op": "zap", "slot": "pt", "first": 3, "count": 1},
-             {"op": "access", "va": 0xC000_0000, "kind": "read64"}]
+             {"op": "enable_dirty_log", "slot": "pt"}]
+    if write_before_fault:
+        steps.append({"op": "clear_af", "va": 0xC000_0000})
+        steps.append({"op": "access", "va": 0xC000_0000, "kind": "read64"})   # AF set again
+    steps += [{"op": "zap", "slot": "pt", "first": 3, "count": 1},
+              {"op": "access", "va": 0xC000_0000, "kind": "read64"}]
     if write_before_harvest:
         steps.append({"op": "clear_af", "va": 0xC000_0000})
     if harvest:
@@ -53,8 +61,8 @@ def _scenario(write_before_harvest: bool, harvest: bool):
         "steps": steps})
 
 
-def _metrics(engine, write, harvest):
-    res = ENGINES[engine](_scenario(write, harvest), ("fix", "ha-promote"))
+def _metrics(engine, write, harvest, before=False):
+    res = ENGINES[engine](_scenario(write, harvest, before), ("fix", "ha-promote"))
     return {p: r.metrics() for p, r in res.items()}
 
 
@@ -91,3 +99,14 @@ def test_c_window_ends_before_the_harvest_page_pending(engine):
     assert fix["dirty_pending_marked"] == 0
     assert fix["dirty_rounds"] == 0 and fix["dirty_rounds_open"] == 1
     assert fix["s1ptw_tf_round_pages"] == 0 and fix["s1ptw_tf_pending"] == 1
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_d_written_only_before_the_walk_fault_saves_nothing(engine):
+    m = _metrics(engine, write=False, harvest=True, before=True)
+    fix, hap = m["fix"], m["ha-promote"]
+    assert fix["s2_faults"] == hap["s2_faults"]                # nothing saved
+    assert hap["dirty_false_positive"] == fix["dirty_false_positive"] == 0
+    assert fix["s1ptw_tf_round_pages"] == 1 and fix["s1ptw_tf_round_written"] == 0
+    assert fix["s1ptw_tf_round_neutral"] == 1
+    assert measured_q(fix) is None                             # no pair where they differ

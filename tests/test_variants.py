@@ -98,3 +98,12 @@ def test_sweep_refuses_a_contradictory_grid():
             '[grid.knobs.zipf]\ncpu = ["neoverse-n1", "cortex-a72"]\n')
     with pytest.raises(SweepError, match="haft contradicts cpu=cortex-a72"):
         load_sweep(spec, "s.toml")
+
+
+def test_beer_refuses_a_contradictory_case():
+    from bench.beer import load_spec
+    from bench.spec_checks import SpecError
+    spec = ('micro = false\n[[case]]\nworkloads = ["zipf"]\nvariants = ["haft"]\n'
+            '[case.knobs.zipf]\ncpu = "cortex-a72"\n')
+    with pytest.raises(SpecError, match=r"case\[0\].knobs.zipf: --variant haft contradicts"):
+        load_spec(spec, "b.toml")

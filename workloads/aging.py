@@ -104,19 +104,23 @@ class AgingState:
     granule_shift: int
     spaces: dict[int, tuple[np.ndarray, int]] = field(default_factory=dict)
     pass_pos: list[int] = field(default_factory=list)
+    base_len: int = 0                               # the base trace's length
 
     def __repr__(self) -> str:                      # meta.json: a summary, not the pages
         return (f"AgingState({self.rule.regime or 'clock'}, period {self.period} accesses, "
                 f"{sum(len(p) for p, _ in self.spaces.values())} PTEs)")
 
     def passes_in(self, n: int) -> list[int]:
-        """Positions of every pass in a window of `n` accesses: the base trace's, then one
-        per period after the last of them (or after the start)."""
+        """Positions of every pass in a window of `n` accesses: the k-th pass is due at k
+        periods; the base trace holds its own (workloads/linux.py: late by the fault
+        attempts of a chunk at most), the rest follow on the clock after it (a pass due
+        before the base trace's end but not taken in it comes at that end)."""
         base = [p for p in self.pass_pos if p < n]
-        if self.period <= 0:
+        if self.period <= 0 or n <= self.base_len:
             return base
-        t = (self.pass_pos[-1] if self.pass_pos else 0) + self.period
-        return base + list(range(t, n, self.period))
+        k = len(self.pass_pos) + 1
+        first = k * self.period
+        return base + [max(t, self.base_len) for t in range(first, n, self.period)]
 
     def events_after(self, start: int, n: int) -> list:
         """guest_age events (pos, pos, Step) of the passes at positions in [start, n), the

@@ -348,3 +348,60 @@ def migration(wl: Workload, *, bandwidth_mb_s, link_gbit_s, downtime_limit_ms, s
     from .host import _scn
     return with_events(wl, ev, "migration", knobs, _scn(wl, [replace(s) for s in slots],
                                                          "migration"))
+
+
+@host_scenario("bg_snapshot",
+               "a background snapshot in time (QEMU background-snapshot: ram_write_tracking_"
+               "start write-protects all guest memory with uffd-wp; the migration thread saves "
+               "pages in address order at the bandwidth and releases each saved page, "
+               "ram_save_release_protection; a guest write to a page not yet saved is a uffd-"
+               "wp fault whose handler saves the page first): every page saved once, one round",
+               [Knob("bandwidth_mb_s", 134.2, "snapshot write speed, MB/s (QEMU applies "
+                     "max-bandwidth, default 128 MiB/s = 134.2 MB/s, to a background snapshot "
+                     "as to a migration; ASSUMPTION range up to ~3000 MB/s, a local NVMe)",
+                     lo=1e-3, source="QEMU migration/options.c: MAX_THROTTLE = 128 MiB/s"),
+                Knob("release_ms", 10.0, "ms between two releases of saved pages (ASSUMPTION: "
+                     "the thread saves continuously; released in 10 ms batches, range 1-100)",
+                     lo=1e-3, source="ASSUMPTION: batches of 10 ms of saving, range 1-100 ms"),
+                Knob("start_s", 0.0, "guest time at which the snapshot starts, s", lo=0.0,
+                     source="ASSUMPTION: the snapshot starts at the window's start")])
+def bg_snapshot(wl: Workload, *, bandwidth_mb_s, release_ms, start_s):
+    """Decision: the thread's progress is fixed by the bandwidth alone (pages a vCPU fault
+    saved early are skipped by the thread, which then moves on no faster: ASSUMPTION, it
+    favours neither policy); a page released by the thread is unprotected whatever its
+    state (UFFDIO_WRITEPROTECT mode=0 on an already writable page changes nothing)."""
+    from dataclasses import replace
+    from .host import _scn
+    _check("bg_snapshot", bandwidth_mb_s=bandwidth_mb_s, release_ms=release_ms)
+    ns = access_time(wl).ns
+    n = len(wl.trace)
+    slots = sorted(wl.scenario.memslots, key=lambda s: s.ipa)
+    p0 = min(n, round(start_s * 1e9 / ns))
+    ev = [(p0, Step("uffd_wp", slot=s.name, first=0, count=s.pages)) for s in slots]
+    sc = Scanner(wl)
+    per = max(1, round(bandwidth_mb_s * 1e6 * release_ms / 1000 / PAGE))
+    saved, t, done_s = 0, start_s, None
+    while saved < sc.total:
+        t += release_ms / 1000
+        pos = round(t * 1e9 / ns)
+        if pos > n:
+            break
+        for slot, pages in sc.next(min(per, sc.total - saved)):
+            ev.append((pos, Step("uffd_unprotect", slot=slot, pages=pages)))
+        saved += per
+        if saved >= sc.total:
+            done_s = t                          # every page saved: the snapshot is complete
+    knobs = dict(bandwidth_mb_s=bandwidth_mb_s, release_ms=release_ms, start_s=start_s,
+                 snapshot_done_s=done_s,
+                 snapshot_s=None if done_s is None else done_s - start_s)
+    return with_events(wl, ev, "bg_snapshot", knobs,
+                       _scn(wl, [replace(s, uffd="wp", uffd_resolve="page") for s in slots],
+                            "bg_snapshot"))
+
+
+def snapshot_bound_s(wl: Workload, bandwidth_mb_s: float = 134.2, start_s: float = 0.0,
+                     release_ms: float = 10.0, **_knobs) -> float:
+    """A window long enough for one whole background snapshot: all memory at the bandwidth,
+    plus one release period and 1 s."""
+    total_mb = sum(s.pages for s in wl.scenario.memslots) * PAGE / 1e6
+    return start_s + total_mb / bandwidth_mb_s + release_ms / 1000 + 1.0

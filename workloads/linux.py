@@ -31,10 +31,12 @@ What the profile does (Linux sources in brackets):
   also maps the neighbouring pages of its fault_around_bytes-aligned window that are in the
   page cache (file and text: all, a warm cache; shmem: pages that exist), old when hardware
   AF is in use (`arch_wants_old_prefaulted_pte`), young otherwise.
-* Aging (MGLRU `walk_pte_range`/`walk_pmd_range`): every age_period accesses, a clock hand
-  test-and-clears the AF of the next age_fraction of each address space's mapped PTEs (CAS of
-  young entries, then TLBI); with HAFT active and age_nonleaf, the level-2 table AF too, and
-  tables whose AF the hardware has not set again are skipped.
+* Aging (MGLRU `walk_pte_range`/`walk_pmd_range`; DAMON `damon_va_mkold`): every age_period
+  accesses a pass test-and-clears the AF of some of each address space's mapped PTEs (CAS of
+  young entries, then TLBI): the next age_fraction of them under a clock hand, every one
+  (aging = mglru), or one random PTE per monitoring region (aging = damon); with HAFT active
+  and age_nonleaf, the level-2 table AF too, and tables whose AF the hardware has not set
+  again are skipped (workloads/aging.py).
 * Writeback (knob writeback_period): dirty PTEs of shared file pages are cleaned and
   write-protected (`folio_mkclean`), so their next write faults again (`page_mkwrite`).
 * munmap (`zap_pte_range`, `free_pgtables`): PTEs cleared (+TLBI); a last-level table whose
@@ -49,14 +51,18 @@ What the profile does (Linux sources in brackets):
 Decisions where docs/semantics.md is silent:
 
 * demand = false: every page the trace touches in the first address space before any munmap,
-  fork or switch is mapped at start, as its first read fault would map it (anon: a new dirty
-  page, no zero page; shmem clean-writable; file and text read-only), young — a warmed-up
-  process; its tables are laid out by model.stage1.build_tables (docs/scenario-format.md's rule).
+  fork or switch (and every page `mapped()` names) is mapped at start, as its first read fault
+  would map it (anon: a new dirty page, no zero page; shmem clean-writable; file and text
+  read-only) — a warmed-up process; young, or with aging on, with the access flags aging
+  leaves (workloads/aging.py AgingRule.young_at_start, from the trace's own recency); in
+  first-touch order, each page's missing tables then the page; the tables are where
+  model.stage1.build_tables puts them (docs/scenario-format.md's rule).
 * Memory: page tables in slot "pt" at IPA 1 GiB, data in slot "ram" at 4 GiB (layout
-  "split"), or both interleaved in one slot "ram" at 1 GiB in allocation order (layout
-  "shared", as a real guest's page allocator mixes them; costs slot-size bytes of page-table
-  memory in the numpy engine).  Slots are rounded up to 2 MiB so THP/hugetlb blocks can form.
-  IPAs are handed out in first-touch order.
+  "split"), or both from one pool in one slot "ram" at 1 GiB, interleaved in allocation order
+  (layout "shared", as a real guest's page allocator hands them out; with ram_mb the pool is
+  spread over the VM's memory, guest.pt_order = "spread", as a guest that has run a while
+  allocates from free pages all over it; costs slot-size bytes of page-table memory in the
+  numpy engine).  Slots are rounded up to 2 MiB so THP/hugetlb blocks can form.
 * Kernel accesses (PTE loads/stores, page zeroing and CoW copies) are plain LDR/STR through the
   linear map: not walked, stage 2 only (model.reference.Vm._kernel_access).  A CoW copy's
   read of the source page is not modelled.  Only last-level tables are freed.
@@ -69,7 +75,6 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import math
 from collections import deque
 from dataclasses import dataclass, field, replace
 
@@ -78,7 +83,7 @@ import pandas as pd
 
 from model.arch import GRANULES, HOST_PAGE, Geometry, GeometryError, make_leaf_desc
 from model.scenario import Guest, Machine, Mapping, Memslot, Scenario, Step, Vmm
-from model.stage1 import build_tables
+from model.stage1 import build_tables, spread_stride
 from model.trace import KIND_CODE, STORE_MASK, Trace
 
 from .aging import DAMON_REGIONS, REGIMES, AgingRule, AgingState, regime_period_ms
@@ -177,7 +182,8 @@ PROFILE_KNOBS = (
     Knob("writeback_period", 0, "accesses between writebacks of dirty file pages, which "
          "cleans and write-protects their PTEs (0: none)"),
     Knob("layout", "split", "split: tables in slot 'pt', data in 'ram'; shared: one slot, "
-         "tables and data interleaved", ("split", "shared")),
+         "tables and data from one pool in allocation order (spread over the VM's memory "
+         "when ram_mb is given)", ("split", "shared")),
     Knob("backing", "anon", "host backing of the memslots (KVM selftests -s)",
          ("anon", "anon_thp", "hugetlb", "shmem")),
     Knob("hw_update", "on-change", "hardware descriptor updates: on-change (architectural) "
@@ -321,19 +327,26 @@ class Space:
 
 
 class Alloc:
-    """The guest's page allocator over one slot: bump pointer plus a LIFO free list."""
+    """The guest's page allocator over one slot: the slot's pages in allocation order
+    (address order, or spread over `capacity` granules: model.stage1.allocation_order, the
+    order the table layout rule follows) plus a LIFO free list."""
 
-    def __init__(self, base: int, granule: int):
+    def __init__(self, base: int, granule: int, capacity: int = 0):
         self.base, self.granule = base, granule
         self.next = 0
         self.free: list[int] = []
+        self.capacity = capacity                # > 0: spread over this many granules
+        self.stride = spread_stride(capacity) if capacity > 1 else 1
 
     def get(self) -> int:
         if self.free:
             return self.free.pop()
-        ipa = self.base + self.next * self.granule
+        if self.capacity and self.next >= self.capacity:
+            raise WorkloadError(f"the guest's memory ({self.capacity} pages) is full: "
+                                f"raise ram_mb")
+        k = (self.next * self.stride) % self.capacity if self.capacity else self.next
         self.next += 1
-        return ipa
+        return self.base + k * self.granule
 
     def put(self, ipa: int) -> None:
         self.free.append(ipa)
@@ -428,8 +441,8 @@ class LinuxGuest:
         if p.layout == "split":
             self.pt = Alloc(PT_IPA, gr)
             self.data = Alloc(DATA_IPA, gr)
-        else:
-            self.pt = self.data = Alloc(PT_IPA, gr)
+        else:                       # one pool; spread over the VM's memory when it is known
+            self.pt = self.data = Alloc(PT_IPA, gr, self._ram_granules())
         self.spaces: dict[int, Space] = {0: Space()}
         self.cur = 0
         self.refs: dict[int, int] = {}         # anonymous page IPA -> mappings
@@ -441,12 +454,20 @@ class LinuxGuest:
         self.pos = 0
         self.nacc = 0
         self.last_periodic = 0
+        self.next_age = p.age_period          # trace position the next aging pass is due at
+        self.age_at = p.age_period            # ... and the access count it runs at
         self.rule = aging_rule(p, self.haft)
         self.pass_pos: list[int] = []          # trace positions of the aging passes
         self.stats = dict(guest_faults=0, fault_around_ptes=0, aging_passes=0, munmaps=0,
                           forks=0, switches=0, tables_freed=0, writebacks=0)
         self.root = self.pt.get()
         return self._premap() if not p.demand else []
+
+    def _ram_granules(self) -> int:
+        """The VM's memory in granules, rounded up to 2 MiB as _finish sizes the slot (0:
+        ram_mb not given)."""
+        ram = self.p.ram_mb * (1 << 20) // HOST_PAGE
+        return -(-ram // BLOCK_PAGES) * BLOCK_PAGES // (self.geo.granule // HOST_PAGE)
 
     def _premap(self) -> list[Mapping]:
         """demand = false: map at start what the first address space touches before any
@@ -489,17 +510,13 @@ class LinuxGuest:
         accesses since each page's last access in the base trace (steady-state AF)."""
         sp = self.spaces[0]
         young = self._young_at_start(order, ages)
-        states = []
-        for q in order:
-            vma = sp.vma_of(q)
+        maps: list[Mapping] = []
+        for q in order:             # in first-touch order, a page's missing tables, then it
+            vma = sp.vma_of(q)      # (one pool with layout = shared: interleaved)
             if vma is None:
                 raise WorkloadError(f"{self.name}: access to VA {q << self.g:#x} outside "
                                     f"every VMA")
-            self._alloc_tables(sp, q)              # phase 1: every initial table first
-            states.append(vma)
-        self._init_tables = dict(sp.tables)
-        maps: list[Mapping] = []
-        for q, vma in zip(order, states):          # phase 2: data pages
+            self._alloc_tables(sp, q)
             af = young.get(q, True)
             if vma.kind == "anon":
                 ipa = self.data.get()
@@ -520,6 +537,7 @@ class LinuxGuest:
             else:
                 maps.append(Mapping(va=va, ipa=ipa, pages=1, af=af, writable=w, dirty=d,
                                     executable=vma.exec))
+        self._init_tables = dict(sp.tables)
         self._premapped = len(order)
         return maps
 
@@ -530,17 +548,28 @@ class LinuxGuest:
             sp.add_vma(v)
 
     def _op_run(self, vc, va, kd) -> None:
-        pers = [q for q in (self.p.age_period, self.p.writeback_period) if q]
+        """Accesses, with the periodic kernel work between them: an aging pass due every
+        age_period trace positions (the clock: workloads/clock.py, fault attempts included),
+        a writeback every writeback_period accesses.  After a pass at position p, the next
+        comes after (its due position - p) more accesses, late by the fault attempts among
+        them (several due by then run together): the same wherever the runs are cut."""
+        age, wb = self.p.age_period, self.p.writeback_period
         n = len(va)
         i = 0
         while i < n:
-            if self.nacc and self.last_periodic != self.nacc:
-                self.last_periodic = self.nacc
-                if self.p.age_period and self.nacc % self.p.age_period == 0:
+            if age and self.nacc >= self.age_at:
+                while self.pos >= self.next_age:
                     self._age()
-                if self.p.writeback_period and self.nacc % self.p.writeback_period == 0:
-                    self._writeback()
-            j = min([n] + [i + q - self.nacc % q for q in pers])
+                    self.next_age += age
+                self.age_at = self.nacc + self.next_age - self.pos
+            if wb and self.nacc and self.last_periodic != self.nacc and self.nacc % wb == 0:
+                self.last_periodic = self.nacc
+                self._writeback()
+            j = n
+            if age:
+                j = min(j, i + self.age_at - self.nacc)
+            if wb:
+                j = min(j, i + wb - self.nacc % wb)
             self._chunk(vc[i:j], va[i:j], kd[i:j])
             self.nacc += j - i
             i = j
@@ -786,7 +815,7 @@ class LinuxGuest:
             return None
         return AgingState(self.rule, self.p.age_period, self.g,
                           {a: (sp.sorted_pages().copy(), sp.hand)
-                           for a, sp in self.spaces.items()}, list(self.pass_pos))
+                           for a, sp in self.spaces.items()}, list(self.pass_pos), self.pos)
 
     def _writeback(self) -> None:
         """Writeback of dirty file pages (folio_mkclean -> page_mkclean_one: pte_wrprotect +
@@ -828,7 +857,8 @@ class LinuxGuest:
         else:
             slots = (Memslot("ram", PT_IPA, pages(self.pt, ram), backing=p.backing),)
             pt_slot = "ram"
-        guest = Guest(tcr_ha=ha, tcr_hd=hd, tcr2_haft=haft, pt_slot=pt_slot)
+        guest = Guest(tcr_ha=ha, tcr_hd=hd, tcr2_haft=haft, pt_slot=pt_slot,
+                      pt_order="spread" if self.pt.capacity else "address")
         scn = Scenario(name=self.name, machine=machine, guest=guest, memslots=slots,
                        vmm=Vmm(), mappings=tuple(mappings), steps=(),
                        source=f"<workload {self.name}>")
