@@ -39,6 +39,8 @@ UNTIL = "migrated"                  # one whole migration (bench.catalog.build)
 CASE_SEED = 1                       # the beer's seed: every trial's workload seed
 BASE_KNOBS = {"demand": False, "warm_stage2": True}      # a warm guest (the realistic map)
 GUESTS = ("zipf", "sparse", "shared_db", "gc")            # the realistic map's generators
+# ... and its real programs (workloads/catalogue/: recorded traces, no size knobs)
+PROGRAMS = ("catalogue:sqlite-tpcc", "catalogue:python-json", "catalogue:gcc-compile")
 DEFAULT_TRIAL_FN = "bench.hunt:evaluate"
 OBJECTIVE = "vcpu_share"
 METRICS = ("vcpu_share", "net_ms_per_migration", "q_measured", "q_break_even",
@@ -91,8 +93,10 @@ def _k(name, kind, rng, source, stress=None, **kw) -> Knob:
 
 _G = "workload"
 KNOBS: dict[str, Knob] = {k.name: k for k in (
-    _k("workload", "cat", GUESTS, "the realistic map's guests (bench/beer_default.toml): "
-       "key-value store, sparse database, shared-buffer database, JVM heap"),
+    _k("workload", "cat", GUESTS + PROGRAMS, "the realistic map's guests "
+       "(bench/beer_default.toml): key-value store, sparse database, shared-buffer database, "
+       "JVM heap, and the catalogue's recorded programs (SQLite TPC-C-like, CPython JSON, "
+       "gcc)"),
     _k("variant", "cat", ("default",), "default hardware only in the realistic space; "
        "stress adds the seed thread's readings (bench/variants.py)",
        ("default", "hw-always", "haft", "af-only")),

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from .hunt import KNOBS, METRICS, OBJECTIVE, Space, _optuna
 
-TRIAL_COLUMNS = ("trial", "state", "space", "origin", OBJECTIVE, *[m for m in METRICS if m != OBJECTIVE],
+TRIAL_COLUMNS = ("trial", "state", "space", "origin", OBJECTIVE,
+                 *[m for m in METRICS if m != OBJECTIVE],
                  "seconds", "error")
 
 

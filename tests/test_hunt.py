@@ -301,18 +301,23 @@ def test_map_warm_start_is_the_beers_realistic_cases():
     space = hunt.builtin_space("realistic")
     cases = [c for c in tomllib.loads(default_spec_text())["case"]
              if c.get("section") == "realistic"]
+    # the map's cases at QEMU's default bandwidth cap are outside the default space (its
+    # link knob is link_gbit_s: 10 or 25 Gbit/s)
+    inside = [c for c in cases if "bandwidth_mb_s" not in c["host_knobs"].get("migration", {})]
     params = hunt.map_params(space)
-    assert len(params) == len(cases) == 24
+    assert len(params) == len(inside) >= 24
+    cases = inside
     for c, p in zip(cases, params):
         wl = c["workloads"][0]
         cfg = hunt.config_of(hunt.values_of(p, space), space)
-        assert cfg["workload"] == wl and cfg["variant"] == c["variants"][0]
-        assert c["knobs"][wl].items() <= cfg["knobs"].items()
-        for h, kv in c["host_knobs"].items():
+        assert cfg["workload"] == wl and cfg["variant"] == c.get("variants", ["default"])[0]
+        assert c.get("knobs", {}).get(wl, {}).items() <= cfg["knobs"].items()
+        for h, kv in c.get("host_knobs", {}).items():
             assert kv.items() <= cfg["host_knobs"][h].items()
         if cfg["knobs"]["aging"] == "mglru":          # workloads/aging.py MGLRU_PERIOD_MS
             assert cfg["knobs"]["age_period_ms"] == 1000.0
         assert cfg["host_knobs"]["migration"]["downtime_limit_ms"] == 300.0   # QEMU default
-        assert cfg["host_knobs"]["numa"]["scan_rate"] == "fast"
+        if "numa" not in c.get("host_knobs", {}):          # the numa scenario's default
+            assert cfg["host_knobs"]["numa"]["scan_rate"] == "fast"
     narrow = hunt.load_space_text('[knobs]\nworkload = "gc"\naging = "mglru"\n', "n.toml")
     assert [p["migration.link_gbit_s"] for p in hunt.map_params(narrow)] == [25.0, 10.0]
