@@ -11,7 +11,7 @@ from .cli_runs import DEFAULT_RESULTS, RunInputError
 
 # The default budget ends within 30 minutes on 2 cores: no trial starts after DEFAULT_MINUTES
 # and one trial of the realistic space takes ~3-70 s (docs/hunt.md, measured under load).
-DEFAULT_TRIALS = 80             # the realistic map's 44 cases, then 36 chosen by TPE
+DEFAULT_TRIALS = 80       # the realistic map's 44 cases, then 36 chosen by TPE
 DEFAULT_MINUTES = 25.0
 
 
