@@ -98,7 +98,8 @@ def cmd_hunt(args) -> int:
         if client is not None:
             client.close()
     meta = {"study": name, "storage": redact(storage), "seed": args.seed,
-            "trials": args.trials, "map_cases_enqueued": start, "trial_fn": args.trial_fn or DEFAULT_TRIAL_FN,
+            "trials": args.trials, "map_cases_enqueued": start,
+            "trial_fn": args.trial_fn or DEFAULT_TRIAL_FN,
             "environment": environment()}
     s = write_outputs(d, study, space, run, meta)
     from .hunt_report import summary_line
