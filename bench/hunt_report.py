@@ -52,6 +52,12 @@ def _toml_value(v) -> str:
     return repr(v)
 
 
+def _toml_key(k: str) -> str:
+    """A bare TOML key, or quoted ("catalogue:sqlite-tpcc")."""
+    import re
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
+
+
 def _cli_value(v) -> str:
     return ("true" if v else "false") if isinstance(v, bool) else str(v)
 
@@ -86,7 +92,7 @@ def best_toml(cfg: dict, t, space: Space, name: str) -> str:
              f'section = "{section}"', f'label = "hunt/{label_of(cfg)}"',
              f'workloads = ["{cfg["workload"]}"]', f'hosts = ["{cfg["host"]}"]',
              f'until = "{cfg["until"]}"', f'variants = ["{cfg["variant"]}"]',
-             f"[case.knobs.{cfg['workload']}]"]
+             f"[case.knobs.{_toml_key(cfg['workload'])}]"]
     lines += [f"{k} = {_toml_value(v)}" for k, v in cfg["knobs"].items()]
     for h, kv in cfg["host_knobs"].items():
         lines.append(f"[case.host_knobs.{h}]")

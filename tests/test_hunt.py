@@ -321,3 +321,19 @@ def test_map_warm_start_is_the_beers_realistic_cases():
             assert cfg["host_knobs"]["numa"]["scan_rate"] == "fast"
     narrow = hunt.load_space_text('[knobs]\nworkload = "gc"\naging = "mglru"\n', "n.toml")
     assert [p["migration.link_gbit_s"] for p in hunt.map_params(narrow)] == [25.0, 10.0]
+
+
+def test_best_toml_of_a_catalogue_program_is_a_beer_spec():
+    from bench.beer import load_spec
+    from bench.hunt_report import best_toml
+    space = hunt.builtin_space("realistic")
+    params = [p for p in hunt.map_params(space) if p["workload"].startswith("catalogue:")]
+    cfg = hunt.config_of(hunt.values_of(params[0], space), space)
+
+    class T:                                  # the fields of an Optuna trial best_toml reads
+        number, value, user_attrs = 3, 0.01, {"net_ms_per_migration": 1.0}
+    spec = load_spec(best_toml(cfg, T, space, "x"), "best.toml")
+    case = spec["case"][0]
+    assert case["workloads"] == [cfg["workload"]]
+    assert case["knobs"][cfg["workload"]] == cfg["knobs"]
+    assert case["host_knobs"] == cfg["host_knobs"]
