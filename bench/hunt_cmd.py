@@ -1,7 +1,6 @@
 """`ptwbench hunt`: the CLI side of bench.hunt (issue 24)."""
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import sys
 from datetime import datetime, timezone
@@ -147,5 +146,7 @@ def register(sub) -> None:
                    help="do not start from the default beer's realistic cases (a new study "
                         "runs those inside the space first)")
     h.add_argument("--no-progress", action="store_true", help="no line per trial")
-    h.add_argument("--trial-fn", help=argparse.SUPPRESS)   # tests: MODULE:FUNCTION
+    h.add_argument("--trial-fn", metavar="MODULE:FUNCTION",
+                   help="a test hook: this function evaluates each configuration instead of "
+                        "the model (tests/hunt_helpers.py)")
     h.set_defaults(func=cmd_hunt)
