@@ -272,8 +272,9 @@ def _execute(work: list, n: int, bar) -> dict[int, tuple]:
 
 def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
              progress: bool | None = None, stamp: str | None = None,
-             workers: int | None = None) -> Path:
-    """The beer verdict of `spec`; `workers` processes (default: one per core)."""
+             workers: int | None = None, hunt_line: str | None = None) -> Path:
+    """The beer verdict of `spec`; `workers` processes (default: one per core); `hunt_line`:
+    a hunt's summary (bench/hunt.py hunt_summary_line) for verdict.txt."""
     from .progress import Progress
     cm = cm or CostModel()
     seed = int(spec.get("seed", 0))
@@ -329,8 +330,8 @@ def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
     }
     files["report.md"] = (markdown(df, v, sens, cm, real_sens, rvs)
                           + x86_report.markdown(dfx))
-    files["verdict.txt"] = (text(df, v, sens, cm, real_sens) + x86_report.verdict_line(dfx)
-                            + "\n")
+    files["verdict.txt"] = (text(df, v, sens, cm, real_sens, hunt_line)
+                            + x86_report.verdict_line(dfx) + "\n")
     files["false_dirty.png"] = report.plot_false_dirty(df.assign(case=df.apply(
         lambda r: f"{r['workload']}", axis=1))[df["variant"] == "default"], "default")
     files["exits_vs_cost.png"] = report.plot_exits_vs_cost(v)
@@ -608,7 +609,7 @@ def _short_case(r) -> str:
     return f"{w} / {r['variant']}"
 
 
-def text(df, v, sens, cm, real_sens=None) -> str:
+def text(df, v, sens, cm, real_sens=None, hunt_line: str | None = None) -> str:
     """verdict.txt: a <= 60-line summary for a mailing-list reply (<= 72 columns); the
     realistic (calibrated) cases first, then what it takes (the stress cases)."""
     real = v[v["section"] == "realistic"] if "section" in v else v.iloc[:0]
@@ -636,6 +637,8 @@ def text(df, v, sens, cm, real_sens=None) -> str:
         head += ["", "Realistic cases off the map (every case: report.md):" if len(rmap)
                  else "Realistic cases (calibrated host behaviour, warm guests):",
                  report.text_table(realistic_text(off))]
+    if hunt_line:
+        head += ["", report.wrap(hunt_line[:1].upper() + hunt_line[1:])]
     if len(real):
         head += [""]
     if len(real) and real_sens is not None and len(real_sens):

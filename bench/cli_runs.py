@@ -205,7 +205,8 @@ def cmd_beer(args) -> int:
             spec = load_spec(text, args.spec)
         else:
             spec = load_spec(default_spec_text(), "embedded default")
-        d = run_beer(spec, Path(args.out), stamp=args.stamp, workers=args.workers or None)
+        d = run_beer(spec, Path(args.out), stamp=args.stamp, workers=args.workers or None,
+                     hunt_line=_hunt_line(args.hunt))
     except (SpecError, WorkloadError) as e:
         raise RunInputError(str(e)) from None
     text = (d / "verdict.txt").read_text() if args.format == "text" else (
@@ -213,6 +214,18 @@ def cmd_beer(args) -> int:
     sys.stdout.write(text)
     print(f"results: {d}", file=sys.stderr)
     return 0
+
+
+def _hunt_line(d: str | None) -> str | None:
+    """`beer --hunt DIR`: the finished hunt's summary line, read before the beer runs."""
+    if d is None:
+        return None
+    from .hunt import hunt_summary_line
+    try:
+        return hunt_summary_line(d)
+    except (OSError, ValueError, KeyError) as e:
+        raise RunInputError(f"--hunt: {d} holds no finished hunt (summary.json: "
+                            f"{getattr(e, 'strerror', None) or e})") from None
 
 
 def cmd_compare(args) -> int:
@@ -275,6 +288,9 @@ def register(sub) -> None:
                    help="what to print: text (72 columns, for a mailing-list reply) or md")
     b.add_argument("--workers", type=nonneg_int, default=0,
                    help="worker processes (0: one per core); the results do not depend on it")
+    b.add_argument("--hunt", metavar="DIR", default=None,
+                   help="a finished `ptwbench hunt` result directory: verdict.txt adds its "
+                        "one-line summary (what the search of the calibrated space found)")
     b.set_defaults(func=cmd_beer)
     c = sub.add_parser("compare", help="per-metric deltas between two result directories")
     c.add_argument("a", help="baseline result directory (run, beer or sweep)")

@@ -337,3 +337,33 @@ def test_best_toml_of_a_catalogue_program_is_a_beer_spec():
     assert case["workloads"] == [cfg["workload"]]
     assert case["knobs"][cfg["workload"]] == cfg["knobs"]
     assert case["host_knobs"] == cfg["host_knobs"]
+
+
+def test_beer_hunt_line(tmp_path):
+    """`beer --hunt DIR` adds the hunt's one line to verdict.txt; a DIR without a finished
+    hunt is one line, exit 2, before the beer runs."""
+    import json as _json
+    import subprocess as _sp
+    import sys as _sys
+    h = tmp_path / "h"
+    h.mkdir()
+    (h / "summary.json").write_text(_json.dumps({
+        "stress": False, "searched": 7,
+        "best": {"label": "db/damon/10G/4096MB", "net_ms_per_migration": 12.5,
+                 "matters": True}}))
+    spec = tmp_path / "s.toml"
+    spec.write_text('micro = false\n[[case]]\nworkloads = ["sparse"]\nhosts = ["precopy"]\n'
+                    '[case.knobs.sparse]\nregions = 16\naccesses = 64\n')
+
+    def beer(*a):
+        return _sp.run([_sys.executable, "-m", "bench.cli", "beer", "--spec", str(spec),
+                        "--out", str(tmp_path / "o"), *a], capture_output=True, text=True,
+                       timeout=600)
+    p = beer("--hunt", str(tmp_path / "none"))
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+    p = beer("--hunt", str(h))
+    assert p.returncode == 0, p.stderr
+    assert ("Searched 7 configurations within calibrated ranges; best: "
+            "db/damon/10G/4096MB (net 12.5 ms per migration, matters: yes)") in \
+        " ".join(p.stdout.split())
