@@ -41,20 +41,8 @@ def _checks(args):
 
 
 def _client(args):
-    from .sweep_cmd import SCHEDULER_ADDRESS, _quiet
-    if not SCHEDULER_ADDRESS.fullmatch(args.scheduler):
-        raise RunInputError(f"--scheduler: {args.scheduler!r} is not a scheduler address "
-                            f"(like tcp://HOST:8786)")
-    if importlib.util.find_spec("distributed") is None:
-        raise RunInputError("--scheduler: dask.distributed is not installed (pip install "
-                            "'ptwbench[dask]')")
-    from .sweep import connect
-    try:
-        return _quiet(lambda: connect(args.scheduler, args.timeout))
-    except (OSError, TimeoutError, ValueError) as e:
-        raise RunInputError(f"--scheduler: cannot connect to {args.scheduler}: "
-                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
-                            ) from None
+    from .sweep_cmd import scheduler_client
+    return scheduler_client(args.scheduler, args.timeout)
 
 
 def cmd_hunt(args) -> int:

@@ -98,18 +98,7 @@ def cmd_sweep(args) -> int:
         raise RunInputError(str(e)) from None
     client = None
     if args.scheduler:                       # connect before writing anything
-        if not SCHEDULER_ADDRESS.fullmatch(args.scheduler):
-            raise RunInputError(f"--scheduler: {args.scheduler!r} is not a scheduler address "
-                                f"(like tcp://HOST:8786)")
-        if importlib.util.find_spec("distributed") is None:
-            raise RunInputError("--scheduler: dask.distributed is not installed (pip install "
-                                "'ptwbench[dask]')")
-        try:
-            client = _quiet(lambda: connect(args.scheduler, args.timeout))
-        except (OSError, TimeoutError, ValueError) as e:
-            raise RunInputError(f"--scheduler: cannot connect to {args.scheduler}: "
-                                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
-                                ) from None
+        client = scheduler_client(args.scheduler, args.timeout)
     out = Path(args.out) if args.out else Path(spec["out"])
     _check_out(out, "--out" if args.out else f"{args.spec}: sweep.out")
     print(f"sweep {spec['name']}: {n:,} points x {len(POLICIES)} policies -> {out}",
@@ -152,3 +141,21 @@ def register(sub) -> None:
     s.add_argument("--yes", action="store_true",
                    help="run a sweep over the size limit (bench.sweep.POINT_LIMIT points)")
     s.set_defaults(func=cmd_sweep)
+
+
+def scheduler_client(address: str, timeout: float):
+    """A dask.distributed client of the scheduler at `address` (sweep and hunt), or the one
+    line that says why not."""
+    if not SCHEDULER_ADDRESS.fullmatch(address):
+        raise RunInputError(f"--scheduler: {address!r} is not a scheduler address "
+                            f"(like tcp://HOST:8786)")
+    if importlib.util.find_spec("distributed") is None:
+        raise RunInputError("--scheduler: dask.distributed is not installed (pip install "
+                            "'ptwbench[dask]')")
+    from .sweep import connect
+    try:
+        return _quiet(lambda: connect(address, timeout))
+    except (OSError, TimeoutError, ValueError) as e:
+        raise RunInputError(f"--scheduler: cannot connect to {address}: "
+                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                            ) from None
