@@ -333,6 +333,39 @@ def scenarios(draw, max_steps: int = 40, focus: str | None = None,
     return Scenario("gen", machine, guest, tuple(slots), vmm, tuple(maps), tuple(steps))
 
 
+# ---- issue 20: warm workloads with aging on the clock over repeated windows ---------------
+AGED_SMALL = {
+    "zipf": dict(keys=512, operations=150),
+    "sparse": dict(regions=40, accesses=300, write_percent=30),
+    "shared_db": dict(processes=3, buffer_mb=4, pages_per_process=24, accesses=300,
+                      private_kb=8),
+}
+
+
+@st.composite
+def aged_workloads(draw) -> dict:
+    """Arguments of workloads.registry.build: a small generator, warm or not, split or
+    shared (interleaved, spread when ram_mb is given) layout, an aging regime whose period
+    falls inside or outside the base trace, a --seconds window of 1-6 base traces (aging
+    continued over the repeats), sometimes a timed host scenario."""
+    gen = draw(st.sampled_from(sorted(AGED_SMALL)))
+    knobs = dict(AGED_SMALL[gen], access_ns=1000.0, demand=draw(st.booleans()),
+                 layout=draw(st.sampled_from(("split", "shared"))),
+                 aging=draw(st.sampled_from(("", "damon", "mglru"))),
+                 age_period_ms=draw(st.sampled_from((0.05, 0.2, 1.0))))
+    knobs["warm_stage2"] = not knobs["demand"] and draw(st.booleans())
+    if knobs["layout"] == "shared" and draw(st.booleans()):
+        knobs["ram_mb"] = 16
+    if knobs["aging"] == "damon":
+        knobs["damon_regions"] = draw(st.integers(1, 40))
+    elif not knobs["aging"]:
+        knobs["age_fraction"] = draw(st.sampled_from((0.1, 0.5, 1.0)))
+    host = draw(st.sampled_from((None, None, "numa", "migration")))
+    hk = {"numa": {"first_s": 0.0, "scan_size_mb": 1, "scan_period_s": 0.0003},
+          "migration": {"link_gbit_s": 100.0, "downtime_limit_ms": 0.0}}.get(host, {})
+    return dict(name=gen, seed=draw(st.integers(0, 3)), host_name=host, host_knobs=hk,
+                seconds=draw(st.sampled_from((0.001, 0.002, 0.004))), **knobs)
+
 @st.composite
 def repeated_windows(draw, focus: str | None = None, max_repeats: int = 6):
     """(scenario, TiledTrace, expanded Trace): a generated scenario's accesses as a base
@@ -374,37 +407,3 @@ def repeated_windows(draw, focus: str | None = None, max_repeats: int = 6):
     tiled = TiledTrace(*(TiledColumn(c, n) for c in base), events, None)
     expanded = Trace(*(np.resize(c, n) for c in base), list(events), None)
     return scn, tiled, expanded
-
-
-# ---- issue 20: warm workloads with aging on the clock over repeated windows ---------------
-AGED_SMALL = {
-    "zipf": dict(keys=512, operations=150),
-    "sparse": dict(regions=40, accesses=300, write_percent=30),
-    "shared_db": dict(processes=3, buffer_mb=4, pages_per_process=24, accesses=300,
-                      private_kb=8),
-}
-
-
-@st.composite
-def aged_workloads(draw) -> dict:
-    """Arguments of workloads.registry.build: a small generator, warm or not, split or
-    shared (interleaved, spread when ram_mb is given) layout, an aging regime whose period
-    falls inside or outside the base trace, a --seconds window of 1-6 base traces (aging
-    continued over the repeats), sometimes a timed host scenario."""
-    gen = draw(st.sampled_from(sorted(AGED_SMALL)))
-    knobs = dict(AGED_SMALL[gen], access_ns=1000.0, demand=draw(st.booleans()),
-                 layout=draw(st.sampled_from(("split", "shared"))),
-                 aging=draw(st.sampled_from(("", "damon", "mglru"))),
-                 age_period_ms=draw(st.sampled_from((0.05, 0.2, 1.0))))
-    knobs["warm_stage2"] = not knobs["demand"] and draw(st.booleans())
-    if knobs["layout"] == "shared" and draw(st.booleans()):
-        knobs["ram_mb"] = 16
-    if knobs["aging"] == "damon":
-        knobs["damon_regions"] = draw(st.integers(1, 40))
-    elif not knobs["aging"]:
-        knobs["age_fraction"] = draw(st.sampled_from((0.1, 0.5, 1.0)))
-    host = draw(st.sampled_from((None, None, "numa", "migration")))
-    hk = {"numa": {"first_s": 0.0, "scan_size_mb": 1, "scan_period_s": 0.0003},
-          "migration": {"link_gbit_s": 100.0, "downtime_limit_ms": 0.0}}.get(host, {})
-    return dict(name=gen, seed=draw(st.integers(0, 3)), host_name=host, host_knobs=hk,
-                seconds=draw(st.sampled_from((0.001, 0.002, 0.004))), **knobs)
