@@ -205,3 +205,40 @@ def export_script(scn: Scenario) -> Export:
     return Export("\n".join(lines) + "\n", tuple(idx),
                   tuple(s.ipa + IPA_SHIFT for s in scn.memslots))
 
+
+
+def replayable(scn: Scenario) -> Scenario:
+    """A generated scenario with what the replay cannot express turned off (the generated
+    set of `ptwbench kvm check --generated`): no FEAT_HAFT, on-change updates, AT without AF,
+    no pKVM; steps the replay lacks dropped (swap_out, the guest kernel's internal ops, eager
+    split, partial harvests); hugetlb slots that are not 2 MiB-shaped become anon_thp, uffd
+    minor stays on shmem only; initially_set only where it is the VM's only logging mode."""
+    from model.scenario import Guest, Machine
+    m, g = scn.machine, scn.guest
+    machine = Machine(m.granule, m.va_bits, m.hafdbs, False, "on-change", False, "arm64")
+    guest = Guest(g.tcr_ha, g.tcr_hd, False, g.pt_slot, False)
+    slots = []
+    for s in scn.memslots:
+        if s.backing == "hugetlb" and (s.pages % HUGE or (s.ipa // HOST_PAGE) % HUGE):
+            s = replace(s, backing="anon_thp")
+        if s.uffd == "minor" and s.backing != "shmem":
+            s = replace(s, uffd="none")
+        slots.append(s)
+    wp = {s.name for s in slots if s.uffd == "wp"}
+    mixed = any(s.log_dirty for s in slots) or len(
+        {st.initially_set for st in scn.steps if st.op == "enable_dirty_log"}) > 1
+    steps = []
+    for st in scn.steps:
+        if st.op not in GUEST_OPS + HOST_OPS + ("set_tcr", "enable_dirty_log", "harvest"):
+            continue
+        if st.op == "uffd_wp" and st.slot not in wp:
+            continue
+        if st.op == "enable_dirty_log":
+            st = replace(st, eager_split=False, initially_set=st.initially_set and not mixed)
+        if st.op == "set_tcr":
+            st = replace(st, haft=None)
+        if st.op == "harvest":
+            st = replace(st, pages=None)
+        steps.append(st)
+    return replace(scn, machine=machine, guest=guest, memslots=tuple(slots),
+                   steps=tuple(steps))
