@@ -67,20 +67,22 @@ class BootResult:
     returncode: int
 
 
-def boot(kernel: Path, initrd: Path, timeout_s: float, smp: int = 1,
+def boot(kernel: Path, initrd: Path, timeout_s: float, console: Path, smp: int = 1,
          qemu: str = "qemu-system-aarch64", nice: int = 10) -> BootResult:
-    """Run QEMU to completion (the job powers the guest off) or until timeout_s."""
+    """Run QEMU to completion (the job powers the guest off) or until timeout_s; the
+    console streams into `console` as it runs (watch it with tail -f)."""
     cmd = ["nice", "-n", str(nice), qemu, *QEMU_ARGS, "-smp", str(smp),
            "-kernel", str(kernel), "-initrd", str(initrd), "-append", APPEND]
     t0 = time.monotonic()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         stdin=subprocess.DEVNULL, start_new_session=True)
-    try:
-        out, _ = p.communicate(timeout=timeout_s)
-        timed_out = False
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, 9)
-        out, _ = p.communicate()
-        timed_out = True
-    return BootResult(out.decode("utf-8", "replace").replace("\r", ""),
-                      time.monotonic() - t0, timed_out, p.returncode)
+    with open(console, "wb") as out:
+        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            p.wait(timeout=timeout_s)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, 9)
+            p.wait()
+            timed_out = True
+    text = console.read_bytes().decode("utf-8", "replace").replace("\r", "")
+    return BootResult(text, time.monotonic() - t0, timed_out, p.returncode)

@@ -80,8 +80,11 @@ def run_kernel(stack: Stack, kr: KernelRun, cases: list[Case], param: bool, pft:
     initrd.write_bytes(initramfs(stack.busybox, progs, job_files(cases, kr.policies, param,
                                                                    "pft_cases" in progs)))
     n = sum(c.export is not None for c in cases) * len(kr.policies)
-    kr.boot = boot(kr.kernel, initrd, BOOT_S + n * PER_REPLAY_S + (240 if pft else 0))
-    (workdir / f"console-{kr.name}.log").write_text(kr.boot.output)
+    console = workdir / f"console-{kr.name}.log"
+    print(f"kvm check: booting the {kr.name} kernel ({n} replays; console: {console})",
+          flush=True)
+    kr.boot = boot(kr.kernel, initrd, BOOT_S + n * PER_REPLAY_S + (600 if pft else 0),
+                   console)
     kr.facts, logs = parse_console(kr.boot.output)
     kr.logs = {(int(lg.ident), lg.policy): lg for lg in logs}
     kr.pft = parse_pft(kr.boot.output)

@@ -11,7 +11,7 @@
 #include "page_fault_test.c"
 #undef main
 
-#define CASE_TIMEOUT_S	60
+#define CASE_TIMEOUT_S	20
 #define EXIT_SKIPPED	4
 
 static int run_case(struct test_desc *t, enum vm_mem_backing_src_type src_type)
