@@ -201,6 +201,14 @@ static void drain_trace(void)
 
 /* ---- host side: userfaultfd -------------------------------------------------------------- */
 
+/* A resolution that fails leaves the vCPU faulting on the same page forever: stop. */
+static void uffd_failed(const char *what)
+{
+	OUT("error %s errno %d at step %d\n", what, errno, cur_step);
+	OUT("end\n");
+	_exit(3);
+}
+
 static void uffd_resolve(struct slot *s, uint64_t page, int wp)
 {
 	uint64_t first = s->resolve_slot ? 0 : page, last = s->resolve_slot ? s->pages : page + 1;
@@ -209,7 +217,7 @@ static void uffd_resolve(struct slot *s, uint64_t page, int wp)
 		struct uffdio_writeprotect w = { .range = { (uint64_t)s->hva + page * PAGE, PAGE },
 						 .mode = 0 };
 		if (ioctl(s->uffd_fd, UFFDIO_WRITEPROTECT, &w))
-			OUT("error UFFDIO_WRITEPROTECT(0) errno %d\n", errno);
+			uffd_failed("UFFDIO_WRITEPROTECT(0)");
 		return;
 	}
 	for (uint64_t p = first; p < last; p++) {
@@ -217,7 +225,7 @@ static void uffd_resolve(struct slot *s, uint64_t page, int wp)
 					 .src = (uint64_t)s->snapshot + p * PAGE,
 					 .len = PAGE, .mode = UFFDIO_COPY_MODE_DONTWAKE };
 		if (ioctl(s->uffd_fd, UFFDIO_COPY, &c) && errno != EEXIST)
-			OUT("error UFFDIO_COPY errno %d\n", errno);
+			uffd_failed("UFFDIO_COPY");
 	}
 	struct uffdio_range wake = { (uint64_t)s->hva + first * PAGE, (last - first) * PAGE };
 
@@ -408,7 +416,6 @@ static void run_cmd(int v, struct guest_cmd c)
 		return;
 	cmds[v] = c;
 	sync_global_to_guest(vm, cmds);
-	alarm(STEP_TIMEOUT_S);
 	for (;;) {
 		if (_vcpu_run(vcpus[v])) {	/* io_mem_abort(): ENOSYS without a syndrome */
 			OUT("runfail %d %d %d\n", cur_step, v, errno);
@@ -443,7 +450,7 @@ static void run_cmd(int v, struct guest_cmd c)
 		}
 	}
 done:
-	alarm(0);
+	return;
 }
 
 /* The guest starts each command from GUEST_SYNC(0): run every vCPU up to it once. */
@@ -496,6 +503,7 @@ static void do_step(char *line)
 
 	TEST_ASSERT(sscanf(line, "step %d %31s", &n, op) == 2, "bad step: %s", line);
 	cur_step = n;
+	alarm(STEP_TIMEOUT_S);			/* host ops and uffd included */
 	char *rest = strchr(strchr(line + 5, ' ') + 1, ' ');
 
 	rest = rest ? rest + 1 : (char *)"";
@@ -540,6 +548,7 @@ static void do_step(char *line)
 			TEST_FAIL("unknown op %s", op);
 	}
 	drain_trace();
+	alarm(0);
 	OUT("stepdone %d\n", n);
 }
 
@@ -602,7 +611,9 @@ static void go(void)
 	finish_slots();
 	write_file(TRACE "buffer_size_kb", "4096");
 	write_file(TRACE "events/kvm/kvm_guest_fault/enable", "1");
+	alarm(STEP_TIMEOUT_S);
 	start_vcpus();
+	alarm(0);
 	write_file(TRACE "trace", "");		/* the library's own first faults */
 	OUT("ready\n");
 }
