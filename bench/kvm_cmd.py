@@ -110,6 +110,21 @@ def _kernel_runs(args, stack) -> list:
     return runs
 
 
+def _reused_runs(args, cases) -> list:
+    """--from DIR: the kernels, policies and consoles of an earlier check (no QEMU)."""
+    from bench.kvm.check import KernelRun
+    d = Path(args.from_dir)
+    try:
+        man = json.loads((d / "manifest.json").read_text())
+    except (OSError, ValueError) as e:
+        raise BadInput(f"--from: {d}/manifest.json: {e}") from None
+    if man.get("cases") != [c.ident for c in cases]:
+        raise BadInput(f"--from: the cases differ from {d}'s (give the same SCENARIO, "
+                       f"--generated, --seed and --no-* options)")
+    return [KernelRun(name, Path(), tuple(pols), reuse=d / f"console-{name}.log")
+            for name, pols in man["policies"].items()]
+
+
 def _header(runs, qemu: str, cases, elapsed: float) -> list[str]:
     lines = [f"* QEMU: {qemu or 'unknown'} (TCG, `-M virt,virtualization=on,gic-version=3 "
              f"-cpu max`)"]
@@ -126,7 +141,7 @@ def cmd_check(args) -> int:
     from bench.kvm.check import prepare, run_all
     from bench.kvm.report import compare, metrics_csv, report_md
     stack = _stack(args)
-    missing = stack.installed()
+    missing = None if args.from_dir else stack.installed()
     if missing:
         raise BadInput(f"kvm check: {missing}")
     root = check_out_root(Path(args.out))
@@ -134,11 +149,12 @@ def cmd_check(args) -> int:
     final = root / check_name(f"kvm-{stamp}", "--stamp")
     if args.stamp and final.exists():
         raise BadInput(f"--stamp: {final} exists already")
-    runs = _kernel_runs(args, stack)
     cases = collect_cases(args)
+    runs = _reused_runs(args, cases) if args.from_dir else _kernel_runs(args, stack)
     prepare(cases)
     t0 = time.monotonic()
-    qemu = qemu_version()
+    qemu = (json.loads((Path(args.from_dir) / "manifest.json").read_text())["qemu"]
+            if args.from_dir else qemu_version())
     with tempfile.TemporaryDirectory(prefix="ptwbench-kvm-") as tmp:
         run_all(stack, runs, cases, args.pft, Path(tmp))
         consoles = {f"console-{kr.name}.log": kr.boot.output for kr in runs}
@@ -186,4 +202,7 @@ def register(sub) -> None:
                    help="also run page_fault_test case by case under each policy")
     c.add_argument("--fix-on-policy-kernel", action="store_true",
                    help="also run fix on the policy kernel (cross-check of the patch)")
+    c.add_argument("--from", dest="from_dir", metavar="DIR",
+                   help="compare an earlier run's consoles again (no QEMU): after a model "
+                   "change, with the same case options")
     c.set_defaults(func=cmd_check)

@@ -179,9 +179,9 @@ def test_job_runs_each_policy_with_the_patchs_parameter():
 
 
 def test_parse_pft():
-    text = "@R pft_begin fix\n@R pft a pass\n@R pft b fail\nnoise\n@R pft_begin legacy\n" \
-           "@R pft a timeout\n"
-    assert parse_pft(text) == {"fix": [("a", "pass"), ("b", "fail")],
+    text = "@R pft_begin fix\n@R pft a pass\n@R pft b_SCAT2(x, y) fail\nnoise\n" \
+           "@R pft_begin legacy\n@R pft a timeout\n"
+    assert parse_pft(text) == {"fix": [("a", "pass"), ("b_SCAT2(x, y)", "fail")],
                                "legacy": [("a", "timeout")]}
 
 

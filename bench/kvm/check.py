@@ -41,6 +41,7 @@ class KernelRun:
     logs: dict[tuple[int, str], RunLog] = field(default_factory=dict)
     pft: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     boot: BootResult | None = None
+    reuse: Path | None = None    # an earlier run's console to parse instead of booting
 
 
 def prepare(cases: list[Case]) -> None:
@@ -73,6 +74,10 @@ def job_files(cases: list[Case], policies, param: bool, pft: bool) -> dict[str, 
 
 def run_kernel(stack: Stack, kr: KernelRun, cases: list[Case], param: bool, pft: bool,
                workdir: Path) -> None:
+    if kr.reuse is not None:                      # --from: an earlier run's console
+        kr.boot = BootResult(kr.reuse.read_text(), 0.0, False, 0)
+        _parse_boot(kr)
+        return
     progs = {"ptw_replay": stack.replay}
     if pft and stack.pft_cases.exists():
         progs["pft_cases"] = stack.pft_cases
@@ -85,6 +90,10 @@ def run_kernel(stack: Stack, kr: KernelRun, cases: list[Case], param: bool, pft:
           flush=True)
     kr.boot = boot(kr.kernel, initrd, BOOT_S + n * PER_REPLAY_S + (600 if pft else 0),
                    console)
+    _parse_boot(kr)
+
+
+def _parse_boot(kr: KernelRun) -> None:
     kr.facts, logs = parse_console(kr.boot.output)
     kr.logs = {(int(lg.ident), lg.policy): lg for lg in logs}
     kr.pft = parse_pft(kr.boot.output)
@@ -102,7 +111,7 @@ def parse_pft(text: str) -> dict[str, list[tuple[str, str]]]:
         if w[:1] == ["pft_begin"]:
             cur = out.setdefault(w[1], [])
         elif w[:1] == ["pft"] and cur is not None and len(w) >= 3:
-            cur.append((w[1], w[2]))
+            cur.append((" ".join(w[1:-1]), w[-1]))     # the case names hold spaces
     return out
 
 

@@ -183,6 +183,7 @@ def _details(outcomes, unsup, runs) -> list[str]:
             out += ["", f"## page_fault_test cases ({kr.name} kernel)", ""]
             for p, res in kr.pft.items():
                 t = Counter(r for _, r in res)
-                out.append(f"* {p}: {t['pass']} pass, {t['fail']} fail, {t['skip']} skip")
-                out += [f"  * FAIL `{n}`" for n, r in res if r == "fail"]
+                out.append(f"* {p}: {t['pass']} pass, {t['fail']} fail, {t['timeout']} "
+                           f"timeout, {t['skip']} skip")
+                out += [f"  * {r.upper()} `{n}`" for n, r in res if r not in ("pass", "skip")]
     return out
