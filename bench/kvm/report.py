@@ -12,6 +12,7 @@ from model.reference import run_reference
 from model.results import S2_CLASSES, PolicyResult
 
 from .check import Case, KernelRun, model_step_classes
+from .export import as_qemu
 from .parse import RunLog, disagreements, observed
 
 COLUMNS = ("scenario", "kernel", "policy", "source", "status", *S2_CLASSES, "double_faults",
@@ -78,7 +79,7 @@ def compare(cases: list[Case], runs: list[KernelRun], qemu: str):
         if c.export is None:
             continue
         pols = tuple(sorted({p for kr in runs for p in kr.policies}))
-        models = run_reference(c.scn, pols)
+        models = run_reference(as_qemu(c.scn), pols)     # QEMU's AT sets AF
         for kr in runs:
             facts = dict(kr.facts, qemu=qemu)
             for p in kr.policies:
@@ -124,7 +125,7 @@ def _step_op(st) -> str:
 
 def side_by_side(o: Outcome) -> str:
     """Per step: the model's stage-2 faults by class, KVM's faults decoded."""
-    per = model_step_classes(o.case.scn, o.policy)
+    per = model_step_classes(as_qemu(o.case.scn), o.policy)
     kvm_by_step: dict[int, list[str]] = {}
     for f in o.log.faults:
         kvm_by_step.setdefault(f.step, []).append(f.describe(_slot_page(f.ipa, o.case)))
