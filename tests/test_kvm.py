@@ -209,3 +209,12 @@ def test_stock_kernel_agrees_on_a_shipped_scenario(tmp_path):
     rows = (tmp_path / "kvm-t" / "metrics.csv").read_text().splitlines()
     kvm = [x for x in rows if ",kvm," in x]
     assert len(kvm) == 1 and ",agree," in kvm[0]
+
+
+def test_the_model_runs_on_qemus_at():
+    """QEMU's AT updates AF (docs/real-kvm.md): only scenarios with an AT step change."""
+    from bench.kvm.export import as_qemu
+    scn = load_scenario(SCN / "ha_af_clear_after_zap.toml")
+    assert as_qemu(scn) is scn
+    at = replace(scn, steps=scn.steps + (Step("access", va=0xC000_0000, kind="at"),))
+    assert as_qemu(at).machine.at_sets_af and not at.machine.at_sets_af
