@@ -176,7 +176,8 @@ def cmd_check(args) -> int:
 def register(sub) -> None:
     k = sub.add_parser("kvm", help="the model against a real KVM/arm64 under QEMU "
                        "(docs/real-kvm.md)")
-    ks = k.add_subparsers(dest="kvm_command", required=True, parser_class=type(k))
+    ks = k.add_subparsers(dest="kvm_command", required=True, parser_class=type(k),
+                          help="setup: build the stack; check: replay and compare")
     s = ks.add_parser("setup", help="install and build the stack from Debian packages")
     s.add_argument("--cache", metavar="DIR", help="cache directory (default: $PTWBENCH_KVM_CACHE"
                    " or ~/.cache/ptwbench/kvm)")
