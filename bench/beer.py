@@ -15,6 +15,7 @@ import tomllib
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -26,6 +27,7 @@ from .spec_checks import (SpecError, check_engine, check_host, check_host_knobs,
                           check_seeds, check_variant, check_workload)
 from .runner import (COLUMNS, TIMING_COLUMNS, csv_text, environment, meta_json,
                      run_workload, write_dir_atomic)
+from .variants import contradiction
 from .verdict import (COMPARED, MATTERS_RULE, answer, by_variant, false_dirty_rate,
                       hw_always_effect, pt_share, sensitivity, verdict_table)
 
@@ -36,7 +38,8 @@ def default_spec_text() -> str:
 
 SPEC_KEYS = {"seed": int, "engine": str, "micro": bool, "micro_variants": list, "case": list}
 CASE_KEYS = {"workloads": (list, str), "hosts": list, "variants": list, "knobs": dict,
-             "host_knobs": dict, "label": str, "seconds": (int, float), "section": str}
+             "host_knobs": dict, "label": str, "seconds": (int, float), "section": str,
+             "until": str}
 SECTIONS = ("realistic", "stress")     # issue 9: calibrated cases first, stress cases apart
 
 
@@ -76,6 +79,16 @@ def load_spec(text: str, source: str) -> dict:
                                    and 0 < c["seconds"] < 1e6):
             raise SpecError(f"{at}.seconds: {c['seconds']!r} is not a number of seconds "
                             f"in (0, 1e6)")
+        if "until" in c:
+            from .catalog import UNTIL
+            if c["until"] not in UNTIL:
+                raise SpecError(f"{at}.until: {c['until']!r} is not one of {', '.join(UNTIL)}")
+            if "seconds" in c:
+                raise SpecError(f"{at}.until: give until or seconds, not both")
+            need = UNTIL[c["until"]][0]
+            if any(need not in hh.split("+") for hh in c.get("hosts", ["none"])):
+                raise SpecError(f"{at}.until: until = {c['until']!r} needs the {need} host "
+                                f"scenario in every host of the case")
         if c.get("section") == "realistic" and not c.get("label"):
             raise SpecError(f"{at}.label: a realistic case needs a label (it names the case)")
         ws = c.get("workloads", "*")
@@ -88,6 +101,10 @@ def load_spec(text: str, source: str) -> dict:
             check_host(hh, f"{at}.hosts")
         for v in c.get("variants", ["default"]):
             check_variant(v, f"{at}.variants")
+            for w, knobs in c.get("knobs", {}).items():
+                why = contradiction(v, knobs.get("cpu") if isinstance(knobs, dict) else None)
+                if why:
+                    raise SpecError(f"{at}.knobs.{w}: {why}")
         for w, knobs in c.get("knobs", {}).items():
             if not isinstance(knobs, dict) or (w not in reg.GENERATORS and w not in ws):
                 raise SpecError(f"{at}.knobs.{w}: not a table of a known workload")
@@ -137,7 +154,7 @@ def real_vs_synthetic(df: pd.DataFrame, v: pd.DataFrame, kinds: dict) -> pd.Data
            & (df["variant"] == "default")]
     if not len(d):
         return pd.DataFrame()
-    p = v.drop_duplicates("workload").set_index("workload")["p_measured"]
+    p = v.drop_duplicates("workload").set_index("workload")["q_measured"]
     secs = d["guest_seconds"].where(d["guest_seconds"] > 0)
     out = pd.DataFrame({
         "kind": d["workload"].map(kinds).fillna("synthetic"), "workload": d["workload"],
@@ -146,13 +163,34 @@ def real_vs_synthetic(df: pd.DataFrame, v: pd.DataFrame, kinds: dict) -> pd.Data
         "accesses_per_s": d["accesses"] / secs,
         "s2_faults_per_s": d["s2_faults"] / secs,
         "s1ptw_faults_per_s": d["s2_s1ptw_translation"] / secs,
-        "p_measured": d["workload"].map(p)})
+        "q_measured": d["workload"].map(p)})
     return out.sort_values(["kind", "workload"], kind="stable").reset_index(drop=True)
 
 
+class Job(NamedTuple):
+    """One run of the beer: a workload (built from its knobs, or a micro-scenario file)
+    under one host scenario and hardware variant, all policies."""
+    kind: str                     # "gen" (a generator or recorded program) | "micro"
+    workload: object              # its name, or the micro-scenario's path
+    knobs: dict | None
+    host: str
+    host_knobs: dict | None
+    variant: str
+    label: str = ""
+    section: str = "stress"
+    seconds: float | None = None
+    until: str | None = None
+
+    def build_key(self) -> tuple:
+        """Jobs with the same key share one built workload."""
+        return (self.kind, str(self.workload), json.dumps(self.knobs, sort_keys=True),
+                self.host, json.dumps(self.host_knobs, sort_keys=True), self.label,
+                self.seconds, self.until)
+
+
 def cases(spec: dict):
-    """(workload, knobs, host, host knobs, variant) for every case of the spec; workload x
-    host pairs the registry calls incompatible are skipped."""
+    """A Job for every case of the spec; workload x host pairs the registry calls
+    incompatible are skipped."""
     from workloads import registry as reg
     for c in spec.get("case", []):
         ws = c.get("workloads", "*")
@@ -165,8 +203,9 @@ def cases(spec: dict):
                     hk = c.get("host_knobs", {})
                     hk = ({h: hk.get(h, {}) for h in host.split("+")} if "+" in host
                           else hk.get(host, {}))
-                    yield (w, c.get("knobs", {}).get(w, {}), host, hk, v, c.get("label", ""),
-                           c.get("section", "stress"), c.get("seconds"))
+                    yield Job("gen", w, c.get("knobs", {}).get(w, {}), host, hk, v,
+                              c.get("label", ""), c.get("section", "stress"),
+                              c.get("seconds"), c.get("until"))
 
 
 def _ignore_sigint() -> None:
@@ -177,16 +216,16 @@ def _run_group(args) -> list[tuple]:
     """The jobs of one workload (built once): (job index, workload name, section, kind,
     rows, timings, meta) per job.  Runs in a worker process."""
     items, seed, engine = args
-    kind, w, knobs, host, hk, _v, label, _sec, seconds = items[0][1]
-    wl = (micro_workload(w) if kind == "micro"
-          else build(w, knobs, host, hk, seed, seconds))
-    if label:                                 # tell apart cases of one generator
-        wl.name = f"{wl.name}@{label}"
-    wkind = workload_kind(w) if kind == "gen" else "synthetic"
+    j = items[0][1]
+    wl = (micro_workload(j.workload) if j.kind == "micro"
+          else build(j.workload, j.knobs, j.host, j.host_knobs, seed, j.seconds, j.until))
+    if j.label:                               # tell apart cases of one generator
+        wl.name = f"{wl.name}@{j.label}"
+    wkind = workload_kind(j.workload) if j.kind == "gen" else "synthetic"
     out = []
-    for i, (_k, _w, _kn, host, _hk, v, _l, sec, _s) in items:
-        run = run_workload(wl, host=host, variant=v, seed=seed, engine=engine)
-        out.append((i, wl.name, sec, wkind, run.rows, run.timings, run.meta))
+    for i, job in items:
+        run = run_workload(wl, host=job.host, variant=job.variant, seed=seed, engine=engine)
+        out.append((i, wl.name, job.section, wkind, run.rows, run.timings, run.meta))
     return out
 
 
@@ -198,19 +237,17 @@ def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
     cm = cm or CostModel()
     seed = int(spec.get("seed", 0))
     engine = spec.get("engine", "numpy")
-    jobs = list(("gen",) + c for c in cases(spec))
+    jobs = list(cases(spec))
     if spec.get("micro", True):
         for p in x86_report.arm64_files(scenario_files()):
             for v in spec.get("micro_variants", ["default"]):
-                jobs.append(("micro", p, None, "scenario", None, v, "", "stress", None))
+                jobs.append(Job("micro", p, None, "scenario", None, v))
     t0 = time.perf_counter()
     # jobs that share a workload build it once: one group each, groups spread over the
     # cores (results gathered in job order: the CSVs do not depend on the worker count)
     groups: dict[tuple, list] = {}
-    for i, (kind, w, knobs, host, hk, v, label, sec, seconds) in enumerate(jobs):
-        key = (kind, str(w), json.dumps(knobs, sort_keys=True), host,
-               json.dumps(hk, sort_keys=True), label, seconds)
-        groups.setdefault(key, []).append((i, jobs[i]))
+    for i, job in enumerate(jobs):
+        groups.setdefault(job.build_key(), []).append((i, job))
     work = [(items, seed, engine) for items in groups.values()]
     done: dict[int, tuple] = {}
     n = max(1, min(workers or os.cpu_count() or 1, len(work)))
@@ -299,8 +336,9 @@ PLOTS = [("false_dirty.png", "False-positive dirty pages per policy"),
 
 def realistic_sensitivity(df: pd.DataFrame, v: pd.DataFrame, cm: CostModel) -> pd.DataFrame:
     """The realistic answer at each cost constant's calibrated lo and hi (bench/calibration.py;
-    the others at their defaults): cases that matter, the lowest break-even p, the best net
-    saving.  Empty without realistic cases."""
+    the others at their defaults): cases that matter, the lowest break-even q*, the
+    smallest margin q* - q (below 0: a case where ha-promote pays), the best net saving.
+    Empty without realistic cases."""
     from .breakeven import sensitivity_table
     names = set(v.loc[v["section"] == "realistic", "workload"]) if "section" in v else set()
     d = df[df["workload"].isin(names)]
@@ -309,8 +347,10 @@ def realistic_sensitivity(df: pd.DataFrame, v: pd.DataFrame, cm: CostModel) -> p
 
     def metric(m: CostModel) -> dict:
         r = verdict_table(d, m)
+        gap = (r["q_break_even"] - r["q_measured"]).dropna()
         return {"matter": int(r["matters"].sum()),
-                "p_star_min": float(r["p_break_even"].min()),
+                "q_star_min": float(r["q_break_even"].min()),
+                "q_gap_min": float(gap.min()) if len(gap) else float("nan"),
                 "best_net_us": float(r["net_us"].max())}
     return sensitivity_table(metric, cm)
 
@@ -332,11 +372,21 @@ def markdown(df, v, sens, cm, real_sens=None, rvs=None) -> str:
         out += ["## Realistic cases", "", f"**{answer(real, 'realistic')}**", "",
                 "Warm guests at real sizes under host behaviour calibrated in seconds, MB "
                 "and MB/s (workloads/host_timed.py, docs/calibration.md), each over a "
-                "window of guest time (workloads/clock.py). p_measured: of fix's S1PTW "
-                "translation faults, the share followed by a second fault (the walk had to "
-                "write); p_break_even: t_false / (t_exit + t_false); envelope: the rate of "
-                "page-table pages unmapped and then walked (envelope_unit) at which "
-                "ha-promote's saving would matter (bench/breakeven.py).", "",
+                "window of guest time (workloads/clock.py) that covers what it judges: a "
+                "whole migration (to its switch-over, whose last sync ends every dirty "
+                "round) or a whole snapshot. Every false positive is judged at the harvest "
+                "that ends its round (docs/time-and-hosts.md). q_measured: of the "
+                "(page-table page, round) pairs with an S1PTW translation fault under fix, "
+                "the share the guest wrote before the round's harvest (each one an exit "
+                "ha-promote saves; each other one its false positive); q_break_even: "
+                "t_false / (t_exit + t_false), t_false at the case's own link; "
+                "p_same_access: the part of q a one-access window sees; envelope: the rate "
+                "of such pairs per second at which the saving would matter "
+                "(bench/breakeven.py), beside numa_fast_pt_pages_s: the most page-table "
+                "pages per second NUMA balancing can unmap in that VM (its fastest scan for "
+                "the VM's RSS times the page-table share); net_ms_per_migration and "
+                "vcpu_share: ha-promote's net saving per whole migration and its share of "
+                "all vCPUs' time.", "",
                 report.md_table(real[REAL_COLS]), ""]
         if rvs is not None and len(rvs):
             n_real = int((rvs["kind"] == "real").sum())
@@ -352,14 +402,16 @@ def markdown(df, v, sens, cm, real_sens=None, rvs=None) -> str:
             out += ["### Sensitivity of the realistic answer", "",
                     "Each cost constant at the low and high end of its calibrated range "
                     "(docs/calibration.md), the others at their defaults: realistic cases "
-                    "that matter, the lowest break-even p over them, and the best net "
+                    "that matter, the lowest break-even q* over them, the smallest margin "
+                    "q* - q (where it reaches 0 the answer flips), and the best net "
                     "saving (us). "
                     + (f"The answer changes within the range of: {', '.join(f)}." if f
                        else "No constant's range changes the answer."), "",
                     report.md_table(real_sens[["constant", "unit", "confidence", "lo",
                                                "value", "hi", "matter_lo", "matter",
-                                               "matter_hi", "p_star_min_lo", "p_star_min",
-                                               "p_star_min_hi", "best_net_us_lo",
+                                               "matter_hi", "q_star_min_lo", "q_star_min",
+                                               "q_star_min_hi", "q_gap_min_lo", "q_gap_min",
+                                               "q_gap_min_hi", "best_net_us_lo",
                                                "best_net_us_hi"]]), ""]
         out += ["## What it takes: the stress cases", "",
                 "Small guests with host events scheduled per accesses and rates no host "
@@ -398,9 +450,11 @@ TEXT_LEGEND = {
     "src": "real (a recorded program) or gen (a generator)",
     "gib": "VM memory, GiB",
     "sec": "guest seconds simulated",
-    "p": "share of fix's S1PTW translation faults followed by a second fault",
-    "p_star": "break-even p, t_false / (t_exit + t_false)",
-    "envelope": "page-table pages/s unmapped and walked at which it would matter",
+    "q": "share of page-table pages walk-faulted in a round and written before "
+         "its harvest (fix)",
+    "q_star": "break-even q, t_false / (t_exit + t_false) at the case's link",
+    "rounds": "complete dirty rounds",
+    "net_ms": "ha-promote's net saving in the window (whole migration), ms",
     "cases": "cases on that variant",
     "matter": "cases that matter",
     "fix_2nd": "fix's second faults",
@@ -410,9 +464,12 @@ TEXT_LEGEND = {
     "net_us": "net saving, us",
     "matters": "passes the bar (report.md)",
 }
-REAL_LEGEND = ("case", "src", "gib", "sec", "p", "p_star", "envelope")
-REAL_COLS = ["case", "workload_kind", "guest_gib", "guest_seconds", "p_measured", "p_break_even", "envelope",
-             "envelope_unit", "exits_saved", "false_dirty_extra", "net_us", "matters"]
+REAL_LEGEND = ("case", "src", "gib", "sec", "q", "q_star", "rounds", "net_ms")
+REAL_COLS = ["case", "workload_kind", "guest_gib", "guest_seconds", "rounds_complete",
+             "q_measured", "q_break_even", "p_same_access", "envelope", "envelope_unit",
+             "numa_fast_pt_pages_s",
+             "exits_saved", "false_dirty_extra", "net_ms_per_migration", "vcpu_share",
+             "matters"]
 
 
 def _fmt_p(x) -> str:
@@ -422,13 +479,98 @@ def _fmt_p(x) -> str:
 def realistic_text(real: pd.DataFrame) -> pd.DataFrame:
     """The realistic cases as verdict.txt shows them (TEXT_LEGEND names the columns)."""
     return pd.DataFrame([{
-        "case": _real_case(r),
-        "src": "real" if r.get("workload_kind") == "real" else "gen", "gib": f"{r['guest_gib']:.1f}",
-        "sec": f"{r['guest_seconds']:.2g}", "p": _fmt_p(r["p_measured"]),
-        "p_star": _fmt_p(r["p_break_even"]),
-        "envelope": ("never" if r["envelope_unit"] == "never" else
-                     "—" if pd.isna(r["envelope"]) else f"{r['envelope']:.3g}"),
+        "case": _map_case(r),
+        "src": "real" if r.get("workload_kind") == "real" else "gen",
+        "gib": f"{r['guest_gib']:.1f}", "sec": f"{r['guest_seconds']:.3g}",
+        "rounds": int(r["rounds_complete"]), "q": _fmt_p(r["q_measured"]),
+        "q_star": _fmt_p(r["q_break_even"]), "net_ms": f"{r['net_us'] / 1000:+.3g}",
         "matters": "yes" if r["matters"] else "no"} for _i, r in real.iterrows()])
+
+
+def _map_case(r) -> str:
+    """A realistic case as the map names it: its label and link (a migration), or its label
+    and host scenario."""
+    guest, aging = map_key(r)
+    label = guest if aging == "-" else f"{guest}/{aging}"
+    link = link_name(r.get("link_mb_s", 0.0))
+    return f"{label} {link}" if link != "-" else f"{label} {r['host']}"
+
+
+def link_name(mb_s: float) -> str:
+    """A migration link as people name it: 25G, 10G (Gbit/s), 128Mi (MiB/s); "-" none."""
+    if not mb_s or pd.isna(mb_s):
+        return "-"
+    gbit = mb_s * 8 / 1000
+    if gbit >= 1 and abs(gbit - round(gbit)) < 0.01:
+        return f"{round(gbit)}G"
+    return f"{mb_s * 1e6 / 2**20:.0f}Mi"
+
+
+def map_key(r) -> tuple[str, str]:
+    """(guest, aging regime) of a realistic case from its label GUEST/AGING[/LINK] (the
+    map's row and column; a label without '/' is a guest with no aging regime named)."""
+    label = str(r["workload"]).rsplit("@", 1)[1] if "@" in str(r["workload"]) else \
+        _real_case(r).split(":", 1)[0]
+    guest, _, rest = label.partition("/")
+    return guest, rest.split("/", 1)[0] or "-"
+
+
+def on_map(real: pd.DataFrame) -> list:
+    """The index labels of the realistic cases the map shows: whole migrations at the map's
+    links, labels GUEST/AGING/LINK without a further variation."""
+    keep = []
+    for i, r in real.iterrows():
+        if pd.isna(r["net_ms_per_migration"]):
+            continue
+        label = str(r["workload"]).rsplit("@", 1)[-1]
+        if link_name(r["link_mb_s"]) in MAP_LINKS and label.count("/") <= 2:
+            keep.append(i)
+    return keep
+
+
+def realistic_map(real: pd.DataFrame) -> pd.DataFrame:
+    """guest x (aging regime, link): ha-promote's net saving per whole migration, ms, with
+    '*' where the case matters — the cases whose window is one whole migration."""
+    d = real.loc[on_map(real)] if len(real) else real
+    if not len(d):
+        return pd.DataFrame()
+    cells: dict[str, dict[str, str]] = {}
+    cols: list[str] = []
+    for _i, r in d.iterrows():
+        guest, aging = map_key(r)
+        col = f"{aging}:{link_name(r['link_mb_s'])}"
+        if col not in cols:
+            cols.append(col)
+        mark = "*" if r["matters"] else ""
+        cells.setdefault(guest, {})[col] = f"{r['net_ms_per_migration']:+.2g}{mark}"
+    cols.sort(key=lambda c: (AGING_ORDER.get(c.split(":")[0], 9), c))
+    return pd.DataFrame([{"guest": g, **{c: row.get(c, "") for c in cols}}
+                         for g, row in cells.items()])
+
+
+AGING_ORDER = {"none": 0, "damon": 1, "mglru": 2}
+MAP_LINKS = ("10G", "25G")
+
+
+def answer_line(real: pd.DataFrame) -> str:
+    """The first line of verdict.txt: the answer, as a kernel developer reads it."""
+    yes = real[real["matters"]]
+    n = len(real)
+    if len(yes):
+        b = yes.sort_values("net_us", ascending=False).iloc[0]
+        return (f"Yes: ha-promote pays in {len(yes)} of {n} realistic cases; best "
+                f"{_map_case(b)}: {b['net_us'] / 1000:+.3g} ms per migration "
+                f"({100 * b['vcpu_share']:.2g}% of vCPU time), q {_fmt_p(b['q_measured'])} "
+                f"> q* {_fmt_p(b['q_break_even'])}.")
+    has_q = real[real["q_measured"].notna() & real["q_break_even"].notna()]
+    close = ""
+    if len(has_q):
+        c = has_q.assign(gap=has_q["q_break_even"] - has_q["q_measured"]).sort_values(
+            "gap").iloc[0]
+        close = (f"; closest {_map_case(c)}: q {_fmt_p(c['q_measured'])} vs q* "
+                 f"{_fmt_p(c['q_break_even'])}, {c['net_us'] / 1000:+.3g} ms")
+    return (f"No: ha-promote pays in none of {n} realistic cases (whole migrations)"
+            f"{close}.")
 
 
 def _real_case(r) -> str:
@@ -467,9 +609,18 @@ def text(df, v, sens, cm, real_sens=None) -> str:
         best.append(report.wrap(f"{i}. {_short_case(r)}"))
         best.append(f"   saved {int(r['exits_saved'])}, fdirty {int(r['false_dirty_extra'])}, "
                     f"net_us {r['net_us']:.1f}, matters {'yes' if r['matters'] else 'no'}")
-    head = [report.wrap(answer(real, "realistic")), "",
-            "Realistic cases (calibrated host behaviour, warm guests):",
-            report.text_table(realistic_text(real)), ""] if len(real) else []
+    rmap = realistic_map(real) if len(real) else pd.DataFrame()
+    head = [report.wrap(answer_line(real))] if len(real) else []
+    if len(rmap):
+        head += ["ms per whole migration ha-promote saves over fix (*: matters):",
+                 report.text_table(rmap)]
+    off = real[~real.index.isin(on_map(real))] if len(rmap) else real
+    if len(off):
+        head += ["", "Realistic cases off the map (every case: report.md):" if len(rmap)
+                 else "Realistic cases (calibrated host behaviour, warm guests):",
+                 report.text_table(realistic_text(off))]
+    if len(real):
+        head += [""]
     if len(real) and real_sens is not None and len(real_sens):
         f = flips(real_sens)
         head += [report.wrap("Sensitivity: " + (

@@ -59,8 +59,8 @@ FALSE_POSITIVE = {
     # dirty_false_positive x resend_us): 4096 B over the link + the per-page overhead
     "precopy": "resend",
     # a needless uffd-wp WRITE fault: the handler's round trip and the page copy
-    # (uffd_events x round trip + uffd_wp_false_write x snapshot_copy_us)
-    "snapshot": "uffd_wp",
+    # (uffd_events x round trip; the page is copied once per snapshot whoever resolves it)
+    "snapshot": "uffd_wp", "bg_snapshot": "uffd_wp",
     # the page is missing either way and arrives by the same UFFDIO_COPY/CONTINUE; the W flag
     # costs nothing more in the cost model
     "postcopy": "free",
@@ -81,20 +81,30 @@ FALSE_POSITIVE = {
 }
 
 
-def t_false_us(host: str, cm: CostModel | None = None) -> float:
+def t_false_us(host: str, cm: CostModel | None = None, link_mb_s: float | None = None
+               ) -> float:
     """The cost of one false positive of ha-promote under `host`, in us (inf: breaks the
-    guest).  Pre-copy: 4096*8/link bits per us + the per-page overhead (4.3 us at 10 Gbit/s,
-    31.5 us at QEMU's 128 MiB/s); snapshot: a uffd-wp round trip + one page copy."""
+    guest).  Pre-copy: a 4 KiB page re-sent over the case's own link (`link_mb_s`; None:
+    the cost model's default link) + the per-page overhead (cost.CostModel.resend_us_at:
+    31.5 us at QEMU's 128 MiB/s, 4.3 us at 10 Gbit/s, 2.3 us at 25 Gbit/s); snapshot: a
+    uffd-wp round trip + one page copy."""
     cm = cm or CostModel()
     if "+" in host:                 # chained scenarios: the dearest false positive counts
-        return max(t_false_us(h, cm) for h in host.split("+"))
+        return max(t_false_us(h, cm, link_mb_s) for h in host.split("+"))
     kind = FALSE_POSITIVE.get(host)
     if kind is None:
         raise ValueError(f"t_false_us: unknown host scenario {host!r} (known: "
                          f"{', '.join(FALSE_POSITIVE)})")
-    return {"resend": cm.resend_us,
-            "uffd_wp": cm.uffd_rt_us(host) + cm.snapshot_copy_us,
+    return {"resend": cm.resend_us_at(link_mb_s),
+            "uffd_wp": cm.uffd_rt_us(host),
             "free": 0.0, "broken": math.inf}[kind]
+
+
+def q_break_even(host: str, cm: CostModel | None = None, link_mb_s: float | None = None
+                 ) -> float:
+    """q* of a case: t_false / (t_exit + t_false), t_false at the case's own link."""
+    cm = cm or CostModel()
+    return p_break_even(cm.exit_us, t_false_us(host, cm, link_mb_s))
 
 
 @dataclass(frozen=True)
@@ -179,38 +189,59 @@ def envelope(p: float, t_exit_us: float, t_false_us: float, guest_seconds: float
     return envelope_detail(p, t_exit_us, t_false_us, guest_seconds, **kw).as_tuple()
 
 
-def measured_p(fix: dict) -> float | None:
-    """p as a run measures it: of fix's S1PTW translation faults, the share followed by a
-    second fault on the same page-table page (docs/semantics.md §5 double_faults); None when
-    no page-table page was found unmapped."""
+def p_same_access(fix: dict) -> float | None:
+    """The part of q a window of one access sees: of fix's S1PTW translation faults, the
+    share followed by a second fault on the same page-table page within the same access
+    (docs/semantics.md §5 double_faults); None when no page-table page was found unmapped.
+    A detail: the measure is q (measured_q)."""
     n = fix["s2_s1ptw_translation"]
     return fix["double_faults"] / n if n else None
 
 
+def measured_q(fix: dict) -> float | None:
+    """q as a run measures it, over its complete dirty rounds: of the (page-table page,
+    round) pairs in which the page took an S1PTW translation fault under fix (each page once
+    per round), the share in which the guest wrote the page after that fault and before the
+    round's harvest (model/results.py dirty_metrics).  Under fix such a page stays read-only for the rest of
+    the round, so any write to it in the round costs the exit ha-promote avoids; an unwritten
+    one is ha-promote's false positive at the harvest.  Pairs written in the round only
+    before the fault are neither (fix's page was writable then; ha-promote's mark is true)
+    and are left out.  None: no pair where the policies differ."""
+    n = (fix.get("s1ptw_tf_round_pages") or 0) - (fix.get("s1ptw_tf_round_neutral") or 0)
+    return fix["s1ptw_tf_round_written"] / n if n > 0 else None
+
+
 def case_envelope(fix: dict, host: str, cm: CostModel, guest_seconds: float) -> Envelope:
-    """The envelope of one case from fix's metrics row: p measured, t_exit = cm.exit_us,
-    t_false from the host, U0 and F0 = fix's run time and stage-2 faults less those of the
-    measured events (N_run translation faults, N_run * p second faults)."""
-    p = measured_p(fix)
-    if p is None:
-        p = 0.0
-    n_run = fix["s2_s1ptw_translation"]
-    faults = n_run * (1 + p)
+    """The envelope of one case from fix's metrics row, solved on q: the events are the
+    (page-table page, round) pairs with an S1PTW translation fault, a share q of them later
+    written (one more exit under fix each); t_exit = cm.exit_us, t_false at the case's own
+    link; U0 and F0 = fix's run time (all vCPUs) and stage-2 faults less those of the
+    measured events (N translation faults, N * q later faults)."""
+    q = measured_q(fix)
+    if q is None:
+        q = 0.0
+    n_run = (fix.get("s1ptw_tf_round_pages") or 0) - (fix.get("s1ptw_tf_round_neutral") or 0)
+    faults = n_run * (1 + q)
     u0 = max(0.0, run_time_us(fix, host, cm) - faults * cm.exit_us)
-    return envelope_detail(p, cm.exit_us, t_false_us(host, cm), guest_seconds, run_us=u0,
+    return envelope_detail(q, cm.exit_us, t_false_us(host, cm, fix.get("link_mb_s")),
+                           guest_seconds, run_us=u0,
                            fix_faults=max(0.0, fix["s2_faults"] - faults))
 
 
-def host_unmap_rates_pages_s() -> dict[str, float]:
+def host_unmap_rates_pages_s(ram_mb: float | None = None) -> dict[str, float]:
     """Upper bounds of the rate (4 KiB pages/s of guest memory) at which default host
     activity can unmap stage 2, from the calibration table: each scans this many pages, and
     only what it changes is unmapped.  Multiply by a workload's page-table share to compare
-    with an envelope."""
+    with an envelope.  NUMA balancing's period is the kernel's for a VM of `ram_mb` (default:
+    the calibration's numa_vm_ram_mb): task_scan_min / task_scan_max, kernel/sched/fair.c."""
+    from workloads.host_timed import numa_scan_period_ms
     mib_pages = 2 ** 20 / PAGE_BYTES
-    numa = value("numa_scan_size_mib") * mib_pages
+    size = value("numa_scan_size_mib")
+    numa = size * mib_pages
+    ram = value("numa_vm_ram_mb") if ram_mb is None else ram_mb
     return {
-        "numa_balancing_fastest": numa / (value("numa_scan_period_min_ms") / 1e3),
-        "numa_balancing_slowest": numa / (value("numa_scan_period_max_ms") / 1e3),
+        "numa_balancing_fastest": numa / (numa_scan_period_ms(ram, int(size), "fast") / 1e3),
+        "numa_balancing_slowest": numa / (numa_scan_period_ms(ram, int(size), "slow") / 1e3),
         "khugepaged": value("khugepaged_pages_to_scan_pages")
         / (value("khugepaged_scan_sleep_ms") / 1e3),
         "ksm": value("ksm_pages_to_scan_pages") / (value("ksm_sleep_ms") / 1e3),

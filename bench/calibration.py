@@ -138,9 +138,16 @@ TABLE: tuple[Constant, ...] = (
     _c("numa_scan_size_mib", 256.0, "MiB", "Linux kernel/sched/fair.c: "
        "sysctl_numa_balancing_scan_size (task_numa_work shifts it by 20 - PAGE_SHIFT)", "high"),
     _c("numa_scan_period_min_ms", 1000.0, "ms", "Linux kernel/sched/fair.c: "
-       "sysctl_numa_balancing_scan_period_min", "high"),
+       "sysctl_numa_balancing_scan_period_min (divided by the RSS's scan windows: "
+       "task_scan_min)", "high"),
     _c("numa_scan_period_max_ms", 60000.0, "ms", "Linux kernel/sched/fair.c: "
-       "sysctl_numa_balancing_scan_period_max", "high"),
+       "sysctl_numa_balancing_scan_period_max (divided by the RSS's scan windows: "
+       "task_scan_max)", "high"),
+    _c("numa_max_scan_window_mb", 2560.0, "MB", "Linux kernel/sched/fair.c: MAX_SCAN_WINDOW "
+       "(task_scan_min's floor: never more than 2560 MB scanned per second)", "high"),
+    _c("numa_vm_ram_mb", 4096.0, "MB", "ASSUMPTION: the VM whose RSS scales the NUMA scan "
+       "period (task_nr_scan_windows): the realistic cases' 4 GiB guest", "assumption",
+       1024.0, 65536.0),
     _c("numa_scan_delay_ms", 1000.0, "ms", "Linux kernel/sched/fair.c: "
        "sysctl_numa_balancing_scan_delay (first scan)", "high"),
     _c("khugepaged_pages_to_scan_pages", 4096.0, "pages", "Linux mm/khugepaged.c: "
@@ -203,7 +210,6 @@ COST_DEFAULTS = {
     "uffd_postcopy_us": "postcopy_fault_avg_us",
     "link_gbit_s": "migration_link_gbit_s",
     "resend_overhead_us": "migration_page_overhead_us",
-    "snapshot_copy_us": "snapshot_page_copy_us",
     "guest_access_ns": "guest_access_ns",
 }
 

@@ -31,12 +31,30 @@ def registry():
     return reg
 
 
+# --until: the host scenario whose whole run the window covers, its window bound
+# (workloads/host_timed.py) and the meta key of the time the run completes
+UNTIL = {"migrated": ("migration", "migration_bound_s", "switchover_s",
+                      "the migration did not converge within {s:.3g} s of guest time (three "
+                      "first passes): the guest dirties memory faster than the link sends it"),
+         "snapshotted": ("bg_snapshot", "snapshot_bound_s", "snapshot_done_s",
+                         "the snapshot did not complete within {s:.3g} s of guest time")}
+
+
 def build(workload: str, knobs: dict | None = None, host: str = "none",
-          host_knobs: dict | None = None, seed: int = 0, seconds: float | None = None) -> Workload:
+          host_knobs: dict | None = None, seed: int = 0, seconds: float | None = None,
+          until: str | None = None) -> Workload:
     """One workload under one host scenario.  Raises WorkloadError on bad names/knobs.
+    `until = "migrated"`: the window is one whole pre-copy migration (it ends at the
+    switch-over, whose last sync ends every dirty round) instead of `seconds`;
+    "snapshotted": one whole background snapshot (it ends when the last page is saved).
     `meta["build_seconds"]`: the time spent generating, importing or parsing it."""
     t0 = time.perf_counter()
-    w = _build(workload, knobs, host, host_knobs, seed, seconds)
+    if until is not None:
+        if until not in UNTIL:
+            raise WorkloadError(f"--until: {until!r} is not one of {', '.join(UNTIL)}")
+        if seconds is not None:
+            raise WorkloadError("--until and --seconds: give one of them, not both")
+    w = _build(workload, knobs, host, host_knobs, seed, seconds, until)
     w.meta["build_seconds"] = time.perf_counter() - t0
     return w
 
@@ -54,8 +72,8 @@ def micro_path(name: str) -> Path:
                         f"{', '.join(p.stem for p in scenario_files())}; or micro:PATH)")
 
 
-def _build(workload, knobs, host, host_knobs, seed, seconds=None) -> Workload:
-    if workload.startswith("micro:") and seconds is not None:
+def _build(workload, knobs, host, host_knobs, seed, seconds=None, until=None) -> Workload:
+    if workload.startswith("micro:") and (seconds is not None or until is not None):
         raise WorkloadError(f"{workload}: micro-scenarios are steps, not guest time; "
                             f"--seconds does not apply")
     if workload.startswith("micro:"):
@@ -79,9 +97,37 @@ def _build(workload, knobs, host, host_knobs, seed, seconds=None) -> Workload:
         if h not in hosts or not isinstance(v, dict):
             raise WorkloadError(f"host knobs {h!r}: with chained hosts ({host}) each host's "
                                 f"knobs go under its name")
+    if until is not None:
+        seconds = _until_window(until, hosts, per, workload)
     w = reg.build(workload, seed=seed, host_name=hosts[0] if hosts else None,
                   host_knobs=per(hosts[0]) if hosts else {}, seconds=seconds,
                   **(knobs or {}))
     for h in hosts[1:]:
         w = reg.apply_host(w, h, **per(h))
+    return _cut_at_end(w, until) if until is not None else w
+
+
+def _until_window(until: str, hosts: list[str], per, workload: str):
+    """The window `--until` builds first: long enough for the host's whole run (its bound,
+    workloads/host_timed.py), cut where the run completes later."""
+    import workloads.host_timed as timed
+    host, bound, _key, _why = UNTIL[until]
+    if host not in hosts:
+        raise WorkloadError(f"{workload}: --until {until} needs the {host} host scenario "
+                            f"(e.g. --host {host}+numa)")
+    knobs = registry().host_entry(host).resolve(per(host))
+    return lambda wl: getattr(timed, bound)(wl, **knobs)
+
+
+def _cut_at_end(w: Workload, until: str) -> Workload:
+    """`w` up to the moment its host's run completes (the events at that position, e.g. a
+    migration's final sync, included)."""
+    from workloads.clock import access_time, cut
+    host, _bound, key, why = UNTIL[until]
+    run = next(h for h in w.meta["host"] if h["scenario"] == host)
+    if run.get(key) is None:
+        raise WorkloadError(f"{w.name}: " + why.format(s=w.meta.get("seconds", 0)))
+    n = round(run[key] * 1e9 / access_time(w).ns)
+    w = cut(w, n, run[key])
+    w.meta["until"] = until
     return w

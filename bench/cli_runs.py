@@ -15,6 +15,19 @@ class RunInputError(ValueError):
     """Bad parameters: one line, exit 2, nothing written."""
 
 
+def q_line(row: dict) -> str:
+    """The case's q against its break-even (bench/breakeven.py), in words."""
+    q, qs = row.get("q_measured"), row.get("q_break_even")
+    if q is None:
+        return ("q: no page-table page took an S1PTW translation fault in a complete dirty "
+                "round (nothing to measure)")
+    side = "above" if qs is not None and q > qs else "at or below"
+    return (f"q = {q:.3g} over {row['dirty_rounds']} complete dirty rounds ("
+            f"{row['s1ptw_tf_round_written']} of {row['s1ptw_tf_round_pages']} walk-faulted "
+            f"page-table pages written before their harvest), {side} the break-even "
+            f"q* = {qs:.3g}" if qs is not None else f"q = {q:.3g} (no break-even)")
+
+
 def _kv(items, what) -> dict:
     out = {}
     for it in items or ():
@@ -60,7 +73,7 @@ def cmd_run(args) -> int:
     from .catalog import build
     from .runner import (COLUMNS, TIMING_COLUMNS, csv_text, environment, meta_json,
                          run_workload, write_dir_atomic)
-    from .variants import VARIANTS
+    from .variants import VARIANTS, VariantError, contradiction
     from .verdict import answer, verdict_table
     from .cost import CostModel
     if args.variant not in VARIANTS:
@@ -74,20 +87,30 @@ def cmd_run(args) -> int:
         raise RunInputError(f"--repeat: {args.repeat} is not >= 1")
     if not args.no_save:
         _out_root(args.out)
+    knobs = _kv(args.knob, "--knob")
+    why = contradiction(args.variant, knobs.get("cpu"))
+    if why:
+        raise RunInputError(why)
     try:
-        w = build(args.workload, _kv(args.knob, "--knob"), args.host,
-                  _host_kv(args.host_knob, args.host), args.seed, args.seconds)
+        w = build(args.workload, knobs, args.host,
+                  _host_kv(args.host_knob, args.host), args.seed, args.seconds, args.until)
     except (WorkloadError, ImportError) as e:
         raise RunInputError(str(e)) from None
-    run = run_workload(w, host=args.host, variant=args.variant, seed=args.seed,
-                       engine=args.engine, repeat=args.repeat, warmup=args.warmup)
+    if w.meta.get("aging_warning"):
+        print(f"ptwbench run: warning: {w.meta['aging_warning']}", file=sys.stderr)
+    try:
+        run = run_workload(w, host=args.host, variant=args.variant, seed=args.seed,
+                           engine=args.engine, repeat=args.repeat, warmup=args.warmup)
+    except VariantError as e:
+        raise RunInputError(str(e)) from None
     run.meta["environment"] = environment()
     df = pd.DataFrame(run.rows, columns=list(COLUMNS))
     v = verdict_table(df, CostModel())
     show = df[["policy", "s2_faults", "double_faults", "uffd_events", "uffd_false_write",
                "dirty_marked_pt", "dirty_false_positive", "guest_aborts"]]
     md = "\n".join([f"# {w.name} / {args.host} / {args.variant} (seed {args.seed})", "",
-                    report.md_table(show), "", f"**{answer(v)}**" if len(v) else "", ""])
+                    report.md_table(show), "", f"**{answer(v)}**" if len(v) else "", "",
+                    q_line(run.rows[0]), ""])
     if args.format == "text":
         short = show.rename(columns={"s2_faults": "exits", "double_faults": "double",
                                      "uffd_events": "uffd", "uffd_false_write": "uffd_fw",
@@ -95,7 +118,8 @@ def cmd_run(args) -> int:
                                      "dirty_false_positive": "false_dirty",
                                      "guest_aborts": "aborts"})
         sys.stdout.write(report.text_table(short) + "\n" + (report.wrap(answer(v)) + "\n"
-                                                            if len(v) else ""))
+                                                            if len(v) else "")
+                         + report.wrap(q_line(run.rows[0])) + "\n")
     elif args.format == "csv":
         sys.stdout.write(csv_text(run.rows, COLUMNS))
     else:
@@ -177,6 +201,11 @@ def register(sub) -> None:
                    help="simulate S seconds of guest time: the workload's accesses repeated "
                         "or cut to S / access_ns (workloads/clock.py); default: the trace as "
                         "generated")
+    r.add_argument("--until", choices=("migrated", "snapshotted"), default=None,
+                   help="instead of --seconds: a window of one whole pre-copy migration "
+                        "(host migration, chained or not), ending at its switch-over, whose "
+                        "last sync ends every dirty round; or of one whole background "
+                        "snapshot (host bg_snapshot), ending when its last page is saved")
     r.add_argument("--seed", type=int, default=1,
                    help="seed of the generator and host scenario, >= 0 (default 1): the same "
                    "seed gives a byte-identical metrics.csv")

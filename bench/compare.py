@@ -57,7 +57,8 @@ def compare(a: Path, b: Path, threshold: float = 0.10, throughput: bool = True
     metrics = [m for m in METRIC_COLUMNS if f"{m}_a" in both and f"{m}_b" in both]
     changes = []
     for m in metrics:
-        d = both[both[f"{m}_a"] != both[f"{m}_b"]]
+        a_, b_ = both[f"{m}_a"], both[f"{m}_b"]
+        d = both[(a_ != b_) & ~(a_.isna() & b_.isna())]      # two empty cells are equal
         for r in d.to_dict("records"):
             changes.append({**{k: r[k] for k in keys}, "metric": m, "a": r[f"{m}_a"],
                             "b": r[f"{m}_b"], "delta": r[f"{m}_b"] - r[f"{m}_a"]})

@@ -7,9 +7,12 @@ sensitivity and the break-even point, so no conclusion rests on one guess.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 
 from .calibration import COST_DEFAULTS, constant, value
+
+PAGE_BYTES = 4096          # a re-sent page (4 KiB granule)
 
 
 @dataclass(frozen=True)
@@ -31,16 +34,27 @@ class CostModel:
     # (rows migration_link_gbit_s, migration_page_overhead_us): 4.3 us per page.
     link_gbit_s: float = value(COST_DEFAULTS["link_gbit_s"])
     resend_overhead_us: float = value(COST_DEFAULTS["resend_overhead_us"])
-    # Copying one 4 KiB page in a uffd-wp snapshot handler before unprotecting it.
-    # ASSUMPTION: 1 us (memcpy at ~4 GB/s; row snapshot_page_copy_us).
-    snapshot_copy_us: float = value(COST_DEFAULTS["snapshot_copy_us"])
+    # (No copy cost: a background snapshot copies every page of guest memory once, whichever
+    # policy resolved its uffd-wp fault first — the copies cancel in every comparison.  A
+    # false WRITE event costs its round trip, counted in uffd_events.)
     # Guest time one traced memory access stands for (the work around it included), to put
     # a saving in proportion to the run.  ASSUMPTION: 10 ns (row guest_access_ns).
     guest_access_ns: float = value(COST_DEFAULTS["guest_access_ns"])
 
     @property
     def resend_us(self) -> float:
-        return 4096 * 8 / (self.link_gbit_s * 1e3) + self.resend_overhead_us
+        """Re-sending one page over the default link (cases that name no link of their own)."""
+        return self.resend_us_at(self.link_gbit_s * 1e3 / 8)
+
+    def resend_us_at(self, link_mb_s: float | None) -> float:
+        """Re-sending one falsely dirty 4 KiB page over a `link_mb_s` MB/s migration link
+        (1 MB/s = 1 byte/us): 4096 / link_mb_s + the per-page overhead.  The case's own link
+        when it has one (a migration's bandwidth: 31.5 us at QEMU's 128 MiB/s, 4.3 us at
+        10 Gbit/s, 2.3 us at 25 Gbit/s with the default 1 us overhead); None or 0: the
+        default link."""
+        if not (link_mb_s and math.isfinite(link_mb_s) and link_mb_s > 0):
+            link_mb_s = self.link_gbit_s * 1e3 / 8
+        return PAGE_BYTES / link_mb_s + self.resend_overhead_us
 
     def uffd_rt_us(self, host: str) -> float:
         return self.uffd_postcopy_us if host.startswith("postcopy") else self.uffd_local_us
@@ -62,19 +76,28 @@ def param_range(name: str) -> tuple[float, float]:
 
 
 def overhead_us(m: dict, host: str, cm: CostModel) -> float:
-    """Modelled host overhead of one policy's run: exits, uffd round trips, false-dirty
-    re-sends (pre-copy) and needless snapshot copies (false WRITE events under uffd-wp)."""
+    """Modelled host overhead of one policy's run: exits, uffd round trips (a false uffd-wp
+    WRITE event of a snapshot is one more round trip; the page is copied once per snapshot
+    either way) and false-dirty re-sends (pre-copy, at the case's link)."""
     t = m["s2_faults"] * cm.exit_us + m["uffd_events"] * cm.uffd_rt_us(host)
-    t += m["dirty_false_positive"] * cm.resend_us
-    t += m.get("uffd_wp_false_write", 0) * cm.snapshot_copy_us
+    t += m["dirty_false_positive"] * cm.resend_us_at(m.get("link_mb_s"))
     return t
 
 
-def run_time_us(m: dict, host: str, cm: CostModel) -> float:
-    """Modelled run time of one policy's run: the guest's own work plus the host overhead."""
-    # the guest's time on the modelled clock (workloads/clock.py) when the row has it
+def vcpu_time_us(m: dict, cm: CostModel) -> float:
+    """The guest's own work in vCPU time: guest seconds on the modelled clock times its
+    vCPUs (every vCPU runs the whole window); without a clock, the accesses of all vCPUs
+    times the time per access."""
     gs = m.get("guest_seconds")
-    guest_us = gs * 1e6 if gs else m["accesses"] * cm.guest_access_ns / 1000
+    if gs:
+        return gs * 1e6 * max(1, int(m.get("vcpus") or 1))
+    return m["accesses"] * cm.guest_access_ns / 1000
+
+
+def run_time_us(m: dict, host: str, cm: CostModel) -> float:
+    """Modelled run time of one policy's run, over all its vCPUs: the guest's own work plus
+    the host overhead."""
+    guest_us = vcpu_time_us(m, cm)
     return guest_us + overhead_us(m, host, cm)
 
 

@@ -29,7 +29,7 @@ from workloads.base import Workload
 from workloads.clock import access_time
 
 from .cost import CostModel, overhead_us
-from .variants import apply_variant
+from .variants import variant_workload
 
 KEY_COLUMNS = ("workload", "host", "variant", "seed", "policy")
 METRIC_COLUMNS = (
@@ -41,9 +41,18 @@ METRIC_COLUMNS = (
     "uffd_wp_read", "uffd_wp_write", "uffd_wp_false_write",
     "dirty_marked_pt", "dirty_marked_data", "dirty_true", "dirty_false_positive",
     "dirty_false_positive_pt", "dirty_false_negative",
+    # rounds (docs/time-and-hosts.md): judged at the harvest that ends each round; the
+    # rounds still open at the end apart (pending, never false)
+    "dirty_rounds", "dirty_rounds_open", "dirty_pending_marked", "dirty_pending_unwritten",
+    "s1ptw_tf_round_pages", "s1ptw_tf_round_written", "s1ptw_tf_round_neutral",
+    "s1ptw_tf_pending",
     "guest_aborts", "mmio_exits", "vcpu_run_failures", "efaults", "stage1_faults",
-    "pml_full_exits", "dirty_rounds", "host_unmapped_pages",
-    "pt_pages", "data_pages",
+    "pml_full_exits", "host_unmapped_pages",
+    "pt_pages", "data_pages", "vcpus",
+    # the case's migration link (MB/s; 0: none) and whole migration or background snapshot
+    # in the window (s; 0: none completed), and the case's q against its break-even (bench/breakeven.py;
+    # empty: no page-table page took an S1PTW translation fault in a complete round)
+    "link_mb_s", "migration_seconds", "q_measured", "q_break_even",
     # the modelled clock (workloads/clock.py): guest time, the host time this policy adds
     # (bench/cost.py), and per-second rates over guest time
     "guest_gib", "guest_seconds", "host_seconds", "s2_faults_per_s", "double_faults_per_s",
@@ -79,6 +88,34 @@ def guest_footprint(w: Workload) -> tuple[int, int]:
     return build_tables(scn).tables_used * per, sum(m.pages for m in scn.mappings) * per
 
 
+def case_facts(w: Workload) -> dict:
+    """What the cost model needs to know of the case besides the counts: its vCPUs (the
+    trace's highest vCPU id + 1), its migration link in MB/s (0: no migration) and the
+    duration of the whole migration — or background snapshot — completed in the window
+    (0: none)."""
+    hosts = {h.get("scenario"): h for h in w.meta.get("host", [])}
+    mig, snap = hosts.get("migration", {}), hosts.get("bg_snapshot", {})
+    whole = mig.get("migration_s") or snap.get("snapshot_s") or 0.0
+    return {"vcpus": int(w.trace.vcpu.max()) + 1 if len(w.trace) else 1,
+            "link_mb_s": float(mig.get("link_mb_s") or 0.0),
+            "migration_seconds": round(float(whole), 9)}
+
+
+def q_of_case(fix: dict | None, host: str, cm: CostModel) -> dict:
+    """q measured over the complete rounds of fix's run and its break-even q* at the case's
+    own link (bench/breakeven.py); None where there is nothing to measure."""
+    from .breakeven import measured_q, q_break_even
+    if fix is None:
+        return {"q_measured": None, "q_break_even": None}
+    q = measured_q(fix)
+    try:
+        qs = q_break_even(host, cm, fix.get("link_mb_s"))
+    except ValueError:                              # a host the break-even does not know
+        qs = None
+    return {"q_measured": None if q is None else round(q, 9),
+            "q_break_even": None if qs is None else round(qs, 9)}
+
+
 def _import_engines() -> tuple[float, Callable, Callable]:
     t0 = time.perf_counter()
     from model.engine import run_trace
@@ -92,7 +129,8 @@ def run_workload(w: Workload, *, host: str = "none", variant: str = "default", s
     """All policies on one workload: metrics from the first run, timings over `repeat` timed
     runs after `warmup` untimed ones (every run gives the same metrics: checked)."""
     import_s, run_trace, run_reference_trace = _import_engines()
-    scn = apply_variant(w.scenario, variant)
+    w = variant_workload(w, variant)
+    scn = w.scenario
     runner = run_trace if engine == "numpy" else run_reference_trace
     pt_pages, data_pages = guest_footprint(w)
     for _ in range(warmup):
@@ -121,8 +159,11 @@ def run_workload(w: Workload, *, host: str = "none", variant: str = "default", s
     guest_gib = round(sum(s.pages for s in scn.memslots) * 4096 / (1 << 30), 6)
     gs = len(w.trace) * clock.ns * 1e-9
     cm = CostModel()
+    case = case_facts(w)
+    metrics = {p: {**r.metrics(oracle), **case} for p, r in results.items()}
+    case.update(q_of_case(metrics.get("fix"), host, cm))
     for p, r in results.items():
-        m = r.metrics(oracle)
+        m = {**metrics[p], **case}
         m.setdefault("uffd_extra", 0)
         m.update(pt_pages=pt_pages, data_pages=data_pages, guest_gib=guest_gib,
                  guest_seconds=round(gs, 9),

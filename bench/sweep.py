@@ -85,6 +85,7 @@ GRID_KEYS = {"workloads", "hosts", "variants", "seeds", "engine", "knobs", "host
 from .spec_checks import (SpecError, check_engine, check_host, check_host_knobs, check_knobs,
                           check_seeds, check_str_list, check_variant, check_workload,
                           type_name)
+from .variants import contradiction
 
 SweepError = SpecError          # one error class for every spec format
 
@@ -196,6 +197,11 @@ def load_sweep(text: str, source: str) -> dict:
                 for x in vals:
                     check_knobs(w, {k: x}, f"{kat}.{k}")
             knobs[w] = [check_knobs(w, c, kat) for c in _combos(axes)]
+            for v in variants:                # a variant the guest profile contradicts
+                why = next(filter(None, (contradiction(v, c.get("cpu")) for c in knobs[w])),
+                           None)
+                if why:
+                    raise SweepError(f"{kat}: {why}")
         hk_raw = g.get("host_knobs", {})
         if not isinstance(hk_raw, dict):
             raise SweepError(f"{at}.host_knobs: expected a table of [grid.host_knobs.HOST] "

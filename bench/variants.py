@@ -49,3 +49,50 @@ def apply_variant(scn: Scenario, name: str) -> Scenario:
     if name not in VARIANTS:
         raise KeyError(name)
     return VARIANTS[name][1](scn)
+
+
+class VariantError(ValueError):
+    """A variant that contradicts the guest profile it would run with; one line."""
+
+
+# CPU profiles (workloads/linux.py CPUS) a variant contradicts, and why: a variant that
+# would take a feature away that the CPU needs, or add one the guest could not have used
+_NO_HA = "the guest runs with TCR_EL1.HA clear: the walker writes nothing back"
+CONTRADICTS = {
+    "haft": {c: f"cpu={c} has no FEAT_HAFT (--variant haft runs the haft CPU profile)"
+             for c in ("cortex-a72", "cortex-a55", "cortex-a510", "ampere1")},
+    "af-only": {"haft": "FEAT_HAFT implies HAFDBS = 3, not 1",
+                "cortex-a72": "cpu=cortex-a72 has no FEAT_HAFDBS: its guest set no HA"},
+    "no-hafdbs": {"haft": "FEAT_HAFT implies FEAT_HAFDBS"},
+    "hw-always": {"cortex-a72": _NO_HA, "ampere1": _NO_HA},
+}
+
+
+def contradiction(variant: str, cpu: str | None) -> str | None:
+    """Why `variant` cannot run with the guest profile's `cpu` (None: fine)."""
+    why = CONTRADICTS.get(variant, {}).get(cpu or "")
+    return f"--variant {variant} contradicts cpu={cpu}: {why}" if why else None
+
+
+def variant_workload(w, name: str):
+    """`w` as variant `name` runs it: the machine (apply_variant) and, for `haft`, the
+    guest profile's part too.  The haft CPU profile differs from the default only in
+    TCR2_EL1.HAFT and in aging's non-leaf pass (workloads/linux.py _age: nonleaf =
+    age_nonleaf and HAFT), so the guest_age steps take nonleaf = age_nonleaf: the same
+    workload as building it with cpu = haft (tests/test_variants.py).  Raises VariantError
+    when the variant contradicts the profile."""
+    from dataclasses import replace as rep
+
+    from workloads.base import Workload
+    prof = w.meta.get("profile") or {}
+    why = contradiction(name, prof.get("cpu"))
+    if why:
+        raise VariantError(f"{w.name}: {why}")
+    scn = apply_variant(w.scenario, name)
+    trace = w.trace
+    if name == "haft" and prof and prof.get("age_nonleaf", True):
+        tr = w.trace
+        ev = [(p, i, rep(st, nonleaf=True) if st.op == "guest_age" else st)
+              for p, i, st in tr.events]
+        trace = type(tr)(tr.vcpu, tr.va, tr.kind, ev, tr.step_of_access)
+    return Workload(w.name, scn, trace, w.meta)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .cost import PARAMS, CostModel, net_saving_us, overhead_us, run_time_us
+from .cost import PARAMS, CostModel, net_saving_us, overhead_us, run_time_us, vcpu_time_us
 
 # A saving "matters" if it is at least 1 % of the run's modelled time (guest work plus host
 # overhead under fix) and the exits avoided are at least 1 % of fix's stage-2 faults: below
@@ -22,7 +22,8 @@ MATTERS_SHARE = 0.01
 MIN_EXITS_SAVED = 10
 # The rule in words, for every report that states it (beer, run, sweep): one definition.
 MATTERS_RULE = (f"a case matters when ha-promote's net saving over fix (cost model) is > 0 "
-                f"and >= {100 * MATTERS_SHARE:g}% of the run's modelled time, it avoids "
+                f"and >= {100 * MATTERS_SHARE:g}% of the run's modelled time over all its "
+                f"vCPUs, its measured q beats the break-even q*, it avoids "
                 f">= {MIN_EXITS_SAVED} exits and >= {100 * MATTERS_SHARE:g}% of fix's stage-2 "
                 f"faults, and neither policy breaks the guest (injected abort or failed "
                 f"KVM_RUN)")
@@ -33,23 +34,58 @@ def case_name(r) -> str:
 
 
 def _break_even(fix: dict, host: str, cm: CostModel) -> dict:
-    """p measured (fix's S1PTW translation faults followed by a second fault), the break-even
-    p* and the envelope: the rate of page-table pages unmapped and walked at which the
-    saving would matter (bench/breakeven.py)."""
-    from .breakeven import case_envelope, measured_p
+    """q measured over fix's complete dirty rounds, the break-even q* at the case's own link,
+    the same-access detail p, and the envelope solved on q: the rate of page-table pages
+    taking an S1PTW translation fault per round at which the saving would matter
+    (bench/breakeven.py)."""
+    from .breakeven import case_envelope, measured_q, p_same_access
     gs = fix.get("guest_seconds") or 0.0
     if "s2_s1ptw_translation" not in fix:   # a hand-made row without the fault classes
-        return {"p_measured": None, "p_break_even": None, "envelope": None,
-                "envelope_unit": ""}
-    p = measured_p(fix)
+        return {"q_measured": None, "q_break_even": None, "p_same_access": None,
+                "envelope": None, "envelope_unit": ""}
     try:
         env = case_envelope(fix, host, cm, gs) if gs > 0 else None
     except ValueError:                  # a host the break-even does not know
         env = None
     rate, unit = env.as_tuple() if env is not None else (None, "")
-    return {"p_measured": p, "p_break_even": env.p_star if env is not None else None,
+    return {"q_measured": measured_q(fix),
+            "q_break_even": env.p_star if env is not None else None,
+            "p_same_access": p_same_access(fix),
             "envelope": rate if rate is None or rate != float("inf") else None,
             "envelope_unit": unit}
+
+
+def _numa_pt_rate(fix: dict) -> float | None:
+    """The most page-table pages per second NUMA balancing can unmap in this case's VM: its
+    fastest scan (task_scan_min for the VM's RSS, bench/breakeven.host_unmap_rates_pages_s)
+    times the share of the VM's pages that hold page tables — the host-side limit to set
+    against the envelope."""
+    from .breakeven import host_unmap_rates_pages_s
+    gib = fix.get("guest_gib")
+    if not gib or pd.isna(gib) or "pt_pages" not in fix:
+        return None
+    vm_pages = gib * 2 ** 18
+    fast = host_unmap_rates_pages_s(gib * 2 ** 30 / 1e6)["numa_balancing_fastest"]
+    return fast * min(1.0, fix["pt_pages"] / vm_pages)
+
+
+def _per_migration(fix: dict, net_us: float) -> float | None:
+    """The net saving of one whole migration, ms: the window's when it holds exactly one
+    (ptwbench run --until migrated; the realistic cases); None otherwise."""
+    ms = fix.get("migration_seconds")
+    if not ms or pd.isna(ms):
+        return None
+    return net_us / 1000.0
+
+
+def _matters(r: dict, fix: dict, net: float, matters_share: float) -> bool:
+    """MATTERS_RULE on one case's row; q must beat q* where q is measured (the saving and
+    its false positives are decided per round: a case cannot matter with q <= q*)."""
+    q, qs = r["q_measured"], r["q_break_even"]
+    beats = q is None or qs is None or q > qs
+    return bool(net > 0 and r["run_share"] >= matters_share and beats
+                and r["exits_saved"] >= max(MIN_EXITS_SAVED, matters_share * fix["s2_faults"])
+                and not r["breaks_guest"])
 
 
 def verdict_table(df: pd.DataFrame, cm: CostModel, matters_share: float = MATTERS_SHARE
@@ -67,8 +103,10 @@ def verdict_table(df: pd.DataFrame, cm: CostModel, matters_share: float = MATTER
         exits_saved = fix["s2_faults"] - hap["s2_faults"]
         saved_us = exits_saved * cm.exit_us + (
             fix["uffd_events"] - hap["uffd_events"]) * cm.uffd_rt_us(host)
-        cost_us = (hap["dirty_false_positive"] - fix["dirty_false_positive"]) * cm.resend_us \
-            + (hap["uffd_wp_false_write"] - fix["uffd_wp_false_write"]) * cm.snapshot_copy_us
+        # what its false dirty pages cost (re-sent at the case's link); its false uffd-wp
+        # WRITE events are round trips, already in saved_us (uffd_saved)
+        cost_us = (hap["dirty_false_positive"] - fix["dirty_false_positive"]) \
+            * cm.resend_us_at(fix.get("link_mb_s"))
         non_exit = (o_hap - hap["s2_faults"] * cm.exit_us) - (o_fix - fix["s2_faults"] * cm.exit_us)
         rows.append({
             "case": case_name(fix), "workload": key[0], "host": host, "variant": key[2],
@@ -81,8 +119,12 @@ def verdict_table(df: pd.DataFrame, cm: CostModel, matters_share: float = MATTER
             "saved_us": saved_us, "cost_us": cost_us, "net_us": net,
             "fix_overhead_us": o_fix,
             "net_share": net / o_fix if o_fix else 0.0,
+            # the net saving over the run time of all the guest's vCPUs (bench/cost.py)
             "run_share": net / run_time_us(fix, host, cm) if fix["accesses"] or o_fix
             else 0.0,
+            "rounds_complete": int(fix.get("dirty_rounds", 0) or 0),
+            "link_mb_s": float(fix.get("link_mb_s") or 0.0),
+            "net_ms_per_migration": _per_migration(fix, net),
             # the exit cost at which ha-promote breaks even (None: it never saves an exit)
             "break_even_exit_us": (non_exit / exits_saved) if exits_saved > 0 else None,
             # ha-promote turning a walk into an injected abort or a failed KVM_RUN is no
@@ -94,13 +136,11 @@ def verdict_table(df: pd.DataFrame, cm: CostModel, matters_share: float = MATTER
             # the clock and the measured break-even (bench/breakeven.py)
             "guest_gib": fix.get("guest_gib"), "guest_seconds": fix.get("guest_seconds"),
             **_break_even(fix, host, cm),
+            "numa_fast_pt_pages_s": _numa_pt_rate(fix),
         })
         r = rows[-1]
-        # ... and it must come from avoided exits: at least 1 % of fix's stage-2 faults
-        r["matters"] = bool(net > 0 and r["run_share"] >= matters_share
-                            and exits_saved >= max(MIN_EXITS_SAVED,
-                                                   matters_share * fix["s2_faults"])
-                            and not r["breaks_guest"])
+        r["vcpu_share"] = net / vcpu_time_us(fix, cm) if vcpu_time_us(fix, cm) else 0.0
+        r["matters"] = _matters(r, fix, net, matters_share)
     return pd.DataFrame(rows)
 
 

@@ -59,7 +59,8 @@ HOST_EVENT_OPS = frozenset(HOST_OPS) | {"punch_hole", "enable_dirty_log", "harve
 # before issue 10; kept to measure what the bulk paths save (bench/bench_engine.py) and as a
 # second path the differential tests compare
 BULK_EVENTS = True
-UNION_HOST_OPS = frozenset({"zap", "numa_hint", "swap_out", "uffd_wp", "ksm_merge"})
+UNION_HOST_OPS = frozenset({"zap", "numa_hint", "swap_out", "uffd_wp", "ksm_merge",
+                            "uffd_unprotect"})
 
 
 class Flags:

@@ -408,7 +408,7 @@ def _count_settled(g, wc, i: int, C: int, cut: int, t1: Tier1) -> None:
     for vm in g.vms:
         vm.r.accesses += n_acc
         if wpages is not None:
-            vm.host.written_all[wpages] = True
+            vm.host.mark_written(wpages)
 
 
 def _codes(g, wc, lut, ciU: np.ndarray) -> np.ndarray:
@@ -779,7 +779,7 @@ def _apply_shared(g, wc, a: Accesses, tlb: TlbHistory, hw: HwNeeds, rq: int) -> 
         r.descriptor_reads += n_reads
         r.stage1_faults += n_s1
         if len(wp):
-            vm.host.written_all[wp] = True
+            vm.host.mark_written(wp)
 
 
 # ---- tier 2: per-page faults ------------------------------------------------------------------
@@ -1101,6 +1101,8 @@ class FaultEffects:
     s2new: np.ndarray         # their new stage-2 states
     hnew: np.ndarray          # their new host states
     dirty: np.ndarray         # pages marked dirty (mark_page_dirty_in_slot)
+    s1ptw_tf: np.ndarray      # pages whose dirty round saw an S1PTW translation fault
+    s1ptw_tf_written: np.ndarray  # ... written after it in the chunk (before the cut)
     counts: dict              # stage-2 faults by class
     double: int
     walks: int                # the walks the faults' restarts add
@@ -1126,6 +1128,9 @@ def _apply_faults(g, plan: FaultPlan) -> None:
             host.host.a[Ph] = e.hnew
         if e.dirty.any():
             host.dirty_all[np.compress(e.dirty, P)] = True
+        if e.s1ptw_tf.any():
+            host.s1ptw_tf_all[np.compress(e.s1ptw_tf, P)] = True
+            host.s1ptw_tf_written_all[np.compress(e.s1ptw_tf_written, P)] = True
         c = r.s2_faults
         for name, v in e.counts.items():
             c[name] += v
@@ -1173,12 +1178,18 @@ def _fault_effects(plan: FaultPlan, oc: FaultOutcome) -> FaultEffects:
     s2new = np.compress(changed, np.where(A2, S2_RW, oc.st1)).astype(np.int8)
     hnew = np.compress(changed, np.where(A2, oc.h2, oc.h1))
     dirty = (A1 & writable1 & oc.la) | (A2 & oc.la)
+    s1ptw_tf = A1 & path1 & oc.la             # Host.handle_abort: the round's walk faults
+    # Host.guest_write after the fault: the page was unmapped at the chunk's start, so its
+    # first write need (qW) is its only write in the chunk that can precede the next event,
+    # and it comes at or after the fault (the first need)
+    s1ptw_tf_written = s1ptw_tf & pn.hasW & (qW < cut)
     blocks = []
     if plan.blocks is not None:
         bk = A1 & (plan.blocks.first >= 0)
         blocks = list(zip(plan.blocks.first[bk].tolist(), plan.blocks.ipa[bk].tolist(),
                           oc.st1[bk].tolist()))
-    return FaultEffects(changed, s2new, hnew, dirty, counts, double, walks, reads,
+    return FaultEffects(changed, s2new, hnew, dirty, s1ptw_tf, s1ptw_tf_written, counts,
+                        double, walks, reads,
                         _uffd_events(plan, oc, A1, A2), blocks)
 
 

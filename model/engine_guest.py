@@ -192,7 +192,7 @@ def _written(g: Group, pages: np.ndarray) -> None:
     wpages = np.unique(pages)
     wg = g.base.idx.index_v(wpages)
     for vm in g.vms:
-        vm.host.written_all[wg] = True
+        vm.host.mark_written(wg)
         vm.host.step_written.update(wpages.tolist())
         vm.end_step()
 

@@ -712,17 +712,29 @@ class ArrayHost(Host):
         T = idx.total + 1
         self.dirty_all = np.zeros(T, dtype=bool)
         self.written_all = np.zeros(T, dtype=bool)
+        self.s1ptw_tf_all = np.zeros(T, dtype=bool)
+        self.s1ptw_tf_written_all = np.zeros(T, dtype=bool)
         self.dirty: dict[str, BitSet] = {}
         self.written: dict[str, BitSet] = {}
+        self.s1ptw_tf: dict[str, BitSet] = {}
+        self.s1ptw_tf_written: dict[str, BitSet] = {}
         for s in base.scn.memslots:
             sl = self._sl(s)
             self.dirty[s.name] = BitSet(self.dirty_all[sl])
             self.written[s.name] = BitSet(self.written_all[sl])
+            self.s1ptw_tf[s.name] = BitSet(self.s1ptw_tf_all[sl])
+            self.s1ptw_tf_written[s.name] = BitSet(self.s1ptw_tf_written_all[sl])
             self.host.a[sl] = H_RW if s.populated else H_MISSING
 
     @property
     def initial(self):
         return self.base.initial
+
+    def mark_written(self, g: np.ndarray) -> None:
+        """Host.guest_write of the pages at global indices `g` (any order, repeats): written
+        in the round, and after its walk fault for a page that took one in the round."""
+        self.written_all[g] = True
+        self.s1ptw_tf_written_all[g] |= self.s1ptw_tf_all[g]
 
     def _sl(self, s: Memslot) -> slice:
         st = self.idx.start_of[s.name]
@@ -888,6 +900,8 @@ class ArrayHost(Host):
         self.logging[slot.name] = True
         self.eager_split[slot.name] = eager_split
         self.written_all[sl] = False
+        self.s1ptw_tf_all[sl] = False
+        self.s1ptw_tf_written_all[sl] = False
         if initially_set:
             self.dirty_all[sl] = True
             return
@@ -895,24 +909,24 @@ class ArrayHost(Host):
         self._wp_idx(np.arange(sl.start, sl.stop), split=eager_split)
         self.flush_tlbs()
 
-    def harvest(self, slot: Memslot, pages=None) -> tuple[list[int], list[int]]:
+    def harvest(self, slot: Memslot, pages=None) -> tuple[list[int], ...]:
         sl = self._sl(slot)
+        arrays = (self.dirty_all, self.written_all, self.s1ptw_tf_all,
+                  self.s1ptw_tf_written_all)
         if pages is None:
-            marked = np.flatnonzero(self.dirty_all[sl])
-            written = np.flatnonzero(self.written_all[sl])
-            self.dirty_all[sl] = False
-            self.written_all[sl] = False
+            marked, written, tf, tfw = (np.flatnonzero(a[sl]) for a in arrays)
+            for a in arrays:
+                a[sl] = False
         else:                                     # KVM_CLEAR_DIRTY_LOG of a range
             pages = np.asarray(pages, dtype=np.int64)
             g = pages + sl.start
-            marked = pages[self.dirty_all[g]]
-            written = pages[self.written_all[g]]
-            self.dirty_all[g] = False
-            self.written_all[g] = False
+            marked, written, tf, tfw = (pages[a[g]] for a in arrays)
+            for a in arrays:
+                a[g] = False
         self._wp_idx(marked + sl.start, split=self.eager_split[slot.name],
                      blocks=slot.backing in ("anon_thp", "hugetlb"))
         self.flush_tlbs()
-        return self.base.int_list(marked), self.base.int_list(written)
+        return tuple(self.base.int_list(x) for x in (marked, written, tf, tfw))
 
     def punch_hole(self, slot: Memslot) -> None:
         sl = self._sl(slot)

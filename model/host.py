@@ -64,9 +64,13 @@ class Host:
         self.s2_block: dict[int, int] = {}      # page IPA -> base of the block mapping it
         self.dirty: dict[str, set[int]] = {}
         self.written: dict[str, set[int]] = {}
+        self.s1ptw_tf: dict[str, set[int]] = {}
+        self.s1ptw_tf_written: dict[str, set[int]] = {}
         for s in scn.memslots:
             self.dirty[s.name] = self.pageset(s)
             self.written[s.name] = self.pageset(s)
+            self.s1ptw_tf[s.name] = self.pageset(s)
+            self.s1ptw_tf_written[s.name] = self.pageset(s)
             for p in self.slot_pages(s):
                 self.host[p] = HOST_RW if s.populated else HOST_MISSING
                 if s.populated:
@@ -158,7 +162,10 @@ class Host:
             self.write_desc(page, addr, value)
         s = self.scn.slot_of(page)
         if s is not None:
-            self.written[s.name].add(self.page_index(s, page))
+            i = self.page_index(s, page)
+            self.written[s.name].add(i)
+            if i in self.s1ptw_tf[s.name]:       # written after its walk fault in the round
+                self.s1ptw_tf_written[s.name].add(i)
         self.step_written.add(page)
         if self.pml_on:
             self.pml_write(page)
@@ -237,6 +244,8 @@ class Host:
         writable = maps_writable(write, self.host[page], logging, slot.readonly)
         if not a.permission:
             self.map_translation(slot, page, writable, logging)
+            if a.s1ptw and logging:           # the page's dirty round saw a walk fault
+                self.s1ptw_tf[slot.name].add(self.page_index(slot, page))
         else:
             self.relax_permission(page, logging)
         if writable and logging:              # mark_page_dirty_in_slot()
@@ -377,6 +386,8 @@ class Host:
         self.logging[slot.name] = True
         self.eager_split[slot.name] = eager_split
         self.written[slot.name] = self.pageset(slot)   # the round starts now (README)
+        self.s1ptw_tf[slot.name] = self.pageset(slot)
+        self.s1ptw_tf_written[slot.name] = self.pageset(slot)
         if initially_set:
             # KVM_DIRTY_LOG_INITIALLY_SET: every bit set, nothing protected until a harvest.
             self.dirty[slot.name] = self.pageset(slot, full=True)
@@ -385,24 +396,26 @@ class Host:
         self.write_protect(self.slot_pages(slot), split=eager_split)  # kvm_mmu_wp_memory_region
         self.flush_tlbs()
 
-    def harvest(self, slot: Memslot, pages=None) -> tuple[list[int], list[int]]:
+    def harvest(self, slot: Memslot, pages=None) -> tuple[list[int], ...]:
         """GET_DIRTY_LOG (+ CLEAR_DIRTY_LOG): returns and clears the bits, write-protects those
         pages (kvm_arch_mmu_enable_log_dirty_pt_masked), flushes TLBs.  `pages` (page
         indices): KVM_CLEAR_DIRTY_LOG of that range only (kvm_clear_dirty_log_protect; QEMU
         clears one clear-bitmap chunk just before sending it: migration_clear_memory_region_
-        dirty_bitmap); None: the whole slot."""
+        dirty_bitmap); None: the whole slot.  Returns the round's marked pages, the pages the
+        guest wrote in it (ground truth), those that took an S1PTW translation fault in it and
+        those of them written after that fault (docs/time-and-hosts.md: rounds); the round of
+        those pages ends here."""
+        sets = (self.dirty, self.written, self.s1ptw_tf, self.s1ptw_tf_written)
         if pages is None:
-            marked = sorted(self.dirty[slot.name])
-            written = sorted(self.written[slot.name])
-            self.dirty[slot.name] = self.pageset(slot)
-            self.written[slot.name] = self.pageset(slot)
+            out = [sorted(d[slot.name]) for d in sets]
+            for d in sets:
+                d[slot.name] = self.pageset(slot)
         else:
             rng = set(np.asarray(pages).tolist())
-            marked = sorted(self.dirty[slot.name] & rng)
-            written = sorted(self.written[slot.name] & rng)
-            self.dirty[slot.name] -= rng
-            self.written[slot.name] -= rng
-        self.write_protect((slot.ipa + i * HOST_PAGE for i in marked),
+            out = [sorted(d[slot.name] & rng) for d in sets]
+            for d in sets:
+                d[slot.name] -= rng
+        self.write_protect((slot.ipa + i * HOST_PAGE for i in out[0]),
                            split=self.eager_split[slot.name])
         self.flush_tlbs()
-        return marked, written
+        return tuple(out)

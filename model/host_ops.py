@@ -11,8 +11,8 @@ engine applies an op once per policy as one array operation, with no per-page wo
 
 Ops and their page sets: the public scenario ops `zap`, `swap_out`, `uffd_wp` take
 `first`/`count` (docs/scenario-format.md); generators may give any page set instead
-(`Step.pages`, page indices in the slot), and use the internal ops `numa_hint`, `ksm_merge`
-and `thp_collapse`, which scenario files do not accept.
+(`Step.pages`, page indices in the slot), and use the internal ops `numa_hint`, `ksm_merge`,
+`thp_collapse` and `uffd_unprotect`, which scenario files do not accept.
 """
 from __future__ import annotations
 
@@ -46,6 +46,13 @@ def _swap_out(h: np.ndarray, backing: str) -> np.ndarray:
 def _uffd_wp(h: np.ndarray, backing: str) -> np.ndarray:
     # UFFDIO_WRITEPROTECT(mode=WP) -> mwriteprotect_range: present pages lose write
     return np.where(h == HOST_RW, HOST_WP, h).astype(h.dtype)
+
+
+def _uffd_unprotect(h: np.ndarray, backing: str) -> np.ndarray:
+    # UFFDIO_WRITEPROTECT(mode=0) -> mwriteprotect_range: write-protected pages are writable
+    # again (change_protection; its MMU notifier, MMU_NOTIFY_PROTECTION_VMA, makes KVM unmap
+    # stage 2 like any invalidation: kvm_mmu_notifier_invalidate_range_start)
+    return np.where(h == HOST_WP, HOST_RW, h).astype(h.dtype)
 
 
 def _ksm_merge(h: np.ndarray, backing: str) -> np.ndarray:
@@ -84,6 +91,9 @@ HOST_OPS = {op.name: op for op in (
                                "restores the PTE (do_numa_page)"),
     HostOp("swap_out", _swap_out, "reclaim (shrink_folio_list -> try_to_unmap)"),
     HostOp("uffd_wp", _uffd_wp, "UFFDIO_WRITEPROTECT (mwriteprotect_range)"),
+    HostOp("uffd_unprotect", _uffd_unprotect, "UFFDIO_WRITEPROTECT mode=0: a background "
+                                              "snapshot releases a saved page (QEMU "
+                                              "ram_save_release_protection)"),
     HostOp("ksm_merge", _ksm_merge, "KSM (ksmd: try_to_merge_one_page)"),
     HostOp("thp_collapse", _thp_collapse, "khugepaged (collapse_huge_page)"),
 )}

@@ -602,8 +602,8 @@ class Vm:
         elif op == "harvest":
             slot = self.scn.slot(st.slot)
             rng = step_pages(st, slot.pages) if st.pages is not None else None
-            marked, written = host.harvest(slot, rng)
-            self.r.harvests.append(Harvest(i, st.slot, marked, written))
+            marked, written, tf, tfw = host.harvest(slot, rng)
+            self.r.harvests.append(Harvest(i, st.slot, marked, written, tf, tfw))
         elif op in GUEST_OPS:
             getattr(self, GUEST_OPS[op])(st)
         else:
@@ -617,9 +617,11 @@ class Vm:
             r.written_pages[s.name] = sorted(host.written[s.name])
             if host.logging_active(s):
                 r.logging_slots.add(s.name)
+                r.s1ptw_tf_pending[s.name] = sorted(host.s1ptw_tf[s.name])
         pt = self.scn.slot(self.scn.guest.pt_slot)
         per = self.geo.granule // HOST_PAGE
-        pt_pages = set(range(self.tables.tables_used * per))
+        pt_pages = {int(i) for t in (self.tables.table_ipas - pt.ipa) // HOST_PAGE
+                    for i in range(t, t + per)}
         for t in self.runtime_tables:
             first = (t - pt.ipa) // HOST_PAGE
             pt_pages.update(range(first, first + per))

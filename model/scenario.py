@@ -49,6 +49,9 @@ class Guest:
     tcr2_haft: bool = False
     pt_slot: str = ""
     vm_protected: bool = False
+    # the order the guest's page allocator hands out pt_slot's pages in, for the table
+    # layout rule (model/stage1.py allocation_order): "address" or "spread"
+    pt_order: str = "address"
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ _MISSING = object()
 
 TOP_KEYS = {"version", "name", "machine", "guest", "memslots", "vmm", "mappings", "steps"}
 MACHINE_KEYS = {"granule", "va_bits", "hafdbs", "haft", "hw_update", "at_sets_af", "isa"}
-GUEST_KEYS = {"tcr_ha", "tcr_hd", "tcr2_haft", "pt_slot", "vm_protected"}
+GUEST_KEYS = {"tcr_ha", "tcr_hd", "tcr2_haft", "pt_slot", "vm_protected", "pt_order"}
 MEMSLOT_KEYS = {"name", "ipa", "pages", "readonly", "log_dirty", "backing", "populated", "uffd",
                 "uffd_resolve"}
 VMM_KEYS = {"mmio_store"}
@@ -313,7 +313,16 @@ def _parse_guest(ctx: _Ctx, value: Any, slots: tuple[Memslot, ...], machine: Mac
         pt_slot=pt_slot,
         vm_protected=ctx.get(t, "vm_protected", "guest.vm_protected", "bool",
                              Guest.vm_protected),
+        pt_order=_pt_order(ctx, t),
     )
+
+
+def _pt_order(ctx: _Ctx, t: dict) -> str:
+    from .stage1 import PT_ORDERS
+    v = ctx.get(t, "pt_order", "guest.pt_order", "str", Guest.pt_order)
+    if v not in PT_ORDERS:
+        raise ctx.error("guest.pt_order", f"{v!r} is not one of {', '.join(PT_ORDERS)}")
+    return v
 
 
 def _parse_mappings(ctx: _Ctx, value: Any, slots: tuple[Memslot, ...],

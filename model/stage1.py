@@ -2,12 +2,15 @@
 
 Layout rule (docs/scenario-format.md "Stage-1 table layout"): the root table is the first granule of
 `pt_slot`; mappings are inserted in file order, each from its lowest VA upward; a missing
-table is allocated at the next free granule of `pt_slot`; table descriptors are created with
-AF = 1 (Linux PMD_TABLE_AF).
+table is allocated at the next free granule of `pt_slot` in the slot's allocation order
+(`guest.pt_order`: address order, or "spread" over the slot), free meaning that it holds no
+table and no mapping maps it (a guest whose page allocator hands out tables and data from
+one pool); table descriptors are created with AF = 1 (Linux PMD_TABLE_AF).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,6 +34,32 @@ class GuestTables:
     descriptors: dict[int, int]      # IPA of descriptor -> value
     tables_used: int                 # granules of pt_slot holding tables
     leaf_addr: dict[int, int]        # VA of each mapped granule -> IPA of its leaf descriptor
+    table_ipas: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # sorted
+
+
+PT_ORDERS = ("address", "spread")
+GOLDEN = (math.sqrt(5) - 1) / 2
+
+
+def spread_stride(capacity: int) -> int:
+    """The stride of the "spread" order: the integer nearest capacity x (sqrt(5) - 1) / 2
+    that is coprime with capacity (a golden-ratio sequence: every prefix of the order is
+    spread evenly over the slot, and the order visits every granule once)."""
+    s = max(1, round(capacity * GOLDEN))
+    while math.gcd(s, capacity) != 1:
+        s += 1
+    return s
+
+
+def allocation_order(capacity: int, pt_order: str) -> np.ndarray:
+    """Granule indices of pt_slot after the root (index 0), in the order the guest's page
+    allocator hands them out: address order, or "spread": the k-th is k x stride mod
+    capacity (ASSUMPTION: a guest that has run a while has free pages all over its memory,
+    so what it allocates is spread over it; docs/scenario-format.md)."""
+    k = np.arange(1, max(1, capacity), dtype=np.int64)
+    if pt_order == "spread" and capacity > 1:
+        return (k * spread_stride(capacity)) % capacity
+    return k
 
 
 def build_tables(scn: Scenario) -> GuestTables:
@@ -51,10 +80,14 @@ def build_tables(scn: Scenario) -> GuestTables:
     va = np.array([m.va for m in scn.mappings], dtype=np.int64)[rep] + step
     ipa = np.array([m.ipa for m in scn.mappings], dtype=np.int64)[rep] + step
     keys, inv_of, order, first_page = _table_keys(geo, va)
-    _check_layout(scn, pt, capacity, va, rep, first_page, len(order))
+    free = allocation_order(capacity, scn.guest.pt_order)
+    mapped = ipa[(ipa >= pt.ipa) & (ipa < pt.ipa + capacity * g)]
+    if len(mapped):                                       # pages a mapping maps are not free
+        free = free[~np.isin(free, (mapped - pt.ipa) // g)]
+    _check_layout(scn, pt, 1 + len(free), va, rep, first_page, len(order), capacity)
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))
-    addr_of = pt.ipa + (1 + rank) * g                     # table address per (level, prefix)
+    addr_of = pt.ipa + free[rank] * g                     # table address per (level, prefix)
     offs = np.cumsum([0] + [len(u) for u in keys])
     descriptors: dict[int, int] = {}
     parent = np.full(len(va), pt.ipa, dtype=np.int64)     # table holding this level's entry
@@ -72,7 +105,8 @@ def build_tables(scn: Scenario) -> GuestTables:
     lval = (ipa.astype(np.uint64) & np.uint64(geo.oa_mask)) | flags
     descriptors.update(zip(laddr.tolist(), lval.tolist()))
     return GuestTables(geo, pt.ipa, descriptors, 1 + len(order),
-                       dict(zip(va.tolist(), laddr.tolist())))
+                       dict(zip(va.tolist(), laddr.tolist())),
+                       np.sort(np.concatenate(([pt.ipa], addr_of))).astype(np.int64))
 
 
 def _table_keys(geo: Geometry, va: np.ndarray):
@@ -94,9 +128,10 @@ def _table_keys(geo: Geometry, va: np.ndarray):
 
 
 def _check_layout(scn: Scenario, pt, capacity: int, va: np.ndarray, rep: np.ndarray,
-                  first_page: np.ndarray, n_tables: int) -> None:
+                  first_page: np.ndarray, n_tables: int, granules: int) -> None:
     """The first error the granule-by-granule layout meets: a table that does not fit (the
-    (capacity)-th allocation), or a VA mapped twice, whichever granule comes first."""
+    (capacity)-th allocation, capacity counting the root and the free granules), or a VA
+    mapped twice, whichever granule comes first."""
     full_at = int(first_page[capacity - 1]) if 1 + n_tables > capacity else len(va)
     u, first = np.unique(va, return_index=True)
     dup_at = len(va)
@@ -107,7 +142,7 @@ def _check_layout(scn: Scenario, pt, capacity: int, va: np.ndarray, rep: np.ndar
     if full_at < dup_at:
         raise TableLayoutError(
             f"mappings[{int(rep[full_at])}]",
-            f"page-table slot '{pt.name}' ({capacity} granules) is too small "
+            f"page-table slot '{pt.name}' ({granules} granules) is too small "
             f"for the tables of this mapping")
     if dup_at < len(va):
         raise TableLayoutError(f"mappings[{int(rep[dup_at])}]",

@@ -2,9 +2,11 @@
 time: the oracle for model.stage1.build_tables (which lays out every granule at once)."""
 from __future__ import annotations
 
+import numpy as np
+
 from model.arch import DESC_SIZE, desc_oa, is_table, is_valid, make_leaf_desc, make_table_desc
 from model.scenario import Scenario
-from model.stage1 import GuestTables, TableLayoutError
+from model.stage1 import GuestTables, TableLayoutError, allocation_order
 
 
 def layout_rule_tables(scn: Scenario) -> GuestTables:
@@ -20,6 +22,11 @@ def layout_rule_tables(scn: Scenario) -> GuestTables:
     mem: dict[int, int] = {}
     leaf_addr: dict[int, int] = {}
     used = 1
+    # the slot's pages in allocation order, each free unless a mapping maps it
+    mapped = {m.ipa + i * g for m in scn.mappings for i in range(m.pages)}
+    order = [k for k in allocation_order(capacity, scn.guest.pt_order).tolist()
+             if pt.ipa + k * g not in mapped]
+    tables = [root]
     for mi, m in enumerate(scn.mappings):
         for i in range(m.pages):
             va = m.va + i * g
@@ -28,13 +35,14 @@ def layout_rule_tables(scn: Scenario) -> GuestTables:
                 addr = table + geo.index(va, level) * DESC_SIZE
                 desc = mem.get(addr, 0)
                 if not is_valid(desc):
-                    if used >= capacity:
+                    if used - 1 >= len(order):
                         raise TableLayoutError(
                             f"mappings[{mi}]",
                             f"page-table slot '{pt.name}' ({capacity} granules) is too small "
                             f"for the tables of this mapping")
-                    new = pt.ipa + used * g
+                    new = pt.ipa + order[used - 1] * g
                     used += 1
+                    tables.append(new)
                     desc = make_table_desc(new, geo)
                     mem[addr] = desc
                 elif not is_table(desc, level):   # the builder makes no blocks
@@ -47,4 +55,4 @@ def layout_rule_tables(scn: Scenario) -> GuestTables:
             mem[addr] = make_leaf_desc(m.ipa + i * g, geo, 3, af=m.af, writable=m.writable,
                                        dirty=m.dirty, executable=m.executable)
             leaf_addr[va] = addr
-    return GuestTables(geo, root, mem, used, leaf_addr)
+    return GuestTables(geo, root, mem, used, leaf_addr, np.array(sorted(tables), np.int64))

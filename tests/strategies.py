@@ -49,7 +49,8 @@ FOCUS = {
     # issue 10: host operations on page sets (model/host_ops.py) and aging passes, at one
     # event per one to two accesses: every op, blocks included
     "host_bulk": dict(ops=("access",) * 6 + ("zap", "swap_out", "uffd_wp", "numa_hint",
-                                             "ksm_merge", "thp_collapse") + ("guest_age",) * 2
+                                             "ksm_merge", "thp_collapse", "uffd_unprotect")
+                      + ("guest_age",) * 2
                       + ("enable_dirty_log", "harvest", "punch_hole", "warm_stage2")),
     # issue 10 item 4: the guest kernel's page-table work (munmap's and writeback's PTE
     # stores, free_pgtables, fork's table copies, aging, context switches) at about one event
@@ -59,7 +60,12 @@ FOCUS = {
         "guest_fork",) * 2 + ("guest_switch", "guest_age", "zap", "swap_out", "uffd_wp",
                               "enable_dirty_log", "harvest", "warm_stage2", "flush_tlb")),
 }
-PAGE_SET_OPS = ("numa_hint", "ksm_merge", "thp_collapse")
+# issue 20: dirty rounds — page-table pages zapped under logging and walked again (S1PTW
+# translation faults inside rounds), written or not before the harvest (aging, clear_af,
+# walker updates), whole and chunked harvests, rounds left open at the end
+FOCUS["rounds"] = dict(ops=("access",) * 6 + ("zap",) * 3 + ("harvest",) * 2 + (
+    "clear_af",) * 2 + ("guest_age", "enable_dirty_log", "swap_out", "flush_tlb"))
+PAGE_SET_OPS = ("numa_hint", "ksm_merge", "thp_collapse", "uffd_unprotect")
 
 
 class GuestSpaces:
@@ -79,8 +85,11 @@ class GuestSpaces:
         self.ipa = ipas
         self.valid = {0: set(ipas)}
         self.tabled = {0: {va >> self.l2 for va in ipas}}
-        first = (pt.ipa + tables.tables_used * geo.granule)
-        self.fresh = list(range(first, pt.end - geo.granule + 1, geo.granule))
+        # every granule that holds no table (the layout rule's tables are not all at the
+        # start of the slot: they skip mapped granules, and "spread" scatters them)
+        used = set(tables.table_ipas.tolist())
+        self.fresh = [a for a in range(pt.ipa, pt.end - geo.granule + 1, geo.granule)
+                      if a not in used]
         self.root = {0: tables.root}
 
     def pte(self, draw, asid: int, vas: list[int], data: Memslot) -> Step:
@@ -180,7 +189,8 @@ def scenarios(draw, max_steps: int = 40, focus: str | None = None,
                       at_sets_af=draw(st.booleans()), isa=draw(st.sampled_from(isas)))
     guest = Guest(tcr_ha=draw(st.booleans()), tcr_hd=draw(st.booleans()),
                   tcr2_haft=draw(st.booleans()), pt_slot="pt",
-                  vm_protected=draw(st.booleans()))
+                  vm_protected=draw(st.booleans()),
+                  pt_order=draw(st.sampled_from(("address", "address", "spread"))))
     big = draw(st.booleans()) or focus in ("blocks_swap", "blocks_map")  # 512+ page slots
     pt_pages = 512 if big else gp * draw(st.integers(4, 10))
     data_pages = 1024 if big else gp * draw(st.integers(1, 8))
@@ -202,6 +212,14 @@ def scenarios(draw, max_steps: int = 40, focus: str | None = None,
         guest = Guest(tcr_ha=True, tcr_hd=guest.tcr_hd, tcr2_haft=guest.tcr2_haft, pt_slot="pt")
         slots = [draw(slot_flags("pt", 0x40000000, pt_pages, readonly=True)),
                  draw(slot_flags("data", 0x80000000, data_pages))]
+    elif focus == "rounds":              # HA set, tables present, logging mostly from the start
+        guest = Guest(tcr_ha=True, tcr_hd=guest.tcr_hd, tcr2_haft=guest.tcr2_haft, pt_slot="pt")
+        slots = [replace(draw(slot_flags(name, ipa, n, ("anon",), readonly=False,
+                                         populated=True)),
+                         log_dirty=draw(st.sampled_from((True, True, True, False))),
+                         uffd="none")
+                 for name, ipa, n in (("pt", 0x40000000, pt_pages),
+                                      ("data", 0x80000000, data_pages))]
     elif focus == "guest_bulk":          # room for forks' tables; present, 4K-backed mostly
         pt_pages = 512 if big else gp * draw(st.integers(16, 32))
         slots = [draw(slot_flags("pt", 0x40000000, pt_pages, ("anon", "anon", "shmem",
@@ -295,7 +313,7 @@ def scenarios(draw, max_steps: int = 40, focus: str | None = None,
             steps.append(Step(op, slot=s.name, initially_set=draw(st.booleans()),
                               eager_split=draw(st.booleans())))
         elif op == "harvest" and logging[s.name]:
-            if focus == "host_bulk" and draw(st.booleans()):
+            if focus in ("host_bulk", "rounds") and draw(st.booleans()):
                 # KVM_CLEAR_DIRTY_LOG of one range (a QEMU clear-bitmap chunk)
                 first = draw(st.integers(0, s.pages - 1))
                 count = draw(st.integers(1, s.pages - first))
@@ -313,3 +331,37 @@ def scenarios(draw, max_steps: int = 40, focus: str | None = None,
     vmm = Vmm("write_backing" if focus == "clear_af_ro"
               else draw(st.sampled_from(("ignore", "write_backing"))))
     return Scenario("gen", machine, guest, tuple(slots), vmm, tuple(maps), tuple(steps))
+
+
+# ---- issue 20: warm workloads with aging on the clock over repeated windows ---------------
+AGED_SMALL = {
+    "zipf": dict(keys=512, operations=150),
+    "sparse": dict(regions=40, accesses=300, write_percent=30),
+    "shared_db": dict(processes=3, buffer_mb=4, pages_per_process=24, accesses=300,
+                      private_kb=8),
+}
+
+
+@st.composite
+def aged_workloads(draw) -> dict:
+    """Arguments of workloads.registry.build: a small generator, warm or not, split or
+    shared (interleaved, spread when ram_mb is given) layout, an aging regime whose period
+    falls inside or outside the base trace, a --seconds window of 1-6 base traces (aging
+    continued over the repeats), sometimes a timed host scenario."""
+    gen = draw(st.sampled_from(sorted(AGED_SMALL)))
+    knobs = dict(AGED_SMALL[gen], access_ns=1000.0, demand=draw(st.booleans()),
+                 layout=draw(st.sampled_from(("split", "shared"))),
+                 aging=draw(st.sampled_from(("", "damon", "mglru"))),
+                 age_period_ms=draw(st.sampled_from((0.05, 0.2, 1.0))))
+    knobs["warm_stage2"] = not knobs["demand"] and draw(st.booleans())
+    if knobs["layout"] == "shared" and draw(st.booleans()):
+        knobs["ram_mb"] = 16
+    if knobs["aging"] == "damon":
+        knobs["damon_regions"] = draw(st.integers(1, 40))
+    elif not knobs["aging"]:
+        knobs["age_fraction"] = draw(st.sampled_from((0.1, 0.5, 1.0)))
+    host = draw(st.sampled_from((None, None, "numa", "migration")))
+    hk = {"numa": {"first_s": 0.0, "scan_size_mb": 1, "scan_period_s": 0.0003},
+          "migration": {"link_gbit_s": 100.0, "downtime_limit_ms": 0.0}}.get(host, {})
+    return dict(name=gen, seed=draw(st.integers(0, 3)), host_name=host, host_knobs=hk,
+                seconds=draw(st.sampled_from((0.001, 0.002, 0.004))), **knobs)

@@ -14,7 +14,7 @@ from bench.verdict import MATTERS_SHARE, MIN_EXITS_SAVED, verdict_table
 
 # round constants for hand derivations (not the calibrated defaults)
 HAND_CM = CostModel(exit_us=3.0, uffd_local_us=20.0, uffd_postcopy_us=100.0, link_gbit_s=10.0,
-                    resend_overhead_us=1.0, snapshot_copy_us=1.0, guest_access_ns=10.0)
+                    resend_overhead_us=1.0, guest_access_ns=10.0)
 
 
 # ---- p* ----------------------------------------------------------------------------------
@@ -42,8 +42,11 @@ def test_t_false_by_host():
     # ... at QEMU's default 128 MiB/s: 4096 B / 134.217728 B per us = 30.52 us, + 1 us
     slow = CostModel(link_gbit_s=128 * 2**20 * 8 / 1e9, resend_overhead_us=1.0)
     assert be.t_false_us("precopy", slow) == pytest.approx(30.517578125 + 1.0)
-    # snapshot: a uffd-wp round trip (20) and one page copy (1)
-    assert be.t_false_us("snapshot", HAND_CM) == pytest.approx(21.0)
+    # snapshot: a uffd-wp round trip (20); the page is copied once per snapshot whoever
+    # resolves it, so the copy is no extra cost
+    assert be.t_false_us("snapshot", HAND_CM) == pytest.approx(20.0)
+    # migration: the case's own link, 4096 B over 3125 MB/s (25 Gbit/s) = 1.31072 us, + 1 us
+    assert be.t_false_us("migration", HAND_CM, 3125.0) == pytest.approx(2.31072)
     assert be.t_false_us("postcopy", HAND_CM) == 0.0
     assert be.t_false_us("pressure", HAND_CM) == 0.0 and be.t_false_us("none") == 0.0
     assert be.t_false_us("firmware") == math.inf
@@ -147,7 +150,7 @@ def _rows(n, p, f0, accesses, host="precopy"):
         return r
     return pd.DataFrame([
         row("fix", s2_faults=f0 + n * (1 + p), s2_s1ptw_translation=n,
-            double_faults=n * p),
+            double_faults=n * p, s1ptw_tf_round_pages=n, s1ptw_tf_round_written=n * p),
         row("ha-promote", s2_faults=f0 + n, s2_s1ptw_translation=n,
             dirty_false_positive=n * (1 - p))])
 
@@ -173,21 +176,30 @@ def test_envelope_agrees_with_the_verdict(p, exit_us, link, accesses, f0, second
 
 
 def test_case_envelope_from_a_metrics_row():
-    # 1000 translation faults on page-table pages, 900 followed by a second fault: p = 0.9.
+    # 1000 (page-table page, round) pairs with a translation fault, 900 written later in
+    # their round (a second fault each under fix): q = 0.9.
     # fix: 2000 other faults; 10^8 accesses of 10 ns = 10^6 us of guest work.
     fix = _rows(1000, 0.9, 2000, 10**8).iloc[0].to_dict()
-    assert be.measured_p(fix) == pytest.approx(0.9)
+    assert be.measured_q(fix) == pytest.approx(0.9)
+    assert be.p_same_access(fix) == pytest.approx(0.9)
     e = be.case_envelope(fix, "precopy", HAND_CM, guest_seconds=1.0)
     # U0 = 10^6 + 2000 * 3 (the other faults; the measured events' 1900 faults removed)
     want = be.envelope_detail(0.9, 3.0, 4.2768, 1.0, run_us=1e6 + 6000, fix_faults=2000)
     assert e == want
-    assert be.measured_p({"s2_s1ptw_translation": 0, "double_faults": 0}) is None
+    assert be.p_same_access({"s2_s1ptw_translation": 0, "double_faults": 0}) is None
+    assert be.measured_q({"s1ptw_tf_round_pages": 0, "s1ptw_tf_round_written": 0}) is None
 
 
 def test_host_unmap_rates_from_the_table():
     r = be.host_unmap_rates_pages_s()
-    assert r["numa_balancing_fastest"] == 256 * 256            # 256 MiB per 1 s, 4 KiB pages
-    assert r["numa_balancing_slowest"] == pytest.approx(65536 / 60)
+    # the kernel scales the NUMA scan period by the RSS (kernel/sched/fair.c task_scan_min /
+    # task_scan_max): a 4 GiB VM is 16 windows of 256 MiB, so 1000 / 16 = 62 ms, raised to
+    # the floor 1000 / (2560 / 256) = 100 ms, and 60000 / 16 = 3750 ms; 65536 pages per scan
+    assert r["numa_balancing_fastest"] == pytest.approx(65536 / 0.1)
+    assert r["numa_balancing_slowest"] == pytest.approx(65536 / 3.75)
+    small = be.host_unmap_rates_pages_s(ram_mb=1024)            # 4 windows: 250 ms, 15 s
+    assert small["numa_balancing_fastest"] == pytest.approx(65536 / 0.25)
+    assert small["numa_balancing_slowest"] == pytest.approx(65536 / 15)
     assert r["khugepaged"] == pytest.approx(409.6)                # 4096 pages per 10 s
     assert r["ksm"] == pytest.approx(5000)                        # 100 pages per 20 ms
 

@@ -38,8 +38,9 @@ def test_numa_64mb_every_half_second_over_two_seconds_on_1gib():
     # 2 s at 0.1 ms per access = 20,000 accesses; scans at t = 0, 0.5, 1.0, 1.5 s (t = 2.0 is
     # the window's end): positions 0, 5000, 10000, 15000; 64 MB = 16,384 pages each, in
     # address order: the 16 page-table pages first, then RAM from page 0
+    # (first_s = 0: the window starts at a scan, not after the kernel's 1 s scan delay)
     w = registry.apply_host(guest(GIB_PAGES, 20_000, 1e5), "numa", scan_size_mb=64,
-                            scan_period_s=0.5)
+                            scan_period_s=0.5, first_s=0.0)
     ev = steps(w, "numa_hint")
     by_pos = {}
     for p, st in ev:
@@ -57,7 +58,8 @@ def test_numa_64mb_every_half_second_over_two_seconds_on_1gib():
 def test_numa_scan_wraps_around_the_guest():
     # 100 pages of guest (16 + 84); 1 MB = 256 pages per scan is more than the guest: every
     # scan covers all 100 pages once
-    w = registry.apply_host(guest(84, 1000, 1e6), "numa", scan_size_mb=1, scan_period_s=0.25)
+    w = registry.apply_host(guest(84, 1000, 1e6), "numa", scan_size_mb=1, scan_period_s=0.25,
+                            first_s=0.0)
     ev = steps(w, "numa_hint")
     assert sorted({p for p, _ in ev}) == [0, 250, 500, 750]
     assert all(len(st.pages) == (16 if st.slot == "pt" else 84) for _, st in ev)
@@ -133,16 +135,21 @@ def test_migration_clears_one_chunk_before_sending_it():
     w = registry.apply_host(migrating_guest(), "migration",
                             bandwidth_mb_s=4.096, downtime_limit_ms=0.0, clear_chunk_mb=1)
     got = [(p, st.slot, int(st.pages[0]), int(st.pages[-1]) + 1)
-           for p, st in steps(w, "harvest")]
+           for p, st in steps(w, "harvest") if st.pages is not None]
     chunks = [("pt", 0, 16), ("ram", 0, 256), ("ram", 256, 512), ("ram", 512, 768),
               ("ram", 768, 984)]
     want = [(p, *c) for ps in ([0, 16, 272, 528, 784], [1000, 1004, 1068, 1132, 1196],
                                [1250, 1252, 1277, 1303, 1328]) for p, c in zip(ps, chunks)]
     assert got == want
     assert w.meta["host"][-1]["iterations_in_window"] == 3
+    # iteration 3 (100 pages, 1250..1350) wrote nothing: the rest (0 pages) fits the 0 ms
+    # downtime, so the switch-over comes at 1350 with the last sync of every slot
+    assert [(p, st.slot) for p, st in steps(w, "harvest") if st.pages is None] == [
+        (1350, "pt"), (1350, "ram")]
+    assert w.meta["host"][-1]["switchover_s"] == pytest.approx(1.350)     # 1 ms per access
     ref = {p: r.metrics() for p, r in run_reference_trace(w.scenario, w.trace).items()}
     assert {p: r.metrics() for p, r in run_trace(w.scenario, w.trace).items()} == ref
-    # the chunks of the three iterations plus the final would-be harvest of both slots
+    # the chunks of the three iterations and the final syncs are the complete rounds
     assert ref["fix"]["dirty_rounds"] == 15 + 2
 
 
@@ -163,7 +170,7 @@ def test_seconds_sizes_the_trace_in_guest_time():
 
 
 @pytest.mark.parametrize("host,knobs", [
-    ("numa", dict(scan_size_mb=1, scan_period_s=0.0005)),
+    ("numa", dict(scan_size_mb=1, scan_period_s=0.0005, first_s=0.0)),
     ("ksm", dict(sleep_ms=0.2, merge_percent=30.0)),
     ("khugepaged", dict(pages_to_scan=1024, scan_sleep_ms=0.5)),
     ("migration", dict(link_gbit_s=100.0, downtime_limit_ms=0.0)),
@@ -211,12 +218,15 @@ def test_warm_stage2_window_starts_with_the_working_set_mapped():
 
 
 def test_aging_period_in_guest_time():
-    # sparse: 100 ns per access, so 0.5 ms between aging passes is every 5,000 accesses;
-    # 20,000 accesses -> passes at 5,000, 10,000 and 15,000 (none at the end)
+    # sparse: 100 ns per access, so 0.5 ms between aging passes is every 5,000 trace
+    # positions; 20,000 accesses and the 64 demand faults' attempts (one per region, all in
+    # the first 5,000 accesses) are 20,064 positions: passes due at 5,000, 10,000, 15,000,
+    # 20,000; the first runs at the end of the chunk of 5,000 accesses (position 5,064)
     w = registry.make("sparse", 1, regions=64, accesses=20_000, age_period_ms=0.5)
     assert w.meta["profile"]["age_period"] == 5000
-    assert len(steps(w, "guest_age")) > 0
-    assert w.meta["aging_passes"] == 3
+    assert len(w.trace) == 20_064
+    assert sorted({p for p, _ in steps(w, "guest_age")}) == [5064, 10000, 15000, 20000]
+    assert w.meta["aging_passes"] == 4
     # the same period at 500 ns per access (knob access_ns): every 1,000 accesses
     z = registry.make("zipf", 1, keys=1024, operations=5000, age_period_ms=0.5,
                       access_ns=500.0)
@@ -286,7 +296,8 @@ def test_seconds_repeats_lazily_and_runs_as_a_copied_trace():
         assert np.array_equal(tr.va[lo:hi], full.va[lo:hi])
     idx = np.array([0, n - 1, len(w.trace), 5 * len(w.trace) + 3])
     assert np.array_equal(tr.kind[idx], full.kind[idx]) and tr.va[n - 1] == full.va[n - 1]
-    timed = registry.apply_host(long, "numa", scan_size_mb=1, scan_period_s=2e-5)
+    timed = registry.apply_host(long, "numa", scan_size_mb=1, scan_period_s=2e-5,
+                                 first_s=0.0)
     ref = {p: r.metrics() for p, r in run_trace(timed.scenario, timed.trace).items()}
     copied = Trace(full.vcpu, full.va, full.kind, list(timed.trace.events))
     assert {p: r.metrics() for p, r in run_trace(timed.scenario, copied).items()} == ref
@@ -295,3 +306,24 @@ def test_seconds_repeats_lazily_and_runs_as_a_copied_trace():
     assert ({p: r.metrics() for p, r in run_reference_trace(small.scenario,
                                                               small.trace).items()}
             == {p: r.metrics() for p, r in run_trace(small.scenario, small.trace).items()})
+
+
+def test_numa_schedule_of_a_4gib_guest_at_both_ends_of_the_kernels_range():
+    """kernel/sched/fair.c task_nr_scan_windows / task_scan_min / task_scan_max: a 4 GiB RSS
+    is 16 windows of 256 MB; task_scan_min = max(1000 / (2560 / 256), 1000 / 16) = 100 ms,
+    task_scan_max = max(100, 60000 / 16) = 3750 ms; the first scan after the scan delay
+    (sysctl_numa_balancing_scan_delay = 1000 ms).  Over 10 s of guest time (10 us per
+    access: 10^6 accesses) scans at 1.0, 1.1, ... 9.9 s (90) fast, at 1.0, 4.75, 8.5 s slow,
+    65,536 pages (256 MB) each."""
+    from workloads.host_timed import numa_scan_period_ms
+    assert numa_scan_period_ms(4096, 256, "fast") == 100
+    assert numa_scan_period_ms(4096, 256, "slow") == 3750
+    ram = 4 * GIB_PAGES - 16                       # with the 16-page table slot: 4 GiB
+    for rate, want in (("fast", [1.0 + 0.1 * k for k in range(90)]), ("slow", [1.0, 4.75, 8.5])):
+        w = registry.apply_host(guest(ram, 1_000_000, 1e4), "numa", scan_rate=rate)
+        by_pos = {}
+        for p, st in steps(w, "numa_hint"):
+            by_pos[p] = by_pos.get(p, 0) + len(st.pages)
+        assert sorted(by_pos) == [round(t * 1e5) for t in want]
+        assert set(by_pos.values()) == {65536}
+        assert w.meta["host"][-1]["scan_period_s"] == numa_scan_period_ms(4096, 256, rate) / 1e3

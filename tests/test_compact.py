@@ -30,11 +30,11 @@ HOSTS = [
     ("postcopy", {}),
     ("snapshot", {}),
     ("pressure", {}),
-    ("numa", {"scan_size_mb": 1, "scan_period_s": 0.00005}),
+    ("numa", {"scan_size_mb": 1, "scan_period_s": 0.00005, "first_s": 0.0}),
     ("ksm", {"pages_to_scan": 64, "sleep_ms": 0.05, "merge_percent": 30.0}),
     ("migration", {"link_gbit_s": 1.0, "downtime_limit_ms": 1.0}),
     ("migration+numa", {"migration": {"link_gbit_s": 25.0},
-                        "numa": {"scan_size_mb": 1, "scan_period_s": 0.00005}}),
+                        "numa": {"scan_size_mb": 1, "scan_period_s": 0.00005, "first_s": 0.0}}),
 ]
 THP_HOST = ("khugepaged", {"pages_to_scan": 512, "scan_sleep_ms": 0.5})
 

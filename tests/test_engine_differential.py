@@ -13,7 +13,7 @@ from model import engine, engine_guest, policies
 from model.engine import run_engine
 from model.reference import SimulationError, run_reference
 from model.x86 import X86_ISAS
-from tests.strategies import scenarios
+from tests.strategies import aged_workloads, scenarios
 
 settings.register_profile("ci", max_examples=200, deadline=None,
                           suppress_health_check=list(HealthCheck))
@@ -30,8 +30,11 @@ def examples(ci: int) -> int:
 
 def facts(results):
     """Everything a run reports: docs/scenario-format.md's JSON, the §5 metrics (walks, descriptor
-    reads, dirty and uffd counts), and each uffd event's `written` flag."""
-    return {p: (r.as_json(), r.metrics(), [e.written for e in r.uffd_events])
+    reads, dirty and uffd counts, rounds), each uffd event's `written` flag, and each dirty
+    round's ground truth (written pages, S1PTW-translation-faulted pages, the open rounds')."""
+    return {p: (r.as_json(), r.metrics(), [e.written for e in r.uffd_events],
+                [(h.written_pages, h.s1ptw_tf_pages, h.s1ptw_tf_written) for h in r.harvests],
+                r.s1ptw_tf_pending)
             for p, r in results.items()}
 
 
@@ -68,6 +71,20 @@ def tiny_windows(monkeypatch):
 @settings(max_examples=examples(100))
 @given(scenarios())
 def test_engine_equals_reference_with_tiny_windows(tiny_windows, scn):
+    assert_same(scn)
+
+
+@settings(max_examples=examples(100))
+@given(scenarios(focus="rounds"))
+def test_engine_equals_reference_dirty_rounds(scn):
+    """Rounds (issue 20): walk faults on page-table pages inside complete and open dirty
+    rounds, pages written before or after them."""
+    ref = run_reference(scn, ("fix",))["fix"]
+    m = ref.metrics()
+    event(f"walk-faulted pages in complete rounds: "
+          f"{'some' if m['s1ptw_tf_round_pages'] else 'none'}")
+    event(f"... written before the harvest: {'some' if m['s1ptw_tf_round_written'] else 'none'}")
+    event(f"open rounds at the end: {'some' if m['dirty_rounds_open'] else 'none'}")
     assert_same(scn)
 
 
@@ -235,3 +252,19 @@ def test_lookahead_column_is_what_the_policies_read():
                     != row.is_write(policies.FaultInfo(*c, walk_writes_page=False))
                     for c in itertools.product((False, True), repeat=len(fields)))
         assert row.lookahead == reads, name
+
+
+@settings(max_examples=examples(12), deadline=None,
+          suppress_health_check=list(HealthCheck))
+@given(aged_workloads())
+def test_engine_equals_reference_on_aged_repeated_windows(args):
+    """issue 20: aging continued over --seconds repeats, steady-state access flags, shared
+    (interleaved, spread) layouts: both engines agree."""
+    from model.engine import run_trace
+    from model.reference_trace import run_reference_trace
+    from workloads.registry import build
+    w = build(**args)
+    assert abs(w.meta.get("aging_passes", 0) - w.meta["aging"]["window_ms"]
+               / w.meta["aging"]["period_ms"]) <= 1
+    ref = facts(run_reference_trace(w.scenario, w.trace))
+    assert facts(run_trace(w.scenario, w.trace)) == ref

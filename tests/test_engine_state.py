@@ -24,6 +24,7 @@ def same_tables(a, b):
     assert (a.root, a.tables_used) == (b.root, b.tables_used)
     assert a.descriptors == b.descriptors
     assert a.leaf_addr == b.leaf_addr
+    assert a.table_ipas.tolist() == b.table_ipas.tolist()
 
 
 @settings(max_examples=300, deadline=None)

@@ -143,12 +143,17 @@ def test_aging_clears_af_and_hardware_sets_it_again():
     g = guest(age_period=8, age_fraction=0.5)
     g.vma(BASE, 8 * PAGE, "anon")
     va = BASE + np.arange(8) * PAGE
-    g.run(0, np.concatenate([va, va[:2]]), WRITE64)   # aging after 8 accesses: pages 0..3
+    g.run(0, np.concatenate([va, va[:4]]), WRITE64)
     wl = g.build()
     vm = replay(wl)
     af = [bool(leaf(vm, int(v)) & DESC_AF) for v in va]
-    # pages 0, 1 aged and accessed again (HA sets AF); 2, 3 aged; 4..7 not in this pass
-    assert af == [True, True, False, False, True, True, True, True]
+    # passes are due every 8 trace positions (the clock); the 8 first writes are 16
+    # positions (each demand fault's attempt, then the access), so the passes due at 8 and
+    # 16 both run at 16: pages 0..3, then 4..7; the next, due at 24, would come 24 - 16 =
+    # 8 accesses later, after the trace's end: pages 0..3 written again (HA sets AF), 4..7
+    # stay old
+    assert [e[0] for e in wl.trace.events if e[2].op == "guest_age"] == [16, 16]
+    assert af == [True, True, True, True, False, False, False, False]
 
 
 @pytest.mark.parametrize("nonleaf", [True, False])
@@ -156,26 +161,30 @@ def test_haft_nonleaf_aging_skips_tables_no_walk_went_through(nonleaf):
     from model.host import S2_UNMAPPED
     from model.scenario import Step
     from workloads.host import with_events
+    # passes due every 4 trace positions; the 4 first writes are 8 positions (attempt,
+    # access): the passes due at 4 and 8 run after them, at 8; the next (due at 12) after
+    # 12 - 8 = 4 more accesses: the 4 reads
     g = guest(cpu="haft", age_period=4, age_fraction=1.0, age_nonleaf=nonleaf)
     g.vma(BASE, 1024 * PAGE, "anon")              # two last-level tables, A and B
     va = BASE + np.array([0, 1, 512, 513]) * PAGE
-    g.run(0, va, WRITE64)                          # then aging pass 1: AF of all cleared
+    g.run(0, va, WRITE64)                          # then aging passes at 8: AF all cleared
     g.run(0, [va[0]] * 4, READ64)                  # walks through A only (HAFT sets A's AF)
-    g.run(0, [va[0] + 2 * PAGE], WRITE64)          # aging pass 2 comes before this access
+    g.run(0, [va[0] + 2 * PAGE], WRITE64)          # the last pass (at 12) comes before this
     wl = g.build()
     ages = [e for e in wl.trace.events if e[2].op == "guest_age"]
-    assert len(ages) == 2 and all(e[2].nonleaf == nonleaf for e in ages)
-    # zap the page-table slot just before pass 2: what pass 2 loads gets mapped again
+    assert [e[0] for e in ages if e[2].vas] == [8, 8, 12]
+    assert all(e[2].nonleaf == nonleaf for e in ages)
+    # zap the page-table slot just before the last pass: what it loads gets mapped again
     pt = wl.scenario.slot("pt")
-    wl = with_events(wl, [(ages[1][0], Step("zap", slot="pt", first=0, count=pt.pages))],
+    wl = with_events(wl, [(ages[-1][0], Step("zap", slot="pt", first=0, count=pt.pages))],
                      "zap", {})
     vm = replay(wl)
     l2 = walk(vm, int(va[0]))[1][-2]
     dA, dB = (vm.host.read_desc(l2 + vm.geo.index(int(v), 2) * DESC_SIZE) for v in va[::2])
     tA, tB = walk(vm, int(va[0]))[1][-1], walk(vm, int(va[2]))[1][-1]
     assert tA != tB
-    # table B saw no walk since pass 1: with non-leaf aging its AF stays clear and pass 2
-    # skips its leaves (never loaded: B's table page stays unmapped in stage 2)
+    # table B saw no walk since the passes at 8: with non-leaf aging its AF stays clear and
+    # the last pass skips its leaves (never loaded: B's table page stays unmapped in stage 2)
     assert bool(dB & DESC_AF) == (not nonleaf)
     assert dA & DESC_AF                            # the last access walked through A
     assert (vm.host.s2.get(tB, S2_UNMAPPED) == S2_UNMAPPED) == nonleaf

@@ -57,6 +57,8 @@ def same_workload(a, b):
 
 
 @pytest.mark.parametrize("knobs", [{}, {"demand": False}, {"age_period": 5000},
+                                   {"demand": False, "age_period": 700},   # steady-state AF
+                                   {"demand": False, "aging": "damon", "age_period": 900},
                                    {"granule": "16k", "zero_page": False}])
 def test_convert_equals_import(trace_file, tmp_path, monkeypatch, knobs):
     """Pass 1 + pass 2, replayed in small blocks, lays out and faults exactly as import:PATH
@@ -67,6 +69,10 @@ def test_convert_equals_import(trace_file, tmp_path, monkeypatch, knobs):
     got = trace_dir.load(d)
     same_workload(ref, got)
     assert got.meta["time_per_access"]["guest_instrs"] == 1234
+    # steady-state AF at start (the pages' last touches, spooled apart by convert)
+    assert got.meta.get("old_at_start") == ref.meta.get("old_at_start")
+    if not knobs.get("demand", True) and knobs.get("age_period"):
+        assert 0 < ref.meta["old_at_start"] < ref.meta["premapped_pages"]
 
 
 def test_run_trace_dir_equals_import_under_hosts(trace_file, tmp_path, capsys):

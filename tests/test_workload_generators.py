@@ -239,3 +239,35 @@ def test_gc_mark_and_sweep():
         hdr = va[sweep & (vc == v) & (kd == READ64)].astype(np.int64)
         assert np.all(np.diff(hdr) == 1024)
         assert np.all((hdr - base) % 1024 == 0)
+
+
+# ---- shared-buffer database (issue 20 item 10) ------------------------------------------
+def test_shared_db_backends_share_data_pages_but_not_tables():
+    """Every backend maps the one shmem object at its own VA window: the same buffer page
+    is one IPA in every backend, reached through that backend's own leaf table."""
+    w = make("shared_db", 5, processes=3, buffer_mb=4, pages_per_process=1024, accesses=64,
+             private_kb=0, demand=False)
+    win = w.meta["window_bytes"]
+    ipa_of = {}
+    for m in w.scenario.mappings:
+        for i in range(m.pages):
+            va = m.va + i * 4096
+            ipa_of[((va - w.meta["base"]) // win, (va - w.meta["base"]) % win)] = m.ipa + i * 4096
+    # 1024 pages of a 1024-page buffer: each backend maps all of it
+    assert len(ipa_of) == 3 * 1024
+    for off in range(0, 4 << 20, 4096):
+        assert ipa_of[(0, off)] == ipa_of[(1, off)] == ipa_of[(2, off)]
+    # data: 1024 pages once; tables: the root, one level-1 table (the windows are 1 GiB
+    # apart, inside one 512 GiB range), per backend one level-2 table and 2 leaf tables
+    assert w.meta["data_pages"] == 1024
+    assert w.meta["pt_pages"] == 1 + 1 + 3 * (1 + 2)
+
+
+def test_shared_db_realistic_size_has_page_tables_5_to_20_percent_of_ram():
+    """The realistic map's guest (processes 100, 2 GiB buffer, 2048 pages each, 4 GiB VM):
+    ~100 x 1,800 leaf tables (2048 random pages over 1024 2 MiB regions touch 1024 x
+    (1 - e^-2) = 885 of them) = 88,500 pages of 1,048,576: 8.4 %."""
+    w = make("shared_db", 1, processes=100, buffer_mb=2048, pages_per_process=2048,
+             accesses=2000, demand=False, warm_stage2=True, ram_mb=4096)
+    assert 0.05 <= w.meta["pt_share"] <= 0.20
+    assert w.meta["pt_share"] == pytest.approx(0.084, abs=0.003)

@@ -28,6 +28,8 @@ SMALL = {
     "mmap_churn": dict(rounds=10, touches=16),
     "fork": dict(heap_bytes=24 << 12, accesses=400, slice=100),
     "gc": dict(heap_bytes=256 << 10, object_bytes=2048),
+    "shared_db": dict(processes=4, buffer_mb=8, pages_per_process=40, accesses=400,
+                      private_kb=16),
 }
 
 
@@ -58,7 +60,7 @@ HOSTS = [("precopy", dict(rounds=3, start_frac=0.2)),
          ("firmware", dict(tcr_ha=True)),
          # calibrated (workloads/host_timed.py), periods shrunk to a wake-up every few
          # hundred accesses
-         ("numa", dict(scan_size_mb=1, scan_period_s=2e-5)),
+         ("numa", dict(scan_size_mb=1, scan_period_s=2e-5, first_s=0.0)),
          ("ksm", dict(sleep_ms=0.02, merge_percent=40.0)),
          ("khugepaged", dict(pages_to_scan=512, scan_sleep_ms=0.02)),
          ("migration", dict(link_gbit_s=100.0, downtime_limit_ms=0.0)),

@@ -22,6 +22,7 @@ import numpy as np
 from model.trace import Trace
 from model.trace_stream import TiledColumn, TiledTrace
 
+from .aging import window_summary
 from .base import Workload, WorkloadError
 
 
@@ -55,6 +56,10 @@ ACCESS_TIME = {
                        "each, CoW faults in the guest between them"),
     "gc": AccessTime(20.0, 5.0, 100.0, "ASSUMPTION: a copying/marking collector scanning "
                      "objects mostly in order (prefetch-friendly)"),
+    "shared_db": AccessTime(150.0, 50.0, 500.0, "ASSUMPTION: a tuple access in a shared "
+                            "buffer page: a TLB miss whose walk misses the caches (sparse "
+                            "leaf tables) and a DRAM access (~100 ns each, partly "
+                            "overlapped), with cache hits between"),
     "micro": AccessTime(10.0, 1.0, 100.0, "ASSUMPTION: a few instructions per access at "
                         "~3 GHz (hand-written micro-scenarios have no time of their own)"),
     "import": AccessTime(10.0, 1.0, 100.0, "ASSUMPTION: a few instructions per access "
@@ -82,15 +87,51 @@ def guest_seconds(w: Workload) -> float:
     return len(w.trace) * access_time(w).ns * 1e-9
 
 
-def _repeat_periodic(tr: Trace, n: int) -> list:
-    """The events of `tr`, then its periodic guest-kernel work (aging passes: MGLRU/DAMON
-    keep scanning) in every repeat up to `n` accesses; page faults and table stores happen
-    in the first pass only (the process is warm)."""
+def _repeat_periodic(w: Workload, n: int) -> list:
+    """The events of `w`'s trace, then its periodic guest-kernel work up to `n` accesses;
+    page faults and table stores happen in the first pass only (the process is warm).
+    Aging goes on on the clock (workloads/aging.py AgingState): a pass every period over
+    the whole window, the clock hand continuing over the PTEs mapped at the base trace's
+    end, whether or not the base trace was long enough to hold a pass.  A workload without
+    that state (a micro-scenario) has its own passes repeated with each repeat."""
+    tr = w.trace
     events = [e for e in tr.events if e[0] < len(tr)]
+    state = w.meta.get("aging_state")
+    if state is not None:
+        return events + state.events_after(len(tr), n)
     periodic = [e for e in events if e[2].op in PERIODIC_OPS]
     for k in range(1, -(-n // len(tr))):
         events += [(p + k * len(tr), i, st) for p, i, st in periodic if p + k * len(tr) < n]
     return events
+
+
+MAX_MATERIALISED = 2_000_000_000   # accesses held as arrays (scenario steps)
+MAX_ACCESSES = 10 ** 12              # a window served again lazily (TiledColumn)
+
+
+def cut(w: Workload, n: int, seconds: float | None = None) -> Workload:
+    """`w`'s first `n` accesses and the events up to position n (an event at n applies after
+    the last access: a migration's final sync).  A window served again stays lazy."""
+    tr = w.trace
+    events = [e for e in tr.events if e[0] <= n]
+    meta = dict(w.meta, accesses_for_seconds=n)
+    if seconds is not None:
+        meta["seconds"] = seconds
+    if isinstance(tr, TiledTrace):
+        cols = [TiledColumn(c.base, n) for c in (tr.vcpu, tr.va, tr.kind)]
+        return note_aging(Workload(w.name, w.scenario, TiledTrace(*cols, events, None),
+                                   meta))
+    cols = [np.asarray(c[:n]) for c in (tr.vcpu, tr.va, tr.kind)]
+    soa = None if tr.step_of_access is None else np.asarray(tr.step_of_access[:n])
+    return note_aging(Workload(w.name, w.scenario, Trace(*cols, events, soa), meta))
+
+
+def note_aging(w: Workload) -> Workload:
+    """meta's aging_passes / aging / aging_warning for `w`'s window (workloads/aging.py
+    window_summary): an aging period the window cannot contain is named, not dropped."""
+    w.meta.update(window_summary(w.meta.get("aging_state"), len(w.trace), access_time(w).ns,
+                                 w.meta.get("aging_period_ms", 0.0)))
+    return w
 
 
 def with_seconds(w: Workload, seconds: float) -> Workload:
@@ -102,22 +143,20 @@ def with_seconds(w: Workload, seconds: float) -> Workload:
     tr = w.trace
     if len(tr) == 0:
         raise WorkloadError(f"{w.name}: an empty trace cannot fill {seconds} s")
-    if n > 2_000_000_000:
+    if n > MAX_ACCESSES or (n > MAX_MATERIALISED and tr.step_of_access is not None):
         raise WorkloadError(f"--seconds {seconds}: {n} accesses at {ns} ns each is too many")
     if n <= len(tr):
-        events = [e for e in tr.events if e[0] <= n]
-        cols = [np.asarray(c[:n]) for c in (tr.vcpu, tr.va, tr.kind)]
-        soa = None if tr.step_of_access is None else np.asarray(tr.step_of_access[:n])
-    elif tr.step_of_access is not None:         # a scenario's steps: small, copied
+        return cut(w, n, seconds)
+    if tr.step_of_access is not None:         # a scenario's steps: small, copied
         cols = [np.resize(np.asarray(c), n) for c in (tr.vcpu, tr.va, tr.kind)]
-        events = _repeat_periodic(tr, n)
+        events = _repeat_periodic(w, n)
         soa = np.resize(tr.step_of_access, n)
     else:                                       # the access stream again
         # repeated lazily (model.trace_stream.TiledColumn): no copy of the repeats
         base = [np.asarray(c[:len(tr)]) for c in (tr.vcpu, tr.va, tr.kind)]
         cols = [TiledColumn(c, n) for c in base]
-        events = _repeat_periodic(tr, n)
+        events = _repeat_periodic(w, n)
         meta = dict(w.meta, seconds=seconds, accesses_for_seconds=n)
-        return Workload(w.name, w.scenario, TiledTrace(*cols, events, None), meta)
+        return note_aging(Workload(w.name, w.scenario, TiledTrace(*cols, events, None), meta))
     meta = dict(w.meta, seconds=seconds, accesses_for_seconds=n)
-    return Workload(w.name, w.scenario, Trace(*cols, events, soa), meta)
+    return note_aging(Workload(w.name, w.scenario, Trace(*cols, events, soa), meta))

@@ -15,6 +15,8 @@ page-table pages from data: every memslot is scanned.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from model.scenario import Step
@@ -76,27 +78,68 @@ FIRST = Knob("first_s", 0.0, "guest time of the first wake-up in the window, s (
              source="ASSUMPTION: the window starts at a wake-up; a sensitivity knob")
 
 
+# NUMA balancing's scan period, as kernel/sched/fair.c scales it by the process's RSS
+MAX_SCAN_WINDOW_MB = 2560      # kernel/sched/fair.c MAX_SCAN_WINDOW: never scan > 2560 MB/s
+NUMA_SCAN_PERIOD_MIN_MS = 1000  # sysctl_numa_balancing_scan_period_min
+NUMA_SCAN_PERIOD_MAX_MS = 60000  # sysctl_numa_balancing_scan_period_max
+NUMA_SCAN_DELAY_MS = 1000      # sysctl_numa_balancing_scan_delay: the first scan
+NUMA_RATES = ("fast", "slow")
+
+
+def numa_scan_windows(rss_mb: float, scan_size_mb: int) -> int:
+    """kernel/sched/fair.c task_nr_scan_windows: RSS rounded up to whole scan windows."""
+    return max(1, -(-int(math.ceil(rss_mb)) // scan_size_mb))
+
+
+def numa_scan_period_ms(rss_mb: float, scan_size_mb: int, rate: str) -> int:
+    """The scan period at the fast end (kernel/sched/fair.c task_scan_min: max(floor,
+    scan_period_min / windows), floor = 1000 ms / (MAX_SCAN_WINDOW / scan_size)) or at the
+    slow end (task_scan_max: max(task_scan_min, scan_period_max / windows)) of the kernel's
+    adaptive range; integer ms as the kernel computes them (unsigned int division)."""
+    windows = numa_scan_windows(rss_mb, scan_size_mb)
+    per = MAX_SCAN_WINDOW_MB // scan_size_mb if scan_size_mb < MAX_SCAN_WINDOW_MB else 1
+    smin = max(1000 // per, NUMA_SCAN_PERIOD_MIN_MS // windows)
+    if rate == "fast":
+        return smin
+    return max(smin, NUMA_SCAN_PERIOD_MAX_MS // windows)
+
+
 @host_scenario("numa",
                "automatic NUMA balancing (task_numa_work): every scan period the next "
                "scan_size_mb of guest memory gets PROT_NONE hinting PTEs; the MMU notifier "
-               "unmaps stage 2 (kvm_unmap_gfn_range) and the next access refaults",
+               "unmaps stage 2 (kvm_unmap_gfn_range) and the next access refaults; the period "
+               "is the kernel's, scaled by the VM's RSS (task_scan_min / task_scan_max)",
                [Knob("scan_size_mb", 256, "MB per scan (kernel.numa_balancing_scan_size_mb = "
                      "256, kernel/sched/fair.c)", lo=1,
                      source="Linux kernel/sched/fair.c: sysctl_numa_balancing_scan_size = 256"),
-                Knob("scan_period_s", 1.0, "s between scans (numa_balancing_scan_period_min_ms "
-                     "= 1000; adapts up to 60000)", lo=1e-6,
-                     source="Linux kernel/sched/fair.c: sysctl_numa_balancing_scan_period_min = "
-                            "1000 ms"),
-                FIRST])
-def numa(wl: Workload, *, scan_size_mb, scan_period_s, first_s):
-    _check("numa", scan_size_mb=scan_size_mb, scan_period_s=scan_period_s)
+                Knob("scan_rate", "fast", "which end of the kernel's adaptive scan period: "
+                     "fast = task_scan_min, slow = task_scan_max, both scaled by the VM's RSS "
+                     "(every memslot: a 4 GiB VM scans 256 MB per 100 ms fast, per 3.75 s "
+                     "slow)", NUMA_RATES,
+                     source="Linux kernel/sched/fair.c: task_nr_scan_windows, task_scan_min, "
+                            "task_scan_max"),
+                Knob("scan_period_s", 0.0, "s between scans; 0: the kernel's period at "
+                     "scan_rate for this VM's RSS", lo=0.0,
+                     source="Linux kernel/sched/fair.c: task_scan_min / task_scan_max"),
+                Knob("first_s", -1.0, "guest time of the first scan in the window, s; < 0: "
+                     "the kernel's scan delay, 1 s (sysctl_numa_balancing_scan_delay)",
+                     source="Linux kernel/sched/fair.c: sysctl_numa_balancing_scan_delay = "
+                            "1000 ms")])
+def numa(wl: Workload, *, scan_size_mb, scan_rate, scan_period_s, first_s):
+    _check("numa", scan_size_mb=scan_size_mb)
+    rss_mb = sum(s.pages for s in wl.scenario.memslots) * PAGE / MB
+    if not scan_period_s:
+        scan_period_s = numa_scan_period_ms(rss_mb, scan_size_mb, scan_rate) / 1000
+    if first_s < 0:
+        first_s = NUMA_SCAN_DELAY_MS / 1000
     sc = Scanner(wl)
     ev = []
     for pos, _t in _times(wl, first_s, scan_period_s):
         for slot, pages in sc.next(scan_size_mb * MB // PAGE):
             ev.append((pos, Step("numa_hint", slot=slot, pages=pages)))
-    return with_events(wl, ev, "numa", dict(scan_size_mb=scan_size_mb,
-                                            scan_period_s=scan_period_s, first_s=first_s))
+    return with_events(wl, ev, "numa", dict(scan_size_mb=scan_size_mb, scan_rate=scan_rate,
+                                            scan_period_s=scan_period_s, first_s=first_s,
+                                            rss_mb=rss_mb))
 
 
 @host_scenario("ksm",
@@ -176,15 +219,44 @@ def _clear_chunks(slots, chunk_mb: int) -> list[tuple[str, int, int, float]]:
 
 
 def _written_pages(wl: Workload, a: int, b: int) -> int:
-    """Distinct 4 KiB pages the guest's own stores wrote in accesses [a, b)."""
+    """Distinct 4 KiB pages the guest's own stores wrote in accesses [a, b).  A window served
+    again (model.trace_stream.TiledColumn) is read through its base: a range that spans a
+    whole period writes every page the base writes."""
     from model.trace import STORE_MASK
     tr = wl.trace
+    va, kind = tr.va, tr.kind
+    period = getattr(va, "period", None)
+    if period is not None and getattr(kind, "period", None) == period:
+        va, kind = va.base, kind.base
+        if b - a >= period:
+            a, b = 0, period
+        else:
+            a, b = a % period, a % period + (b - a)
+            if b > period:                     # wraps: [a, period) and [0, b - period)
+                return len(np.union1d(_store_pages(va, kind, a, period, STORE_MASK),
+                                      _store_pages(va, kind, 0, b - period, STORE_MASK)))
+    return int(len(_store_pages(va, kind, a, b, STORE_MASK)))
+
+
+def _store_pages(va, kind, a: int, b: int, store_mask) -> np.ndarray:
     pages = np.zeros(0, dtype=np.uint64)
     for lo in range(a, b, 1 << 22):            # in blocks: a long window is never held whole
         hi = min(b, lo + (1 << 22))
-        st = STORE_MASK[np.asarray(tr.kind[lo:hi])]
-        pages = np.union1d(pages, np.asarray(tr.va[lo:hi])[st] >> np.uint64(12))
-    return int(len(pages))
+        st = store_mask[np.asarray(kind[lo:hi])]
+        pages = np.union1d(pages, np.asarray(va[lo:hi])[st] >> np.uint64(12))
+    return pages
+
+
+def migration_bound_s(wl: Workload, bandwidth_mb_s: float = 134.2, link_gbit_s: float = 0.0,
+                      start_s: float = 0.0, **_knobs) -> float:
+    """A window long enough for one whole pre-copy migration of `wl`'s VM that converges:
+    the first pass (all memory at the bandwidth) three times over, plus 1 s.  A migration
+    whose later passes together take longer than two first passes is refused as not
+    converging (QEMU would need auto-converge or post-copy; ASSUMPTION: such a guest is out
+    of the realistic scope)."""
+    bw = link_gbit_s * 1000 / 8 if link_gbit_s > 0 else bandwidth_mb_s
+    total_mb = sum(s.pages for s in wl.scenario.memslots) * PAGE / 1e6
+    return start_s + 3 * total_mb / bw + 1.0
 
 
 @host_scenario("migration",
@@ -241,6 +313,7 @@ def migration(wl: Workload, *, bandwidth_mb_s, link_gbit_s, downtime_limit_ms, s
     ev = [(p0, Step("enable_dirty_log", slot=s.name, initially_set=manual_protect,
                     eager_split=eager_split)) for s in slots]
     t, a, send_mb, iterations = start_s, p0, total_mb, 0
+    switchover_s = downtime_s = None           # set when the migration completes in the window
     while iterations < 10_000:
         dur = send_mb / bw
         for slot, lo, hi, frac in chunks:
@@ -259,12 +332,76 @@ def migration(wl: Workload, *, bandwidth_mb_s, link_gbit_s, downtime_limit_ms, s
         send_mb = _written_pages(wl, a, b) * PAGE / 1e6
         a = b
         if send_mb / bw * 1000 <= downtime_limit_ms:
-            break                               # the rest goes during the downtime
+            # switch-over: the vCPUs stop and the last sync (migration_completion ->
+            # migration_bitmap_sync_precopy: KVM_GET_DIRTY_LOG) ends every round; the rest
+            # is sent during the downtime
+            ev += [(b, Step("harvest", slot=s.name)) for s in slots]
+            switchover_s, downtime_s = t, send_mb / bw
+            break
     knobs = dict(bandwidth_mb_s=bandwidth_mb_s, link_gbit_s=link_gbit_s,
                  downtime_limit_ms=downtime_limit_ms, start_s=start_s,
                  manual_protect=manual_protect, eager_split=eager_split,
-                 clear_chunk_mb=clear_chunk_mb, iterations_in_window=iterations)
+                 clear_chunk_mb=clear_chunk_mb, iterations_in_window=iterations,
+                 link_mb_s=bw, switchover_s=switchover_s, downtime_s=downtime_s,
+                 migration_s=None if switchover_s is None else switchover_s - start_s)
     from dataclasses import replace
     from .host import _scn
     return with_events(wl, ev, "migration", knobs, _scn(wl, [replace(s) for s in slots],
                                                          "migration"))
+
+
+@host_scenario("bg_snapshot",
+               "a background snapshot in time (QEMU background-snapshot: ram_write_tracking_"
+               "start write-protects all guest memory with uffd-wp; the migration thread saves "
+               "pages in address order at the bandwidth and releases each saved page, "
+               "ram_save_release_protection; a guest write to a page not yet saved is a uffd-"
+               "wp fault whose handler saves the page first): every page saved once, one round",
+               [Knob("bandwidth_mb_s", 134.2, "snapshot write speed, MB/s (QEMU applies "
+                     "max-bandwidth, default 128 MiB/s = 134.2 MB/s, to a background snapshot "
+                     "as to a migration; ASSUMPTION range up to ~3000 MB/s, a local NVMe)",
+                     lo=1e-3, source="QEMU migration/options.c: MAX_THROTTLE = 128 MiB/s"),
+                Knob("release_ms", 10.0, "ms between two releases of saved pages (ASSUMPTION: "
+                     "the thread saves continuously; released in 10 ms batches, range 1-100)",
+                     lo=1e-3, source="ASSUMPTION: batches of 10 ms of saving, range 1-100 ms"),
+                Knob("start_s", 0.0, "guest time at which the snapshot starts, s", lo=0.0,
+                     source="ASSUMPTION: the snapshot starts at the window's start")])
+def bg_snapshot(wl: Workload, *, bandwidth_mb_s, release_ms, start_s):
+    """Decision: the thread's progress is fixed by the bandwidth alone (pages a vCPU fault
+    saved early are skipped by the thread, which then moves on no faster: ASSUMPTION, it
+    favours neither policy); a page released by the thread is unprotected whatever its
+    state (UFFDIO_WRITEPROTECT mode=0 on an already writable page changes nothing)."""
+    from dataclasses import replace
+    from .host import _scn
+    _check("bg_snapshot", bandwidth_mb_s=bandwidth_mb_s, release_ms=release_ms)
+    ns = access_time(wl).ns
+    n = len(wl.trace)
+    slots = sorted(wl.scenario.memslots, key=lambda s: s.ipa)
+    p0 = min(n, round(start_s * 1e9 / ns))
+    ev = [(p0, Step("uffd_wp", slot=s.name, first=0, count=s.pages)) for s in slots]
+    sc = Scanner(wl)
+    per = max(1, round(bandwidth_mb_s * 1e6 * release_ms / 1000 / PAGE))
+    saved, t, done_s = 0, start_s, None
+    while saved < sc.total:
+        t += release_ms / 1000
+        pos = round(t * 1e9 / ns)
+        if pos > n:
+            break
+        for slot, pages in sc.next(min(per, sc.total - saved)):
+            ev.append((pos, Step("uffd_unprotect", slot=slot, pages=pages)))
+        saved += per
+        if saved >= sc.total:
+            done_s = t                          # every page saved: the snapshot is complete
+    knobs = dict(bandwidth_mb_s=bandwidth_mb_s, release_ms=release_ms, start_s=start_s,
+                 snapshot_done_s=done_s,
+                 snapshot_s=None if done_s is None else done_s - start_s)
+    return with_events(wl, ev, "bg_snapshot", knobs,
+                       _scn(wl, [replace(s, uffd="wp", uffd_resolve="page") for s in slots],
+                            "bg_snapshot"))
+
+
+def snapshot_bound_s(wl: Workload, bandwidth_mb_s: float = 134.2, start_s: float = 0.0,
+                     release_ms: float = 10.0, **_knobs) -> float:
+    """A window long enough for one whole background snapshot: all memory at the bandwidth,
+    plus one release period and 1 s."""
+    total_mb = sum(s.pages for s in wl.scenario.memslots) * PAGE / 1e6
+    return start_s + total_mb / bandwidth_mb_s + release_ms / 1000 + 1.0

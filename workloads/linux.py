@@ -31,10 +31,12 @@ What the profile does (Linux sources in brackets):
   also maps the neighbouring pages of its fault_around_bytes-aligned window that are in the
   page cache (file and text: all, a warm cache; shmem: pages that exist), old when hardware
   AF is in use (`arch_wants_old_prefaulted_pte`), young otherwise.
-* Aging (MGLRU `walk_pte_range`/`walk_pmd_range`): every age_period accesses, a clock hand
-  test-and-clears the AF of the next age_fraction of each address space's mapped PTEs (CAS of
-  young entries, then TLBI); with HAFT active and age_nonleaf, the level-2 table AF too, and
-  tables whose AF the hardware has not set again are skipped.
+* Aging (MGLRU `walk_pte_range`/`walk_pmd_range`; DAMON `damon_va_mkold`): every age_period
+  accesses a pass test-and-clears the AF of some of each address space's mapped PTEs (CAS of
+  young entries, then TLBI): the next age_fraction of them under a clock hand, every one
+  (aging = mglru), or one random PTE per monitoring region (aging = damon); with HAFT active
+  and age_nonleaf, the level-2 table AF too, and tables whose AF the hardware has not set
+  again are skipped (workloads/aging.py).
 * Writeback (knob writeback_period): dirty PTEs of shared file pages are cleaned and
   write-protected (`folio_mkclean`), so their next write faults again (`page_mkwrite`).
 * munmap (`zap_pte_range`, `free_pgtables`): PTEs cleared (+TLBI); a last-level table whose
@@ -49,14 +51,18 @@ What the profile does (Linux sources in brackets):
 Decisions where docs/semantics.md is silent:
 
 * demand = false: every page the trace touches in the first address space before any munmap,
-  fork or switch is mapped at start, as its first read fault would map it (anon: a new dirty
-  page, no zero page; shmem clean-writable; file and text read-only), young — a warmed-up
-  process; its tables are laid out by model.stage1.build_tables (docs/scenario-format.md's rule).
+  fork or switch (and every page `mapped()` names) is mapped at start, as its first read fault
+  would map it (anon: a new dirty page, no zero page; shmem clean-writable; file and text
+  read-only) — a warmed-up process; young, or with aging on, with the access flags aging
+  leaves (workloads/aging.py AgingRule.young_at_start, from the trace's own recency); in
+  first-touch order, each page's missing tables then the page; the tables are where
+  model.stage1.build_tables puts them (docs/scenario-format.md's rule).
 * Memory: page tables in slot "pt" at IPA 1 GiB, data in slot "ram" at 4 GiB (layout
-  "split"), or both interleaved in one slot "ram" at 1 GiB in allocation order (layout
-  "shared", as a real guest's page allocator mixes them; costs slot-size bytes of page-table
-  memory in the numpy engine).  Slots are rounded up to 2 MiB so THP/hugetlb blocks can form.
-  IPAs are handed out in first-touch order.
+  "split"), or both from one pool in one slot "ram" at 1 GiB, interleaved in allocation order
+  (layout "shared", as a real guest's page allocator hands them out; with ram_mb the pool is
+  spread over the VM's memory, guest.pt_order = "spread", as a guest that has run a while
+  allocates from free pages all over it; costs slot-size bytes of page-table memory in the
+  numpy engine).  Slots are rounded up to 2 MiB so THP/hugetlb blocks can form.
 * Kernel accesses (PTE loads/stores, page zeroing and CoW copies) are plain LDR/STR through the
   linear map: not walked, stage 2 only (model.reference.Vm._kernel_access).  A CoW copy's
   read of the source page is not modelled.  Only last-level tables are freed.
@@ -69,7 +75,6 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import math
 from collections import deque
 from dataclasses import dataclass, field, replace
 
@@ -78,9 +83,10 @@ import pandas as pd
 
 from model.arch import GRANULES, HOST_PAGE, Geometry, GeometryError, make_leaf_desc
 from model.scenario import Guest, Machine, Mapping, Memslot, Scenario, Step, Vmm
-from model.stage1 import build_tables
+from model.stage1 import build_tables, spread_stride
 from model.trace import KIND_CODE, STORE_MASK, Trace
 
+from .aging import DAMON_REGIONS, REGIMES, AgingRule, AgingState, regime_period_ms
 from .base import Knob, Workload, WorkloadError
 
 # ---- CPUs: HAFDBS and errata (docs/semantics.md §4) ------------------------------------------------
@@ -127,6 +133,8 @@ class LinuxProfile:
     ram_mb: int = 0
     warm_stage2: bool = False
     age_period_ms: float = 0.0
+    aging: str = ""
+    damon_regions: int = DAMON_REGIONS
 
     @property
     def cpu_info(self) -> Cpu:
@@ -160,11 +168,22 @@ PROFILE_KNOBS = (
          "MGLRU ages only under reclaim, mm/vmscan.c lru_gen_age_node); 0: age_period says",
          lo=0.0, source="Linux mm/damon/core.c damon_new_ctx: sample_interval = 5 ms"),
     Knob("age_fraction", 0.25, "fraction of each address space's PTEs one aging pass covers"),
+    Knob("aging", "", "guest aging regime (workloads/aging.py): damon = DAMON sampling, one "
+         "random PTE per region made old every 5 ms; mglru = MGLRU under sustained reclaim, "
+         "every PTE test-and-cleared once per age_period_ms (default 1000 ms, ASSUMPTION "
+         "100-10000 ms); none = no aging; '' = age_period/age_fraction say",
+         REGIMES, source="Linux mm/damon/core.c damon_new_ctx (sample 5 ms), mm/damon/vaddr.c "
+         "damon_va_mkold; mm/vmscan.c lru_gen_age_node -> walk_pte_range"),
+    Knob("damon_regions", DAMON_REGIONS, "aging = damon: monitoring regions, one PTE each per "
+         "sample (ASSUMPTION: DAMON adapts between min_nr_regions 10 and max_nr_regions 1000)",
+         lo=1, hi=1 << 20, unit="regions",
+         source="Linux mm/damon/core.c: min_nr_regions = 10, max_nr_regions = 1000"),
     Knob("age_nonleaf", True, "aging also clears table AF when HAFT is active"),
     Knob("writeback_period", 0, "accesses between writebacks of dirty file pages, which "
          "cleans and write-protects their PTEs (0: none)"),
     Knob("layout", "split", "split: tables in slot 'pt', data in 'ram'; shared: one slot, "
-         "tables and data interleaved", ("split", "shared")),
+         "tables and data from one pool in allocation order (spread over the VM's memory "
+         "when ram_mb is given)", ("split", "shared")),
     Knob("backing", "anon", "host backing of the memslots (KVM selftests -s)",
          ("anon", "anon_thp", "hugetlb", "shmem")),
     Knob("hw_update", "on-change", "hardware descriptor updates: on-change (architectural) "
@@ -179,13 +198,19 @@ PROFILE_KNOBS = (
 PROFILE_KNOB_NAMES = frozenset(k.name for k in PROFILE_KNOBS)
 
 
-def make_profile(values: dict, owner: str = "linux") -> LinuxProfile:
+def coerce_profile_knobs(values: dict, owner: str = "linux") -> dict:
+    """The profile knobs of `values`, checked and converted to their types."""
     known = {k.name: k for k in PROFILE_KNOBS}
     out = {}
     for name, v in values.items():
         if name not in known:
             raise WorkloadError(f"{owner}: unknown profile knob {name!r}")
         out[name] = known[name].coerce(v, owner)
+    return out
+
+
+def make_profile(values: dict, owner: str = "linux") -> LinuxProfile:
+    out = coerce_profile_knobs(values, owner)
     p = LinuxProfile(**out)
     try:
         p.geometry
@@ -196,7 +221,34 @@ def make_profile(values: dict, owner: str = "linux") -> LinuxProfile:
     if p.age_period < 0 or p.fault_around_bytes < 0 or p.writeback_period < 0:
         raise WorkloadError(f"{owner}: age_period, writeback_period and fault_around_bytes "
                             f"must be >= 0")
+    _check_aging(out, owner)
     return p
+
+
+def _check_aging(values: dict, owner: str) -> None:
+    """A regime and the knobs it fixes must not contradict each other."""
+    regime = values.get("aging", "")
+    if regime == "none" and (values.get("age_period") or values.get("age_period_ms")):
+        raise WorkloadError(f"{owner}: aging = none contradicts age_period / age_period_ms")
+    if regime in ("damon", "mglru") and "age_fraction" in values:
+        raise WorkloadError(f"{owner}: aging = {regime} decides which PTEs a pass ages; "
+                            f"age_fraction does not apply")
+    if "damon_regions" in values and regime != "damon":
+        raise WorkloadError(f"{owner}: damon_regions applies to aging = damon only")
+
+
+def aging_period_ms(values: dict) -> float:
+    """The aging period in guest time a profile's knobs ask for (0: none, or age_period in
+    accesses says): age_period_ms, else the regime's own (workloads/aging.py)."""
+    if values.get("aging") == "none" or values.get("age_period"):
+        return 0.0
+    ms = float(values.get("age_period_ms") or 0.0)
+    return ms or regime_period_ms(values.get("aging", ""))
+
+
+def aging_rule(p: LinuxProfile, haft: bool) -> AgingRule:
+    return AgingRule(p.aging if p.aging != "none" else "", p.age_fraction, p.damon_regions,
+                     p.age_nonleaf and haft)
 
 
 # ---- generator-side guest state ------------------------------------------------------------
@@ -231,9 +283,22 @@ class Space:
     pages: dict[int, list] = field(default_factory=dict)
     tables: dict[tuple[int, int], int] = field(default_factory=dict)
     hand: int = -1                     # aging clock hand (last VA page aged)
+    _sorted: tuple = (-1, None)        # (len(pages) when sorted, the sorted VA pages)
+    _starts: list = field(default_factory=list)   # VMA starts, for vma_of (cache)
+
+    def sorted_pages(self) -> np.ndarray:
+        """The mapped VA pages, sorted (cached while no page is mapped or unmapped)."""
+        if self._sorted[0] != len(self.pages) or self._sorted[1] is None:
+            self._sorted = (len(self.pages), np.array(sorted(self.pages), dtype=np.int64))
+        return self._sorted[1]
+
+    def forget_sorted(self) -> None:
+        self._sorted = (-1, None)
 
     def vma_of(self, p: int) -> Vma | None:
-        i = bisect.bisect_right([v.start for v in self.vmas], p) - 1
+        if len(self._starts) != len(self.vmas):          # VMAs changed (add, remove)
+            self._starts = [v.start for v in self.vmas]
+        i = bisect.bisect_right(self._starts, p) - 1
         if i >= 0 and p < self.vmas[i].end:
             return self.vmas[i]
         return None
@@ -245,6 +310,7 @@ class Space:
         if self.overlaps(v.start, v.end):
             raise WorkloadError(f"VMA at VA page {v.start:#x} overlaps an existing VMA")
         bisect.insort(self.vmas, v, key=lambda x: x.start)
+        self._starts = []
 
     def remove_range(self, lo: int, hi: int) -> None:
         out = []
@@ -257,22 +323,30 @@ class Space:
             if hi < v.end:
                 out.append(replace(v, start=hi, pages=v.end - hi, pgoff=v.pgoff + hi - v.start))
         self.vmas = sorted(out, key=lambda x: x.start)
+        self._starts = []
 
 
 class Alloc:
-    """The guest's page allocator over one slot: bump pointer plus a LIFO free list."""
+    """The guest's page allocator over one slot: the slot's pages in allocation order
+    (address order, or spread over `capacity` granules: model.stage1.allocation_order, the
+    order the table layout rule follows) plus a LIFO free list."""
 
-    def __init__(self, base: int, granule: int):
+    def __init__(self, base: int, granule: int, capacity: int = 0):
         self.base, self.granule = base, granule
         self.next = 0
         self.free: list[int] = []
+        self.capacity = capacity                # > 0: spread over this many granules
+        self.stride = spread_stride(capacity) if capacity > 1 else 1
 
     def get(self) -> int:
         if self.free:
             return self.free.pop()
-        ipa = self.base + self.next * self.granule
+        if self.capacity and self.next >= self.capacity:
+            raise WorkloadError(f"the guest's memory ({self.capacity} pages) is full: "
+                                f"raise ram_mb")
+        k = (self.next * self.stride) % self.capacity if self.capacity else self.next
         self.next += 1
-        return ipa
+        return self.base + k * self.granule
 
     def put(self, ipa: int) -> None:
         self.free.append(ipa)
@@ -298,9 +372,11 @@ class LinuxGuest:
         self._naccesses = 0
 
     # ---- the program's side ----------------------------------------------------------
-    def vma(self, va: int, nbytes: int, kind: str = "anon") -> int:
+    def vma(self, va: int, nbytes: int, kind: str = "anon", obj: int | None = None) -> int:
         """mmap a VMA at `va` (granule-aligned) of `nbytes` (rounded up); returns its object
-        id (file/shmem contents are shared by every mapping of that object)."""
+        id (file/shmem contents are shared by every mapping of that object: `obj`, an id
+        returned before, maps the same object again, as processes attaching one shared
+        memory segment do)."""
         if kind not in VMA_KINDS:
             raise WorkloadError(f"{self.name}: unknown VMA kind {kind!r}")
         gr = self.geo.granule
@@ -310,9 +386,13 @@ class LinuxGuest:
         if va + pages * gr > (1 << self.p.va_bits):
             raise WorkloadError(f"{self.name}: VMA {va:#x}+{pages * gr:#x} is beyond "
                                 f"va_bits = {self.p.va_bits}")
-        self._nobj += 1
-        self._ops.append(("vma", Vma(va >> self.g, pages, kind, self._nobj)))
-        return self._nobj
+        if obj is None:
+            self._nobj += 1
+            obj = self._nobj
+        elif not 0 < obj <= self._nobj or kind not in ("shmem", "file"):
+            raise WorkloadError(f"{self.name}: object {obj} cannot be mapped again as {kind}")
+        self._ops.append(("vma", Vma(va >> self.g, pages, kind, obj)))
+        return obj
 
     def run(self, vcpu, va, kind) -> None:
         """Accesses, in order: vcpu and kind may be scalars (kind a name or a code)."""
@@ -325,6 +405,13 @@ class LinuxGuest:
         self._ops.append(("run", _as_array(vcpu, n, np.uint16), va,
                           _as_array(kind, n, np.uint8)))
         self._naccesses += n
+
+    def mapped(self, va) -> None:
+        """Pages (VAs) the process touched before the trace: with demand = false they are
+        mapped at start, in this order, as the accesses before them are, but not traced (a
+        warm process's older working set); with demand = true nothing is mapped at start
+        and this does nothing."""
+        self._ops.append(("mapped", np.asarray(va, dtype=np.uint64)))
 
     def munmap(self, va: int, nbytes: int) -> None:
         self._ops.append(("munmap", va >> self.g, -(-nbytes // self.geo.granule)))
@@ -354,8 +441,8 @@ class LinuxGuest:
         if p.layout == "split":
             self.pt = Alloc(PT_IPA, gr)
             self.data = Alloc(DATA_IPA, gr)
-        else:
-            self.pt = self.data = Alloc(PT_IPA, gr)
+        else:                       # one pool; spread over the VM's memory when it is known
+            self.pt = self.data = Alloc(PT_IPA, gr, self._ram_granules())
         self.spaces: dict[int, Space] = {0: Space()}
         self.cur = 0
         self.refs: dict[int, int] = {}         # anonymous page IPA -> mappings
@@ -367,61 +454,90 @@ class LinuxGuest:
         self.pos = 0
         self.nacc = 0
         self.last_periodic = 0
+        self.next_age = p.age_period          # trace position the next aging pass is due at
+        self.age_at = p.age_period            # ... and the access count it runs at
+        self.rule = aging_rule(p, self.haft)
+        self.pass_pos: list[int] = []          # trace positions of the aging passes
         self.stats = dict(guest_faults=0, fault_around_ptes=0, aging_passes=0, munmaps=0,
                           forks=0, switches=0, tables_freed=0, writebacks=0)
         self.root = self.pt.get()
         return self._premap() if not p.demand else []
 
+    def _ram_granules(self) -> int:
+        """The VM's memory in granules, rounded up to 2 MiB as _finish sizes the slot (0:
+        ram_mb not given)."""
+        ram = self.p.ram_mb * (1 << 20) // HOST_PAGE
+        return -(-ram // BLOCK_PAGES) * BLOCK_PAGES // (self.geo.granule // HOST_PAGE)
+
     def _premap(self) -> list[Mapping]:
         """demand = false: map at start what the first address space touches before any
         munmap/fork/switch (see the module docstring)."""
         sp = self.spaces[0]
-        vas = []
+        vas, runs = [], []
         for op in self._ops:
             if op[0] == "vma":
                 sp.add_vma(op[1])
-            elif op[0] == "run":
-                vas.append(op[2])
+            elif op[0] in ("run", "mapped"):
+                vas.append(op[2] if op[0] == "run" else op[1])
+                if op[0] == "run":
+                    runs.append(op[2])
             else:
                 break
         if not vas:
             return []
         vp = np.concatenate(vas) >> np.uint64(self.g)
         uniq, first = np.unique(vp, return_index=True)
-        return self._premap_pages(uniq[np.argsort(first, kind="stable")].tolist())
+        ages = dict.fromkeys(uniq.tolist(), 1 << 62)     # mapped, never accessed in the trace
+        if runs:
+            rp = np.concatenate(runs) >> np.uint64(self.g)
+            ru, last_rev = np.unique(rp[::-1], return_index=True)
+            ages.update(zip(ru.tolist(), last_rev.tolist()))   # accesses since the last one
+        return self._premap_pages(uniq[np.argsort(first, kind="stable")].tolist(), ages)
 
-    def _premap_pages(self, order: list[int]) -> list[Mapping]:
-        """Map `order` (VA pages in first-touch order) at start, in the first space."""
+    def _young_at_start(self, order: list[int], ages: dict | None) -> dict:
+        """Item 5: with aging on, the access flags aging leaves in a warm guest (AgingRule
+        .young_at_start, from the base trace's own recency); without, every PTE young."""
+        if not self.p.age_period or ages is None:
+            return {}
+        pages = np.array(sorted(order), dtype=np.int64)
+        age = np.array([ages.get(q, 0) for q in pages.tolist()], dtype=np.int64)
+        young = self.rule.young_at_start(pages, age, self.p.age_period)
+        self.stats["old_at_start"] = int(len(young) - np.count_nonzero(young))
+        return dict(zip(pages.tolist(), young.tolist()))
+
+    def _premap_pages(self, order: list[int], ages: dict | None = None) -> list[Mapping]:
+        """Map `order` (VA pages in first-touch order) at start, in the first space; `ages`:
+        accesses since each page's last access in the base trace (steady-state AF)."""
         sp = self.spaces[0]
-        states = []
-        for q in order:
-            vma = sp.vma_of(q)
+        young = self._young_at_start(order, ages)
+        maps: list[Mapping] = []
+        for q in order:             # in first-touch order, a page's missing tables, then it
+            vma = sp.vma_of(q)      # (one pool with layout = shared: interleaved)
             if vma is None:
                 raise WorkloadError(f"{self.name}: access to VA {q << self.g:#x} outside "
                                     f"every VMA")
-            self._alloc_tables(sp, q)              # phase 1: every initial table first
-            states.append(vma)
-        self._init_tables = dict(sp.tables)
-        maps: list[Mapping] = []
-        for q, vma in zip(order, states):          # phase 2: data pages
+            self._alloc_tables(sp, q)
+            af = young.get(q, True)
             if vma.kind == "anon":
                 ipa = self.data.get()
                 self.refs[ipa] = 1
-                st = [ipa, DIRTY, True]
+                st = [ipa, DIRTY, af]
             else:
                 ipa, _fresh = self._obj_page(vma, q)
-                st = [ipa, CLEAN if vma.kind == "shmem" else RO, True]
+                st = [ipa, CLEAN if vma.kind == "shmem" else RO, af]
             sp.pages[q] = st
             w, d = st[S_] in (CLEAN, DIRTY), st[S_] == DIRTY
             va = q << self.g
             last = maps[-1] if maps else None
             if (last and last.va + last.pages * self.geo.granule == va
                     and last.ipa + last.pages * self.geo.granule == ipa
-                    and (last.writable, last.dirty, last.executable) == (w, d, vma.exec)):
+                    and (last.writable, last.dirty, last.executable, last.af)
+                    == (w, d, vma.exec, af)):
                 maps[-1] = replace(last, pages=last.pages + 1)
             else:
-                maps.append(Mapping(va=va, ipa=ipa, pages=1, af=True, writable=w, dirty=d,
+                maps.append(Mapping(va=va, ipa=ipa, pages=1, af=af, writable=w, dirty=d,
                                     executable=vma.exec))
+        self._init_tables = dict(sp.tables)
         self._premapped = len(order)
         return maps
 
@@ -432,20 +548,34 @@ class LinuxGuest:
             sp.add_vma(v)
 
     def _op_run(self, vc, va, kd) -> None:
-        pers = [q for q in (self.p.age_period, self.p.writeback_period) if q]
+        """Accesses, with the periodic kernel work between them: an aging pass due every
+        age_period trace positions (the clock: workloads/clock.py, fault attempts included),
+        a writeback every writeback_period accesses.  After a pass at position p, the next
+        comes after (its due position - p) more accesses, late by the fault attempts among
+        them (several due by then run together): the same wherever the runs are cut."""
+        age, wb = self.p.age_period, self.p.writeback_period
         n = len(va)
         i = 0
         while i < n:
-            if self.nacc and self.last_periodic != self.nacc:
-                self.last_periodic = self.nacc
-                if self.p.age_period and self.nacc % self.p.age_period == 0:
+            if age and self.nacc >= self.age_at:
+                while self.pos >= self.next_age:
                     self._age()
-                if self.p.writeback_period and self.nacc % self.p.writeback_period == 0:
-                    self._writeback()
-            j = min([n] + [i + q - self.nacc % q for q in pers])
+                    self.next_age += age
+                self.age_at = self.nacc + self.next_age - self.pos
+            if wb and self.nacc and self.last_periodic != self.nacc and self.nacc % wb == 0:
+                self.last_periodic = self.nacc
+                self._writeback()
+            j = n
+            if age:
+                j = min(j, i + self.age_at - self.nacc)
+            if wb:
+                j = min(j, i + wb - self.nacc % wb)
             self._chunk(vc[i:j], va[i:j], kd[i:j])
             self.nacc += j - i
             i = j
+
+    def _op_mapped(self, va) -> None:
+        """Mapped at start (demand = false, _premap) or not at all: nothing to replay."""
 
     def _op_munmap(self, lo: int, pages: int) -> None:
         sp = self.spaces[self.cur]
@@ -455,6 +585,7 @@ class LinuxGuest:
             st = sp.pages.pop(q)
             self._unref(st[IPA_])
         sp.remove_range(lo, hi)
+        sp.forget_sorted()
         self.stats["munmaps"] += 1
         if gone:
             self._event(Step("guest_pte", asid=self.cur, vas=tuple(q << self.g for q in gone),
@@ -663,25 +794,28 @@ class LinuxGuest:
                     tables=tables, fill=fill)
 
     def _age(self) -> None:
-        nonleaf = self.p.age_nonleaf and self.haft
+        """One aging pass over every address space (workloads/aging.py AgingRule.select)."""
         for asid in sorted(self.spaces):
             sp = self.spaces[asid]
-            keys = sorted(sp.pages)
-            if not keys:
-                continue
-            k = min(len(keys), max(1, math.ceil(self.p.age_fraction * len(keys))))
-            i = bisect.bisect_right(keys, sp.hand)
-            win = (keys[i:] + keys[:i])[:k]
-            sp.hand = win[-1]
-            win.sort()
+            sel, sp.hand = self.rule.select(sp.sorted_pages(), sp.hand, len(self.pass_pos))
+            win = sel.tolist()
             if not self.ha:
                 win = [q for q in win if sp.pages[q][AF_]]
             for q in win:
                 sp.pages[q][AF_] = False
-            self.stats["aging_passes"] += 1
             if win:
                 self._event(Step("guest_age", asid=asid, vas=tuple(q << self.g for q in win),
-                                 nonleaf=nonleaf))
+                                 nonleaf=self.rule.nonleaf))
+        self.pass_pos.append(self.pos)
+        self.stats["aging_passes"] += 1
+
+    def aging_state(self) -> AgingState | None:
+        """What continues aging past this trace (workloads/clock.py with_seconds)."""
+        if not self.p.age_period:
+            return None
+        return AgingState(self.rule, self.p.age_period, self.g,
+                          {a: (sp.sorted_pages().copy(), sp.hand)
+                           for a, sp in self.spaces.items()}, list(self.pass_pos), self.pos)
 
     def _writeback(self) -> None:
         """Writeback of dirty file pages (folio_mkclean -> page_mkclean_one: pte_wrprotect +
@@ -723,7 +857,8 @@ class LinuxGuest:
         else:
             slots = (Memslot("ram", PT_IPA, pages(self.pt, ram), backing=p.backing),)
             pt_slot = "ram"
-        guest = Guest(tcr_ha=ha, tcr_hd=hd, tcr2_haft=haft, pt_slot=pt_slot)
+        guest = Guest(tcr_ha=ha, tcr_hd=hd, tcr2_haft=haft, pt_slot=pt_slot,
+                      pt_order="spread" if self.pt.capacity else "address")
         scn = Scenario(name=self.name, machine=machine, guest=guest, memslots=slots,
                        vmm=Vmm(), mappings=tuple(mappings), steps=(),
                        source=f"<workload {self.name}>")
@@ -786,6 +921,7 @@ class LinuxGuest:
         if self.zero_ipa is not None:
             data.add(self.zero_ipa)
         meta["pt_pages"], meta["data_pages"] = tables * gp, len(data) * gp
+        meta["aging_state"] = self.aging_state()
         meta.update(accesses=int(self.nacc), events=len(self.events),
                     address_spaces=len(self.spaces), tcr_ha=self.ha, tcr_hd=self.hd,
                     tcr2_haft=self.haft, premapped_pages=getattr(self, "_premapped", 0),

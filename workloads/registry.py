@@ -18,9 +18,10 @@ from dataclasses import asdict
 from . import data, host, ptheavy  # noqa: F401  (register the generators and host scenarios)
 from . import host_reclaim, host_timed  # noqa: F401  (the calibrated host scenarios)
 from .base import GENERATORS, HOST_SCENARIOS, Entry, Knob, Workload, WorkloadError
-from .clock import ACCESS_TIME, with_seconds
+from .clock import ACCESS_TIME, note_aging, with_seconds
 from .importers import FORMATS, import_trace
-from .linux import PROFILE_KNOB_NAMES, PROFILE_KNOBS, make_profile
+from .linux import (PROFILE_KNOB_NAMES, PROFILE_KNOBS, aging_period_ms, coerce_profile_knobs,
+                    make_profile)
 
 # profile knobs a host scenario needs (firmware tables are built once and never stored to)
 HOST_PROFILE = {"firmware": {"demand": False, "age_period": 0}}
@@ -61,29 +62,40 @@ ACCESS_NS_KNOB = Knob("access_ns", 0.0, "guest time one access stands for, ns (0
 
 
 def _clock_ns(name: str) -> float:
-    """The time per access of a generator, or of a catalogue entry's recording (0: not
-    known before the workload is built)."""
+    """The time per access of a generator, or of a catalogue entry's or compact file's
+    recording, or an import's default (workloads/clock.py access_time: the same fallbacks);
+    0: not known before the workload is built."""
     if name in ACCESS_TIME:
         return ACCESS_TIME[name].ns
     if name.startswith("catalogue:"):
         from .catalogue import index, parse
         entry = index().get(parse(name.split(":", 1)[1])[0], {})
         return float(entry.get("ns_per_access", 0.0))
+    if name.startswith("compact:"):
+        from .compact import read_meta
+        tpa = read_meta(name.split(":", 1)[1]).get("time_per_access") or {}
+        return float(tpa.get("ns_per_access") or ACCESS_TIME["import"].ns)
+    if name.startswith("import:"):
+        return ACCESS_TIME["import"].ns
     return 0.0
 
 
 def make(name: str, seed: int = 0, **knobs) -> Workload:
     ns = ACCESS_NS_KNOB.coerce(knobs.pop("access_ns", 0.0), name)
-    if knobs.get("age_period_ms"):
-        # aging in guest time: the period in accesses on this workload's clock
-        ms = next(k for k in PROFILE_KNOBS if k.name == "age_period_ms").coerce(
-            knobs["age_period_ms"], name)
+    prof = coerce_profile_knobs({k: v for k, v in knobs.items() if k in PROFILE_KNOB_NAMES},
+                                name)
+    ms = aging_period_ms(prof) if not name.startswith("trace:") else 0.0
+    if ms:
+        # aging in guest time (age_period_ms or the regime's, workloads/aging.py): the
+        # period in accesses on this workload's clock
         per_ns = ns or _clock_ns(name)
         if not per_ns:
             raise WorkloadError(f"{name}: age_period_ms needs a time per access (knob "
                                 f"access_ns)")
         knobs["age_period"] = max(1, round(ms * 1e6 / per_ns))
     wl = _make(name, seed, **knobs)
+    if ms:
+        wl.meta["aging_period_ms"] = ms
     if ns:
         wl.meta["access_ns"] = ns
         wl.meta["access_ns_basis"] = "set by the knob access_ns"
@@ -144,10 +156,11 @@ def compatible(generator: str, host_name: str | None) -> bool:
 
 
 def build(name: str, seed: int = 0, host_name: str | None = None,
-          host_knobs: dict | None = None, seconds: float | None = None, **knobs) -> Workload:
+          host_knobs: dict | None = None, seconds=None, **knobs) -> Workload:
     """Generator `name` under host scenario `host_name` (None: none), with the profile knobs
     the host scenario requires; `seconds`: sized to that much guest time first
-    (workloads/clock.py), so that the host's events cover the whole window."""
+    (workloads/clock.py), so that the host's events cover the whole window — a number, or a
+    function of the built workload (a window as long as its migration needs)."""
     if host_name is not None:
         host_entry(host_name)
         if not compatible(name, host_name):
@@ -155,8 +168,12 @@ def build(name: str, seed: int = 0, host_name: str | None = None,
                                 f"its page tables)")
         knobs = {**knobs, **HOST_PROFILE.get(host_name, {})}
     wl = make(name, seed, **knobs)
+    if callable(seconds):
+        seconds = seconds(wl)
     if seconds is not None:
         wl = with_seconds(wl, seconds)
+    else:
+        note_aging(wl)
     if host_name is not None:
         wl = apply_host(wl, host_name, **(host_knobs or {}))
     return wl

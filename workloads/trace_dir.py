@@ -97,6 +97,7 @@ class PageSet:
         self.shift = np.uint64(shift)
         self.merge = merge
         self.pages, self.first, self.exec = [], [], []
+        self.last_pages, self.last = [], []   # each page's last touch (steady-state AF)
         self.pos = 0
 
     def add(self, va: np.ndarray, kind: np.ndarray) -> None:
@@ -110,6 +111,10 @@ class PageSet:
         new = np.concatenate(([True], codes[1:] > np.maximum.accumulate(codes)[:-1]))
         self.pages.append(np.asarray(u, dtype=np.uint64))
         self.first.append(starts[new].astype(np.int64) + self.pos)
+        ends = np.flatnonzero(np.concatenate((p[1:] != p[:-1], [True])))
+        u, i = np.unique(p[ends][::-1], return_index=True)
+        self.last_pages.append(u)
+        self.last.append(ends[::-1][i].astype(np.int64) + self.pos)
         ex = p[kind == EXEC]
         if len(ex):
             ex = ex[np.concatenate(([True], ex[1:] != ex[:-1]))]
@@ -126,6 +131,16 @@ class PageSet:
         keep[1:] = p[1:] != p[:-1]
         self.pages, self.first = [p[keep]], [f[keep]]
         self.exec = [np.unique(np.concatenate(self.exec))]
+        lp, la = np.concatenate(self.last_pages), np.concatenate(self.last)
+        o = np.lexsort((-la, lp))                   # per page, the latest touch first
+        lp, la = lp[o], la[o]
+        keep = np.concatenate(([True], lp[1:] != lp[:-1]))
+        self.last_pages, self.last = [lp[keep]], [la[keep]]
+
+    def ages(self) -> dict:
+        """Accesses since each page's last touch, at the end of what was added."""
+        self._merge()
+        return dict(zip(self.last_pages[0].tolist(), (self.pos - 1 - self.last[0]).tolist()))
 
     def result(self):
         """(sorted unique pages, their first-touch order as a list, sorted fetched pages)"""
@@ -140,7 +155,7 @@ class PageSet:
 class _StreamGuest(LinuxGuest):
     """LinuxGuest replaying into a ColumnWriter instead of memory."""
 
-    def replay(self, vmas, order, raw: Path, writer: ColumnWriter):
+    def replay(self, vmas, order, raw: Path, writer: ColumnWriter, ages=None):
         for first, npages, kind in vmas:
             self.vma(first << self.g, npages << self.g, kind)
         mappings = self._start()                    # demand = false: _premap adds the VMAs
@@ -148,7 +163,7 @@ class _StreamGuest(LinuxGuest):
             self._op_vma(v)
         self._ops = []
         if not self.p.demand:
-            mappings = self._premap_pages(order)
+            mappings = self._premap_pages(order, ages)
         self.out = writer
         for vc, va, kd in read_columns(raw):
             self._naccesses += len(va)
@@ -212,13 +227,16 @@ def convert(chunks, out: Path, *, name: str, source: dict, limit: int | None = N
         if n == 0:
             raise TraceError(f"{source.get('path', name)}: no accesses")
         uniq, order, exec_pages = pages.result()
+        ages = pages.ages() if len(uniq) else {}
         del pages
         window = max(1, profile.fault_around_bytes // profile.geometry.granule)
         vmas = layout_vmas(uniq, exec_pages, window)
+        tpa = time_per_access(instrs(), n)
+        profile, period_ms = _aging_on_clock(profile, profile_knobs, tpa)
         g = _StreamGuest(name, profile)
         writer = ColumnWriter(tmp)
         try:
-            wl = g.replay(vmas, order, raw, writer)
+            wl = g.replay(vmas, order, raw, writer, ages)
         finally:
             writer.close()
         shutil.rmtree(raw)
@@ -226,8 +244,9 @@ def convert(chunks, out: Path, *, name: str, source: dict, limit: int | None = N
         np.save(tmp / "attempts.npy", attempts)
         meta = dict(wl.meta, **source, generator="trace", accesses_read=n,
                     profile=asdict(profile), vmas=len(vmas), pages_touched=len(uniq))
-        ins = instrs()
-        meta["time_per_access"] = time_per_access(ins, n)
+        meta["time_per_access"] = tpa
+        if period_ms:
+            meta["aging_period_ms"] = period_ms
         with open(tmp / "workload.pkl", "wb") as f:
             pickle.dump({"version": FORMAT_VERSION, "name": name, "scenario": wl.scenario,
                          "events": g.events, "meta": meta}, f, protocol=4)
@@ -240,6 +259,19 @@ def convert(chunks, out: Path, *, name: str, source: dict, limit: int | None = N
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _aging_on_clock(profile, knobs: dict, tpa: dict):
+    """age_period_ms (or an aging regime's period) in accesses on the recording's clock,
+    known once the trace is spooled; (profile, period in ms)."""
+    from dataclasses import replace
+    from .clock import ACCESS_TIME
+    from .linux import aging_period_ms, coerce_profile_knobs
+    ms = aging_period_ms(coerce_profile_knobs(knobs, "convert"))
+    if not ms:
+        return profile, 0.0
+    ns = tpa.get("ns_per_access") or ACCESS_TIME["import"].ns
+    return replace(profile, age_period=max(1, round(ms * 1e6 / ns))), ms
 
 
 def load(d: Path) -> Workload:

@@ -103,8 +103,9 @@ def load(name: str, knobs: dict) -> Workload:
     from ..registry import _compact
     spec = name
     name, own = parse(spec)
-    if "age_period_ms" in own:
-        raise WorkloadError(f"catalogue:{spec}: give age_period_ms as a knob (a knob table "
+    timed = sorted({"age_period_ms", "aging"} & set(own))
+    if timed:
+        raise WorkloadError(f"catalogue:{spec}: give {timed[0]} as a knob (a knob table "
                             f"or --knob), not in the name: it is converted on the clock")
     both = set(own) & set(knobs)
     if both:
