@@ -110,6 +110,16 @@ def _kernel_runs(args, stack) -> list:
     return runs
 
 
+def _fingerprint(cases) -> str:
+    """One hash over every case's replay script: --from refuses a different case set (the
+    generated scenarios follow tests/strategies.py, which may change)."""
+    import hashlib
+    h = hashlib.sha256()
+    for c in cases:
+        h.update((c.export.script if c.export else f"unsupported {c.unsupported}").encode())
+    return h.hexdigest()
+
+
 def _reused_runs(args, cases) -> list:
     """--from DIR: the kernels, policies and consoles of an earlier check (no QEMU)."""
     from bench.kvm.check import KernelRun
@@ -118,7 +128,8 @@ def _reused_runs(args, cases) -> list:
         man = json.loads((d / "manifest.json").read_text())
     except (OSError, ValueError) as e:
         raise BadInput(f"--from: {d}/manifest.json: {e}") from None
-    if man.get("cases") != [c.ident for c in cases]:
+    if man.get("cases") != [c.ident for c in cases] or \
+            man.get("scripts_sha256") != _fingerprint(cases):
         raise BadInput(f"--from: the cases differ from {d}'s (give the same SCENARIO, "
                        f"--generated, --seed and --no-* options)")
     return [KernelRun(name, Path(), tuple(pols), reuse=d / f"console-{name}.log")
@@ -150,8 +161,8 @@ def cmd_check(args) -> int:
     if args.stamp and final.exists():
         raise BadInput(f"--stamp: {final} exists already")
     cases = collect_cases(args)
-    runs = _reused_runs(args, cases) if args.from_dir else _kernel_runs(args, stack)
     prepare(cases)
+    runs = _reused_runs(args, cases) if args.from_dir else _kernel_runs(args, stack)
     t0 = time.monotonic()
     qemu = (json.loads((Path(args.from_dir) / "manifest.json").read_text())["qemu"]
             if args.from_dir else qemu_version())
@@ -166,6 +177,7 @@ def cmd_check(args) -> int:
                  "qemu": qemu, "kernels": {kr.name: kr.facts for kr in runs},
                  "policies": {kr.name: list(kr.policies) for kr in runs},
                  "cases": [c.ident for c in cases],
+                 "scripts_sha256": _fingerprint(cases),
                  "page_fault_test": {kr.name: kr.pft for kr in runs}}, indent=2) + "\n"}
     out = write_dir_atomic(final, files, unique=not args.stamp)
     bad = sum(o.status != "agree" for o in outcomes)

@@ -123,6 +123,12 @@ def test_parse_decodes_esr_classes_and_double_faults():
     assert got["dirty_pages"] == {"pt": [3], "data": []}
 
 
+def test_page_fault_tests_assertions_are_not_the_last_replays():
+    text = CONSOLE + "@R pft_begin fix\n==== Test Assertion Failure ====\n"
+    (log,) = parse_console(text)[1]
+    assert log.problems == []
+
+
 def test_double_fault_needs_the_same_step_and_page():
     text = CONSOLE.replace("@R fault 1 0x1040003000 0x92000087", "@R fault 0 0x1040003000 "
                            "0x92000087")

@@ -123,7 +123,9 @@ def parse_console(text: str) -> tuple[dict[str, str], list[RunLog]]:
         w = line[i + 3:].split()
         if not w:
             continue
-        if w[0] == "begin" and len(w) >= 3:
+        if w[0].startswith("pft"):              # page_fault_test's own lines follow
+            cur = None
+        elif w[0] == "begin" and len(w) >= 3:
             cur = RunLog(w[1], w[2])
             logs.append(cur)
         elif cur is None or w[0] in ("kernel", "hafdbs", "kvm_mode", "policy_param", "kvm"):
