@@ -216,7 +216,7 @@ static void uffd_failed(const char *what)
 	_exit(3);
 }
 
-static void uffd_resolve(struct slot *s, uint64_t page, int wp)
+static void uffd_resolve(struct slot *s, uint64_t page, int wp, int minor)
 {
 	uint64_t first = s->resolve_slot ? 0 : page, last = s->resolve_slot ? s->pages : page + 1;
 
@@ -227,7 +227,13 @@ static void uffd_resolve(struct slot *s, uint64_t page, int wp)
 			uffd_failed("UFFDIO_WRITEPROTECT(0)");
 		return;
 	}
-	for (uint64_t p = first; p < last; p++) {
+	for (uint64_t p = first; p < last && minor; p++) {	/* page cache -> mapping */
+		struct uffdio_continue c = { .range = { (uint64_t)s->hva + p * PAGE, PAGE },
+					     .mode = UFFDIO_CONTINUE_MODE_DONTWAKE };
+		if (ioctl(s->uffd_fd, UFFDIO_CONTINUE, &c) && errno != EEXIST)
+			uffd_failed("UFFDIO_CONTINUE");
+	}
+	for (uint64_t p = first; p < last && !minor; p++) {
 		struct uffdio_copy c = { .dst = (uint64_t)s->hva + p * PAGE,
 					 .src = (uint64_t)s->snapshot + p * PAGE,
 					 .len = PAGE, .mode = UFFDIO_COPY_MODE_DONTWAKE };
@@ -244,6 +250,7 @@ static void *uffd_reader(void *arg)
 	struct slot *s = arg;
 	struct pollfd pfd = { .fd = s->uffd_fd, .events = POLLIN };
 	struct uffd_msg msg;
+	uint64_t last_page = -1ul, repeats = 0;
 
 	for (;;) {
 		if (poll(&pfd, 1, -1) < 0 || (pfd.revents & (POLLERR | POLLHUP)))
@@ -259,7 +266,12 @@ static void *uffd_reader(void *arg)
 
 		OUT("uffd %d %d %lu %s %d\n", cur_step, (int)(s - slots), page, mode,
 		    !!(f & UFFD_PAGEFAULT_FLAG_WRITE));
-		uffd_resolve(s, page, f & UFFD_PAGEFAULT_FLAG_WP);
+		if (page == last_page && ++repeats > 1000)
+			uffd_failed("uffd resolution (the same fault 1000 times)");
+		if (page != last_page)
+			repeats = 0;
+		last_page = page;
+		uffd_resolve(s, page, f & UFFD_PAGEFAULT_FLAG_WP, f & UFFD_PAGEFAULT_FLAG_MINOR);
 	}
 }
 
@@ -411,8 +423,12 @@ static void harvest(int si, const char *what)
 
 static void on_timeout(int sig)
 {
-	printf("@R timeout %d\n@R end\n", cur_step);
-	fflush(stdout);
+	char msg[64];
+	int n = snprintf(msg, sizeof(msg), "\n@R timeout %d\n@R end\n", cur_step);
+
+	/* write(2), not stdio: the signal may land in a thread holding stdout's lock */
+	if (write(1, msg, n) < 0)
+		_exit(4);
 	_exit(3);
 }
 
