@@ -25,8 +25,9 @@ from .catalog import build, micro_workload, scenario_files
 from .cost import CostModel
 from .spec_checks import (SpecError, check_engine, check_host, check_host_knobs, check_knobs,
                           check_seeds, check_variant, check_workload)
-from .runner import (COLUMNS, TIMING_COLUMNS, csv_text, environment, meta_json,
-                     run_workload, write_dir_atomic)
+from .meta import envelope
+from .runner import (COLUMNS, TIMING_COLUMNS, csv_text, meta_json, run_workload,
+                     write_dir_atomic)
 from .variants import contradiction
 from .verdict import (COMPARED, MATTERS_RULE, answer, by_variant, false_dirty_rate,
                       hw_always_effect, pt_share, sensitivity, verdict_table)
@@ -209,7 +210,10 @@ def cases(spec: dict):
 
 
 def _ignore_sigint() -> None:
+    """Pool workers: Ctrl-C is the parent's to handle; SIGTERM (the pool's terminate) ends
+    a worker quietly (not the parent's handler, inherited through fork)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _run_group(args) -> list[tuple]:
@@ -229,31 +233,9 @@ def _run_group(args) -> list[tuple]:
     return out
 
 
-def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
-             progress: bool | None = None, stamp: str | None = None,
-             workers: int | None = None) -> Path:
-    """The beer verdict of `spec`; `workers` processes (default: one per core)."""
-    from tqdm import tqdm
-    cm = cm or CostModel()
-    seed = int(spec.get("seed", 0))
-    engine = spec.get("engine", "numpy")
-    jobs = list(cases(spec))
-    if spec.get("micro", True):
-        for p in x86_report.arm64_files(scenario_files()):
-            for v in spec.get("micro_variants", ["default"]):
-                jobs.append(Job("micro", p, None, "scenario", None, v))
-    t0 = time.perf_counter()
-    # jobs that share a workload build it once: one group each, groups spread over the
-    # cores (results gathered in job order: the CSVs do not depend on the worker count)
-    groups: dict[tuple, list] = {}
-    for i, job in enumerate(jobs):
-        groups.setdefault(job.build_key(), []).append((i, job))
-    work = [(items, seed, engine) for items in groups.values()]
+def _execute(work: list, n: int, bar) -> dict[int, tuple]:
+    """Every group of jobs on `n` processes (fork), results by job index."""
     done: dict[int, tuple] = {}
-    n = max(1, min(workers or os.cpu_count() or 1, len(work)))
-    # tqdm: disable=None shows the bar only on a terminal
-    bar = tqdm(total=len(jobs), desc="beer", unit="run",
-               disable=None if progress is None else not progress)
     if n == 1:
         for args in work:
             for r in _run_group(args):
@@ -285,7 +267,38 @@ def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
             raise
         finally:
             pool.join()
-    bar.close()
+    return done
+
+
+def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
+             progress: bool | None = None, stamp: str | None = None,
+             workers: int | None = None, hunt_line: str | None = None) -> Path:
+    """The beer verdict of `spec`; `workers` processes (default: one per core); `hunt_line`:
+    a hunt's summary (bench/hunt.py hunt_summary_line) for verdict.txt."""
+    from .progress import Progress
+    cm = cm or CostModel()
+    seed = int(spec.get("seed", 0))
+    engine = spec.get("engine", "numpy")
+    jobs = list(cases(spec))
+    if spec.get("micro", True):
+        for p in x86_report.arm64_files(scenario_files()):
+            for v in spec.get("micro_variants", ["default"]):
+                jobs.append(Job("micro", p, None, "scenario", None, v))
+    t0 = time.perf_counter()
+    # jobs that share a workload build it once: one group each, groups spread over the
+    # cores (results gathered in job order: the CSVs do not depend on the worker count)
+    groups: dict[tuple, list] = {}
+    for i, job in enumerate(jobs):
+        groups.setdefault(job.build_key(), []).append((i, job))
+    work = [(items, seed, engine) for items in groups.values()]
+    n = max(1, min(workers or os.cpu_count() or 1, len(work)))
+    # a bar on a terminal, a line every few seconds elsewhere (bench/progress.py)
+    bar = Progress(len(jobs), "beer", "run", show=None if progress is None or progress
+                   else False)
+    try:
+        done = _execute(work, n, bar)
+    finally:
+        bar.close()
     rows, timings, metas, section, kinds = [], [], [], {}, {}
     for i in range(len(jobs)):
         _i, name, sec, wkind, r_rows, r_timings, r_meta = done[i]
@@ -303,25 +316,32 @@ def run_beer(spec: dict, out_root: Path, cm: CostModel | None = None,
     sens = sensitivity(df, cm)
     real_sens = realistic_sensitivity(df, v, cm)
     rvs = real_vs_synthetic(df, v, kinds)
+    # the default name is the time: two beers finishing in the same second into one root
+    # both keep their results (beer-STAMP, beer-STAMP-2); a stamp given is checked up front
+    unique = stamp is None
     stamp = stamp or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     files = {
         "metrics.csv": csv_text(rows, COLUMNS),
         "timings.csv": csv_text(timings, TIMING_COLUMNS),
         "verdict.csv": v.to_csv(index=False, lineterminator="\n"),
-        "meta.json": meta_json({"job": "beer", "spec": spec, "cost_model": cm.as_dict(),
-                                "environment": environment(), "runs": metas,
-                                "seconds": time.perf_counter() - t0}),
+        "meta.json": meta_json(envelope("beer", spec=spec, runs=metas,
+                                        seconds=time.perf_counter() - t0,
+                                        cost_model=cm.as_dict())),
     }
     files["report.md"] = (markdown(df, v, sens, cm, real_sens, rvs)
                           + x86_report.markdown(dfx))
-    files["verdict.txt"] = (text(df, v, sens, cm, real_sens) + x86_report.verdict_line(dfx)
-                            + "\n")
+    files["verdict.txt"] = (text(df, v, sens, cm, real_sens, hunt_line)
+                            + x86_report.verdict_line(dfx) + "\n")
     files["false_dirty.png"] = report.plot_false_dirty(df.assign(case=df.apply(
         lambda r: f"{r['workload']}", axis=1))[df["variant"] == "default"], "default")
     files["exits_vs_cost.png"] = report.plot_exits_vs_cost(v)
     files["sensitivity.png"] = report.plot_sensitivity(
         sens, float(v["net_us"].max()) if len(v) else None)
-    return write_dir_atomic(out_root / f"beer-{stamp}", files)
+    try:
+        return write_dir_atomic(out_root / f"beer-{stamp}", files, unique=unique)
+    except FileExistsError:
+        raise SpecError(f"--stamp: {out_root / f'beer-{stamp}'} appeared while this beer "
+                        f"ran (another beer with the same --stamp?); nothing written") from None
 
 
 SUMMARY_COLS = ["case", "fix_double_faults", "exits_saved", "false_dirty_extra",
@@ -446,10 +466,8 @@ def markdown(df, v, sens, cm, real_sens=None, rvs=None) -> str:
 
 TOP_CASES = 2
 TEXT_LEGEND = {
-    "case": "label:host scenarios",
-    "src": "real (a recorded program) or gen (a generator)",
-    "gib": "VM memory, GiB",
-    "sec": "guest seconds simulated",
+    "case": "GUEST/AGING/LINK (report.md: the guests)",
+    "sec": "guest seconds simulated (the whole migration)",
     "q": "share of page-table pages walk-faulted in a round and written before "
          "its harvest (fix)",
     "q_star": "break-even q, t_false / (t_exit + t_false) at the case's link",
@@ -464,7 +482,7 @@ TEXT_LEGEND = {
     "net_us": "net saving, us",
     "matters": "passes the bar (report.md)",
 }
-REAL_LEGEND = ("case", "src", "gib", "sec", "q", "q_star", "rounds", "net_ms")
+REAL_LEGEND = ("case", "sec", "q", "q_star", "rounds", "net_ms")
 REAL_COLS = ["case", "workload_kind", "guest_gib", "guest_seconds", "rounds_complete",
              "q_measured", "q_break_even", "p_same_access", "envelope", "envelope_unit",
              "numa_fast_pt_pages_s",
@@ -479,19 +497,19 @@ def _fmt_p(x) -> str:
 def realistic_text(real: pd.DataFrame) -> pd.DataFrame:
     """The realistic cases as verdict.txt shows them (TEXT_LEGEND names the columns)."""
     return pd.DataFrame([{
-        "case": _map_case(r),
-        "src": "real" if r.get("workload_kind") == "real" else "gen",
-        "gib": f"{r['guest_gib']:.1f}", "sec": f"{r['guest_seconds']:.3g}",
+        "case": _map_case(r), "sec": f"{r['guest_seconds']:.3g}",
         "rounds": int(r["rounds_complete"]), "q": _fmt_p(r["q_measured"]),
         "q_star": _fmt_p(r["q_break_even"]), "net_ms": f"{r['net_us'] / 1000:+.3g}",
         "matters": "yes" if r["matters"] else "no"} for _i, r in real.iterrows()])
 
 
 def _map_case(r) -> str:
-    """A realistic case as the map names it: its label and link (a migration), or its label
-    and host scenario."""
-    guest, aging = map_key(r)
-    label = guest if aging == "-" else f"{guest}/{aging}"
+    """A realistic case by its label (GUEST/AGING/LINK[/variation]); a label without a link
+    gets its link or host scenario."""
+    w = str(r["workload"])
+    label = w.rsplit("@", 1)[1] if "@" in w else _real_case(r).split(":", 1)[0]
+    if label.count("/") >= 2:
+        return label
     link = link_name(r.get("link_mb_s", 0.0))
     return f"{label} {link}" if link != "-" else f"{label} {r['host']}"
 
@@ -542,7 +560,7 @@ def realistic_map(real: pd.DataFrame) -> pd.DataFrame:
         if col not in cols:
             cols.append(col)
         mark = "*" if r["matters"] else ""
-        cells.setdefault(guest, {})[col] = f"{r['net_ms_per_migration']:+.2g}{mark}"
+        cells.setdefault(guest, {})[col] = f"{r['net_ms_per_migration']:+.1f}{mark}"
     cols.sort(key=lambda c: (AGING_ORDER.get(c.split(":")[0], 9), c))
     return pd.DataFrame([{"guest": g, **{c: row.get(c, "") for c in cols}}
                          for g, row in cells.items()])
@@ -591,7 +609,7 @@ def _short_case(r) -> str:
     return f"{w} / {r['variant']}"
 
 
-def text(df, v, sens, cm, real_sens=None) -> str:
+def text(df, v, sens, cm, real_sens=None, hunt_line: str | None = None) -> str:
     """verdict.txt: a <= 60-line summary for a mailing-list reply (<= 72 columns); the
     realistic (calibrated) cases first, then what it takes (the stress cases)."""
     real = v[v["section"] == "realistic"] if "section" in v else v.iloc[:0]
@@ -613,12 +631,14 @@ def text(df, v, sens, cm, real_sens=None) -> str:
     head = [report.wrap(answer_line(real))] if len(real) else []
     if len(rmap):
         head += ["ms per whole migration ha-promote saves over fix (*: matters):",
-                 report.text_table(rmap)]
+                 report.text_table(rmap, numparse=False)]
     off = real[~real.index.isin(on_map(real))] if len(rmap) else real
     if len(off):
         head += ["", "Realistic cases off the map (every case: report.md):" if len(rmap)
                  else "Realistic cases (calibrated host behaviour, warm guests):",
                  report.text_table(realistic_text(off))]
+    if hunt_line:
+        head += ["", report.wrap(hunt_line[:1].upper() + hunt_line[1:])]
     if len(real):
         head += [""]
     if len(real) and real_sens is not None and len(real_sens):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.engine_state import SlotIndex
+from model.engine_state import DescMemory, SlotIndex
 from model.stage1 import build_tables
 from model.engine_walk import walk_vas
 from model.scenario import Guest, Machine, Mapping, Memslot, Scenario
@@ -42,16 +42,14 @@ class Tables:
         gt = build_tables(scn)
         self.geo, self.root, self.n_tables = gt.geometry, gt.root, gt.tables_used
         addr = np.array(sorted(gt.descriptors), dtype=np.int64)
-        self.offs = (addr - PT_IPA) >> 3
-        self.vals = np.array([gt.descriptors[a] for a in addr.tolist()], dtype=np.uint64)
+        vals = np.array([gt.descriptors[a] for a in addr.tolist()], dtype=np.uint64)
+        # the engine's page-table memory (engine_state.DescMemory: O(1) descriptor reads)
+        self.mem = DescMemory(PT_PAGES, (addr - PT_IPA) >> 3, vals, PT_IPA, self.geo.oa_mask)
         self.idx = SlotIndex(scn.memslots)
 
-    def read_v(self, o: np.ndarray) -> np.ndarray:
-        i = np.minimum(np.searchsorted(self.offs, o), len(self.offs) - 1)
-        return np.where(self.offs[i] == o, self.vals[i], np.uint64(0))
-
     def walk(self, va: np.ndarray):
-        return walk_vas(self.geo, self.idx, PT_IPA, PT_PAGES * 512, self.read_v, self.root, va)
+        return walk_vas(self.geo, self.idx, PT_IPA, PT_PAGES * 512, self.mem.read_v,
+                        self.root, va, self.mem)
 
 
 def _sparse(rng, aligned=False):

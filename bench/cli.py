@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from model.policies import DEFAULT_ORDER, POLICIES
 from bench.cli_runs import RunInputError
-from bench.errors import BadInput
+from bench.errors import (OUTPUT_ERRNOS, BadInput, Terminated, interrupted_status,
+                          os_error_line)
 from model.scenario import ScenarioError
 
 
@@ -55,23 +57,48 @@ def build_parser() -> argparse.ArgumentParser:
     register(sub)
     from bench.sweep_cmd import register as register_sweep; register_sweep(sub)  # noqa: E702
     from bench.trace_cmd import register as register_trace; register_trace(sub)  # noqa: E702
+    from bench.hunt_cmd import register as register_hunt; register_hunt(sub)  # noqa: E702
     from bench.kvm_cmd import register as register_kvm; register_kvm(sub)  # noqa: E702
     return ap
+
+
+def _sigterm(_signum, _frame):
+    """SIGTERM as Ctrl-C: the same cleanup (workers stopped, temporary files removed)."""
+    raise Terminated
 
 
 def main(argv=None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        old = signal.signal(signal.SIGTERM, _sigterm)
+    else:
+        old = None
+    try:
+        return _dispatch(args)
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+def _dispatch(args) -> int:
     try:
         return args.func(args)
-    except KeyboardInterrupt:                    # Ctrl-C: nothing half-written (atomic
-        print("ptwbench: interrupted", file=sys.stderr)   # renames), the shell's status
-        return 130
+    except KeyboardInterrupt as e:               # Ctrl-C, SIGTERM: nothing half-written
+        print("ptwbench: interrupted", file=sys.stderr)   # (atomic renames)
+        return interrupted_status(e)
     except BrokenPipeError:                      # output piped into head & co.
         sys.stderr.close()
         return 0
     except (ScenarioError, BadInput, RunInputError) as e:
         print(f"ptwbench: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in OUTPUT_ERRNOS:
+            raise
+        print(f"ptwbench: error: {os_error_line(e)} (nothing half-written is left)",
+              file=sys.stderr)
         return 2
 
 

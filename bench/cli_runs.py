@@ -5,10 +5,13 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import nonneg_int
+from .errors import OUTPUT_ERRNOS, nonneg_int, os_error_line
 from .spec_checks import SpecError, check_seeds
 
 DEFAULT_RESULTS = Path("results")
+# timed runs of one `run`: pyperf takes 20 values by default; 1000 is 50x that, and a progress
+# bar shows how far a long one has got
+MAX_REPEAT = 1000
 
 
 class RunInputError(ValueError):
@@ -64,18 +67,9 @@ def _out_root(out: str) -> Path:
         raise RunInputError(str(e)) from None
 
 
-def cmd_run(args) -> int:
-    import pandas as pd
-
-    from workloads.base import WorkloadError
-
-    from . import report
-    from .catalog import build
-    from .runner import (COLUMNS, TIMING_COLUMNS, csv_text, environment, meta_json,
-                         run_workload, write_dir_atomic)
-    from .variants import VARIANTS, VariantError, contradiction
-    from .verdict import answer, verdict_table
-    from .cost import CostModel
+def _check_run_args(args) -> dict:
+    """Everything `run` can check before building anything; returns the --knob values."""
+    from .variants import VARIANTS, contradiction
     if args.variant not in VARIANTS:
         raise RunInputError(f"--variant: unknown variant {args.variant!r} "
                             f"(known: {', '.join(VARIANTS)})")
@@ -83,14 +77,48 @@ def cmd_run(args) -> int:
         check_seeds([args.seed], "--seed")
     except SpecError as e:
         raise RunInputError(str(e)) from None
-    if args.repeat < 1:
-        raise RunInputError(f"--repeat: {args.repeat} is not >= 1")
+    if not 1 <= args.repeat <= MAX_REPEAT:
+        raise RunInputError(f"--repeat: {args.repeat} is not in 1..{MAX_REPEAT}")
+    if args.warmup > MAX_REPEAT:
+        raise RunInputError(f"--warmup: {args.warmup} is over {MAX_REPEAT}")
     if not args.no_save:
         _out_root(args.out)
     knobs = _kv(args.knob, "--knob")
     why = contradiction(args.variant, knobs.get("cpu"))
     if why:
         raise RunInputError(why)
+    return knobs
+
+
+def _run_with_progress(w, args):
+    from model.policies import DEFAULT_ORDER
+
+    from .progress import Progress
+    from .runner import run_total, run_workload
+    from .variants import VariantError
+    bar = Progress(run_total(w, args.engine, DEFAULT_ORDER, args.repeat, args.warmup),
+                   f"run {w.name}", "accesses")
+    try:
+        return run_workload(w, host=args.host, variant=args.variant, seed=args.seed,
+                            engine=args.engine, repeat=args.repeat, warmup=args.warmup,
+                            progress=bar)
+    except VariantError as e:
+        raise RunInputError(str(e)) from None
+    finally:
+        bar.close()
+
+
+def cmd_run(args) -> int:
+    import pandas as pd
+
+    from workloads.base import WorkloadError
+
+    from . import report
+    from .catalog import build
+    from .cost import CostModel
+    from .runner import COLUMNS, csv_text
+    from .verdict import answer, verdict_table
+    knobs = _check_run_args(args)
     try:
         w = build(args.workload, knobs, args.host,
                   _host_kv(args.host_knob, args.host), args.seed, args.seconds, args.until)
@@ -98,12 +126,7 @@ def cmd_run(args) -> int:
         raise RunInputError(str(e)) from None
     if w.meta.get("aging_warning"):
         print(f"ptwbench run: warning: {w.meta['aging_warning']}", file=sys.stderr)
-    try:
-        run = run_workload(w, host=args.host, variant=args.variant, seed=args.seed,
-                           engine=args.engine, repeat=args.repeat, warmup=args.warmup)
-    except VariantError as e:
-        raise RunInputError(str(e)) from None
-    run.meta["environment"] = environment()
+    run = _run_with_progress(w, args)
     df = pd.DataFrame(run.rows, columns=list(COLUMNS))
     v = verdict_table(df, CostModel())
     show = df[["policy", "s2_faults", "double_faults", "uffd_events", "uffd_false_write",
@@ -112,27 +135,50 @@ def cmd_run(args) -> int:
                     report.md_table(show), "", f"**{answer(v)}**" if len(v) else "", "",
                     q_line(run.rows[0]), ""])
     if args.format == "text":
-        short = show.rename(columns={"s2_faults": "exits", "double_faults": "double",
-                                     "uffd_events": "uffd", "uffd_false_write": "uffd_fw",
-                                     "dirty_marked_pt": "dirty_pt",
-                                     "dirty_false_positive": "false_dirty",
-                                     "guest_aborts": "aborts"})
-        sys.stdout.write(report.text_table(short) + "\n" + (report.wrap(answer(v)) + "\n"
-                                                            if len(v) else "")
-                         + report.wrap(q_line(run.rows[0])) + "\n")
+        # one metric a line, one policy a column: the metrics keep their names (those of
+        # metrics.csv and the md table) within 72 columns
+        per_metric = show.set_index("policy").T.rename_axis("metric").reset_index()
+        sys.stdout.write(report.text_table(per_metric) + "\n" + (
+            report.wrap(answer(v)) + "\n" if len(v) else "")
+            + report.wrap(q_line(run.rows[0])) + "\n")
     elif args.format == "csv":
         sys.stdout.write(csv_text(run.rows, COLUMNS))
     else:
         sys.stdout.write(md)
     if not args.no_save:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        name = f"{w.name.replace(':', '_')}-{args.host}-{args.variant}-s{args.seed}-{stamp}"
-        d = write_dir_atomic(Path(args.out) / name, unique=True, files={
+        print(f"results: {_save_run(args, w, run, md)}", file=sys.stderr)
+    return 0
+
+
+def _save_run(args, w, run, md: str) -> Path:
+    """The run's result directory (after its result was printed: a failure says so)."""
+    from .runner import (COLUMNS, TIMING_COLUMNS, csv_text, meta_json, short_name,
+                         write_dir_atomic)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    name = short_name(f"{w.name}-{args.host}-{args.variant}-s{args.seed}-{stamp}")
+    try:
+        return write_dir_atomic(Path(args.out) / name, unique=True, files={
             "metrics.csv": csv_text(run.rows, COLUMNS),
             "timings.csv": csv_text(run.timings, TIMING_COLUMNS),
-            "meta.json": meta_json(run.meta), "report.md": md})
-        print(f"results: {d}", file=sys.stderr)
-    return 0
+            "meta.json": meta_json(run_meta(args, run)), "report.md": md})
+    except OSError as e:                     # the result is on stdout already: say so
+        if e.errno not in OUTPUT_ERRNOS:
+            raise
+        raise RunInputError(f"{os_error_line(e)}: the result printed above was not "
+                            f"saved (--out {args.out})") from None
+
+
+def run_meta(args, run) -> dict:
+    """meta.json of `ptwbench run` (bench/meta.py's shape): the parameters as the spec."""
+    from .cost import CostModel
+    from .meta import envelope
+    spec = {"workload": args.workload, "knobs": _kv(args.knob, "--knob"), "host": args.host,
+            "host_knobs": _host_kv(args.host_knob, args.host), "variant": args.variant,
+            "seed": args.seed, "engine": args.engine, "repeat": args.repeat,
+            "warmup": args.warmup, "seconds": args.seconds, "until": args.until}
+    wall = sum(run.meta["samples_seconds"]) + run.meta["workload_meta"].get("build_seconds", 0)
+    return envelope("run", spec=spec, runs=[run.meta], seconds=wall,
+                    cost_model=CostModel().as_dict())
 
 
 def cmd_beer(args) -> int:
@@ -159,7 +205,8 @@ def cmd_beer(args) -> int:
             spec = load_spec(text, args.spec)
         else:
             spec = load_spec(default_spec_text(), "embedded default")
-        d = run_beer(spec, Path(args.out), stamp=args.stamp, workers=args.workers or None)
+        d = run_beer(spec, Path(args.out), stamp=args.stamp, workers=args.workers or None,
+                     hunt_line=_hunt_line(args.hunt))
     except (SpecError, WorkloadError) as e:
         raise RunInputError(str(e)) from None
     text = (d / "verdict.txt").read_text() if args.format == "text" else (
@@ -167,6 +214,18 @@ def cmd_beer(args) -> int:
     sys.stdout.write(text)
     print(f"results: {d}", file=sys.stderr)
     return 0
+
+
+def _hunt_line(d: str | None) -> str | None:
+    """`beer --hunt DIR`: the finished hunt's summary line, read before the beer runs."""
+    if d is None:
+        return None
+    from .hunt import hunt_summary_line
+    try:
+        return hunt_summary_line(d)
+    except (OSError, ValueError, KeyError) as e:
+        raise RunInputError(f"--hunt: {d} holds no finished hunt (summary.json: "
+                            f"{getattr(e, 'strerror', None) or e})") from None
 
 
 def cmd_compare(args) -> int:
@@ -229,6 +288,9 @@ def register(sub) -> None:
                    help="what to print: text (72 columns, for a mailing-list reply) or md")
     b.add_argument("--workers", type=nonneg_int, default=0,
                    help="worker processes (0: one per core); the results do not depend on it")
+    b.add_argument("--hunt", metavar="DIR", default=None,
+                   help="a finished `ptwbench hunt` result directory: verdict.txt adds its "
+                        "one-line summary (what the search of the calibrated space found)")
     b.set_defaults(func=cmd_beer)
     c = sub.add_parser("compare", help="per-metric deltas between two result directories")
     c.add_argument("a", help="baseline result directory (run, beer or sweep)")

@@ -13,7 +13,11 @@ from pathlib import Path
 import pandas as pd
 
 from .report import md_table
-from .runner import KEY_COLUMNS, METRIC_COLUMNS
+from .runner import KEY_COLUMNS, METRIC_COLUMNS, TIMING_COLUMNS
+
+# the columns that hold numbers (metrics.csv, timings.csv), checked as numbers
+NUMBER_COLUMNS = frozenset(METRIC_COLUMNS) | (frozenset(TIMING_COLUMNS) - set(KEY_COLUMNS)
+                                              - {"engine"})
 
 
 class CompareError(ValueError):
@@ -28,12 +32,54 @@ def _load(d: Path, name: str, required: bool) -> pd.DataFrame | None:
             raise CompareError(f"{d}: no {name}")
         return None
     try:
-        df = pd.read_csv(f)
+        raw = f.read_bytes()
+        df = pd.read_csv(f, dtype=str, keep_default_na=False)
     except Exception as e:                           # noqa: BLE001 (pandas raises many kinds)
         raise CompareError(f"{f}: unreadable CSV: {str(e).splitlines()[0]}") from None
     missing = [c for c in KEY_COLUMNS if c not in df.columns]
     if missing:
         raise CompareError(f"{f}: missing column {missing[0]!r}")
+    if raw and not raw.endswith(b"\n"):
+        raise CompareError(f"{f} is damaged: its last line is cut (truncated file?)")
+    _check_fields(raw, f)
+    return _validated(df, f)
+
+
+def _check_fields(raw: bytes, f: Path) -> None:
+    """Every line has the header's number of fields (a cut or spliced file has not)."""
+    import csv
+    import io
+    rows = csv.reader(io.StringIO(raw.decode("utf-8", errors="replace")))
+    width = len(next(rows, []))
+    for n, row in enumerate(rows, 2):
+        if row and len(row) != width:
+            raise CompareError(f"{f} is damaged: line {n} has {len(row)} fields, the header "
+                               f"{width} (truncated file?)")
+
+
+def _validated(df: pd.DataFrame, f: Path) -> pd.DataFrame:
+    """Every number cell a number (or empty: not applicable), no key twice: else "damaged"
+    (exit 2)."""
+    numeric = [c for c in df.columns if c in NUMBER_COLUMNS]
+    numbers = {}
+    for c in numeric:
+        numbers[c] = v = pd.to_numeric(df[c], errors="coerce")
+        bad = v.isna() & ~df[c].str.lower().isin(["", "nan"])
+        if bad.any():
+            r = int(bad.to_numpy().nonzero()[0][0])
+            raise CompareError(f"{f} is damaged: line {r + 2}, column {c!r}: "
+                               f"{df[c].iloc[r]!r} is not a number")
+    df = pd.concat([df.drop(columns=numeric), pd.DataFrame(numbers, index=df.index)],
+                   axis=1)[list(df.columns)]
+    for c in KEY_COLUMNS:
+        if (df[c] == "").any():
+            r = int((df[c] == "").to_numpy().nonzero()[0][0])
+            raise CompareError(f"{f} is damaged: line {r + 2}, key column {c!r} is empty")
+    dup = df.duplicated(list(KEY_COLUMNS) + [c for c in ("engine",) if c in df], keep="first")
+    if dup.any():
+        r = int(dup.to_numpy().nonzero()[0][0])
+        key = ", ".join(f"{k}={df[k].iloc[r]}" for k in KEY_COLUMNS)
+        raise CompareError(f"{f} is damaged: line {r + 2} repeats the row of {key}")
     return df
 
 
@@ -45,15 +91,16 @@ def compare(a: Path, b: Path, threshold: float = 0.10, throughput: bool = True
     keys = list(KEY_COLUMNS)
     for df in (ma, mb):
         df["seed"] = df["seed"].astype(str)
-    j = ma.merge(mb, on=keys, how="outer", suffixes=("_a", "_b"), indicator=True)
+    j = ma.merge(mb, on=keys, how="outer", suffixes=("_a", "_b"), indicator="side")
     lines = [f"compare {a} -> {b}"]
     status = 0
-    only = j[j["_merge"] != "both"]
+    only = j[j["side"] != "both"]
     if len(only):
         status = 1
         lines.append(f"{len(only)} run/policy rows are in only one result set:")
-        lines.append(md_table(only[keys + ["_merge"]]))
-    both = j[j["_merge"] == "both"]
+        where = only["side"].map({"left_only": f"only in {a}", "right_only": f"only in {b}"})
+        lines.append(md_table(only[keys].assign(where=where.astype(str))))
+    both = j[j["side"] == "both"]
     metrics = [m for m in METRIC_COLUMNS if f"{m}_a" in both and f"{m}_b" in both]
     changes = []
     for m in metrics:

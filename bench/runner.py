@@ -123,16 +123,49 @@ def _import_engines() -> tuple[float, Callable, Callable]:
     return time.perf_counter() - t0, run_trace, run_reference_trace
 
 
+def _reporting(trace, progress, per_access: int):
+    """`trace` whose intervals() tell `progress` how many accesses the engine has run (both
+    engines walk a trace by its intervals); undone by `del trace.intervals`."""
+    inner = trace.intervals
+
+    def intervals():
+        for start, end, events in inner():
+            yield start, end, events
+            progress.update((end - start) * per_access)
+    trace.intervals = intervals
+    return trace
+
+
 def run_workload(w: Workload, *, host: str = "none", variant: str = "default", seed: int = 0,
                  engine: str = "numpy", policies=DEFAULT_ORDER, repeat: int = 1,
-                 warmup: int = 0) -> Run:
+                 warmup: int = 0, progress=None) -> Run:
     """All policies on one workload: metrics from the first run, timings over `repeat` timed
-    runs after `warmup` untimed ones (every run gives the same metrics: checked)."""
+    runs after `warmup` untimed ones (every run gives the same metrics: checked).
+    `progress`: a bench.progress.Progress told the accesses run (its total: `run_total`)."""
     import_s, run_trace, run_reference_trace = _import_engines()
     w = variant_workload(w, variant)
     scn = w.scenario
     runner = run_trace if engine == "numpy" else run_reference_trace
     pt_pages, data_pages = guest_footprint(w)
+    if progress is not None:
+        _reporting(w.trace, progress, 1)
+    try:
+        samples, results = _timed_runs(w, scn, runner, policies, repeat, warmup)
+    finally:
+        if progress is not None:
+            del w.trace.intervals
+    return _run_rows(w, scn, host, variant, seed, engine, samples, results, warmup, import_s,
+                     pt_pages, data_pages)
+
+
+def run_total(w: Workload, engine: str, policies, repeat: int, warmup: int) -> int:
+    """The accesses `run_workload` reports: the reference engine walks the trace once per
+    policy, the numpy engine once for all."""
+    per = len(tuple(policies)) if engine == "reference" else 1
+    return len(w.trace) * per * (max(1, repeat) + warmup)
+
+
+def _timed_runs(w, scn, runner, policies, repeat, warmup):
     for _ in range(warmup):
         runner(scn, w.trace, tuple(policies))
     samples, results = [], None
@@ -145,6 +178,11 @@ def run_workload(w: Workload, *, host: str = "none", variant: str = "default", s
         elif {p: x.metrics(None) for p, x in r.items()} != {
                 p: x.metrics(None) for p, x in results.items()}:
             raise RuntimeError(f"{w.name}: repeated runs disagree (nondeterministic engine)")
+    return samples, results
+
+
+def _run_rows(w, scn, host, variant, seed, engine, samples, results, warmup, import_s,
+              pt_pages, data_pages) -> Run:
     dt = statistics.median(samples)
     oracle = results.get("oracle")
     rows, timings = [], []
@@ -202,23 +240,9 @@ def _jsonable(d):
 
 # ---- environment metadata (pyperf-like) -------------------------------------------------
 def environment() -> dict:
-    import numpy
-    import pandas
-    rev = "unknown"
-    try:
-        here = Path(__file__).resolve().parent.parent
-        rev = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5).stdout.strip() or "unknown"
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        if dirty:
-            rev += "+dirty"
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"git_revision": rev, "python": sys.version.split()[0],
-            "numpy": numpy.__version__, "pandas": pandas.__version__,
-            "platform": platform.platform(), "machine": platform.machine(),
-            "cpu_count": os.cpu_count(), "hostname": platform.node()}
+    """The machine and library versions (bench/meta.py; meta.json's `environment`)."""
+    from .meta import environment as env
+    return env()
 
 
 # ---- output: atomic writes -----------------------------------------------------------------
@@ -288,7 +312,54 @@ def check_out_root(root: Path, what: str = "--out") -> Path:
         raise OutputError(f"{what}: {p} is not a directory")
     if not os.access(p, os.W_OK | os.X_OK):
         raise OutputError(f"{what}: {p} is not writable")
+    free = _free_bytes(p)
+    if free < MIN_FREE_BYTES:
+        raise OutputError(f"{what}: {p} has {free / 1e6:.1f} MB free, under the "
+                          f"{MIN_FREE_BYTES // 10**6} MB a result needs; free some space")
+    name_max = _pathconf(p, "PC_NAME_MAX", 255)
+    for part in root.parts:
+        if len(os.fsencode(part)) > name_max:
+            raise OutputError(f"{what}: a name of {len(part)} characters "
+                              f"({part[:24]!r}...) is too long for the file system "
+                              f"(at most {name_max})")
+    if len(os.fsencode(str(root.absolute()))) > _pathconf(p, "PC_PATH_MAX", 4096) - 300:
+        raise OutputError(f"{what}: the path is too long for the file system")
     return root
+
+
+RUN_NAME_MAX = 120              # result directory names (check_name), before "-N" suffixes
+
+
+# checked before any work: a nearly full disk is refused up front (a beer's directory is
+# ~1-3 MB, a sweep's grows ~20 KB a point); a disk that fills later still gives one line
+MIN_FREE_BYTES = 64 * 10**6
+
+
+def _free_bytes(p: Path) -> int:
+    try:
+        st = os.statvfs(p)
+        return st.f_bavail * st.f_frsize
+    except (OSError, AttributeError):
+        return MIN_FREE_BYTES
+
+
+def _pathconf(p: Path, name: str, default: int) -> int:
+    try:
+        return os.pathconf(p, name)
+    except (OSError, ValueError, AttributeError):
+        return default
+
+
+def short_name(name: str, limit: int = RUN_NAME_MAX) -> str:
+    """`name` as a directory name of at most `limit` characters: a long one (a workload named
+    by a long path) keeps its start and end around a hash of the whole, so it stays unique."""
+    import hashlib
+    name = re.sub(r"[^A-Za-z0-9._+@=-]", "_", name).lstrip(".-_") or "run"
+    if len(name) <= limit:
+        return name
+    h = hashlib.sha256(name.encode()).hexdigest()[:10]
+    keep = (limit - len(h) - 2) // 2
+    return f"{name[:keep]}~{h}~{name[-keep:]}"
 
 
 def unique_run_dir(root: Path, name: str) -> Path:
@@ -320,8 +391,8 @@ def write_dir_atomic(final: Path, files: dict[str, str | bytes], unique: bool = 
             try:
                 os.rename(tmp, final)
                 break
-            except OSError:                      # taken between the check and the rename
-                if not unique:
+            except OSError:                      # taken between the check and the rename?
+                if not (unique and final.exists()):
                     raise
     except BaseException:
         import shutil

@@ -4,6 +4,7 @@ registry.  Each raises SpecError with one line naming the key."""
 from __future__ import annotations
 
 ENGINES = ("numpy", "reference")
+MAX_SEEDS = 100_000             # seeds of one spec: 10x a sweep's point limit (bench/sweep.py)
 
 
 class SpecError(ValueError):
@@ -21,6 +22,8 @@ def check_seeds(v, at: str) -> list[int]:
     if isinstance(v, int):
         if v < 1:
             raise SpecError(f"{at}: a seed count must be >= 1, not {v}")
+        if v > MAX_SEEDS:                 # before the list is built (10^8 seeds: 3.9 GB)
+            raise SpecError(f"{at}: {v:,} seeds is over the limit of {MAX_SEEDS:,}")
         return list(range(v))
     if not v:
         raise SpecError(f"{at}: empty list")
@@ -67,6 +70,8 @@ def check_knobs(workload: str, combo: dict, at: str) -> dict:
         pk = {k.name: k for k in PROFILE_KNOBS}
         coerced = {k: resolved[k] for k in own}
         coerced.update({k: pk[k].coerce(x, workload) for k, x in prof.items()})
+        from workloads.footprint import check_footprint
+        check_footprint(workload, resolved, int(coerced.get("ram_mb", 0)))
     except WorkloadError as e:
         raise SpecError(f"{at}: {e}") from None
     return {k: coerced[k] for k in combo}
@@ -119,6 +124,11 @@ def check_workload(w, at: str) -> str:
     elif w.startswith("trace:"):
         if not Path(w.split(":", 1)[1]).is_dir():
             raise SpecError(f"{at}: {w!r}: no such trace directory")
+        from workloads.trace_dir import check_format
+        try:
+            check_format(Path(w.split(":", 1)[1]))
+        except WorkloadError as e:
+            raise SpecError(f"{at}: {e}") from None
     elif w.startswith("import:"):
         if not Path(w.split(":", 1)[1]).is_file():
             raise SpecError(f"{at}: {w!r}: no such trace file")

@@ -56,7 +56,8 @@ Results (OUT/):
 * `timings.csv` (`point` + TIMING_COLUMNS), `verdict.csv` (bench.verdict's verdict_table),
   `points.csv` (id and parameters of every point, with its status), `report.md` (the answer
   and a summary per workload/host/variant over seeds: ha-promote against fix), `meta.json`
-  (environment(), the spec, the executor, wall time).
+  (bench/meta.py's shape: versions, environment, the spec; `details`: the executor and the
+  point counts).
 
 Executors: a local `concurrent.futures.ProcessPoolExecutor` (spawn start method; the task is
 the top-level `run_point(point: dict) -> dict`), in-process when there is one worker; or a
@@ -70,7 +71,6 @@ import itertools
 import json
 import os
 import re
-import sys
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -534,8 +534,7 @@ def run_sweep(spec: dict, out: Path | None = None, *, workers: int | None = None
               ) -> SweepResult:
     """Run every point not already finished in OUT/points, then aggregate.  `client`: a
     dask.distributed Client (else the local pool of `workers`)."""
-    from tqdm import tqdm
-
+    from .progress import Progress
     from .runner import write_atomic
     out = Path(out if out is not None else spec["out"])
     pts = points(spec)
@@ -563,9 +562,8 @@ def run_sweep(spec: dict, out: Path | None = None, *, workers: int | None = None
             it = run_local(todo, workers)
             executor = executor or f"local pool, {min(workers, max(1, len(todo)))} workers"
         res = SweepResult(out, len(pts), 0, resumed)
-        bar = tqdm(total=len(pts), initial=resumed, desc=f"sweep {spec['name']}",
-                   unit="point", file=sys.stderr, dynamic_ncols=True,
-                   disable=None if progress is None else not progress)
+        bar = Progress(len(pts), f"sweep {spec['name']}", "point", initial=resumed,
+                       show=None if progress is None or progress else False)
         try:
             for p, r, failure in it:
                 if failure is not None:
@@ -632,8 +630,8 @@ def aggregate(spec: dict, pts: list[dict], done: dict, out: Path, run_meta: dict
 
     from . import report
     from .cost import CostModel
-    from .runner import (COLUMNS, TIMING_COLUMNS, csv_text, environment, meta_json,
-                         write_atomic)
+    from .meta import envelope
+    from .runner import COLUMNS, TIMING_COLUMNS, csv_text, meta_json, write_atomic
     from .verdict import MATTERS_RULE, answer, verdict_table
     rows = _rows(pts, done, "rows")
     timings = _rows(pts, done, "timings")
@@ -669,8 +667,11 @@ def aggregate(spec: dict, pts: list[dict], done: dict, out: Path, run_meta: dict
            "timings.csv, verdict.csv (per point), points.csv (the point ids), "
            "points/ID.json (each point's result), meta.json (environment, spec).", ""]
     vcsv = v.to_csv(index=False, lineterminator="\n") if len(v) else ""
-    meta = {"job": "sweep", "spec": spec, "environment": environment(), **run_meta,
-            "points": len(pts), "points_rejected": len(errors), "cost_model": cm.as_dict()}
+    details = {k: v for k, v in run_meta.items() if k != "seconds"}
+    details.update(points=len(pts), points_rejected=len(errors),
+                   runs_in="points/ID.json (each point's run meta)")
+    meta = envelope("sweep", spec=spec, runs=[], seconds=run_meta["seconds"],
+                    cost_model=cm.as_dict(), details=details)
     files = {"metrics.csv": csv_text(rows, ("point",) + COLUMNS),
              "timings.csv": csv_text(timings, ("point",) + TIMING_COLUMNS),
              "verdict.csv": vcsv, "points.csv": csv_text(prows, POINT_COLUMNS),

@@ -20,16 +20,48 @@ def _profile(args) -> dict:
     return _kv(args.knob or [], "--knob")
 
 
+def _check_out(out: Path) -> None:
+    """The output's folder must be writable and its name usable, before any work."""
+    from .runner import OutputError, check_out_root
+    try:
+        check_out_root(out.parent if str(out.parent) else Path("."), "--out")
+        check_out_root(out, "--out")
+    except OutputError as e:
+        raise RunInputError(str(e)) from None
+
+
 def cmd_convert(args) -> int:
     from workloads.base import WorkloadError
     from workloads.trace_dir import convert_file
+    _check_out(Path(args.out))
+    phases = _Phases("convert")
     try:
         d = convert_file(args.trace, Path(args.out), args.format, args.limit or None,
-                         args.skip, **_profile(args))
+                         args.skip, progress=phases, **_profile(args))
     except WorkloadError as e:
         raise RunInputError(str(e)) from None
+    finally:
+        phases.close()
     print(f"{_what(d)}: {d}", file=sys.stderr)
     return 0
+
+
+class _Phases:
+    """Progress of convert/record, one bar (or line) per pass (bench/progress.py)."""
+
+    def __init__(self, what: str):
+        self.what, self.bar = what, None
+
+    def __call__(self, phase: str):
+        from .progress import Progress
+        self.close()
+        self.bar = Progress(None, f"{self.what}: {phase}", "accesses")
+        return self.bar.update
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _what(out) -> str:
@@ -64,17 +96,10 @@ class _Tee:
                 os.unlink(self.tmp)
 
 
-def cmd_record(args) -> int:
+def _check_record(args, prog):
+    """(profile knobs, VA bits, output path), checked before valgrind starts."""
     from workloads.base import WorkloadError
-    from workloads.importers import CHUNK_BYTES, blocks_of
     from workloads.linux import make_profile
-    from workloads.compact import is_compact, write_compact
-    from workloads.trace_dir import LackeyWindow, convert
-    prog = args.prog
-    if prog and prog[0] == "--":
-        prog = prog[1:]
-    if not prog:
-        raise RunInputError("record: no program given (ptwbench record [--out DIR] -- PROG ARGS)")
     if shutil.which("valgrind") is None:
         raise RunInputError("record: valgrind is not installed (Debian/Ubuntu: "
                             "apt-get install valgrind)")
@@ -88,6 +113,21 @@ def cmd_record(args) -> int:
     out = Path(args.out or f"trace-{Path(prog[0]).name}")
     if out.exists():
         raise RunInputError(f"{out}: already exists (choose another --out)")
+    _check_out(out)
+    return knobs, va_bits, out
+
+
+def cmd_record(args) -> int:
+    from workloads.base import WorkloadError
+    from workloads.importers import CHUNK_BYTES, blocks_of
+    from workloads.compact import is_compact, write_compact
+    from workloads.trace_dir import LackeyWindow, convert, counted
+    prog = args.prog
+    if prog and prog[0] == "--":
+        prog = prog[1:]
+    if not prog:
+        raise RunInputError("record: no program given (ptwbench record [--out DIR] -- PROG ARGS)")
+    knobs, va_bits, out = _check_record(args, prog)
     r, w = os.pipe()
     stdin = subprocess.DEVNULL if args.no_stdin else None
     p = subprocess.Popen([*VALGRIND, f"--log-fd={w}", *prog], pass_fds=(w,), stdin=stdin,
@@ -96,6 +136,7 @@ def cmd_record(args) -> int:
     name = f"valgrind lackey pipe of {prog[0]}"
     win = LackeyWindow(args.skip, args.limit or None)
     tee = _Tee(args.tee)
+    phases = _Phases("record")
     ok = False
     try:
         with os.fdopen(r, "rb", buffering=0) as pipe:
@@ -119,15 +160,16 @@ def cmd_record(args) -> int:
                 if knobs:
                     raise WorkloadError(f"{out}: the compact form is laid out when run; "
                                         f"profile knobs apply there")
-                write_compact(_checked(chunks, finished), out, source=src,
-                              instrs=lambda: win)
+                write_compact(counted(_checked(chunks, finished), phases("read")), out,
+                              source=src, instrs=lambda: win)
             else:
                 convert(_checked(chunks, finished), out, name=out.name, source=src,
-                        instrs=lambda: win, **knobs)
+                        instrs=lambda: win, progress=phases, **knobs)
         ok = True
     except WorkloadError as e:
         raise RunInputError(str(e)) from None
     finally:
+        phases.close()
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()

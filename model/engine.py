@@ -27,15 +27,16 @@ from dataclasses import replace
 
 import numpy as np
 
-from .engine_chunk import Scratch, WalkCache, chunk
+from .engine_chunk import Scratch, WalkCache, chunk, chunk_codes_settled, first_touches
 from .engine_guest import GUEST_BULK
-from .engine_state import UFFD_CODES, UFFD_NONE, Base, FastVm, Shared
+from .engine_state import CLS_S, UFFD_CODES, UFFD_NONE, Base, FastVm, Shared
 from .host import S2_UNMAPPED
 from .host_ops import HOST_OPS, step_pages
 from .policies import DEFAULT_ORDER
 from .results import PolicyResult, UffdEvent
 from .scenario import Scenario
 from .trace import Trace, trace_from_scenario
+from .trace_stream import repeat_period
 from .x86 import is_x86, one_machine
 
 # chunk length (accesses): starts at START_WINDOW, doubles after a chunk the vectorised path
@@ -59,8 +60,16 @@ HOST_EVENT_OPS = frozenset(HOST_OPS) | {"punch_hole", "enable_dirty_log", "harve
 # before issue 10; kept to measure what the bulk paths save (bench/bench_engine.py) and as a
 # second path the differential tests compare
 BULK_EVENTS = True
+# a repeated window's repetitions that would only settle again are counted, not run
+# (Group.repeat_settled); False: every access runs (the expanded path, kept to compare)
+REPEATS_ONCE = True
+# ... and after an event, the next whole repetition runs by its first touches, found by
+# index (engine_chunk.first_touches) instead of tier 1's pass over its accesses; False:
+# every access of it through tier 1
+FIRST_TOUCHES = True
 UNION_HOST_OPS = frozenset({"zap", "numa_hint", "swap_out", "uffd_wp", "ksm_merge",
                             "uffd_unprotect"})
+
 
 
 class Flags:
@@ -94,6 +103,11 @@ class Group:
         self._paths_ok = None
         self.head_fallbacks = 0                      # chunks in a row cut at their start
         self.scalar_left = 0                         # accesses left to the reference code
+        self.period = repeat_period(base.trace) if REPEATS_ONCE else None
+        self.last_settled = False                    # the last chunk: every access settled
+        self.repeats_skipped = 0                     # repetitions counted, not run
+        self.next_check = 0                          # window_settles: not before
+        self.next_touch = 0                          # next_chunk's first touches: not before
 
     def walkcache(self) -> WalkCache:
         sh = self.shared
@@ -155,6 +169,10 @@ class Group:
                 pos += 1
             return [self], pos
         w = self.window
+        settled_from = None                          # every access since: settled
+        if self.period is not None:                  # the window's state check: after a
+            self.next_check = pos + self.period      # repetition's first touches
+            self.next_touch = pos
         while pos < end:
             if self.scalar_left > 0 or (w < 4 and MIN_WINDOW > 1) or (
                     end - pos <= SCALAR_INTERVAL < MIN_WINDOW):
@@ -163,6 +181,7 @@ class Group:
                 # two accesses right at a chunk's start, or for the rest of a short interval
                 parts = self.scalar(lambda vm: vm.scalar(pos))
                 pos += 1
+                settled_from = None
                 if self.scalar_left > 0:
                     self.scalar_left -= 1
                 elif w < 4:
@@ -173,8 +192,9 @@ class Group:
                     return parts, pos
                 continue
             self.prepare()
-            j = min(end, pos + min(w, MAX_WINDOW, len(self.rev)))
-            cut = chunk(self, pos, j)
+            j, cut = self.next_chunk(pos, end, w)
+            settled_from = (settled_from if settled_from is not None else pos) \
+                if self.last_settled and cut == j else None
             # a chunk that could not take even its first access: run the reference code for
             # the next 2, 4, ... MAX_SCALAR_RUN accesses before trying a chunk again
             self.head_fallbacks = self.head_fallbacks + 1 if cut == pos else 0
@@ -189,10 +209,68 @@ class Group:
                         p.window = w
                     return parts, pos
             else:
-                pos = j
+                pos = self.repeat_settled(settled_from, j, end)
                 w = min(MAX_WINDOW, w * 2)
         self.window = w
         return [self], pos
+
+    def next_chunk(self, pos: int, end: int, w: int) -> tuple[int, int]:
+        """Run the next chunk from pos: a repeated window's next whole repetition by its
+        first touches (engine_chunk.first_touches: at most once per period, when one fits
+        before the interval's end), else `w` accesses (engine_chunk.chunk).  Returns the
+        chunk's end and its cut."""
+        P = self.period
+        if P is not None and FIRST_TOUCHES and pos >= self.next_touch and end - pos >= P:
+            self.next_touch = pos + P
+            cut = first_touches(self, pos)
+            if cut is not None:
+                self.next_check = pos + P                # the window's state check next
+                return pos + P, cut
+        j = min(end, pos + min(w, MAX_WINDOW, len(self.rev)))
+        return j, chunk(self, pos, j)
+
+    def repeat_settled(self, settled_from: int | None, pos: int, end: int) -> int:
+        """In a repeated window (period P), when the next P accesses would all settle
+        (engine_chunk.chunk: TLB hits on pages that allow them; they change nothing but the
+        counts and the written pages), so would every repetition after them, on the same
+        state, up to the interval's end: add the counts of every access left (the last
+        repetition's part too) and return the end (docs/semantics.md §6).  Known when the P
+        accesses before pos all settled (from `settled_from`), or from the state
+        (window_settles)."""
+        P = self.period
+        if P is None or end - pos < P:
+            return pos
+        if (settled_from is None or pos - settled_from < P) and not self.window_settles(pos):
+            return pos
+        k, rest = divmod(end - pos, P)
+        prep = self.base.prep
+        ci = prep.present_ci()
+        st = ci[(ci & 3) == CLS_S] >> 2                        # the window's stores
+        if self.any_stopped:
+            st = st[~self.stopped[prep.sk_vcpu[st]]]
+        wpages = self.shared.walk.dp[prep.sk_vp[st]]
+        n_acc = k * P + rest          # the rest: part of a repetition, settled too (its
+        if self.any_stopped:          # stores are among the whole ones')
+            vc = self.base.trace.vcpu
+            n_acc = k * int(np.count_nonzero(~self.stopped[vc.base])) + int(
+                np.count_nonzero(~self.stopped[vc[end - rest:end]]))
+        for vm in self.vms:
+            vm.r.accesses += n_acc
+            vm.host.written_all[wpages] = True                 # (Host.guest_write)
+        self.repeats_skipped += k
+        return end
+
+    def window_settles(self, pos: int) -> bool:
+        """Does every access of the repeated window settle on the state at `pos`?  The
+        tier-1 code of each (sub-key, class) the window holds (engine_chunk.chunk_codes)
+        depends on that state only, which settled accesses do not change: then the next P
+        accesses settle, and every repetition after them.  Checked at most once per P
+        accesses (it costs one code per (sub-key, class))."""
+        if pos < self.next_check:
+            return False
+        self.next_check = pos + self.period
+        self.prepare()
+        return chunk_codes_settled(self, self.walkcache(), self.base.prep.present_ci())
 
     def scalar(self, fn) -> list["Group"]:
         """Run `fn(vm)` (reference code) for every policy on the shared state; split the

@@ -143,7 +143,8 @@ class WalkCache:
 
     def _walk(self, sh, va: np.ndarray) -> VaWalks:
         base = self.base
-        return walk_vas(base.geo, base.idx, base.pt_base, base.nptd, sh.read_v, self.root, va)
+        return walk_vas(base.geo, base.idx, base.pt_base, base.nptd, sh.read_v, self.root, va,
+                        sh.pt)
 
     # ---- after reference code changed page-table memory -----------------------------------
     def _indexes(self):
@@ -348,6 +349,7 @@ def chunk(g, i: int, j: int) -> int:
     wc = g.walkcache()
     C = j - i
     t1 = _tier1(g, wc, i, C)
+    g.last_settled = t1.I is None               # every access settled: nothing changed
     cut = C if t1.I is None else _tier2(g, wc, i, C, t1.I, t1.ciI)
     _count_settled(g, wc, i, C, cut, t1)
     return i + cut
@@ -409,6 +411,36 @@ def _count_settled(g, wc, i: int, C: int, cut: int, t1: Tier1) -> None:
         vm.r.accesses += n_acc
         if wpages is not None:
             vm.host.mark_written(wpages)
+
+
+def first_touches(g, i: int) -> int | None:
+    """A repeated window's next whole repetition [i, i + P) as one chunk, without tier 1's
+    pass over its accesses: the first occurrence of each (sub-key, class) comes from the
+    window's index (TracePrep.first_after), its code from the state at i (_codes).  Equal
+    to chunk(g, i, i + P) when no code is K_EVERY (then only first occurrences can do
+    anything: they are tier 2's accesses, in trace order); None (nothing run) otherwise.
+    Returns the cut, as chunk does."""
+    wc = g.walkcache()
+    P = g.period
+    U, ciU = g.base.prep.first_after(i)
+    lut, _ = _code_lut(g.flags.ha, g.flags.hd)
+    codeU = _codes(g, wc, lut, ciU)
+    if np.any(codeU == K_EVERY):
+        return None
+    g.last_settled = False
+    sel = codeU == K_FIRST
+    t1 = Tier1([(U, ciU, codeU)], U[sel], ciU[sel]) if sel.any() else Tier1(
+        [(U, ciU, codeU)], None, None)
+    cut = P if t1.I is None else _tier2(g, wc, i, P, t1.I, t1.ciI)
+    _count_settled(g, wc, i, P, cut, t1)
+    return i + cut
+
+
+def chunk_codes_settled(g, wc, ci: np.ndarray) -> bool:
+    """Would every (sub-key, class) index of `ci` be K_SETTLED in a chunk starting now (the
+    codes _tier1 gives from the state at chunk start)?"""
+    lut, _ = _code_lut(g.flags.ha, g.flags.hd)
+    return not len(ci) or not np.any(_codes(g, wc, lut, ci) != K_SETTLED)
 
 
 def _codes(g, wc, lut, ciU: np.ndarray) -> np.ndarray:
@@ -755,18 +787,18 @@ def _apply_shared(g, wc, a: Accesses, tlb: TlbHistory, hw: HwNeeds, rq: int) -> 
     w_pages = [np.compress(upto(ds), upto(a.dp))]
     if hw.need_af is not None:
         ls = np.compress(upto(hw.need_af), upto(a.lid))
-        sh.vals[sh.positions(np.take(wc.leaf_off_u, ls))] |= AF64
+        sh.update_bits(np.take(wc.leaf_off_u, ls), set_bits=DESC_AF)
         wc.lbits[ls] |= np.uint8(1)
     if hw.need_dbm is not None:
         ls = np.compress(upto(hw.need_dbm), upto(a.lid))
-        sh.vals[sh.positions(np.take(wc.leaf_off_u, ls))] &= ~AP2_64
+        sh.update_bits(np.take(wc.leaf_off_u, ls), clear_bits=DESC_AP2)
         wc.lbits[ls] &= np.uint8(0xFD)
     if hw.any_leaf:
         w_pages.append(np.compress(upto(hw.need_leaf), upto(a.leaf_pg)))
     for h in hw.haft:
         sel = upto(h.need)
         ts = np.compress(sel, upto(h.tab))
-        sh.vals[sh.positions(np.take(wc.tab_off_u, ts))] |= AF64
+        sh.update_bits(np.take(wc.tab_off_u, ts), set_bits=DESC_AF)
         wc.tabaf[ts] = True
         w_pages.append(np.compress(sel, upto(h.page)))
     wp = np.concatenate(w_pages) if len(w_pages) > 1 else w_pages[0]

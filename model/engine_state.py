@@ -29,6 +29,7 @@ from .results import PolicyResult
 from .scenario import Memslot, Scenario
 from .stage1 import build_tables
 from .trace import KINDS, Trace
+from .trace_stream import repeat_period
 
 PAGE_MASK = ~(HOST_PAGE - 1)
 DESCS_PER_PAGE = HOST_PAGE // DESC_SIZE
@@ -72,9 +73,11 @@ class SlotIndex:
         span = (max(s.end for s in order) - self.lo) >> 12
         self.table = None
         if span <= (1 << 24):
-            t = np.full(span + 1, self.total, dtype=np.int32)
+            # one cell per page from the lowest slot's first page, with a `total` cell on
+            # each side: index_v clips page numbers into it
+            t = np.full(span + 2, self.total, dtype=np.int32)
             for b, n, st in zip(self.bases, self.npages, self.starts):
-                o = (b - self.lo) >> 12
+                o = ((b - self.lo) >> 12) + 1
                 t[o:o + n] = np.arange(st, st + n)
             self.table = t
 
@@ -88,9 +91,9 @@ class SlotIndex:
     def index_v(self, pages: np.ndarray) -> np.ndarray:
         """int32 index of every page IPA (int64 array); `total` outside every slot."""
         if self.table is not None:
-            o = (pages - self.lo) >> 12
-            ok = (o >= 0) & (o < len(self.table))
-            return np.where(ok, self.table[np.where(ok, o, 0)], self.total).astype(np.int32)
+            o = pages - np.int64(self.lo - HOST_PAGE)
+            o >>= 12
+            return np.take(self.table, o, mode="clip")
         i = np.searchsorted(self._bases, pages, side="right") - 1
         ic = np.maximum(i, 0)
         off = (pages - self._bases[ic]) >> 12
@@ -184,6 +187,14 @@ class TracePrep:
 
     def __init__(self, scn: Scenario, trace: Trace):
         n = len(trace)
+        self.period = repeat_period(trace)
+        if self.period is not None and self.period < n:
+            # a window served again (model.trace_stream.TiledTrace): its repeats hold no page
+            # or (vCPU, page) pair the first pass does not; only that pass is scanned
+            trace = Trace(trace.vcpu.base, trace.va.base, trace.kind.base)
+            n = len(trace)
+        else:
+            self.period = None
         self.n = n
         self.trace = trace
         self.n_vcpu = int(trace.vcpu.max()) + 1 if n else 1
@@ -322,6 +333,52 @@ class TracePrep:
 
     def ci(self, a: int, b: int) -> np.ndarray:
         """4 * sub-key + access class of accesses [a, b) (intp)."""
+        P = self.period
+        if P is None or b <= P:
+            return self._ci_rows(a, b)
+        a0 = a % P                     # a repeated window: the same rows of the first pass
+        if a0 + (b - a) <= P:
+            return self._ci_rows(a0, a0 + b - a)
+        parts, left = [self._ci_rows(a0, P)], b - a - (P - a0)
+        while left > 0:
+            parts.append(self._ci_rows(0, min(P, left)))
+            left -= P
+        return np.concatenate(parts)
+
+    def present_ci(self) -> np.ndarray:
+        """Every ci value of the scanned trace (a repeated window's first pass), ascending:
+        what one repetition asks of the state."""
+        if getattr(self, "_present", None) is None:
+            mark = np.zeros(4 * max(1, self.nskeys), dtype=bool)
+            for a in range(0, self.n, self.CHUNK):
+                mark[self._ci_rows(a, min(self.n, a + self.CHUNK))] = True
+            self._present = np.flatnonzero(mark)
+        return self._present
+
+    def first_after(self, x: int) -> tuple[np.ndarray, np.ndarray]:
+        """A repeated window from access x on: the offset (from x, in [0, period)) of the
+        first occurrence of each present ci, sorted by offset, and those ci.  From an index
+        built once: every access's position sorted by (ci, position)."""
+        P = self.period
+        if getattr(self, "_occ", None) is None:
+            ci = np.concatenate([self._ci_rows(a, min(self.n, a + self.CHUNK))
+                                 for a in range(0, self.n, self.CHUNK)]).astype(np.int64)
+            order = np.argsort(ci, kind="stable")
+            self._occ = ci[order] * P + order                  # ascending
+            pres = self.present_ci()
+            self._seg = np.searchsorted(self._occ, pres * P)    # each ci's first entry
+        pres, occ = self.present_ci(), self._occ
+        x0 = x % P
+        k = np.searchsorted(occ, pres * P + x0)
+        nxt = np.append(self._seg[1:], len(occ))
+        inside = k < nxt                                        # an occurrence at >= x0
+        at = np.where(inside, occ[np.minimum(k, len(occ) - 1)], occ[self._seg] + P) - pres * P
+        off = at - x0
+        order = np.argsort(off, kind="stable")
+        return off[order], pres[order]
+
+    def _ci_rows(self, a: int, b: int) -> np.ndarray:
+        """ci of rows [a, b) of the scanned trace (the first pass of a repeated one)."""
         if self._ci is not None:
             return self._ci[a:b].astype(np.intp)
         ids = np.take(self.table, self._vpn(a, b)).astype(np.intp)
@@ -454,13 +511,167 @@ class Base:
         return self.init_off[lo:hi], self.init_val[lo:hi]
 
 
+# ---- page-table memory ------------------------------------------------------------------
+class DescMemory:
+    """The page-table slot's descriptors by 8-byte offset, with O(1) reads: a row of 512
+    descriptors for each slot page that ever held a non-zero one (`row` of a page: 0, a
+    row of zeros that is never written, for the others).  Memory is that of the tables
+    the guest uses (4 KiB each), whatever the slot's size."""
+
+    def __init__(self, npages: int, offs: np.ndarray, vals: np.ndarray, base_ipa: int = 0,
+                 oa_mask: int = 0):
+        self.npages = int(npages)
+        self.base_ipa, self.oa_mask = int(base_ipa), int(oa_mask)
+        self._next = None                 # next_rows(), while valid
+        self.row = np.zeros(self.npages + 1, dtype=np.int32)   # last cell: outside the slot
+        pages = np.unique(offs >> 9)
+        self.nrows = 1 + len(pages)
+        self.row[pages] = np.arange(1, self.nrows, dtype=np.int32)
+        self.mem = np.zeros(max(2, self.nrows) * DESCS_PER_PAGE, dtype=U64)
+        if len(offs):
+            self.mem[self.index_v(offs)] = vals
+
+    def copy(self) -> "DescMemory":
+        c = copy.copy(self)
+        c.row, c.mem = self.row.copy(), self.mem.copy()
+        c._next = None
+        return c
+
+    # the walker's index (engine_walk's fast path) -----------------------------------------
+    def fast_worthwhile(self, n_walks: int) -> bool:
+        """Is building next_rows() for n walks cheaper than walking them level by level?"""
+        return self.oa_mask != 0 and (self._next is not None
+                                      or 16 * n_walks >= self.nrows * DESCS_PER_PAGE)
+
+    def next_rows(self) -> np.ndarray:
+        """Per position in `mem`: for a descriptor with bits[1:0] = 0b11 (a table at levels
+        0-2: AArch64.S1Walk follows its output address) whose output address is a page of
+        the slot with a row, that row's first position (row << 9); else 0 (the zero row:
+        a walk that goes on from there reads zeros).  Built on demand, dropped by writes
+        that can change it (not by AF/AP[2] updates)."""
+        if self._next is None:
+            m = self.mem[:self.nrows * DESCS_PER_PAGE].view(np.int64)
+            tgt = (m & np.int64(self.oa_mask)) - np.int64(self.base_ipa)
+            tgt >>= 12
+            ok = (m & 3) == 3
+            ok &= (tgt >= 0) & (tgt < self.npages)
+            nxt = np.take(self.row, np.where(ok, tgt, self.npages)).astype(np.int64)
+            nxt <<= 9
+            self._next = nxt
+        return self._next
+
+    def page_of_row(self) -> np.ndarray:
+        """Slot page of each row (0 for the zero row)."""
+        pr = np.zeros(self.nrows, dtype=np.int64)
+        pages = np.flatnonzero(self.row[:-1])
+        pr[self.row[pages]] = pages
+        return pr
+
+    def index_v(self, offs: np.ndarray) -> np.ndarray:
+        """Position in `mem` of each offset (int64 array inside the slot)."""
+        i = np.take(self.row, offs >> 9).astype(np.int64)
+        i <<= 9
+        i |= offs & (DESCS_PER_PAGE - 1)
+        return i
+
+    def read(self, off: int) -> int:
+        if not 0 <= off < self.npages * DESCS_PER_PAGE:
+            return 0
+        return self.mem.item((self.row.item(off >> 9) << 9) | (off & 511))
+
+    def read_v(self, offs: np.ndarray) -> np.ndarray:
+        """Descriptors at int64 offsets (0 where none, and outside the slot)."""
+        p = offs >> 9
+        out = (p < 0) | (p >= self.npages)
+        if out.any():
+            p = np.where(out, self.npages, p)
+        i = np.take(self.row, p).astype(np.int64)
+        i <<= 9
+        i |= offs & (DESCS_PER_PAGE - 1)
+        return np.take(self.mem, i)
+
+    def rows_for(self, pages: np.ndarray) -> None:
+        """Give these slot pages a row (ascending unique page numbers)."""
+        new = pages[self.row[pages] == 0]
+        if not len(new):
+            return
+        need = (self.nrows + len(new)) * DESCS_PER_PAGE
+        if need > len(self.mem):
+            grown = np.zeros(max(need, 2 * len(self.mem)), dtype=U64)
+            grown[:len(self.mem)] = self.mem
+            self.mem = grown
+        self.row[new] = np.arange(self.nrows, self.nrows + len(new), dtype=np.int32)
+        self.nrows += len(new)
+        self._next = None
+
+    def write(self, off: int, new: int) -> None:
+        if new and not self.row.item(off >> 9):
+            self.rows_for(np.array([off >> 9]))
+        r = self.row.item(off >> 9)
+        if r:
+            self.mem[(r << 9) | (off & 511)] = new
+            self._next = None
+
+    def write_v(self, offs: np.ndarray, new: np.ndarray) -> None:
+        """Distinct offsets `offs` get `new` (uint64)."""
+        nz = new != 0
+        if nz.any():
+            self.rows_for(np.unique(offs[nz] >> 9))
+        i = self.index_v(offs)
+        keep = i >= DESCS_PER_PAGE                # not the zero row (there new is 0)
+        self.mem[i[keep]] = new[keep]
+        self._next = None
+
+    def update_bits(self, offs: np.ndarray, set_bits: int = 0, clear_bits: int = 0) -> None:
+        """Set and clear bits of descriptors that exist (non-zero ones)."""
+        i = self.index_v(offs)
+        i = i[i >= DESCS_PER_PAGE]                # (a zero descriptor has no bits to keep)
+        if set_bits:
+            self.mem[i] |= U64(set_bits)
+        if clear_bits:
+            self.mem[i] &= ~U64(clear_bits)
+
+    def page(self, o0: int) -> np.ndarray:
+        """The 512 descriptors of the page at offset o0 (a view; the zero row, also for a page
+        outside the slot: read only)."""
+        r = self.row.item(o0 >> 9) if 0 <= o0 >> 9 < self.npages else 0
+        return self.mem[r << 9:(r + 1) << 9]
+
+    def set_page(self, o0: int, vals: np.ndarray) -> None:
+        if not 0 <= o0 >> 9 < self.npages:
+            return
+        if vals.any() and not self.row.item(o0 >> 9):
+            self.rows_for(np.array([o0 >> 9]))
+        r = self.row.item(o0 >> 9)
+        if r:
+            self.mem[r << 9:(r + 1) << 9] = vals
+            self._next = None
+
+    def clear_page(self, o0: int) -> bool:
+        """Zero the page at offset o0; whether it held a non-zero descriptor."""
+        row = self.page(o0)
+        if not row.any():
+            return False
+        row[:] = 0
+        self._next = None
+        return True
+
+    def nonzero(self) -> tuple[np.ndarray, np.ndarray]:
+        """Offsets (ascending) and values of every non-zero descriptor."""
+        pages = np.flatnonzero(self.row[:-1])
+        if not len(pages):
+            return np.zeros(0, np.int64), np.zeros(0, U64)
+        offs = (pages[:, None] * DESCS_PER_PAGE + np.arange(DESCS_PER_PAGE)).reshape(-1)
+        v = self.read_v(offs)
+        return offs[v != 0], v[v != 0]
+
+
 # ---- state shared by a group of policies ---------------------------------------------------
 class Shared:
     """Guest page-table memory and TLBs of a group of policies that agree on them.
 
-    Page-table memory (the page-table slot's descriptors, by 8-byte offset in the slot) is
-    sparse: `keys` (sorted offsets of every descriptor that was ever non-zero) and `vals`;
-    anything else reads as zero.  A key is never removed.
+    Page-table memory: the page-table slot's descriptors by 8-byte offset in the slot
+    (`pt`, a DescMemory: O(1) reads).
 
     TLB: per TLB key (vCPU, granule VA page) a state (0 invalid, 1 clean entry: AP[2] set,
     2 dirty entry), the cached leaf descriptor without its AF and AP[2] bits, and its level
@@ -473,8 +684,9 @@ class Shared:
 
     def __init__(self, base: Base, populated_pt: bool):
         self.base = base
-        self.keys = base.init_off.copy()
-        self.vals = base.init_val.copy() if populated_pt else np.zeros(len(self.keys), U64)
+        vals = base.init_val if populated_pt else np.zeros(len(base.init_off), U64)
+        self.pt = DescMemory(base.pt.pages, base.init_off, vals, base.pt_base,
+                             base.geo.oa_mask)
         nk = base.prep.ntkeys
         self.tst = np.zeros(nk, dtype=np.int8)
         self.tleaf = np.zeros(nk, dtype=U64)
@@ -482,7 +694,6 @@ class Shared:
         self.fills: list[np.ndarray] = []        # TLB keys the vectorised path filled since
                                                  # the last sync_tlb (their cached leaf)
         self.version = 0                         # table shape
-        self._klist: list[int] | None = None     # keys as a list (scalar lookups)
         self.changed: list[int] = []             # descriptor offsets written
         self.changed_pages: list[int] = []       # page offsets zeroed or restored
         self.journal: list | None = None
@@ -495,8 +706,7 @@ class Shared:
             return None
         parts = [np.array(self.changed, dtype=np.int64)]
         for o0 in set(self.changed_pages):
-            lo, hi = self._page(o0)
-            parts.append(self.keys[lo:hi])
+            parts.append(np.arange(o0, o0 + DESCS_PER_PAGE, dtype=np.int64))
         self.changed, self.changed_pages = [], []
         return np.unique(np.concatenate(parts))
 
@@ -514,8 +724,7 @@ class Shared:
     def copy(self) -> "Shared":
         self.sync_tlb()
         c = copy.copy(self)
-        c.keys, c.vals = self.keys.copy(), self.vals.copy()
-        c._klist = None
+        c.pt = self.pt.copy()
         c.tst, c.tleaf, c.tlvl = self.tst.copy(), self.tleaf.copy(), self.tlvl.copy()
         c.fills = []
         c.journal = None
@@ -525,41 +734,22 @@ class Shared:
 
     # descriptors ------------------------------------------------------------------------
     def read(self, off: int) -> int:
-        kl = self._klist
-        if kl is None:
-            kl = self._klist = self.keys.tolist()
-        i = bisect.bisect_left(kl, off)
-        if i < len(kl) and kl[i] == off:
-            return self.vals.item(i)
-        return 0
+        return self.pt.read(off)
 
     def read_v(self, offs: np.ndarray) -> np.ndarray:
         """Descriptors at int64 offsets (0 where none)."""
-        if not len(self.keys):
-            return np.zeros(len(offs), dtype=U64)
-        i = np.minimum(np.searchsorted(self.keys, offs), len(self.keys) - 1)
-        return np.where(self.keys[i] == offs, self.vals[i], U64(0))
+        return self.pt.read_v(offs)
 
-    def positions(self, offs: np.ndarray) -> np.ndarray:
-        """Positions in keys/vals of offsets known to be keys."""
-        return np.searchsorted(self.keys, offs)
-
-    def _pos(self, off: int) -> int:
-        i = int(np.searchsorted(self.keys, off))
-        if i == len(self.keys) or int(self.keys[i]) != off:
-            self.keys = np.insert(self.keys, i, off)
-            self.vals = np.insert(self.vals, i, U64(0))
-            if self._klist is not None:
-                self._klist.insert(i, off)
-        return i
+    def update_bits(self, offs: np.ndarray, set_bits: int = 0, clear_bits: int = 0) -> None:
+        """Hardware updates (AF, AP[2]) of existing descriptors (the vectorised path)."""
+        self.pt.update_bits(offs, set_bits, clear_bits)
 
     def write_desc(self, off: int, new: int) -> None:
         old = self.read(off)
         if self.journal is not None:
             self.journal.append(("d", off, new, old))
         if new or old:
-            i = self._pos(off)                   # may insert (new arrays)
-            self.vals[i] = new
+            self.pt.write(off, new)
         self.changed.append(off)
         if (old ^ new) & ~MUTABLE_BITS:
             self.version += 1
@@ -572,63 +762,37 @@ class Shared:
             return
         new = new.astype(U64)
         old = self.read_v(offs)
-        _i, known = self._find(offs)
-        add = np.unique(offs[(new != 0) & ~known])             # sorted, new keys
-        if len(add):
-            at = np.searchsorted(self.keys, add)
-            self.keys = np.insert(self.keys, at, add)
-            self.vals = np.insert(self.vals, at, U64(0))
-            self._klist = None
-        i, k = self._find(offs)                                # else old = new = 0
-        self.vals[i[k]] = new[k]
+        self.pt.write_v(offs, new)
         self.changed.extend(offs.tolist())
         if np.any((old ^ new) & U64(~MUTABLE_BITS & (2**64 - 1))):
             self.version += 1
-
-    def _find(self, offs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Positions in keys of `offs` (clipped), and which offsets are keys."""
-        if not len(self.keys):
-            return np.zeros(len(offs), dtype=np.intp), np.zeros(len(offs), dtype=bool)
-        i = np.minimum(np.searchsorted(self.keys, offs), len(self.keys) - 1)
-        return i, self.keys[i] == offs
 
     def zero_pages(self, o0s: np.ndarray) -> None:
         """zero_page of many page offsets at once (no journal)."""
         if self.journal is not None:
             raise AssertionError("zero_pages while a journal records")
         for o0 in o0s.tolist():
-            lo, hi = self._page(o0)
-            if self.vals[lo:hi].any():
+            if self.pt.clear_page(o0):
                 self.version += 1
-                self.vals[lo:hi] = 0
             self.changed_pages.append(o0)
 
-    def _page(self, o0: int) -> tuple[int, int]:
-        lo, hi = np.searchsorted(self.keys, [o0, o0 + DESCS_PER_PAGE])
-        return int(lo), int(hi)
-
     def zero_page(self, o0: int) -> None:
-        lo, hi = self._page(o0)
         if self.journal is not None:
-            self.journal.append(("z", o0, None, (self.keys[lo:hi].copy(),
-                                                 self.vals[lo:hi].copy())))
-        if self.vals[lo:hi].any():
+            self.journal.append(("z", o0, None, self.pt.page(o0).copy()))
+        if self.pt.clear_page(o0):
             self.version += 1
-        self.vals[lo:hi] = 0
         self.changed_pages.append(o0)
 
     def restore_page(self, o0: int) -> None:
-        lo, hi = self._page(o0)
-        old = (self.keys[lo:hi].copy(), self.vals[lo:hi].copy())
+        old = self.pt.page(o0).copy()
         if self.journal is not None:
             self.journal.append(("r", o0, None, old))
-        self.vals[lo:hi] = 0
-        off, val = self.base.initial_page(o0)     # initial keys are always keys
-        self.vals[self.positions(off)] = val
+        new = np.zeros(DESCS_PER_PAGE, dtype=U64)
+        off, val = self.base.initial_page(o0)
+        new[off - o0] = val
+        self.pt.set_page(o0, new)
         self.changed_pages.append(o0)
-        lo, hi = self._page(o0)
-        if not (np.array_equal(old[0], self.keys[lo:hi])
-                and np.array_equal(old[1], self.vals[lo:hi])):
+        if not np.array_equal(old, new):
             self.version += 1
 
     # TLB ------------------------------------------------------------------------------------
@@ -657,11 +821,9 @@ class Shared:
     def undo(self, j: list) -> None:
         for op, a, _new, old in reversed(j):
             if op == "d":
-                i = int(np.searchsorted(self.keys, a))
-                if i < len(self.keys) and int(self.keys[i]) == a:
-                    self.vals[i] = old
+                self.pt.write(a, old)
             elif op in ("z", "r"):
-                self.vals[self.positions(old[0])] = old[1]
+                self.pt.set_page(a, old)
             elif op == "t":
                 self.tst[a], self.tleaf[a], self.tlvl[a] = old
             else:

@@ -172,6 +172,16 @@ class TiledColumn(LazyColumn):
         return a.astype(dtype) if dtype is not None else a
 
 
+def repeat_period(tr: Trace) -> int | None:
+    """The period of a trace whose accesses repeat (every column a TiledColumn of one
+    period: access p equals access p + period), else None."""
+    cols = (tr.vcpu, tr.va, tr.kind)
+    if not all(isinstance(c, TiledColumn) for c in cols):
+        return None
+    periods = {c.period for c in cols}
+    return periods.pop() if len(periods) == 1 else None
+
+
 def _same_lengths(tr: Trace, error: type) -> int:
     """The trace's length; `error` when its three columns differ in length."""
     n = len(tr.va)

@@ -365,3 +365,45 @@ def aged_workloads(draw) -> dict:
           "migration": {"link_gbit_s": 100.0, "downtime_limit_ms": 0.0}}.get(host, {})
     return dict(name=gen, seed=draw(st.integers(0, 3)), host_name=host, host_knobs=hk,
                 seconds=draw(st.sampled_from((0.001, 0.002, 0.004))), **knobs)
+
+@st.composite
+def repeated_windows(draw, focus: str | None = None, max_repeats: int = 6):
+    """(scenario, TiledTrace, expanded Trace): a generated scenario's accesses as a base
+    window served again 2..max_repeats times (the last repetition maybe cut short, as
+    workloads/clock.py with_seconds does), its other steps as events at random offsets:
+    inside repetitions, on their boundaries, at the start and the end.  The expanded trace
+    holds the same accesses as plain arrays (what the reference engine runs)."""
+    from model.trace import KIND_CODE, Trace
+    from model.trace_stream import TiledColumn, TiledTrace
+    scn = draw(scenarios(max_steps=30, focus=focus))
+    if draw(st.booleans()):
+        # a steady guest (hardware AF and dirty state, pages young, writable, executable; no
+        # AT): its repetitions settle once its pages are in the TLBs and mapped
+        scn = replace(
+            scn, machine=replace(scn.machine, hafdbs=2),
+            guest=replace(scn.guest, tcr_ha=True, tcr_hd=True),
+            mappings=tuple(replace(m, af=True, writable=True, executable=True)
+                           for m in scn.mappings),
+            steps=tuple(replace(s, kind="read64") if s.op == "access" and s.kind == "at"
+                        else s for s in scn.steps))
+    acc = [s for s in scn.steps if s.op == "access"]
+    assume(acc)
+    P = len(acc)
+    reps = draw(st.integers(2, max_repeats))
+    n = reps * P - draw(st.integers(0, P - 1))
+    base = (np.array([s.vcpu for s in acc], dtype=np.uint16),
+            np.array([s.va for s in acc], dtype=np.uint64),
+            np.array([KIND_CODE[s.kind] for s in acc], dtype=np.uint8))
+    boundary = st.integers(0, -(-n // P)).map(lambda k: min(k * P, n))
+    others = [i for i, s in enumerate(scn.steps) if s.op != "access"]
+    # a few events (long quiet stretches: repetitions that settle) or all of them
+    keep = sorted(draw(st.one_of(st.sets(st.sampled_from(others), max_size=3) if others
+                                 else st.just(set()), st.just(set(others)))))
+    events = []
+    for i in keep:
+        pos = draw(st.one_of(boundary, st.integers(0, n)))
+        events.append((pos, i, scn.steps[i]))
+    events.sort(key=lambda e: e[0])                       # stable: step order at one position
+    tiled = TiledTrace(*(TiledColumn(c, n) for c in base), events, None)
+    expanded = Trace(*(np.resize(c, n) for c in base), list(events), None)
+    return scn, tiled, expanded

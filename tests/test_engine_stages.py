@@ -268,7 +268,7 @@ def _shared_state(run, vm) -> tuple:
     sh = run.g.shared
     sh.sync_tlb()
     base = run.g.base
-    mem = {base.pt_base + 8 * int(o): int(v) for o, v in zip(sh.keys, sh.vals) if v}
+    mem = {base.pt_base + 8 * int(o): int(v) for o, v in zip(*sh.pt.nonzero())}
     tlb = {}
     for v in range(base.prep.n_vcpu):
         view = vm.vcpu_tlb(v)

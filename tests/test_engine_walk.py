@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from model.arch import (DESC_AF, DESC_AP2, DESC_DBM, DESC_PXN, DESC_SIZE, DESC_TABLE, DESC_UXN,
                         DESC_VALID, Geometry, GeometryError, desc_oa, is_table)
-from model.engine_state import SlotIndex
-from model.engine_walk import walk_vas
+from model.engine_state import DescMemory, SlotIndex
+from model.engine_walk import FastWalks, VaWalks, walk_vas
 from model.reference import Stage1Fault, Vm
 from model.scenario import Guest, Machine, Mapping, Memslot, Scenario
 from model.semantics import (S1_ACCESS_FLAG, S1_NONE, S1_PERMISSION, hw_updates_apply,
@@ -72,8 +72,15 @@ def engine_walks(scn: Scenario, root: int, mem: dict[int, int], vas: list[int]):
         i = np.minimum(np.searchsorted(offs, o), len(offs) - 1)
         return np.where(offs[i] == o, vals[i], np.uint64(0))
     idx = SlotIndex(scn.memslots)
-    w = walk_vas(scn.machine.geometry, idx, pt.ipa, pt.pages * 512, read_v, root,
-                 np.array(vas, dtype=np.int64))
+    geo = scn.machine.geometry
+    va = np.array(vas, dtype=np.int64)
+    w = walk_vas(geo, idx, pt.ipa, pt.pages * 512, read_v, root, va)
+    if geo.granule == 4096 and pt.ipa <= root < pt.end:
+        # the fast path (engine_walk.FastWalks) on the same memory: every field equal
+        dm = DescMemory(pt.pages, offs, vals, pt.ipa, geo.oa_mask)
+        fw = FastWalks(geo, idx, pt.ipa, pt.pages * 512, read_v, root, va, dm)
+        for f in VaWalks.__dataclass_fields__:
+            np.testing.assert_array_equal(getattr(fw, f), getattr(w, f), err_msg=f)
     return w, idx
 
 

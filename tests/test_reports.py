@@ -127,7 +127,8 @@ def test_beer_outputs(beer_dir):
     for f in ("false_dirty.png", "exits_vs_cost.png", "sensitivity.png"):
         assert mpimg.imread(d / f).ndim == 3                         # plots open
     meta = json.loads((d / "meta.json").read_text())
-    assert meta["environment"]["git_revision"] and meta["cost_model"]["exit_us"] == CostModel().exit_us
+    assert meta["ptwbench"]["git_revision"]
+    assert meta["cost_model_us"]["exit_us"] == CostModel().exit_us
     df = pd.read_csv(d / "metrics.csv")
     assert list(df.columns) == list(COLUMNS)
     assert set(df["policy"]) == {"fix", "legacy", "ha-promote", "oracle"}

@@ -110,8 +110,8 @@ def test_workers_1_and_2_byte_identical(tiny):
         assert a["rows"] == b["rows"] and a["point"] == b["point"]
     assert len(pd.read_csv(w1 / "timings.csv")) == TINY_POINTS * POLICIES
     meta = json.loads((w2 / "meta.json").read_text())
-    assert meta["environment"]["git_revision"] and meta["points"] == TINY_POINTS
-    assert "2 workers" in meta["executor"]
+    assert meta["ptwbench"]["git_revision"] and meta["details"]["points"] == TINY_POINTS
+    assert "2 workers" in meta["details"]["executor"]
     md = (w1 / "report.md").read_text()
     assert "a workload where ha-promote's saving over fix matters: " in md and "| workload" in md
     assert compare(w1, w2, throughput=False)[0] == 0                  # compare works on sweeps
@@ -130,7 +130,8 @@ def test_dask_local_cluster_matches_local_pool(tiny, tmp_path):
     d = tmp_path / "dask"
     assert (d / "metrics.csv").read_bytes() == (w1 / "metrics.csv").read_bytes()
     assert (d / "report.md").read_bytes() == (w1 / "report.md").read_bytes()
-    assert "dask.distributed" in json.loads((d / "meta.json").read_text())["executor"]
+    assert "dask.distributed" in json.loads((d / "meta.json").read_text())["details"][
+        "executor"]
 
 
 def test_unreachable_scheduler_is_bad_input(tmp_path):

@@ -141,10 +141,74 @@ def test_dtype_mismatch(converted, capsys):
     assert "va.npy" in err and "uint64" in err
 
 
-def test_missing_workload_file(converted, capsys):
-    (converted / "workload.pkl").unlink()
+@pytest.mark.parametrize("name", ["events.json", "scenario.json", "meta.json"])
+def test_missing_json_file(converted, capsys, name):
+    (converted / name).unlink()
     err = one_line_exit2(["run", f"trace:{converted}", "--no-save"], capsys)
-    assert "workload.pkl" in err
+    assert name in err and "missing" in err
+
+
+def test_round_trip_through_json_equals_reconversion(converted, trace_file, tmp_path):
+    """scenario.json and events.json give back what the converter built: the same events
+    (every Step field) as a second, independent conversion's in-memory import."""
+    ref = import_trace(str(trace_file))
+    got = trace_dir.load(converted)
+    same_workload(ref, got)
+    assert any(st.op == "guest_pte" and st.descs for _p, _i, st in got.trace.events)
+
+
+@pytest.mark.parametrize("edit, what", [
+    (lambda t: t.replace('"op":"guest_pte"', '"op":"os.system"', 1), "not a step"),
+    (lambda t: t.replace('"vas":[', '"vas":["x",', 1), "vas"),
+    (lambda t: t.replace('"version": 1', '"version": 7', 1), "version"),
+    (lambda t: t[:len(t) // 2], "not valid JSON"),
+])
+def test_bad_events_json(converted, capsys, edit, what):
+    p = converted / "events.json"
+    p.write_text(edit(p.read_text()))
+    err = one_line_exit2(["run", f"trace:{converted}", "--no-save"], capsys)
+    assert what in err and "events.json" in err
+
+
+class _Payload:
+    """Unpickling this creates the file `marker` (what a crafted workload.pkl could do)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+@pytest.mark.parametrize("where", ["run", "beer", "sweep"])
+def test_pickled_trace_dir_is_refused_not_loaded(converted, tmp_path, capsys, where):
+    """Issue 23 probe 7: a crafted old-format directory (workload.pkl whose unpickling would
+    create a file) is refused with one line saying how to convert it; the file is not
+    created, whether the directory is named on the command line or in a spec."""
+    import pickle
+    marker = tmp_path / "pwned"
+    pickle.loads(pickle.dumps(_Payload(tmp_path / "control")))     # the payload does work
+    assert (tmp_path / "control").exists()
+    for name in ("events.json", "scenario.json"):
+        (converted / name).unlink()
+    (converted / "workload.pkl").write_bytes(pickle.dumps({"version": 1,
+                                                           "x": _Payload(marker)}))
+    if where == "run":
+        argv = ["run", f"trace:{converted}", "--no-save"]
+    else:
+        spec = tmp_path / "s.toml"
+        spec.write_text(f'micro = false\n[[case]]\nworkloads = ["trace:{converted}"]\n'
+                        if where == "beer" else
+                        f'[[grid]]\nworkloads = ["trace:{converted}"]\n')
+        argv = ([where, "--spec", str(spec)] if where == "beer" else [where, str(spec)]) + [
+            "--out", str(tmp_path / "out")]
+    capsys.readouterr()
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert not marker.exists()
+    assert rc == 2 and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+    assert "workload.pkl" in err and "convert" in err and "Traceback" not in err
 
 
 def test_convert_bad_line_leaves_nothing(tmp_path, capsys):

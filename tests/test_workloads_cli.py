@@ -66,8 +66,10 @@ def test_knob_strings_are_coerced_and_checked():
              demand="false", cpu="cortex-a55")
     assert a.meta["bytes_per_vcpu"] == 0x10000 and a.meta["random_access"] is True
     assert a.meta["profile"]["demand"] is False and a.meta["profile"]["cpu"] == "cortex-a55"
-    for bad, what in ((dict(iterations="two"), "not a int"), (dict(op="memmove"), "not one of"),
-                      (dict(random_access="maybe"), "not a bool"), (dict(nope=1), "unknown")):
+    for bad, what in ((dict(iterations="two"), "not an integer"),
+                      (dict(op="memmove"), "not one of"),
+                      (dict(random_access="maybe"), "not true or false"),
+                      (dict(nope=1), "unknown")):
         with pytest.raises(WorkloadError, match=what):
             make("memstress" if "op" not in bad else "stream", **bad)
     with pytest.raises(WorkloadError, match="unknown workload"):

@@ -18,6 +18,32 @@ class WorkloadError(ValueError):
     """Bad knob value or an impossible combination; one line."""
 
 
+# binary size suffixes, as `ptwbench workloads` shows sizes (256Ki, 4Mi, 64Gi): Ki = 2**10 ...
+SIZE_SUFFIX = {"Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50}
+
+
+def parse_int(text: str) -> int:
+    """An integer knob value as people write it: 4096, 0x1000, 1_000, 256Ki, 1Ti, 4GiB, 1e6
+    (a float written for an integer must be a whole number).  ValueError otherwise."""
+    t = text.strip()
+    if t.endswith("iB"):
+        t = t[:-1]
+    for suf, sh in SIZE_SUFFIX.items():
+        if t.endswith(suf) and t[:-2].strip():
+            return parse_int(t[:-2]) << sh
+    try:
+        return int(t, 0)
+    except ValueError:
+        f = float(t)                       # 1e6; ValueError when not a number at all
+        if not f.is_integer():
+            raise ValueError(text) from None
+        return int(f)
+
+
+TYPE_WORDS = {int: "an integer (or a size: 4Ki, 256Mi, 1Ti)", float: "a number",
+              bool: "true or false", str: "a string"}
+
+
 @dataclass(frozen=True)
 class Knob:
     name: str
@@ -43,16 +69,18 @@ class Knob:
                         raise ValueError(value)
                     value = value.lower() in ("1", "true", "yes")
                 elif t is int:
-                    value = int(value, 0)
+                    value = parse_int(value)
                 elif t is float:
                     value = float(value)
             except ValueError:
-                raise WorkloadError(f"{owner}: knob {self.name}: {value!r} is not a "
-                                    f"{t.__name__}") from None
+                raise WorkloadError(f"{owner}: knob {self.name}: {value!r} is not "
+                                    f"{TYPE_WORDS[t]}") from None
         if t is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if t is int and isinstance(value, float) and value.is_integer():
+            value = int(value)             # a spec's 1e12 (TOML writes it as a float)
         if not isinstance(value, t) or (t is int and isinstance(value, bool)):
-            raise WorkloadError(f"{owner}: knob {self.name}: {value!r} is not a {t.__name__}")
+            raise WorkloadError(f"{owner}: knob {self.name}: {value!r} is not {TYPE_WORDS[t]}")
         if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
             rng = f"{self.lo if self.lo is not None else '-inf'}..{self.hi if self.hi is not None else 'inf'}"
             raise WorkloadError(f"{owner}: knob {self.name}: {value!r} is outside {rng}")

@@ -35,14 +35,13 @@ import os
 import shutil
 import tempfile
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from model.trace import KINDS
 
-from .importers import TraceError, npy_member
+from .importers import DAMAGED, TraceError, npy_member
 
 FORMAT = "ptwbench-compact"
 VERSION = 1
@@ -205,7 +204,7 @@ def _meta(path, zf) -> dict:
         meta = json.loads(zf.read("meta.json"))
     except KeyError:
         raise TraceError(f"{path}: no meta.json (not a compact trace)") from None
-    except (ValueError, zipfile.BadZipFile, OSError, zlib.error, EOFError) as e:
+    except (ValueError, *DAMAGED) as e:
         raise TraceError(f"{path}: meta.json is damaged ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise TraceError(f"{path}: meta.json: format is not {FORMAT!r}")
@@ -244,7 +243,7 @@ def iter_runs(path, va_bits: int = 48, block: int = READ_RUNS):
                 size = n * COLUMNS[name].itemsize
                 try:
                     buf = f.read(size)
-                except (zipfile.BadZipFile, OSError, zlib.error, EOFError) as e:
+                except DAMAGED as e:
                     raise TraceError(f"{path}: column {name!r} is damaged ({e})") from None
                 if len(buf) != size:
                     raise TraceError(f"{path}: column {name!r} is truncated at record "

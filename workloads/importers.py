@@ -32,6 +32,7 @@ than a fault-around window apart share a VMA.
 """
 from __future__ import annotations
 
+import lzma
 import os
 import zipfile
 import zlib
@@ -44,6 +45,9 @@ from model.trace import EXEC, KIND_CODE, KINDS, READ64, WRITE64
 
 from .base import Workload, WorkloadError
 from .linux import LinuxGuest, make_profile
+
+# what reading a damaged zip member raises (deflate, LZMA, a cut file)
+DAMAGED = (zipfile.BadZipFile, OSError, zlib.error, lzma.LZMAError, EOFError)
 
 FORMATS = ("lackey", "csv", "npz", "compact")
 CHUNK_BYTES = 1 << 18
@@ -353,7 +357,7 @@ def npy_member(path, zf: zipfile.ZipFile, name: str, what: str, want: str):
         if read_header is None:
             raise ValueError(f"unsupported .npy version {version}")
         shape, fortran, dtype = read_header(f)
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError, zlib.error) as e:
+    except (ValueError, *DAMAGED) as e:
         raise TraceError(f"{path}: {what} {name!r}: not a .npy array ({e})") from None
     return f, shape, fortran, dtype
 
@@ -388,7 +392,7 @@ def iter_npz(path: str, va_bits: int = 48, chunk: int = CHUNK_RECORDS):
             for name, (f, _len, dtype) in members.items():
                 try:
                     buf = f.read(n * dtype.itemsize)
-                except (zipfile.BadZipFile, OSError, zlib.error) as e:    # damaged member
+                except DAMAGED as e:    # damaged member
                     raise TraceError(f"{path}: array {name!r} is damaged ({e})") from None
                 if len(buf) != n * dtype.itemsize:
                     raise TraceError(f"{path}:{done + len(buf) // dtype.itemsize + 1}: array "

@@ -19,6 +19,7 @@ from . import data, host, ptheavy  # noqa: F401  (register the generators and ho
 from . import host_reclaim, host_timed  # noqa: F401  (the calibrated host scenarios)
 from .base import GENERATORS, HOST_SCENARIOS, Entry, Knob, Workload, WorkloadError
 from .clock import ACCESS_TIME, note_aging, with_seconds
+from .footprint import check_footprint
 from .importers import FORMATS, import_trace
 from .linux import (PROFILE_KNOB_NAMES, PROFILE_KNOBS, aging_period_ms, coerce_profile_knobs,
                     make_profile)
@@ -139,6 +140,7 @@ def _make(name: str, seed: int = 0, **knobs) -> Workload:
     own = {k: v for k, v in knobs.items() if k not in PROFILE_KNOB_NAMES}
     profile = make_profile(prof, name)
     resolved = e.resolve(own)
+    check_footprint(name, resolved, profile.ram_mb)     # before anything is built
     wl = e.func(int(seed), profile, **resolved)
     # every run records its generator, seed and knob values; generators add derived facts
     wl.meta = {"generator": name, "seed": int(seed), **resolved, **wl.meta,

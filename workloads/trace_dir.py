@@ -13,20 +13,23 @@ Two passes, memory bounded by the pages touched, never by the trace's length:
    `model.trace_stream` columns.
 
 A trace directory holds `vcpu.npy`, `va.npy`, `kind.npy` (model.trace_stream's columns, with
-the fault attempts), `workload.pkl` (the scenario, the events and the workload meta: the
-directory is trusted input, as any pickle) and `meta.json` (the same facts for people: the
-source, the recording, the layout and the time per access the program implies).  Everything
-is written under DIR.tmp-XXXX, then renamed: a failure leaves no partial directory.
+the fault attempts), `scenario.json` (the scenario, in the scenario file format),
+`events.json` (the trace's events), `aging.json` (with aging: what goes on aging past the
+recorded window, workloads/aging.py AgingState) and `meta.json` (the workload's meta: the
+source, the recording, the layout and the time per access the program implies), all JSON
+(workloads/trace_json.py): reading a trace directory runs no code.  A directory of the first
+format (a pickled `workload.pkl`) is refused, never loaded: convert its source again.
+Everything is written under DIR.tmp-XXXX, then renamed: a failure leaves no partial
+directory.
 """
 from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
 import shutil
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +41,10 @@ from model.trace_stream import COLUMNS, TraceFileError, open_trace_dir
 from .base import Workload, WorkloadError
 from .importers import TraceError, layout_vmas
 from .linux import LinuxGuest, make_profile
+from .trace_json import (aging_text, events_text, parse_aging, parse_events, read_json,
+                         read_scenario, scenario_dict)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2                      # 1: workload.pkl (a pickle; refused)
 REPLAY_BLOCK = 1 << 22                  # accesses replayed through the guest at a time
 HEADER_BYTES = 128                      # fixed .npy header, rewritten with the length at the end
 # time per access for the calibrated clock (issue 13): valgrind counts guest instructions; a
@@ -165,7 +170,7 @@ class _StreamGuest(LinuxGuest):
         if not self.p.demand:
             mappings = self._premap_pages(order, ages)
         self.out = writer
-        for vc, va, kd in read_columns(raw):
+        for vc, va, kd in counted(read_columns(raw), getattr(self, "progress", None)):
             self._naccesses += len(va)
             self._op_run(vc, va, kd)
         return self._finish(mappings)
@@ -210,10 +215,20 @@ def time_per_access(instrs, accesses: int) -> dict:
             "basis": f"{what} x ASSUMED_CPI / ASSUMED_GHZ / accesses"}
 
 
+def counted(chunks, progress):
+    """The chunks, telling `progress(n)` the accesses of each as it passes (None: nothing)."""
+    for c in chunks:
+        if progress is not None:
+            progress(len(c[1]))
+        yield c
+
+
 def convert(chunks, out: Path, *, name: str, source: dict, limit: int | None = None,
-            instrs=lambda: None, **profile_knobs) -> Path:
-    """Both passes, into `out` (written under out.tmp-XXXX, then renamed)."""
+            instrs=lambda: None, progress=None, **profile_knobs) -> Path:
+    """Both passes, into `out` (written under out.tmp-XXXX, then renamed).  `progress(phase)`
+    (optional): a callable(accesses) for each pass, "read" then "lay out"."""
     out = Path(out)
+    chunks = counted(chunks, progress("read") if progress else None)
     if out.exists():
         raise WorkloadError(f"{out}: already exists (choose another --out)")
     profile = make_profile(profile_knobs, "convert")
@@ -234,6 +249,7 @@ def convert(chunks, out: Path, *, name: str, source: dict, limit: int | None = N
         tpa = time_per_access(instrs(), n)
         profile, period_ms = _aging_on_clock(profile, profile_knobs, tpa)
         g = _StreamGuest(name, profile)
+        g.progress = progress("lay out") if progress else None
         writer = ColumnWriter(tmp)
         try:
             wl = g.replay(vmas, order, raw, writer, ages)
@@ -247,10 +263,13 @@ def convert(chunks, out: Path, *, name: str, source: dict, limit: int | None = N
         meta["time_per_access"] = tpa
         if period_ms:
             meta["aging_period_ms"] = period_ms
-        with open(tmp / "workload.pkl", "wb") as f:
-            pickle.dump({"version": FORMAT_VERSION, "name": name, "scenario": wl.scenario,
-                         "events": g.events, "meta": meta}, f, protocol=4)
-        (tmp / "meta.json").write_text(json.dumps(dict(meta, format_version=FORMAT_VERSION),
+        (tmp / "scenario.json").write_text(json.dumps(scenario_dict(wl.scenario), indent=1)
+                                           + "\n")
+        (tmp / "events.json").write_text(events_text(g.events))
+        if wl.meta.get("aging_state") is not None:
+            (tmp / "aging.json").write_text(aging_text(wl.meta["aging_state"]))
+        (tmp / "meta.json").write_text(json.dumps(dict(meta, format_version=FORMAT_VERSION,
+                                                       name=name),
                                                   indent=2, sort_keys=True, default=str)
                                        + "\n")
         os.chmod(tmp, 0o755)                       # mkdtemp's 0700 -> a normal directory
@@ -274,23 +293,41 @@ def _aging_on_clock(profile, knobs: dict, tpa: dict):
     return replace(profile, age_period=max(1, round(ms * 1e6 / ns))), ms
 
 
+def _refuse_pickle(d: Path) -> None:
+    """A first-format directory (workload.pkl, a pickle) is never unpickled: loading a pickle
+    runs whatever code it names.  The message says how to make a new one."""
+    how = "ptwbench convert TRACE --out NEWDIR (or ptwbench record)"
+    try:
+        m = json.loads((d / "meta.json").read_text())
+        if m.get("source") == "file" and m.get("path"):
+            how = f"ptwbench convert {m['path']} --out NEWDIR"
+        elif m.get("source") == "record" and m.get("command"):
+            how = f"ptwbench record --out NEWDIR -- {' '.join(map(str, m['command']))}"
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass
+    raise WorkloadError(f"{d}: an old trace directory (workload.pkl, a pickle: not loaded, "
+                        f"it could run code); convert it again: {how}")
+
+
+def check_format(d: Path) -> None:
+    """Cheap, before any run (spec checks too): refuses a first-format directory."""
+    if (d / "workload.pkl").exists() and not (d / "events.json").exists():
+        _refuse_pickle(d)
+
+
 def load(d: Path) -> Workload:
     """A trace directory as a Workload whose trace is streamed from disk."""
     d = Path(d)
     if not d.is_dir():
         raise WorkloadError(f"{d}: not a trace directory (no such directory)")
-    p = d / "workload.pkl"
+    check_format(d)
+    meta = read_json(d / "meta.json")
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        raise WorkloadError(f"{d / 'meta.json'}: not a version-{FORMAT_VERSION} trace "
+                            f"directory")
+    scenario = read_scenario(d / "scenario.json")
     try:
-        with open(p, "rb") as f:
-            w = pickle.load(f)
-        if not isinstance(w, dict) or w.get("version") != FORMAT_VERSION:
-            raise ValueError(f"not a version-{FORMAT_VERSION} trace directory")
-    except FileNotFoundError:
-        raise WorkloadError(f"{p}: missing (not a converted trace directory)") from None
-    except (OSError, ValueError, EOFError, pickle.UnpicklingError, AttributeError) as e:
-        raise WorkloadError(f"{p}: unreadable: {e}") from None
-    try:
-        trace = open_trace_dir(d, w["events"])
+        trace = open_trace_dir(d)
         n = len(trace)
         for col in (trace.vcpu, trace.va, trace.kind):
             size = col.path.stat().st_size
@@ -299,10 +336,14 @@ def load(d: Path) -> Workload:
                                      f"{col.offset + n * col.dtype.itemsize} (truncated?)")
     except TraceFileError as e:
         raise WorkloadError(str(e)) from None
-    if n != w["meta"].get("trace_len"):
-        raise WorkloadError(f"{d}: {n} accesses, meta.json says {w['meta'].get('trace_len')}")
-    meta = dict(w["meta"], path=str(d))
-    return Workload(f"trace:{d.name}", w["scenario"], trace, meta)
+    if n != meta.get("trace_len"):
+        raise WorkloadError(f"{d}: {n} accesses, meta.json says {meta.get('trace_len')}")
+    trace.events = parse_events(read_json(d / "events.json"), str(d / "events.json"), n)
+    scenario = replace(scenario, source=f"<workload {meta.get('name', d.name)}>")
+    meta = {k: v for k, v in meta.items() if k not in ("format_version", "name")}
+    if meta.get("aging_state") is not None:         # meta.json holds its summary only
+        meta["aging_state"] = parse_aging(read_json(d / "aging.json"), str(d / "aging.json"))
+    return Workload(f"trace:{d.name}", scenario, trace, dict(meta, path=str(d)))
 
 
 def lackey_instrs(block: bytes) -> int:
@@ -368,7 +409,7 @@ def lackey_chunks(blocks, path: str, va_bits: int, count: list):
 
 
 def convert_file(path: str, out: Path, fmt: str | None = None, limit: int | None = None,
-                 skip: int = 0, **profile_knobs) -> Path:
+                 skip: int = 0, progress=None, **profile_knobs) -> Path:
     """`ptwbench convert`: a lackey, CSV, NPZ or compact file -> trace directory, or -> a
     compact file when `out` ends with .ptwc (workloads/compact.py).  `skip`: leave out the
     first accesses (lackey only: a program's start-up)."""
@@ -401,6 +442,7 @@ def convert_file(path: str, out: Path, fmt: str | None = None, limit: int | None
         if profile_knobs:
             raise TraceError(f"{out}: the compact form is laid out when run; profile knobs "
                              f"({', '.join(sorted(profile_knobs))}) apply there")
+        chunks = counted(chunks, progress("read") if progress else None)
         return write_compact(chunks, Path(out), source=src, limit=limit, instrs=instrs)
     return convert(chunks, out, name=Path(out).name, source=src, limit=limit,
-                   instrs=instrs, **profile_knobs)
+                   instrs=instrs, progress=progress, **profile_knobs)
