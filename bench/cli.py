@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     from bench.sweep_cmd import register as register_sweep; register_sweep(sub)  # noqa: E702
     from bench.trace_cmd import register as register_trace; register_trace(sub)  # noqa: E702
     from bench.hunt_cmd import register as register_hunt; register_hunt(sub)  # noqa: E702
+    from bench.kvm_cmd import register as register_kvm; register_kvm(sub)  # noqa: E702
     return ap
 
 
