@@ -1,17 +1,19 @@
-"""Break-even and envelope: at what share p, and at what host rate, would ha-promote's saving
+"""Break-even and envelope: at what share q, and at what host rate, would ha-promote's saving
 over fix matter?  Pure functions of the cost model (bench/cost.py), the calibration table
 (bench/calibration.py) and the "matters" rule of bench/verdict.py; docs/calibration.md
 derives every formula.
 
-The event.  The host unmaps a guest page-table page at stage 2 (swap-out, MMU-notifier zap,
-post-copy, ...) and the guest's walker then reads it: an S1PTW stage-2 translation fault
-(docs/semantics.md).  With probability p the walk must also write a descriptor there (AF after
-aging, a DBM update, hw_update = always) and the resulting mapping is read-only (dirty
-logging, uffd-wp): fix, which calls the fault a read, then takes a second fault (a
-permission fault); ha-promote, which calls it a write, takes one.  With probability 1 - p the
-walk only reads: both take one fault, but ha-promote's write is a false positive (a falsely
-dirty page, a needless uffd-wp WRITE event).  Per event, then, ha-promote saves
-p * t_exit and costs (1 - p) * t_false.
+The event: a (page-table page, dirty round) pair.  The host unmaps a guest page-table page at
+stage 2 (NUMA hinting, swap-out, MMU-notifier zap, post-copy, ...) and the guest's walker then
+reads it: an S1PTW stage-2 translation fault (docs/semantics.md).  Under dirty logging (or
+uffd-wp) fix, which calls the fault a read, maps it read-only for the rest of the round;
+ha-promote, which calls it a write, maps it writable and marks it dirty at once.  With
+probability q the guest writes the page later in the round (an AF or dirty update of the
+walker, a guest PTE store, aging): fix takes one more fault, ha-promote none.  With
+probability 1 - q nothing writes it before the harvest: ha-promote's mark is a false positive
+(a falsely dirty page re-sent, a needless uffd-wp WRITE event).  Per event, then, ha-promote
+saves q * t_exit and costs (1 - q) * t_false (the formulas name the share p; a case passes its
+measured q, docs/time-and-hosts.md).
 
 * p_break_even(t_exit, t_false): p* = t_false / (t_exit + t_false), where both are equal.
 * t_false_us(host, cm): what one false positive costs under each host scenario.
