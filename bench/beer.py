@@ -464,15 +464,15 @@ def markdown(df, v, sens, cm, real_sens=None, rvs=None) -> str:
     return "\n".join(out)
 
 
-TOP_CASES = 2
+TOP_CASES = 1
 TEXT_LEGEND = {
-    "case": "GUEST/AGING/LINK (report.md: the guests)",
-    "sec": "guest seconds simulated (the whole migration)",
-    "q": "share of page-table pages walk-faulted in a round and written before "
-         "its harvest (fix)",
-    "q_star": "break-even q, t_false / (t_exit + t_false) at the case's link",
+    "case": "GUEST/AGING/LINK",
+    "sec": "guest seconds (the whole migration)",
+    "q": "share of walk-faulted page-table pages written after the fault, in "
+         "the round (fix)",
+    "q_star": "break-even q at the case's link",
     "rounds": "complete dirty rounds",
-    "net_ms": "ha-promote's net saving in the window (whole migration), ms",
+    "net_ms": "net saving per migration, ms",
     "cases": "cases on that variant",
     "matter": "cases that matter",
     "fix_2nd": "fix's second faults",
@@ -638,7 +638,7 @@ def text(df, v, sens, cm, real_sens=None, hunt_line: str | None = None) -> str:
                  else "Realistic cases (calibrated host behaviour, warm guests):",
                  report.text_table(realistic_text(off))]
     if hunt_line:
-        head += ["", report.wrap(hunt_line[:1].upper() + hunt_line[1:])]
+        head += [report.wrap(hunt_line[:1].upper() + hunt_line[1:])]
     if len(real):
         head += [""]
     if len(real) and real_sens is not None and len(real_sens):
@@ -658,9 +658,9 @@ def text(df, v, sens, cm, real_sens=None, hunt_line: str | None = None) -> str:
                     "Legend: " + "; ".join(f"{k}: {d}" for k, d in TEXT_LEGEND.items()
                                            if len(real) or k not in REAL_LEGEND) + ".",
                     "",
-                    f"Calibration: exit {cm.exit_us:g} us, re-send {cm.resend_us:.1f} us/page "
-                    f"({cm.link_gbit_s:g} Gbit/s), uffd {cm.uffd_local_us:g} us local, "
-                    f"{cm.uffd_postcopy_us:g} us post-copy; sources and ranges: "
-                    f"docs/calibration.md. Every case, sensitivity, plots: report.md.", ""]
+                    f"Costs: exit {cm.exit_us:g} us, re-send 4 KiB at the case's link + "
+                    f"{cm.resend_overhead_us:g} us, uffd {cm.uffd_local_us:g} us "
+                    f"({cm.uffd_postcopy_us:g} post-copy): docs/calibration.md; all: "
+                    f"report.md.", ""]
     return "\n".join(report.wrap(p) if not p.startswith((" ", "-")) and "\n" not in p
                      and len(p) > report.TEXT_WIDTH else p for p in parts)

@@ -145,9 +145,8 @@ def verdict_table(df: pd.DataFrame, cm: CostModel, matters_share: float = MATTER
 
 
 # What is being compared, in one line, for every headline.
-COMPARED = ("ha-promote (call an S1PTW stage-2 translation fault a write when the guest set "
-            "TCR_EL1.HA) against fix (upstream: a read, then a second fault if the walker "
-            "must write)")
+COMPARED = ("ha-promote (an S1PTW stage-2 translation fault is a write when TCR_EL1.HA is "
+            "set) against fix (upstream: a read; a second fault if the walker writes)")
 
 
 def answer(v: pd.DataFrame, scope: str = "") -> str:

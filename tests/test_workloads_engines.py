@@ -65,7 +65,10 @@ HOSTS = [("precopy", dict(rounds=3, start_frac=0.2)),
          ("khugepaged", dict(pages_to_scan=512, scan_sleep_ms=0.02)),
          ("migration", dict(link_gbit_s=100.0, downtime_limit_ms=0.0)),
          ("reclaim", dict(reclaim_mb_s=10.0, batch_period_ms=0.01)),
-         ("far_memory", dict(cold_age_s=2e-5, scan_period_s=2e-5))]
+         ("far_memory", dict(cold_age_s=2e-5, scan_period_s=2e-5)),
+         # a background snapshot saving every page within the trace (1 ms of release
+         # period at 1,000 MB/s: a few hundred pages per release)
+         ("bg_snapshot", dict(bandwidth_mb_s=1000.0, release_ms=0.002))]
 
 
 def test_hosts_cover_every_host_scenario():
